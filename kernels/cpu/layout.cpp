@@ -1,0 +1,8 @@
+// CPU kernels: layout family. (being written)
+#include "kernels/cpu/cpu_common.h"
+
+namespace psvae::kernels::cpu {
+
+void register_layout(OpTable& t) { (void)t; }
+
+}  // namespace psvae::kernels::cpu

@@ -1,0 +1,70 @@
+#include "kernels/op_table.h"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+namespace psvae::kernels {
+
+OpTable::OpTable() {
+  int i = 0;
+#define PSVAE_OP_DEF(name_, family_, doc_) \
+  defs_[static_cast<size_t>(i)] = OpDef{Op::name_, #name_, #family_, doc_, nullptr, nullptr}; \
+  ++i;
+  PSVAE_ALL_OPS(PSVAE_OP_DEF)
+#undef PSVAE_OP_DEF
+}
+
+const OpTable& op_table() {
+  static const OpTable table = [] {
+    OpTable t;
+    cpu::register_elementwise(t);
+    cpu::register_reduce(t);
+    cpu::register_linalg(t);
+    cpu::register_norm(t);
+    cpu::register_spatial(t);
+    cpu::register_layout(t);
+    cpu::register_attention(t);
+    cpu::register_loss(t);
+    cpu::register_optim(t);
+#ifdef PSVAE_WITH_CUDA
+    cuda::register_all(t);
+#endif
+    return t;
+  }();
+  return table;
+}
+
+const OpDef& op_def(Op op) { return op_table()[op]; }
+const char* op_name(Op op) { return op_def(op).name; }
+
+Op op_by_name(const std::string& name) {
+  for (const OpDef& d : op_table().all())
+    if (name == d.name) return d.op;
+  throw std::invalid_argument(fmt::format("unknown op '{}'", name));
+}
+
+void run(Op op, const OpCall& call) {
+  const OpDef& def = op_def(op);
+  const Tensor* first = !call.in.empty() ? &call.in[0] : (!call.out.empty() ? &call.out[0] : nullptr);
+  if (!first || !first->defined())
+    throw std::invalid_argument(fmt::format("{}: first tensor is undefined", def.name));
+  Device dev = first->device();
+  auto check_dev = [&](const std::vector<Tensor>& ts, const char* what) {
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (!ts[i].defined())
+        throw std::invalid_argument(fmt::format("{}: {}[{}] is undefined", def.name, what, i));
+      if (ts[i].device() != dev)
+        throw std::invalid_argument(fmt::format("{}: {}[{}] is on {}, expected {}", def.name, what,
+                                                i, ts[i].device().str(), dev.str()));
+    }
+  };
+  check_dev(call.in, "input");
+  check_dev(call.out, "output");
+  KernelFn fn = dev.is_cpu() ? def.cpu : def.cuda;
+  if (!fn)
+    throw std::runtime_error(fmt::format("{}: no {} kernel", def.name, dev.is_cpu() ? "CPU" : "CUDA"));
+  fn(call);
+}
+
+}  // namespace psvae::kernels

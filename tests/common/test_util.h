@@ -1,0 +1,82 @@
+// Helpers shared by the test suites: random tensors, comparisons against references.
+#pragma once
+#include <fmt/format.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
+namespace psvae::test {
+
+// f64 CPU tensor, uniform in [lo, hi).
+inline Tensor uniform(Generator& g, const Shape& s, double lo = -1.0, double hi = 1.0) {
+  Tensor t = Tensor::empty(s, DType::F64);
+  g.uniform_(t, lo, hi);
+  return t;
+}
+inline Tensor normal(Generator& g, const Shape& s, double mean = 0.0, double std = 1.0) {
+  Tensor t = Tensor::empty(s, DType::F64);
+  g.normal_(t, mean, std);
+  return t;
+}
+
+// Element values as double, from any dtype on any device.
+inline std::vector<double> as_doubles(const Tensor& t) {
+  Tensor h = t.to(Device::cpu());
+  std::vector<double> v(static_cast<size_t>(h.numel()));
+  for (int64_t i = 0; i < h.numel(); ++i) {
+    switch (h.dtype()) {
+      case DType::F32: v[static_cast<size_t>(i)] = h.data<float>()[i]; break;
+      case DType::F64: v[static_cast<size_t>(i)] = h.data<double>()[i]; break;
+      case DType::BF16: v[static_cast<size_t>(i)] = static_cast<float>(h.data<bf16>()[i]); break;
+      case DType::I32: v[static_cast<size_t>(i)] = h.data<int32_t>()[i]; break;
+      case DType::I64: v[static_cast<size_t>(i)] = static_cast<double>(h.data<int64_t>()[i]); break;
+    }
+  }
+  return v;
+}
+
+struct Comparison {
+  bool ok = false;
+  double rel_err = 0;  // ||out - ref|| / ||ref|| over the finite reference entries
+  std::string why;     // set when !ok
+};
+
+// Relative norm error, the project's tolerance measure: ||out - ref||_2 / ||ref||_2 (absolute
+// when ||ref|| is 0). Shapes must match exactly; a non-finite reference entry must be matched by
+// the same non-finite value; a NaN in the output where the reference is finite always fails.
+inline Comparison compare(const Tensor& out, const Tensor& ref, double tol) {
+  Comparison c;
+  if (out.shape() != ref.shape()) {
+    c.why = fmt::format("shape {} vs reference {}", out.shape().str(), ref.shape().str());
+    return c;
+  }
+  std::vector<double> o = as_doubles(out), r = as_doubles(ref);
+  long double num = 0, den = 0;
+  for (size_t i = 0; i < o.size(); ++i) {
+    if (!std::isfinite(r[i])) {
+      bool same = std::isnan(r[i]) ? std::isnan(o[i]) : o[i] == r[i];
+      if (!same) {
+        c.why = fmt::format("element {}: {} where the reference has {}", i, o[i], r[i]);
+        return c;
+      }
+      continue;
+    }
+    if (!std::isfinite(o[i])) {
+      c.why = fmt::format("element {}: {} where the reference has {}", i, o[i], r[i]);
+      return c;
+    }
+    long double d = static_cast<long double>(o[i]) - r[i];
+    num += d * d;
+    den += static_cast<long double>(r[i]) * r[i];
+  }
+  c.rel_err = static_cast<double>(den > 0 ? std::sqrt(num / den) : std::sqrt(num));
+  c.ok = c.rel_err <= tol;
+  if (!c.ok) c.why = fmt::format("relative error {:.3e} > tolerance {:.1e}", c.rel_err, tol);
+  return c;
+}
+
+}  // namespace psvae::test

@@ -1,0 +1,145 @@
+// The walk over every op spec (see op_harness.h for what is checked and why).
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <map>
+#include <set>
+
+#include "autograd/gradcheck.h"
+#include "autograd/grad_mode.h"
+#include "common/test_util.h"
+#include "op_harness.h"
+
+namespace psvae::test {
+
+namespace {
+std::vector<OpSpec (*)()>& makers() {
+  static std::vector<OpSpec (*)()> m;
+  return m;
+}
+
+// Poisons every new tensor while a test runs, restoring the previous setting after.
+struct PoisonScope {
+  bool prev = poison_new_tensors();
+  PoisonScope() { set_poison_new_tensors(true); }
+  ~PoisonScope() { set_poison_new_tensors(prev); }
+};
+
+std::vector<ag::Var> as_vars(const std::vector<Tensor>& ts, DType float_dtype, bool grad) {
+  std::vector<ag::Var> v;
+  for (const Tensor& t : ts) {
+    if (is_floating(t.dtype()))
+      v.emplace_back(ops::cast(t, float_dtype).clone(), grad);
+    else
+      v.emplace_back(t, false);
+  }
+  return v;
+}
+
+// PSVAE_OP_FILTER=layernorm,conv2d restricts the walk to those specs (for work on one family).
+bool selected(const std::string& name) {
+  const char* f = std::getenv("PSVAE_OP_FILTER");
+  if (!f || !*f) return true;
+  std::string list = std::string(",") + f + ",";
+  return list.find("," + name + ",") != std::string::npos;
+}
+
+std::vector<bool> default_wrt(const OpCase& c) {
+  if (!c.wrt.empty()) return c.wrt;
+  std::vector<bool> w;
+  for (const Tensor& t : c.inputs) w.push_back(is_floating(t.dtype()));
+  return w;
+}
+}  // namespace
+
+int register_op_spec(OpSpec (*make)()) {
+  makers().push_back(make);
+  return static_cast<int>(makers().size());
+}
+
+const std::vector<OpSpec>& all_op_specs() {
+  static const std::vector<OpSpec> specs = [] {
+    std::vector<OpSpec> s;
+    for (auto* m : makers()) s.push_back(m());
+    return s;
+  }();
+  return specs;
+}
+
+TEST_CASE("op table: every op has a CPU kernel and is covered by a spec") {
+  std::set<int> covered;
+  for (const OpSpec& s : all_op_specs())
+    for (kernels::Op op : s.covers) covered.insert(static_cast<int>(op));
+  for (const kernels::OpDef& d : kernels::op_table().all()) {
+    INFO("op ", d.name);
+    bool has_cpu = d.cpu != nullptr;
+    CHECK_MESSAGE(has_cpu, "no CPU kernel");
+    CHECK(covered.count(static_cast<int>(d.op)) == 1);
+  }
+}
+
+TEST_CASE("op table: names are unique and round-trip") {
+  std::set<std::string> names;
+  for (const kernels::OpDef& d : kernels::op_table().all()) {
+    CHECK(names.insert(d.name).second);
+    CHECK(kernels::op_by_name(d.name) == d.op);
+  }
+  CHECK_THROWS_WITH_AS(kernels::op_by_name("no_such_op"), "unknown op 'no_such_op'",
+                       std::invalid_argument);
+}
+
+TEST_CASE("op harness: forward vs f64 reference, f32 forward, gradcheck") {
+  PoisonScope poison;
+  REQUIRE(!all_op_specs().empty());
+  for (const OpSpec& spec : all_op_specs()) {
+    if (!selected(spec.name)) continue;
+    Generator gen(0x5eed0000ULL + std::hash<std::string>{}(spec.name) % 1000);
+    std::vector<OpCase> cases = spec.cases(gen);
+    REQUIRE_MESSAGE(!cases.empty(), spec.name, " has no cases");
+    for (const OpCase& c : cases) {
+      INFO("op ", spec.name, " case ", c.label);
+      std::vector<Tensor> ref = spec.reference(c.inputs, c);
+      // 1. f64 forward
+      {
+        ag::NoGradGuard ng;
+        std::vector<ag::Var> out = spec.apply(as_vars(c.inputs, DType::F64, false), c);
+        REQUIRE(out.size() == ref.size());
+        for (size_t k = 0; k < out.size(); ++k) {
+          Comparison cmp = compare(out[k].data(), ref[k], spec.f64_tol);
+          INFO("f64 output ", k, ": ", cmp.why);
+          CHECK(cmp.ok);
+        }
+      }
+      // 2. f32 forward
+      {
+        ag::NoGradGuard ng;
+        std::vector<ag::Var> out = spec.apply(as_vars(c.inputs, DType::F32, false), c);
+        REQUIRE(out.size() == ref.size());
+        for (size_t k = 0; k < out.size(); ++k) {
+          if (is_floating(ref[k].dtype())) {
+            CHECK(out[k].dtype() == DType::F32);
+          }
+          Comparison cmp = compare(out[k].data(), ref[k], is_floating(ref[k].dtype()) ? spec.f32_tol : 0.0);
+          INFO("f32 output ", k, ": ", cmp.why);
+          CHECK(cmp.ok);
+        }
+      }
+      // 3. gradcheck, one output at a time
+      if (!spec.gradcheck) continue;
+      std::vector<bool> wrt = default_wrt(c);
+      for (size_t k = 0; k < ref.size(); ++k) {
+        bool want = spec.grad_outputs.empty() ? is_floating(ref[k].dtype()) : spec.grad_outputs[k];
+        if (!want) continue;
+        auto f = [&](const std::vector<ag::Var>& v) { return spec.apply(v, c)[k]; };
+        ag::GradcheckOptions opt;
+        opt.atol = spec.gradcheck_atol;
+        opt.rtol = spec.gradcheck_rtol;
+        ag::GradcheckResult r = ag::gradcheck(f, c.inputs, wrt, opt);
+        INFO("gradcheck output ", k, ": max abs err ", r.max_abs_err, "\n", r.report);
+        CHECK(r.ok);
+      }
+    }
+  }
+}
+
+}  // namespace psvae::test

@@ -25,6 +25,7 @@ struct OpCase {
   std::vector<bool> wrt;        // inputs to gradcheck; empty = every floating input
   std::vector<int64_t> ints;    // op parameters for this case
   std::vector<double> reals;
+  bool gradcheck = true;        // false for large cases that test only the forward
 };
 
 struct OpSpec {

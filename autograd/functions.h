@@ -3,6 +3,7 @@
 // cheap ops, other table ops). Grouped by the same families as the kernels; each family's
 // definitions live in autograd/fn_<family>.cpp.
 #pragma once
+#include <initializer_list>
 #include <vector>
 
 #include "autograd/node.h"
@@ -74,6 +75,8 @@ Var max_pool2d(const Var& x, const ops::Pool2dParams& p);
 
 // ---- data movement (fn_layout.cpp) --------------------------------------------------------------
 Var reshape(const Var& x, const Shape& shape);  // a free view; accepts one -1
+// Shape cannot hold -1 (its constructor rejects negative dims), so the -1 form takes a list.
+Var reshape(const Var& x, std::initializer_list<int64_t> dims);  // reshape(x, {B, -1})
 Var permute(const Var& x, const std::vector<int>& perm);
 Var transpose(const Var& x, int d0, int d1);
 Var concat(const std::vector<Var>& xs, int dim);

@@ -28,8 +28,9 @@ void empty_cache();  // returns every cached, unused block to the driver
 void* current_stream(int device);  // cudaStream_t, opaque here so headers need no CUDA
 void synchronize(int device);
 
-// Copies; host pointers may be pageable. Each call is ordered on the current stream and returns
-// once the copy is complete (D2H) or enqueued (H2D, D2D).
+// Copies; host pointers may be pageable. Each call is ordered on the current stream. D2H and H2D
+// return once the copy is complete (the host buffer may be freed right after the call); D2D
+// returns once it is enqueued.
 void memcpy_h2d(void* dst, const void* src, size_t nbytes, int device);
 void memcpy_d2h(void* dst, const void* src, size_t nbytes, int device);
 void memcpy_d2d(void* dst, const void* src, size_t nbytes, int device);

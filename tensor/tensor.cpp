@@ -217,6 +217,7 @@ double Tensor::item() const {
 
 bool Tensor::overlaps(const Tensor& o) const {
   if (!defined() || !o.defined() || storage_ != o.storage_) return false;
+  if (nbytes() == 0 || o.nbytes() == 0) return false;  // an empty range aliases nothing
   size_t a0 = offset_, a1 = offset_ + nbytes(), b0 = o.offset_, b1 = o.offset_ + o.nbytes();
   return a0 < b1 && b0 < a1;
 }

@@ -1,0 +1,33 @@
+// Differentiable attention: the forward keeps o and lse, the backward runs attention_bwd
+// (FlashAttention-2 formulas) from them. key_mask is data, not a differentiable input.
+#include "autograd/functions.h"
+
+namespace psvae::ag {
+
+namespace {
+struct AttentionNode : Node {
+  Tensor q, k, v, out, lse, key_mask;
+  double scale = 1.0;
+  const char* name() const override { return "attention"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    ops::AttnGrads r = ops::attention_bwd(g[0], q, k, v, out, lse, key_mask, scale);
+    return {r.gq, r.gk, r.gv};
+  }
+};
+}  // namespace
+
+Var attention(const Var& q, const Var& k, const Var& v, const Tensor& key_mask, double scale) {
+  ops::AttnOut r = ops::attention(q.data(), k.data(), v.data(), key_mask, scale);
+  if (!any_requires_grad({q, k, v})) return Var(r.out);
+  auto n = std::make_shared<AttentionNode>();
+  n->q = q.data();
+  n->k = k.data();
+  n->v = v.data();
+  n->out = r.out;
+  n->lse = r.lse;
+  n->key_mask = key_mask;
+  n->scale = scale;
+  return attach(n, {q, k, v}, r.out);
+}
+
+}  // namespace psvae::ag

@@ -1,0 +1,85 @@
+// Differentiable losses. Each backward calls its op's _bwd kernel with what forward saved. For the
+// two-input losses the gradient of b is the kernel called with a and b swapped: d/db f(a-b) =
+// -d/da f(a-b), and the kernels form the difference so that the swap negates the result exactly.
+#include "autograd/functions.h"
+
+namespace psvae::ag {
+
+namespace {
+
+// mse and l1 share everything but the backward op.
+struct PairLossNode : Node {
+  const char* op_name;
+  Tensor (*bwd)(const Tensor&, const Tensor&, const Tensor&);
+  Tensor a, b;
+  PairLossNode(const char* n, Tensor (*f)(const Tensor&, const Tensor&, const Tensor&))
+      : op_name(n), bwd(f) {}
+  const char* name() const override { return op_name; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    std::vector<Tensor> r(2);
+    if (needs_grad(0)) r[0] = bwd(g[0], a, b);
+    if (needs_grad(1)) r[1] = bwd(g[0], b, a);
+    return r;
+  }
+};
+
+Var pair_loss(const char* name, Tensor (*fwd)(const Tensor&, const Tensor&),
+              Tensor (*bwd)(const Tensor&, const Tensor&, const Tensor&), const Var& a,
+              const Var& b) {
+  Tensor out = fwd(a.data(), b.data());
+  if (!any_requires_grad({a, b})) return Var(out);
+  auto n = std::make_shared<PairLossNode>(name, bwd);
+  n->a = a.data();
+  n->b = b.data();
+  return attach(n, {a, b}, out);
+}
+
+struct KlGaussNode : Node {
+  Tensor mu, logvar;
+  double normaliser = 1;
+  const char* name() const override { return "kl_gauss"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    auto [gmu, glv] = ops::kl_gauss_bwd(g[0], mu, logvar, normaliser);
+    return {gmu, glv};
+  }
+};
+
+struct CrossEntropyNode : Node {
+  Tensor logits, target, lse;  // lse (N) saved by forward, so backward skips the row reductions
+  const char* name() const override { return "cross_entropy"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    return {ops::cross_entropy_bwd(g[0], logits, target, lse)};
+  }
+};
+
+}  // namespace
+
+Var mse_loss(const Var& a, const Var& b) {
+  return pair_loss("mse_loss", &ops::mse_loss, &ops::mse_loss_bwd, a, b);
+}
+
+Var l1_loss(const Var& a, const Var& b) {
+  return pair_loss("l1_loss", &ops::l1_loss, &ops::l1_loss_bwd, a, b);
+}
+
+Var kl_gauss(const Var& mu, const Var& logvar, double normaliser) {
+  Tensor out = ops::kl_gauss(mu.data(), logvar.data(), normaliser);
+  if (!any_requires_grad({mu, logvar})) return Var(out);
+  auto n = std::make_shared<KlGaussNode>();
+  n->mu = mu.data();
+  n->logvar = logvar.data();
+  n->normaliser = normaliser;
+  return attach(n, {mu, logvar}, out);
+}
+
+Var cross_entropy(const Var& logits, const Tensor& target) {
+  ops::CrossEntropyOut out = ops::cross_entropy(logits.data(), target);
+  if (!any_requires_grad({logits})) return Var(out.loss);
+  auto n = std::make_shared<CrossEntropyNode>();
+  n->logits = logits.data();
+  n->target = target;
+  n->lse = out.lse;
+  return attach(n, {logits}, out.loss);
+}
+
+}  // namespace psvae::ag

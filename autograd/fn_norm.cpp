@@ -1,0 +1,88 @@
+// Differentiable normalisation functions. Each backward calls its fused _bwd table entry with the
+// mean and rstd that forward saved, as PyTorch's native_layer_norm does: one pass over x instead
+// of re-deriving the statistics through a dozen elementwise ops.
+#include "autograd/functions.h"
+
+namespace psvae::ag {
+
+namespace {
+
+Tensor data_or_empty(const Var& v) { return v.defined() ? v.data() : Tensor(); }
+
+// The _bwd kernels return gw and gb together when the forward had an affine weight. A bias
+// without a weight still needs its gb, so the backward then passes a unit weight (the forward
+// wrapper does the same, see ops_norm.cpp).
+Tensor weight_for_bwd(const Tensor& w, bool has_b, int64_t n, const Tensor& x) {
+  if (w.defined() || !has_b) return w;
+  return Tensor::full(Shape{n}, 1.0, x.dtype(), x.device());
+}
+
+struct LayerNormNode : Node {
+  Tensor x, w, mean, rstd;
+  bool has_b = false;
+  const char* name() const override { return "layer_norm"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    ops::NormGrads d =
+        ops::layernorm_bwd(g[0], x, mean, rstd, weight_for_bwd(w, has_b, x.size(-1), x));
+    return {d.gx, d.gw, d.gb};
+  }
+};
+
+struct GroupNormNode : Node {
+  Tensor x, w, mean, rstd;
+  int groups = 1;
+  bool has_b = false;
+  const char* name() const override { return "group_norm"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    ops::NormGrads d =
+        ops::groupnorm_bwd(g[0], x, mean, rstd, groups, weight_for_bwd(w, has_b, x.size(1), x));
+    return {d.gx, d.gw, d.gb};
+  }
+};
+
+struct ModulateNode : Node {
+  Tensor x, scale;
+  const char* name() const override { return "modulate"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    ops::ModulateGrads d = ops::modulate_bwd(g[0], x, scale);
+    return {d.gx, d.gshift, d.gscale};
+  }
+};
+
+}  // namespace
+
+Var layer_norm(const Var& x, const Var& w, const Var& b, double eps) {
+  ops::NormOut o = ops::layernorm(x.data(), data_or_empty(w), data_or_empty(b), eps);
+  if (!any_requires_grad({x, w, b})) return Var(o.y);
+  auto n = std::make_shared<LayerNormNode>();
+  n->x = x.data();
+  n->w = data_or_empty(w);
+  n->has_b = b.defined();
+  n->mean = o.mean;
+  n->rstd = o.rstd;
+  return attach(n, {x, w, b}, o.y);
+}
+
+Var modulate(const Var& x, const Var& shift, const Var& scale) {
+  Tensor out = ops::modulate(x.data(), shift.data(), scale.data());
+  if (!any_requires_grad({x, shift, scale})) return Var(out);
+  auto n = std::make_shared<ModulateNode>();
+  n->x = x.data();
+  n->scale = scale.data();
+  return attach(n, {x, shift, scale}, out);
+}
+
+Var group_norm(const Var& x, int groups, const Var& w, const Var& b, double eps) {
+  ops::NormOut o = ops::groupnorm(x.data(), groups, data_or_empty(w), data_or_empty(b), eps);
+  if (!any_requires_grad({x, w, b})) return Var(o.y);
+  auto n = std::make_shared<GroupNormNode>();
+  n->x = x.data();
+  n->w = data_or_empty(w);
+  n->has_b = b.defined();
+  n->groups = groups;
+  n->mean = o.mean;
+  n->rstd = o.rstd;
+  return attach(n, {x, w, b}, o.y);
+}
+
+}  // namespace psvae::ag

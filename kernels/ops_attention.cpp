@@ -1,0 +1,70 @@
+// Typed wrappers of the attention family: shape/dtype validation and output allocation.
+#include <fmt/format.h>
+
+#include <limits>
+
+#include "kernels/ops.h"
+
+namespace psvae::ops {
+
+namespace {
+// q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv), key_mask (B,Tk) i32 or undefined.
+void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+               const Tensor& key_mask) {
+  check(q.rank() == 4 && k.rank() == 4 && v.rank() == 4,
+        fmt::format("{}: q, k, v must be (B,T,H,d), got q {}, k {}, v {}", op, q.shape().str(),
+                    k.shape().str(), v.shape().str()));
+  check(is_floating(q.dtype()) && k.dtype() == q.dtype() && v.dtype() == q.dtype(),
+        fmt::format("{}: q, k, v must share one float dtype, got {}, {}, {}", op,
+                    dtype_name(q.dtype()), dtype_name(k.dtype()), dtype_name(v.dtype())));
+  check(k.size(0) == q.size(0) && k.size(2) == q.size(2) && k.size(3) == q.size(3) &&
+            v.size(0) == q.size(0) && v.size(1) == k.size(1) && v.size(2) == q.size(2),
+        fmt::format("{}: shapes do not fit q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv): q {}, k {}, "
+                    "v {}",
+                    op, q.shape().str(), k.shape().str(), v.shape().str()));
+  if (key_mask.defined())
+    check(key_mask.dtype() == DType::I32 && key_mask.shape() == Shape({k.size(0), k.size(1)}),
+          fmt::format("{}: key_mask must be i32 (B,Tk) = ({}, {}), got {} {}", op, k.size(0),
+                      k.size(1), dtype_name(key_mask.dtype()), key_mask.shape().str()));
+}
+}  // namespace
+
+AttnOut attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
+                  double scale) {
+  check_qkv("attention", q, k, v, key_mask);
+  const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
+  kernels::OpCall c;
+  c.in = {q, k, v};
+  if (key_mask.defined()) c.in.push_back(key_mask);
+  c.out = {Tensor::empty({B, Tq, H, v.size(3)}, q.dtype(), q.device()),
+           Tensor::empty({B, H, Tq}, q.dtype(), q.device())};
+  c.reals[0] = scale;
+  kernels::run(Op::attention, c);
+  return {c.out[0], c.out[1]};
+}
+
+AttnGrads attention_bwd(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& lse, const Tensor& key_mask,
+                        double scale) {
+  check_qkv("attention_bwd", q, k, v, key_mask);
+  const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
+  const Shape o_shape{B, Tq, H, v.size(3)};
+  check(gout.shape() == o_shape && out.shape() == o_shape && lse.shape() == Shape({B, H, Tq}) &&
+            gout.dtype() == q.dtype() && out.dtype() == q.dtype() && lse.dtype() == q.dtype(),
+        fmt::format("attention_bwd: expected gout and out {} and lse {} in {}, got gout {} {}, out "
+                    "{} {}, lse {} {}",
+                    o_shape.str(), Shape({B, H, Tq}).str(), dtype_name(q.dtype()),
+                    dtype_name(gout.dtype()), gout.shape().str(), dtype_name(out.dtype()),
+                    out.shape().str(), dtype_name(lse.dtype()), lse.shape().str()));
+  kernels::OpCall c;
+  c.in = {gout, q, k, v, out, lse};
+  if (key_mask.defined()) c.in.push_back(key_mask);
+  c.out = {Tensor::empty(q.shape(), q.dtype(), q.device()),
+           Tensor::empty(k.shape(), k.dtype(), k.device()),
+           Tensor::empty(v.shape(), v.dtype(), v.device())};
+  c.reals[0] = scale;
+  kernels::run(Op::attention_bwd, c);
+  return {c.out[0], c.out[1], c.out[2]};
+}
+
+}  // namespace psvae::ops

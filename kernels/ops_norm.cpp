@@ -1,0 +1,166 @@
+// Typed wrappers of the norm family: shape checks and output allocation for layernorm, modulate,
+// groupnorm and their backward entries.
+#include <fmt/format.h>
+
+#include "kernels/ops.h"
+
+namespace psvae::ops {
+
+namespace {
+
+// The kernels take the affine pair whole or not at all; a lone weight gets a zero bias and a lone
+// bias a unit weight (same result, one code path per kernel).
+void complete_affine(const char* op, const Tensor& x, int64_t n, Tensor& w, Tensor& b) {
+  if (!w.defined() && !b.defined()) return;
+  if (!w.defined()) w = Tensor::full(Shape{n}, 1.0, x.dtype(), x.device());
+  if (!b.defined()) b = Tensor::zeros(Shape{n}, x.dtype(), x.device());
+  for (const Tensor* t : {&w, &b})
+    check(t->rank() == 1 && t->size(0) == n && t->dtype() == x.dtype(),
+          fmt::format("{}: affine parameter {} ({}) does not match x {} ({}), expected ({})", op,
+                      t->shape().str(), dtype_name(t->dtype()), x.shape().str(),
+                      dtype_name(x.dtype()), n));
+}
+
+void check_same(const char* op, const char* what, const Tensor& t, const Shape& shape, DType dt) {
+  check(t.defined() && t.shape() == shape && t.dtype() == dt,
+        fmt::format("{}: {} must be {} ({}), got {}", op, what, shape.str(), dtype_name(dt),
+                    t.defined() ? t.shape().str() + " (" + dtype_name(t.dtype()) + ")"
+                                : std::string("undefined")));
+}
+
+Shape rows_of(const Shape& s) {  // x.shape without its last dim
+  Shape r;
+  for (int d = 0; d + 1 < s.rank(); ++d) r.push_back(s[d]);
+  return r;
+}
+
+}  // namespace
+
+// ---- layernorm --------------------------------------------------------------------------------
+NormOut layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  check(x.defined() && x.rank() >= 1 && is_floating(x.dtype()),
+        fmt::format("layernorm: x must be a floating tensor of rank >= 1, got {}",
+                    x.defined() ? x.str() : "undefined"));
+  Tensor wa = w, ba = b;
+  complete_affine("layernorm", x, x.size(-1), wa, ba);
+  kernels::OpCall c;
+  c.in = {x};
+  if (wa.defined()) c.in.insert(c.in.end(), {wa, ba});
+  Shape rows = rows_of(x.shape());
+  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device()),
+           Tensor::empty(rows, x.dtype(), x.device()), Tensor::empty(rows, x.dtype(), x.device())};
+  c.reals[0] = eps;
+  kernels::run(Op::layernorm, c);
+  return {c.out[0], c.out[1], c.out[2]};
+}
+
+NormGrads layernorm_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
+                        const Tensor& w) {
+  check(x.defined() && x.rank() >= 1, "layernorm_bwd: x must have rank >= 1");
+  check_same("layernorm_bwd", "gy", gy, x.shape(), x.dtype());
+  Shape rows = rows_of(x.shape());
+  check_same("layernorm_bwd", "mean", mean, rows, x.dtype());
+  check_same("layernorm_bwd", "rstd", rstd, rows, x.dtype());
+  kernels::OpCall c;
+  c.in = {gy, x, mean, rstd};
+  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device())};
+  if (w.defined()) {
+    check_same("layernorm_bwd", "w", w, Shape{x.size(-1)}, x.dtype());
+    c.in.push_back(w);
+    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
+    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
+  }
+  kernels::run(Op::layernorm_bwd, c);
+  NormGrads g;
+  g.gx = c.out[0];
+  if (w.defined()) {
+    g.gw = c.out[1];
+    g.gb = c.out[2];
+  }
+  return g;
+}
+
+// ---- modulate ---------------------------------------------------------------------------------
+Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale) {
+  check(x.defined() && x.rank() == 3 && is_floating(x.dtype()),
+        fmt::format("modulate: x must be a floating (N, T, D) tensor, got {}",
+                    x.defined() ? x.str() : "undefined"));
+  Shape nd{x.size(0), x.size(2)};
+  check_same("modulate", "shift", shift, nd, x.dtype());
+  check_same("modulate", "scale", scale, nd, x.dtype());
+  kernels::OpCall c;
+  c.in = {x, shift, scale};
+  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device())};
+  kernels::run(Op::modulate, c);
+  return c.out[0];
+}
+
+ModulateGrads modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& scale) {
+  check(x.defined() && x.rank() == 3, "modulate_bwd: x must be (N, T, D)");
+  Shape nd{x.size(0), x.size(2)};
+  check_same("modulate_bwd", "gy", gy, x.shape(), x.dtype());
+  check_same("modulate_bwd", "scale", scale, nd, x.dtype());
+  kernels::OpCall c;
+  c.in = {gy, x, scale};
+  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device()),
+           Tensor::empty(nd, x.dtype(), x.device()), Tensor::empty(nd, x.dtype(), x.device())};
+  kernels::run(Op::modulate_bwd, c);
+  return {c.out[0], c.out[1], c.out[2]};
+}
+
+// ---- groupnorm --------------------------------------------------------------------------------
+namespace {
+void check_groups(const char* op, const Tensor& x, int groups) {
+  check(x.defined() && x.rank() >= 2 && is_floating(x.dtype()),
+        fmt::format("{}: x must be a floating (N, C, ...) tensor, got {}", op,
+                    x.defined() ? x.str() : "undefined"));
+  check(groups > 0 && x.size(1) % groups == 0,
+        fmt::format("{}: {} groups do not divide the {} channels of x {}", op, groups, x.size(1),
+                    x.shape().str()));
+}
+}  // namespace
+
+NormOut groupnorm(const Tensor& x, int groups, const Tensor& w, const Tensor& b, double eps) {
+  check_groups("groupnorm", x, groups);
+  Tensor wa = w, ba = b;
+  complete_affine("groupnorm", x, x.size(1), wa, ba);
+  kernels::OpCall c;
+  c.in = {x};
+  if (wa.defined()) c.in.insert(c.in.end(), {wa, ba});
+  Shape ng{x.size(0), groups};
+  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device()),
+           Tensor::empty(ng, x.dtype(), x.device()), Tensor::empty(ng, x.dtype(), x.device())};
+  c.ints[0] = groups;
+  c.reals[0] = eps;
+  kernels::run(Op::groupnorm, c);
+  return {c.out[0], c.out[1], c.out[2]};
+}
+
+NormGrads groupnorm_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
+                        int groups, const Tensor& w) {
+  check_groups("groupnorm_bwd", x, groups);
+  check_same("groupnorm_bwd", "gy", gy, x.shape(), x.dtype());
+  Shape ng{x.size(0), groups};
+  check_same("groupnorm_bwd", "mean", mean, ng, x.dtype());
+  check_same("groupnorm_bwd", "rstd", rstd, ng, x.dtype());
+  kernels::OpCall c;
+  c.in = {gy, x, mean, rstd};
+  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device())};
+  if (w.defined()) {
+    check_same("groupnorm_bwd", "w", w, Shape{x.size(1)}, x.dtype());
+    c.in.push_back(w);
+    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
+    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
+  }
+  c.ints[0] = groups;
+  kernels::run(Op::groupnorm_bwd, c);
+  NormGrads g;
+  g.gx = c.out[0];
+  if (w.defined()) {
+    g.gw = c.out[1];
+    g.gb = c.out[2];
+  }
+  return g;
+}
+
+}  // namespace psvae::ops

@@ -1,0 +1,56 @@
+#include "nn/attention.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace psvae::nn {
+
+namespace {
+int64_t head_dim(int64_t dim, int heads) {
+  check(heads > 0 && dim % heads == 0,
+        fmt::format("attention: width {} does not split into {} heads", dim, heads));
+  return dim / heads;
+}
+
+// y (B, T, n * D) -> n tensors (B, T, H, hd), as timm's reshape(B, T, n, H, hd).
+std::vector<Var> split_heads(const Var& y, int n, int heads, int64_t hd) {
+  const int64_t B = y.size(0), T = y.size(1);
+  if (n == 1) return {ag::reshape(y, Shape{B, T, heads, hd})};
+  Var r = ag::reshape(y, Shape{B, T, n, heads, hd});
+  std::vector<Var> parts = ag::split(r, std::vector<int64_t>(static_cast<size_t>(n), 1), 2);
+  for (Var& p : parts) p = ag::reshape(p, Shape{B, T, heads, hd});
+  return parts;
+}
+}  // namespace
+
+Attention::Attention(const Config& c, Generator& g) : cfg_(c) {
+  head_dim(c.dim, c.heads);
+  qkv = register_module("qkv", std::make_shared<Linear>(c.dim, 3 * c.dim, c.qkv_bias, g));
+  proj = register_module("proj", std::make_shared<Linear>(c.dim, c.dim, true, g));
+}
+
+Var Attention::forward(const Var& x, const Tensor& key_mask) const {
+  const int64_t B = x.size(0), T = x.size(1), hd = head_dim(cfg_.dim, cfg_.heads);
+  std::vector<Var> qkv_h = split_heads(qkv->forward(x), 3, cfg_.heads, hd);  // 3 x (B,T,H,hd)
+  Var o = ag::attention(qkv_h[0], qkv_h[1], qkv_h[2], key_mask,
+                        1.0 / std::sqrt(static_cast<double>(hd)));  // (B,T,H,hd)
+  return proj->forward(ag::reshape(o, Shape{B, T, cfg_.dim}));
+}
+
+CrossAttention::CrossAttention(const Config& c, Generator& g) : cfg_(c) {
+  head_dim(c.dim, c.heads);
+  q = register_module("q", std::make_shared<Linear>(c.dim, c.dim, c.qkv_bias, g));
+  kv = register_module("kv", std::make_shared<Linear>(c.context_dim, 2 * c.dim, c.qkv_bias, g));
+  proj = register_module("proj", std::make_shared<Linear>(c.dim, c.dim, true, g));
+}
+
+Var CrossAttention::forward(const Var& x, const Var& context, const Tensor& key_mask) const {
+  const int64_t B = x.size(0), T = x.size(1), hd = head_dim(cfg_.dim, cfg_.heads);
+  Var qh = split_heads(q->forward(x), 1, cfg_.heads, hd)[0];                    // (B,T,H,hd)
+  std::vector<Var> kvh = split_heads(kv->forward(context), 2, cfg_.heads, hd);  // 2 x (B,S,H,hd)
+  Var o = ag::attention(qh, kvh[0], kvh[1], key_mask, 1.0 / std::sqrt(static_cast<double>(hd)));
+  return proj->forward(ag::reshape(o, Shape{B, T, cfg_.dim}));
+}
+
+}  // namespace psvae::nn

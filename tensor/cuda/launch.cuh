@@ -1,0 +1,56 @@
+// What every CUDA entry point of the project needs before it launches work: a valid device index,
+// that device made current (a stream belongs to one device; launching into it from another is an
+// error), the device's stream, and a grid size for grid-stride kernels.
+// Defined in tensor/cuda/runtime.cu; kernels/cuda/*.cu use them too.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace psvae::cuda {
+
+// Throws std::invalid_argument naming the device and the visible count when out of range.
+void check_device(int device);
+
+// The project's stream on `device` (created on first use); the typed form of current_stream().
+cudaStream_t stream(int device);
+
+// Streaming multiprocessors of `device` (132 on an H200), cached.
+int sm_count(int device);
+
+// Makes `device` current for the scope and restores the caller's device afterwards, so library
+// calls never change the thread's device behind the user's back.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+  int device_ = -1;
+};
+
+// Grid-stride launches: 256 threads per block, and at most 8 blocks per SM. 8 x 256 = 2048
+// threads, the resident maximum of an sm_80/sm_90 SM, so the grid is one full wave; each thread
+// then strides over the rest. Memory-bound elementwise kernels reach bandwidth with this and avoid
+// the launch-tail of a grid with millions of tiny blocks.
+constexpr int kBlockThreads = 256;
+inline unsigned grid_for(int64_t work_items, int device) {
+  int64_t blocks = (work_items + kBlockThreads - 1) / kBlockThreads;
+  int64_t cap = static_cast<int64_t>(sm_count(device)) * 8;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(blocks, cap)));
+}
+
+// Index of this thread in a grid-stride loop and the stride, in 64 bits (tensors may exceed 2^31
+// elements).
+__device__ __forceinline__ int64_t grid_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_stride() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+}  // namespace psvae::cuda

@@ -1,0 +1,166 @@
+// Op spec of attention: the kernel (one score row at a time, FlashAttention-2 backward) against a
+// naive f64 reference that builds the whole (Tq, Tk) score matrix per (batch, head).
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "common/test_util.h"
+#include "op_harness.h"
+
+namespace psvae::test {
+
+namespace {
+
+using ag::Var;
+
+// Key mask (B, Tk) i32: kind 0 = none (undefined tensor is not an input), 1 = random holes with at
+// least one key kept per batch, 2 = as 1 but the last batch fully masked (lse -inf, o 0).
+Tensor make_mask(Generator& g, int64_t B, int64_t Tk, int kind) {
+  std::vector<double> u = as_doubles(uniform(g, {B, Tk}, 0.0, 1.0));
+  std::vector<int32_t> m(u.size());
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < Tk; ++j)
+      m[static_cast<size_t>(b * Tk + j)] = u[static_cast<size_t>(b * Tk + j)] < 0.35 ? 0 : 1;
+    m[static_cast<size_t>(b * Tk + (b % Tk))] = 1;
+    if (kind == 2 && b == B - 1)
+      for (int64_t j = 0; j < Tk; ++j) m[static_cast<size_t>(b * Tk + j)] = 0;
+  }
+  return Tensor::from_vector(m, {B, Tk});
+}
+
+}  // namespace
+
+// inputs (q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv), [key_mask]); reals = {scale}.
+// Outputs: o and lse; lse is not differentiable here (the autograd function returns o only) and
+// can be -inf, so only o is gradchecked.
+PSVAE_OP_SPEC(attention) {
+  OpSpec s;
+  s.name = "attention";
+  s.covers = {kernels::Op::attention, kernels::Op::attention_bwd};
+  s.grad_outputs = {true, false};
+  s.cases = [](Generator& g) {
+    struct P {
+      int64_t B, Tq, Tk, H, d, dv;
+      int mask;
+    };
+    std::vector<P> ps = {
+        {1, 1, 1, 1, 4, 4, 0},     {1, 3, 3, 1, 4, 4, 0},  {2, 7, 7, 3, 4, 4, 0},
+        {1, 17, 17, 1, 8, 8, 0},   {2, 3, 7, 3, 5, 3, 0},  {1, 7, 3, 3, 8, 5, 0},
+        {2, 1, 17, 1, 5, 4, 0},    {2, 7, 7, 1, 8, 8, 1},  {2, 3, 17, 3, 4, 5, 1},
+        {2, 7, 7, 3, 5, 5, 2},     {2, 17, 3, 1, 4, 6, 2}, {1, 77, 77, 2, 32, 32, 1},
+        {2, 77, 40, 3, 32, 16, 2},
+    };
+    std::vector<OpCase> cs;
+    for (const P& p : ps) {
+      OpCase c;
+      c.label =
+          fmt::format("B={} Tq={} Tk={} H={} d={} dv={} mask={}", p.B, p.Tq, p.Tk, p.H, p.d, p.dv,
+                      p.mask == 0   ? "none"
+                      : p.mask == 1 ? "holes"
+                                    : "holes+all");
+      c.inputs = {normal(g, {p.B, p.Tq, p.H, p.d}), normal(g, {p.B, p.Tk, p.H, p.d}),
+                  normal(g, {p.B, p.Tk, p.H, p.dv})};
+      if (p.mask) c.inputs.push_back(make_mask(g, p.B, p.Tk, p.mask));
+      c.reals = {1.0 / std::sqrt(static_cast<double>(p.d))};
+      c.gradcheck = p.B * std::max(p.Tq, p.Tk) * p.H * std::max(p.d, p.dv) <= 300;
+      cs.push_back(c);
+    }
+    return cs;
+  };
+  s.apply = [](const std::vector<Var>& v, const OpCase& c) {
+    Tensor mask = v.size() > 3 ? v[3].data() : Tensor();
+    Var o = ag::attention(v[0], v[1], v[2], mask, c.reals[0]);
+    Tensor lse = ops::attention(v[0].data(), v[1].data(), v[2].data(), mask, c.reals[0]).lse;
+    return std::vector<Var>{o, Var(lse)};
+  };
+  s.reference = [](const std::vector<Tensor>& in, const OpCase& c) {
+    const Shape &qs = in[0].shape(), &ks = in[1].shape(), &vs = in[2].shape();
+    const int64_t B = qs[0], Tq = qs[1], H = qs[2], d = qs[3], Tk = ks[1], dv = vs[3];
+    std::vector<double> q = as_doubles(in[0]), k = as_doubles(in[1]), v = as_doubles(in[2]);
+    std::vector<double> mask = in.size() > 3 ? as_doubles(in[3]) : std::vector<double>();
+    std::vector<double> o(static_cast<size_t>(B * Tq * H * dv)),
+        lse(static_cast<size_t>(B * H * Tq));
+    auto Q = [&](int64_t b, int64_t i, int64_t h, int64_t e) {
+      return q[static_cast<size_t>(((b * Tq + i) * H + h) * d + e)];
+    };
+    auto K = [&](int64_t b, int64_t j, int64_t h, int64_t e) {
+      return k[static_cast<size_t>(((b * Tk + j) * H + h) * d + e)];
+    };
+    auto V = [&](int64_t b, int64_t j, int64_t h, int64_t e) {
+      return v[static_cast<size_t>(((b * Tk + j) * H + h) * dv + e)];
+    };
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        std::vector<double> S(static_cast<size_t>(Tq * Tk));
+        for (int64_t i = 0; i < Tq; ++i)
+          for (int64_t j = 0; j < Tk; ++j) {
+            double acc = 0;
+            for (int64_t e = 0; e < d; ++e) acc += Q(b, i, h, e) * K(b, j, h, e);
+            S[static_cast<size_t>(i * Tk + j)] = acc * c.reals[0];
+          }
+        for (int64_t i = 0; i < Tq; ++i) {
+          auto keep = [&](int64_t j) {
+            return mask.empty() || mask[static_cast<size_t>(b * Tk + j)] != 0;
+          };
+          double m = -std::numeric_limits<double>::infinity();
+          for (int64_t j = 0; j < Tk; ++j)
+            if (keep(j)) m = std::max(m, S[static_cast<size_t>(i * Tk + j)]);
+          double z = 0;
+          for (int64_t j = 0; j < Tk; ++j)
+            if (keep(j)) z += std::exp(S[static_cast<size_t>(i * Tk + j)] - m);
+          bool none = z == 0;
+          lse[static_cast<size_t>((b * H + h) * Tq + i)] =
+              none ? -std::numeric_limits<double>::infinity() : m + std::log(z);
+          for (int64_t e = 0; e < dv; ++e) {
+            double acc = 0;
+            for (int64_t j = 0; j < Tk; ++j)
+              if (keep(j))
+                acc += std::exp(S[static_cast<size_t>(i * Tk + j)] - m) / z * V(b, j, h, e);
+            o[static_cast<size_t>(((b * Tq + i) * H + h) * dv + e)] = none ? 0.0 : acc;
+          }
+        }
+      }
+    return std::vector<Tensor>{Tensor::from_vector(o, {B, Tq, H, dv}),
+                               Tensor::from_vector(lse, {B, H, Tq})};
+  };
+  return s;
+}
+
+// gk and gv sum over queries; the kernel keeps each sum inside one thread, so the result must be
+// the same bits whatever the thread count (exact resume and multi-rank runs depend on it).
+TEST_CASE("attention: forward and backward are bit-identical for 1 and 4 threads") {
+  Generator g(7);
+  const int64_t B = 2, T = 77, H = 3, d = 32;
+  Tensor q = normal(g, {B, T, H, d}), k = normal(g, {B, T, H, d}), v = normal(g, {B, T, H, d});
+  Tensor go = normal(g, {B, T, H, d});
+  Tensor mask = make_mask(g, B, T, 1);
+  auto run = [&](int threads) {
+    int prev = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    ops::AttnOut f = ops::attention(q, k, v, mask, 0.125);
+    ops::AttnGrads r = ops::attention_bwd(go, q, k, v, f.out, f.lse, mask, 0.125);
+    omp_set_num_threads(prev);
+    return std::vector<Tensor>{f.out, f.lse, r.gq, r.gk, r.gv};
+  };
+  std::vector<Tensor> a = run(1), b = run(4);
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO("output ", i);
+    CHECK(std::memcmp(a[i].raw_data(), b[i].raw_data(), a[i].nbytes()) == 0);
+  }
+}
+
+TEST_CASE("attention: shape errors name the op and the shapes") {
+  Tensor q = Tensor::zeros({1, 3, 2, 4}, DType::F64), k = Tensor::zeros({1, 5, 2, 8}, DType::F64);
+  CHECK_THROWS_WITH_AS(ops::attention(q, k, k, Tensor(), 1.0),
+                       doctest::Contains("attention: shapes do not fit"), std::invalid_argument);
+  Tensor k4 = Tensor::zeros({1, 5, 2, 4}, DType::F64);
+  CHECK_THROWS_WITH_AS(ops::attention(q, k4, k4, Tensor::zeros({1, 4}, DType::I32), 1.0),
+                       doctest::Contains("key_mask must be i32 (B,Tk) = (1, 5)"),
+                       std::invalid_argument);
+}
+
+}  // namespace psvae::test

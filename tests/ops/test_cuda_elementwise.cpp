@@ -1,0 +1,172 @@
+// The first CUDA op kernels (kernels/cuda/register.cu: add, sub, mul, div, add_scalar, mul_scalar,
+// cast) against the CPU kernels through kernels::run, outputs poisoned with NaN. Each is one IEEE
+// operation per element, so f32 and f64 must match the CPU bit for bit, and bf16 (computed in f32)
+// must equal the CPU's f32 result rounded to bf16. Skipped without a CUDA device.
+// (Lives in test_ops rather than test_tensor because it needs psvae_kernels.)
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "common/test_util.h"
+#include "kernels/op_table.h"
+#include "kernels/ops.h"
+
+using namespace psvae;
+using kernels::Op;
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+struct PoisonOn {
+  bool prev = poison_new_tensors();
+  PoisonOn() { set_poison_new_tensors(true); }
+  ~PoisonOn() { set_poison_new_tensors(prev); }
+};
+
+Tensor run1(Op op, const std::vector<Tensor>& in, const Shape& s, DType dt, Device d,
+            double r0 = 0) {
+  kernels::OpCall c;
+  c.in = in;
+  c.out = {Tensor::empty(s, dt, d)};
+  c.reals[0] = r0;
+  kernels::run(op, c);
+  return c.out[0];
+}
+
+std::vector<Tensor> to_gpu(const std::vector<Tensor>& ts) {
+  std::vector<Tensor> r;
+  for (const Tensor& t : ts) r.push_back(t.to(kGpu));
+  return r;
+}
+
+int64_t bit_mismatches(const Tensor& a, const Tensor& b) {
+  Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
+  REQUIRE(ha.dtype() == hb.dtype());
+  REQUIRE(ha.shape() == hb.shape());
+  const size_t es = dtype_size(ha.dtype());
+  const char* pa = static_cast<const char*>(ha.raw_data());
+  const char* pb = static_cast<const char*>(hb.raw_data());
+  int64_t bad = 0;
+  for (int64_t i = 0; i < ha.numel(); ++i) bad += std::memcmp(pa + i * es, pb + i * es, es) != 0;
+  return bad;
+}
+
+// Host conversions, as psvae::bf16 defines them.
+Tensor host_to_bf16(const Tensor& t) {
+  std::vector<double> v = test::as_doubles(t);
+  std::vector<bf16> b;
+  for (double x : v) b.emplace_back(static_cast<float>(x));
+  return Tensor::from_vector(b, t.shape());
+}
+Tensor host_to_f32(const Tensor& t) {
+  std::vector<double> v = test::as_doubles(t);
+  std::vector<float> f(v.begin(), v.end());
+  return Tensor::from_vector(f, t.shape());
+}
+
+Tensor random(Generator& g, const Shape& s, DType dt, double lo, double hi) {
+  Tensor t = test::uniform(g, s, lo, hi);
+  if (dt == DType::F64) return t;
+  Tensor f = host_to_f32(t);
+  return dt == DType::F32 ? f : host_to_bf16(f);
+}
+
+}  // namespace
+
+TEST_CASE("cuda kernels: add, sub, mul, div match the CPU") {
+  if (!cuda_available()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  PoisonOn poison;
+  Generator g(2024);
+  struct Case {
+    Shape a, b, y;
+  };
+  // 37x129 = 4773 elements takes the scalar path, 64x64 the 16-byte vector path; one-element
+  // operands on either side.
+  const std::vector<Case> cases = {
+      {{37, 129}, {37, 129}, {37, 129}}, {{64, 64}, {64, 64}, {64, 64}}, {{}, {64, 64}, {64, 64}},
+      {{64, 64}, {1}, {64, 64}},         {{37, 129}, {}, {37, 129}},     {{1, 1}, {5}, {5}}};
+  const Op ops[] = {Op::add, Op::sub, Op::mul, Op::div};
+  for (Op op : ops) {
+    for (const Case& c : cases) {
+      CAPTURE(kernels::op_name(op));
+      CAPTURE(c.a.str());
+      CAPTURE(c.b.str());
+      for (DType dt : {DType::F32, DType::F64}) {
+        CAPTURE(dtype_name(dt));
+        std::vector<Tensor> in = {random(g, c.a, dt, -2, 2), random(g, c.b, dt, 0.5, 2)};
+        Tensor ref = run1(op, in, c.y, dt, Device::cpu());
+        Tensor got = run1(op, to_gpu(in), c.y, dt, kGpu);
+        CHECK(bit_mismatches(got, ref) == 0);
+      }
+      // bf16: the f32 CPU result of the same (bf16-exact) inputs, rounded to bf16.
+      std::vector<Tensor> in = {random(g, c.a, DType::BF16, -2, 2),
+                                random(g, c.b, DType::BF16, 0.5, 2)};
+      Tensor ref = host_to_bf16(
+          run1(op, {host_to_f32(in[0]), host_to_f32(in[1])}, c.y, DType::F32, Device::cpu()));
+      Tensor got = run1(op, to_gpu(in), c.y, DType::BF16, kGpu);
+      CHECK(bit_mismatches(got, ref) == 0);
+    }
+  }
+  // Through the typed wrapper: the whole dispatch path.
+  Tensor a = random(g, {3, 7}, DType::F32, -1, 1), b = random(g, {3, 7}, DType::F32, -1, 1);
+  CHECK(bit_mismatches(ops::add(a.to(kGpu), b.to(kGpu)), ops::add(a, b)) == 0);
+  // General broadcasting is not there yet and says so.
+  Tensor col = Tensor::zeros({3, 1}, DType::F32, kGpu),
+         row = Tensor::zeros({1, 4}, DType::F32, kGpu);
+  CHECK_THROWS_AS(run1(Op::add, {col, row}, {3, 4}, DType::F32, kGpu), std::runtime_error);
+}
+
+TEST_CASE("cuda kernels: add_scalar, mul_scalar match the CPU") {
+  if (!cuda_available()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  PoisonOn poison;
+  Generator g(7);
+  // Scalars exact in f32, so an f32 kernel computing in f32 or in f64 rounds to the same value.
+  for (Op op : {Op::add_scalar, Op::mul_scalar}) {
+    for (const Shape& s : {Shape{37, 129}, Shape{64, 64}, Shape{}}) {
+      for (double sc : {0.375, -1.25}) {
+        CAPTURE(kernels::op_name(op));
+        CAPTURE(s.str());
+        for (DType dt : {DType::F32, DType::F64}) {
+          Tensor x = random(g, s, dt, -3, 3);
+          CHECK(bit_mismatches(run1(op, {x.to(kGpu)}, s, dt, kGpu, sc),
+                               run1(op, {x}, s, dt, Device::cpu(), sc)) == 0);
+        }
+        Tensor x = random(g, s, DType::BF16, -3, 3);
+        Tensor ref = host_to_bf16(run1(op, {host_to_f32(x)}, s, DType::F32, Device::cpu(), sc));
+        CHECK(bit_mismatches(run1(op, {x.to(kGpu)}, s, DType::BF16, kGpu, sc), ref) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda kernels: cast between f32, bf16 and f64") {
+  if (!cuda_available()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  PoisonOn poison;
+  Generator g(11);
+  const Shape s{33, 65};
+  Tensor x64 = test::uniform(g, s, -100, 100);  // f64 values that are not exact in f32
+  Tensor x32 = host_to_f32(x64);
+  Tensor xb = host_to_bf16(x32);
+  // Against the CPU kernel where it has one (f32 <-> f64).
+  CHECK(bit_mismatches(run1(Op::cast, {x64.to(kGpu)}, s, DType::F32, kGpu),
+                       run1(Op::cast, {x64}, s, DType::F32, Device::cpu())) == 0);
+  CHECK(bit_mismatches(run1(Op::cast, {x32.to(kGpu)}, s, DType::F64, kGpu),
+                       run1(Op::cast, {x32}, s, DType::F64, Device::cpu())) == 0);
+  // bf16 against the host conversions of psvae::bf16.
+  CHECK(bit_mismatches(run1(Op::cast, {x32.to(kGpu)}, s, DType::BF16, kGpu), xb) == 0);
+  CHECK(bit_mismatches(run1(Op::cast, {x64.to(kGpu)}, s, DType::BF16, kGpu), xb) == 0);
+  CHECK(bit_mismatches(run1(Op::cast, {xb.to(kGpu)}, s, DType::F32, kGpu), host_to_f32(xb)) == 0);
+  Tensor xb64 = Tensor::from_vector(test::as_doubles(xb), s);
+  CHECK(bit_mismatches(run1(Op::cast, {xb.to(kGpu)}, s, DType::F64, kGpu), xb64) == 0);
+}

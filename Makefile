@@ -10,7 +10,8 @@ CMAKE_ARGS ?=
 GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
 
 # Debian packages the build needs (CUDA comes with the toolkit, not from here).
-DEB_PACKAGES := cmake ninja-build ccache g++ libeigen3-dev libfmt-dev doctest-dev nlohmann-json3-dev
+DEB_PACKAGES := cmake ninja-build ccache g++ libeigen3-dev libfmt-dev doctest-dev nlohmann-json3-dev \
+  libyaml-cpp-dev libcli11-dev libstb-dev
 
 .PHONY: all deps configure build test asan-tensor test-asan demo clean format
 

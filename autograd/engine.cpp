@@ -17,7 +17,8 @@ thread_local bool g_grad_enabled = true;
 bool grad_enabled() { return g_grad_enabled; }
 void set_grad_enabled(bool on) { g_grad_enabled = on; }
 
-// ---- Var -----------------------------------------------------------------------------------------
+// ---- Var
+// -----------------------------------------------------------------------------------------
 Var::Var(Tensor data, bool requires_grad) : impl_(std::make_shared<VarImpl>()) {
   impl_->data = std::move(data);
   set_requires_grad(requires_grad);
@@ -38,8 +39,9 @@ void Var::backward(const Tensor& grad) const {
   check(requires_grad(), "backward: this Var does not require grad (no leaf it depends on does)");
   Tensor seed = grad;
   if (!seed.defined()) {
-    check(numel() == 1, fmt::format("backward: implicit gradient needs a one-element output, got {}",
-                                    shape().str()));
+    check(numel() == 1,
+          fmt::format("backward: implicit gradient needs a one-element output, got {}",
+                      shape().str()));
     seed = Tensor::full(shape(), 1.0, dtype(), device());
   }
   check(seed.shape() == shape(), fmt::format("backward: gradient shape {} for output {}",
@@ -83,7 +85,8 @@ static Edge edge_of(const Var& v) {
   if (impl->grad_fn) return {impl->grad_fn, impl->output_nr};
   if (!impl->accumulator) {
     impl->accumulator = std::make_shared<AccumulateGrad>(impl);
-    impl->accumulator->outputs.push_back({impl->data.shape(), impl->data.dtype(), impl->data.device()});
+    impl->accumulator->outputs.push_back(
+        {impl->data.shape(), impl->data.dtype(), impl->data.device()});
   }
   return {impl->accumulator, 0};
 }
@@ -101,7 +104,8 @@ std::vector<Var> attach(const std::shared_ptr<Node>& node, const std::vector<Var
   return out;
 }
 
-Var attach(const std::shared_ptr<Node>& node, const std::vector<Var>& inputs, const Tensor& output) {
+Var attach(const std::shared_ptr<Node>& node, const std::vector<Var>& inputs,
+           const Tensor& output) {
   return attach(node, inputs, std::vector<Tensor>{output})[0];
 }
 
@@ -155,7 +159,8 @@ void run_backward(const Var& root, const Tensor& seed) {
       if (!e.fn) continue;
       check(i < in_grads.size() && in_grads[i].defined(),
             fmt::format("{}: backward returned no gradient for input {}", node->name(), i));
-      const OutputMeta* m = e.fn->outputs.empty() ? nullptr : &e.fn->outputs[static_cast<size_t>(e.output_nr)];
+      const OutputMeta* m =
+          e.fn->outputs.empty() ? nullptr : &e.fn->outputs[static_cast<size_t>(e.output_nr)];
       if (m)
         check(in_grads[i].shape() == m->shape,
               fmt::format("{}: gradient for input {} has shape {}, expected {}", node->name(), i,

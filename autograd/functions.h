@@ -47,7 +47,8 @@ inline Var operator+(const Var& a, double s) { return add_scalar(a, s); }
 inline Var operator*(const Var& a, double s) { return mul_scalar(a, s); }
 inline Var operator*(double s, const Var& a) { return mul_scalar(a, s); }
 
-// ---- reductions (fn_reduce.cpp) -------------------------------------------------------------------
+// ---- reductions (fn_reduce.cpp)
+// -------------------------------------------------------------------
 Var sum(const Var& x, int dim, bool keepdim = false);
 Var sum_all(const Var& x);
 Var mean(const Var& x, int dim, bool keepdim = false);
@@ -63,7 +64,7 @@ Var linear(const Var& x, const Var& w, const Var& b);  // b may be an undefined 
 
 // ---- normalisation (fn_norm.cpp) ----------------------------------------------------------------
 Var layer_norm(const Var& x, const Var& w, const Var& b, double eps);  // w, b may be undefined
-Var modulate(const Var& x, const Var& shift, const Var& scale);       // adaLN, see ops::modulate
+Var modulate(const Var& x, const Var& shift, const Var& scale);        // adaLN, see ops::modulate
 Var group_norm(const Var& x, int groups, const Var& w, const Var& b, double eps);
 
 // ---- convolution, pooling, resampling (fn_spatial.cpp) -----------------------------------------

@@ -29,7 +29,8 @@ GradcheckResult gradcheck(const std::function<Var(const std::vector<Var>&)>& f,
     const Tensor& t = inputs[i];
     check(t.device().is_cpu(), "gradcheck: inputs must be on the CPU");
     check(!wrt[i] || t.dtype() == DType::F64,
-          fmt::format("gradcheck: input {} is {}, checked inputs must be f64", i, dtype_name(t.dtype())));
+          fmt::format("gradcheck: input {} is {}, checked inputs must be f64", i,
+                      dtype_name(t.dtype())));
     vars.emplace_back(t.clone(), static_cast<bool>(wrt[i]));
   }
 

@@ -18,9 +18,9 @@ class AccumulateGrad;
 struct VarImpl {
   Tensor data;
   Tensor grad;
-  bool requires_grad = false;      // leaves: set by the user; non-leaves: true when grad_fn set
-  std::shared_ptr<Node> grad_fn;   // null for leaves
-  int output_nr = 0;               // which output of grad_fn this is
+  bool requires_grad = false;     // leaves: set by the user; non-leaves: true when grad_fn set
+  std::shared_ptr<Node> grad_fn;  // null for leaves
+  int output_nr = 0;              // which output of grad_fn this is
   std::shared_ptr<AccumulateGrad> accumulator;  // leaves that require grad, created lazily
 };
 

@@ -8,7 +8,7 @@ namespace psvae::kernels {
 
 OpTable::OpTable() {
   int i = 0;
-#define PSVAE_OP_DEF(name_, family_, doc_) \
+#define PSVAE_OP_DEF(name_, family_, doc_)                                                    \
   defs_[static_cast<size_t>(i)] = OpDef{Op::name_, #name_, #family_, doc_, nullptr, nullptr}; \
   ++i;
   PSVAE_ALL_OPS(PSVAE_OP_DEF)
@@ -46,7 +46,8 @@ Op op_by_name(const std::string& name) {
 
 void run(Op op, const OpCall& call) {
   const OpDef& def = op_def(op);
-  const Tensor* first = !call.in.empty() ? &call.in[0] : (!call.out.empty() ? &call.out[0] : nullptr);
+  const Tensor* first =
+      !call.in.empty() ? &call.in[0] : (!call.out.empty() ? &call.out[0] : nullptr);
   if (!first || !first->defined())
     throw std::invalid_argument(fmt::format("{}: first tensor is undefined", def.name));
   Device dev = first->device();
@@ -63,7 +64,8 @@ void run(Op op, const OpCall& call) {
   check_dev(call.out, "output");
   KernelFn fn = dev.is_cpu() ? def.cpu : def.cuda;
   if (!fn)
-    throw std::runtime_error(fmt::format("{}: no {} kernel", def.name, dev.is_cpu() ? "CPU" : "CUDA"));
+    throw std::runtime_error(
+        fmt::format("{}: no {} kernel", def.name, dev.is_cpu() ? "CPU" : "CUDA"));
   fn(call);
 }
 

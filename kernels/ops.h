@@ -12,9 +12,9 @@ namespace psvae::ops {
 
 using kernels::Op;
 
-// ---- elementwise (kernels/ops_elementwise.cpp) ---------------------------------------------------
-// NumPy broadcasting: dims aligned from the right, each pair equal or one of them 1. Throws naming
-// both shapes when they do not broadcast.
+// ---- elementwise (kernels/ops_elementwise.cpp)
+// --------------------------------------------------- NumPy broadcasting: dims aligned from the
+// right, each pair equal or one of them 1. Throws naming both shapes when they do not broadcast.
 Shape broadcast_shapes(const Shape& a, const Shape& b);
 Tensor add(const Tensor& a, const Tensor& b);
 Tensor sub(const Tensor& a, const Tensor& b);
@@ -49,7 +49,7 @@ Tensor unary_bwd(Op op_bwd, const Tensor& x, const Tensor& y, const Tensor& gy, 
 Tensor sum(const Tensor& x, int dim, bool keepdim = false);
 Tensor sum_all(const Tensor& x);  // scalar
 Tensor mean(const Tensor& x, int dim, bool keepdim = false);
-Tensor mean_all(const Tensor& x);  // scalar
+Tensor mean_all(const Tensor& x);                                               // scalar
 std::pair<Tensor, Tensor> max(const Tensor& x, int dim, bool keepdim = false);  // values, argmax
 Tensor max_bwd(const Tensor& gy, const Tensor& argmax, const Shape& x_shape, int dim);
 // Variance with `correction` (0: population, 1: unbiased); returns (var, mean).
@@ -94,7 +94,8 @@ NormGrads groupnorm_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean, c
 struct Conv2dParams {
   int stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
 };
-// x (N,C,H,W), w (O,C,kh,kw), b (O) or undefined -> (N,O,Ho,Wo), Ho = (H + 2 pad_h - kh)/stride_h + 1.
+// x (N,C,H,W), w (O,C,kh,kw), b (O) or undefined -> (N,O,Ho,Wo), Ho = (H + 2 pad_h - kh)/stride_h
+// + 1.
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p);
 struct Conv2dGrads {
   Tensor gx, gw, gb;  // gb defined when with_bias
@@ -141,7 +142,8 @@ AttnOut attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 AttnGrads attention_bwd(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, const Tensor& key_mask, double scale);
 
-// ---- losses (kernels/ops_loss.cpp), scalar outputs -------------------------------------------------
+// ---- losses (kernels/ops_loss.cpp), scalar outputs
+// -------------------------------------------------
 Tensor mse_loss(const Tensor& a, const Tensor& b);
 Tensor mse_loss_bwd(const Tensor& gy, const Tensor& a, const Tensor& b);  // grad wrt a
 Tensor l1_loss(const Tensor& a, const Tensor& b);

@@ -4,20 +4,18 @@
 #include <algorithm>
 
 #include "kernels/ops.h"
+#include "kernels/ops_common.h"
 
 namespace psvae::ops {
 
+using detail::call_of;
+using detail::check_defined;
+using detail::check_floating;
+
 namespace {
 
-kernels::OpCall call_of(std::vector<Tensor> in, std::vector<Tensor> out) {
-  kernels::OpCall c;
-  c.in = std::move(in);
-  c.out = std::move(out);
-  return c;
-}
-
 void check_same_float(const char* op, const Tensor& a, const Tensor& b) {
-  check(a.defined() && b.defined(), fmt::format("{}: undefined input", op));
+  check_defined(op, a, b);
   check(a.dtype() == b.dtype(),
         fmt::format("{}: dtypes differ, {} {} and {} {}", op, dtype_name(a.dtype()),
                     a.shape().str(), dtype_name(b.dtype()), b.shape().str()));
@@ -34,9 +32,8 @@ Tensor binary(Op op, const char* name, const Tensor& a, const Tensor& b) {
 }
 
 Tensor unary(Op op, const Tensor& x, double p0 = 0, double p1 = 0) {
-  check(x.defined(), fmt::format("{}: undefined input", kernels::op_name(op)));
-  check(is_floating(x.dtype()), fmt::format("{}: needs a floating input, got {}",
-                                            kernels::op_name(op), dtype_name(x.dtype())));
+  check_defined(kernels::op_name(op), x);
+  check_floating(kernels::op_name(op), x);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   kernels::OpCall c = call_of({x}, {y});
   c.reals[0] = p0;
@@ -88,7 +85,7 @@ Tensor add_scalar(const Tensor& x, double s) { return unary(Op::add_scalar, x, s
 Tensor mul_scalar(const Tensor& x, double s) { return unary(Op::mul_scalar, x, s); }
 
 Tensor expand(const Tensor& x, const Shape& shape) {
-  check(x.defined(), "expand: undefined input");
+  check_defined("expand", x);
   check(broadcasts_to(x.shape(), shape),
         fmt::format("expand: {} cannot be broadcast to {}", x.shape().str(), shape.str()));
   if (x.shape() == shape) return x;
@@ -99,7 +96,7 @@ Tensor expand(const Tensor& x, const Shape& shape) {
 
 // Returns x itself when the shape already matches: gradients are never modified in place.
 Tensor sum_to(const Tensor& x, const Shape& shape) {
-  check(x.defined(), "sum_to: undefined input");
+  check_defined("sum_to", x);
   check(broadcasts_to(shape, x.shape()),
         fmt::format("sum_to: {} cannot be summed to {} (not a broadcast of it)", x.shape().str(),
                     shape.str()));
@@ -110,7 +107,7 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
 }
 
 Tensor cast(const Tensor& x, DType dtype) {
-  check(x.defined(), "cast: undefined input");
+  check_defined("cast", x);
   if (x.dtype() == dtype) return x;
   Tensor y = Tensor::empty(x.shape(), dtype, x.device());
   kernels::run(Op::cast, call_of({x}, {y}));
@@ -137,7 +134,7 @@ Tensor clamp(const Tensor& x, double lo, double hi) {
 Tensor unary_bwd(Op op_bwd, const Tensor& x, const Tensor& y, const Tensor& gy, double p0,
                  double p1) {
   const char* name = kernels::op_name(op_bwd);
-  check(x.defined() && y.defined() && gy.defined(), fmt::format("{}: undefined input", name));
+  check_defined(name, x, y, gy);
   check(x.shape() == y.shape() && x.shape() == gy.shape(),
         fmt::format("{}: shapes differ, x {} y {} gy {}", name, x.shape().str(), y.shape().str(),
                     gy.shape().str()));

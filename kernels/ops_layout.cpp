@@ -4,17 +4,11 @@
 #include <fmt/ranges.h>
 
 #include "kernels/ops.h"
+#include "kernels/ops_common.h"
 
 namespace psvae::ops {
 
-namespace {
-kernels::OpCall call_of(std::vector<Tensor> in, std::vector<Tensor> out) {
-  kernels::OpCall c;
-  c.in = std::move(in);
-  c.out = std::move(out);
-  return c;
-}
-}  // namespace
+using detail::call_of;
 
 Tensor permute(const Tensor& x, const std::vector<int>& perm) {
   const int r = x.rank();

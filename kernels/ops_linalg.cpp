@@ -2,14 +2,14 @@
 #include <fmt/format.h>
 
 #include "kernels/ops.h"
+#include "kernels/ops_common.h"
 
 namespace psvae::ops {
 
 namespace {
 void check_float_pair(const char* op, const Tensor& a, const Tensor& b) {
   check(a.defined() && b.defined(), fmt::format("{}: inputs must be defined", op));
-  check(a.dtype() == b.dtype(), fmt::format("{}: dtype mismatch {} vs {}", op,
-                                            dtype_name(a.dtype()), dtype_name(b.dtype())));
+  detail::check_same_dtype(op, a, b);
 }
 }  // namespace
 

@@ -3,8 +3,12 @@
 #include <fmt/format.h>
 
 #include "kernels/ops.h"
+#include "kernels/ops_common.h"
 
 namespace psvae::ops {
+
+using detail::call_of;
+using detail::check_defined;
 
 namespace {
 
@@ -12,7 +16,7 @@ Tensor scalar_like(const Tensor& x) { return Tensor::empty(Shape{}, x.dtype(), x
 
 // Two same-shape, same-dtype, non-empty floating inputs (a mean over 0 elements is 0/0).
 void check_pair(const char* op, const Tensor& a, const Tensor& b) {
-  check(a.defined() && b.defined(), fmt::format("{}: undefined input", op));
+  check_defined(op, a, b);
   check(is_floating(a.dtype()),
         fmt::format("{}: needs floating inputs, got {}", op, dtype_name(a.dtype())));
   check(a.shape() == b.shape(), fmt::format("{}: inputs must have the same shape, got {} and {}",
@@ -31,21 +35,20 @@ void check_gy(const char* op, const Tensor& gy, const Tensor& x) {
                                              dtype_name(gy.dtype()), dtype_name(x.dtype())));
 }
 
+// The elementwise pair losses (mse, l1): checked (a, b) -> scalar, and (gy, a, b) -> ga.
 Tensor run_pair(Op op, const Tensor& a, const Tensor& b) {
+  check_pair(kernels::op_name(op), a, b);
   Tensor y = scalar_like(a);
-  kernels::OpCall c;
-  c.in = {a, b};
-  c.out = {y};
-  kernels::run(op, c);
+  kernels::run(op, call_of({a, b}, {y}));
   return y;
 }
 
 Tensor run_pair_bwd(Op op, const Tensor& gy, const Tensor& a, const Tensor& b) {
+  const char* name = kernels::op_name(op);
+  check_pair(name, a, b);
+  check_gy(name, gy, a);
   Tensor ga = Tensor::empty(a.shape(), a.dtype(), a.device());
-  kernels::OpCall c;
-  c.in = {gy, a, b};
-  c.out = {ga};
-  kernels::run(op, c);
+  kernels::run(op, call_of({gy, a, b}, {ga}));
   return ga;
 }
 
@@ -54,7 +57,7 @@ void check_normaliser(const char* op, double normaliser) {
 }
 
 void check_ce(const char* op, const Tensor& logits, const Tensor& target) {
-  check(logits.defined() && target.defined(), fmt::format("{}: undefined input", op));
+  check_defined(op, logits, target);
   check(logits.rank() == 2,
         fmt::format("{}: logits must be (N, C), got {}", op, logits.shape().str()));
   check(is_floating(logits.dtype()),
@@ -71,25 +74,15 @@ void check_ce(const char* op, const Tensor& logits, const Tensor& target) {
 
 }  // namespace
 
-Tensor mse_loss(const Tensor& a, const Tensor& b) {
-  check_pair("mse_loss", a, b);
-  return run_pair(Op::mse_loss, a, b);
-}
+Tensor mse_loss(const Tensor& a, const Tensor& b) { return run_pair(Op::mse_loss, a, b); }
 
 Tensor mse_loss_bwd(const Tensor& gy, const Tensor& a, const Tensor& b) {
-  check_pair("mse_loss_bwd", a, b);
-  check_gy("mse_loss_bwd", gy, a);
   return run_pair_bwd(Op::mse_loss_bwd, gy, a, b);
 }
 
-Tensor l1_loss(const Tensor& a, const Tensor& b) {
-  check_pair("l1_loss", a, b);
-  return run_pair(Op::l1_loss, a, b);
-}
+Tensor l1_loss(const Tensor& a, const Tensor& b) { return run_pair(Op::l1_loss, a, b); }
 
 Tensor l1_loss_bwd(const Tensor& gy, const Tensor& a, const Tensor& b) {
-  check_pair("l1_loss_bwd", a, b);
-  check_gy("l1_loss_bwd", gy, a);
   return run_pair_bwd(Op::l1_loss_bwd, gy, a, b);
 }
 

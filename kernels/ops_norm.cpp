@@ -3,8 +3,11 @@
 #include <fmt/format.h>
 
 #include "kernels/ops.h"
+#include "kernels/ops_common.h"
 
 namespace psvae::ops {
+
+using detail::call_of;
 
 namespace {
 
@@ -34,6 +37,46 @@ Shape rows_of(const Shape& s) {  // x.shape without its last dim
   return r;
 }
 
+// layernorm and groupnorm once x is checked: (x[, w, b]) -> (y, mean, rstd), the statistics of
+// shape `stats`, the affine pair completed to n channels. ints[0] is groupnorm's group count
+// (layernorm passes 0, the default).
+NormOut run_norm(Op op, const Tensor& x, const Tensor& w, const Tensor& b, int64_t n,
+                 const Shape& stats, double eps, int64_t groups) {
+  Tensor wa = w, ba = b;
+  complete_affine(kernels::op_name(op), x, n, wa, ba);
+  kernels::OpCall c = call_of({x}, {Tensor::empty(x.shape(), x.dtype(), x.device()),
+                                    Tensor::empty(stats, x.dtype(), x.device()),
+                                    Tensor::empty(stats, x.dtype(), x.device())});
+  if (wa.defined()) c.in.insert(c.in.end(), {wa, ba});
+  c.ints[0] = groups;
+  c.reals[0] = eps;
+  kernels::run(op, c);
+  return {c.out[0], c.out[1], c.out[2]};
+}
+
+// Their backwards once gy, x, mean and rstd are checked: (gy, x, mean, rstd[, w]) -> gx[, gw, gb],
+// w checked to be (n).
+NormGrads run_norm_bwd(Op op, const Tensor& gy, const Tensor& x, const Tensor& mean,
+                       const Tensor& rstd, const Tensor& w, int64_t n, int64_t groups) {
+  kernels::OpCall c =
+      call_of({gy, x, mean, rstd}, {Tensor::empty(x.shape(), x.dtype(), x.device())});
+  if (w.defined()) {
+    check_same(kernels::op_name(op), "w", w, Shape{n}, x.dtype());
+    c.in.push_back(w);
+    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
+    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
+  }
+  c.ints[0] = groups;
+  kernels::run(op, c);
+  NormGrads g;
+  g.gx = c.out[0];
+  if (w.defined()) {
+    g.gw = c.out[1];
+    g.gb = c.out[2];
+  }
+  return g;
+}
+
 }  // namespace
 
 // ---- layernorm --------------------------------------------------------------------------------
@@ -41,17 +84,7 @@ NormOut layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
   check(x.defined() && x.rank() >= 1 && is_floating(x.dtype()),
         fmt::format("layernorm: x must be a floating tensor of rank >= 1, got {}",
                     x.defined() ? x.str() : "undefined"));
-  Tensor wa = w, ba = b;
-  complete_affine("layernorm", x, x.size(-1), wa, ba);
-  kernels::OpCall c;
-  c.in = {x};
-  if (wa.defined()) c.in.insert(c.in.end(), {wa, ba});
-  Shape rows = rows_of(x.shape());
-  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device()),
-           Tensor::empty(rows, x.dtype(), x.device()), Tensor::empty(rows, x.dtype(), x.device())};
-  c.reals[0] = eps;
-  kernels::run(Op::layernorm, c);
-  return {c.out[0], c.out[1], c.out[2]};
+  return run_norm(Op::layernorm, x, w, b, x.size(-1), rows_of(x.shape()), eps, 0);
 }
 
 NormGrads layernorm_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
@@ -61,23 +94,7 @@ NormGrads layernorm_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean, c
   Shape rows = rows_of(x.shape());
   check_same("layernorm_bwd", "mean", mean, rows, x.dtype());
   check_same("layernorm_bwd", "rstd", rstd, rows, x.dtype());
-  kernels::OpCall c;
-  c.in = {gy, x, mean, rstd};
-  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device())};
-  if (w.defined()) {
-    check_same("layernorm_bwd", "w", w, Shape{x.size(-1)}, x.dtype());
-    c.in.push_back(w);
-    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
-    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
-  }
-  kernels::run(Op::layernorm_bwd, c);
-  NormGrads g;
-  g.gx = c.out[0];
-  if (w.defined()) {
-    g.gw = c.out[1];
-    g.gb = c.out[2];
-  }
-  return g;
+  return run_norm_bwd(Op::layernorm_bwd, gy, x, mean, rstd, w, x.size(-1), 0);
 }
 
 // ---- modulate ---------------------------------------------------------------------------------
@@ -122,18 +139,7 @@ void check_groups(const char* op, const Tensor& x, int groups) {
 
 NormOut groupnorm(const Tensor& x, int groups, const Tensor& w, const Tensor& b, double eps) {
   check_groups("groupnorm", x, groups);
-  Tensor wa = w, ba = b;
-  complete_affine("groupnorm", x, x.size(1), wa, ba);
-  kernels::OpCall c;
-  c.in = {x};
-  if (wa.defined()) c.in.insert(c.in.end(), {wa, ba});
-  Shape ng{x.size(0), groups};
-  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device()),
-           Tensor::empty(ng, x.dtype(), x.device()), Tensor::empty(ng, x.dtype(), x.device())};
-  c.ints[0] = groups;
-  c.reals[0] = eps;
-  kernels::run(Op::groupnorm, c);
-  return {c.out[0], c.out[1], c.out[2]};
+  return run_norm(Op::groupnorm, x, w, b, x.size(1), Shape{x.size(0), groups}, eps, groups);
 }
 
 NormGrads groupnorm_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
@@ -143,24 +149,7 @@ NormGrads groupnorm_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean, c
   Shape ng{x.size(0), groups};
   check_same("groupnorm_bwd", "mean", mean, ng, x.dtype());
   check_same("groupnorm_bwd", "rstd", rstd, ng, x.dtype());
-  kernels::OpCall c;
-  c.in = {gy, x, mean, rstd};
-  c.out = {Tensor::empty(x.shape(), x.dtype(), x.device())};
-  if (w.defined()) {
-    check_same("groupnorm_bwd", "w", w, Shape{x.size(1)}, x.dtype());
-    c.in.push_back(w);
-    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
-    c.out.push_back(Tensor::empty(w.shape(), x.dtype(), x.device()));
-  }
-  c.ints[0] = groups;
-  kernels::run(Op::groupnorm_bwd, c);
-  NormGrads g;
-  g.gx = c.out[0];
-  if (w.defined()) {
-    g.gw = c.out[1];
-    g.gb = c.out[2];
-  }
-  return g;
+  return run_norm_bwd(Op::groupnorm_bwd, gy, x, mean, rstd, w, x.size(1), groups);
 }
 
 }  // namespace psvae::ops

@@ -3,8 +3,12 @@
 #include <fmt/format.h>
 
 #include "kernels/ops.h"
+#include "kernels/ops_common.h"
 
 namespace psvae::ops {
+
+using detail::check_defined;
+using detail::check_floating;
 
 namespace {
 
@@ -20,9 +24,8 @@ Shape reduced_shape(const Shape& s, int dim, bool keepdim) {
 }
 
 int checked_dim(const char* op, const Tensor& x, int dim) {
-  check(x.defined(), fmt::format("{}: undefined input", op));
-  check(is_floating(x.dtype()),
-        fmt::format("{}: needs a floating input, got {}", op, dtype_name(x.dtype())));
+  check_defined(op, x);
+  check_floating(op, x);
   check(x.rank() > 0 && dim >= -x.rank() && dim < x.rank(),
         fmt::format("{}: dim {} out of range for shape {}", op, dim, x.shape().str()));
   return x.shape().norm(dim);
@@ -45,7 +48,7 @@ Tensor sum(const Tensor& x, int dim, bool keepdim) {
 }
 
 Tensor sum_all(const Tensor& x) {
-  check(x.defined(), "sum_all: undefined input");
+  check_defined("sum_all", x);
   Tensor flat = x.reshape(Shape{x.numel()});
   return sum(flat, 0, false);  // rank 1 -> rank 0
 }
@@ -56,7 +59,7 @@ Tensor mean(const Tensor& x, int dim, bool keepdim) {
 }
 
 Tensor mean_all(const Tensor& x) {
-  check(x.defined(), "mean_all: undefined input");
+  check_defined("mean_all", x);
   return mul_scalar(sum_all(x), 1.0 / static_cast<double>(x.numel()));
 }
 

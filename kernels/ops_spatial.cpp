@@ -3,8 +3,12 @@
 #include <fmt/format.h>
 
 #include "kernels/ops.h"
+#include "kernels/ops_common.h"
 
 namespace psvae::ops {
+
+using detail::call_of;
+using detail::check_same_dtype;
 
 namespace {
 
@@ -14,11 +18,6 @@ void check_nchw(const char* op, const char* what, const Tensor& t) {
         fmt::format("{}: {} must be (N, C, H, W), got {}", op, what, t.shape().str()));
   check(is_floating(t.dtype()),
         fmt::format("{}: {} must be floating, got {}", op, what, dtype_name(t.dtype())));
-}
-
-void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
-  check(a.dtype() == b.dtype(), fmt::format("{}: dtype mismatch {} vs {}", op,
-                                            dtype_name(a.dtype()), dtype_name(b.dtype())));
 }
 
 // Output extent of a strided window: (in + 2 pad - k) / stride + 1 (floor, ceil_mode off).
@@ -64,10 +63,21 @@ Shape resized(const char* op, const Shape& x, int64_t h, int64_t w) {
   return Shape{x[0], x[1], h, w};
 }
 
+// The four upsampling wrappers: one NCHW tensor t (x, or gy for a backward) becomes (N, C, h, w).
+// ints[0] is align_corners, which the nearest kernels ignore (false leaves the default 0).
+Tensor resize(Op op, const char* what, const Tensor& t, int64_t h, int64_t w, bool align_corners) {
+  const char* name = kernels::op_name(op);
+  check_nchw(name, what, t);
+  kernels::OpCall c =
+      call_of({t}, {Tensor::empty(resized(name, t.shape(), h, w), t.dtype(), t.device())});
+  c.ints[0] = align_corners;
+  kernels::run(op, c);
+  return c.out[0];
+}
+
 }  // namespace
 
-// ---- conv2d
-// ----------------------------------------------------------------------------------------
+// ---- conv2d -------------------------------------------------------------------------------------
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p) {
   check_nchw("conv2d", "x", x);
@@ -120,53 +130,25 @@ Conv2dGrads conv2d_bwd(const Tensor& gy, const Tensor& x, const Tensor& w, const
   return g;
 }
 
-// ---- upsampling
-// ----------------------------------------------------------------------------------
+// ---- upsampling ---------------------------------------------------------------------------------
 
 Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
-  check_nchw("upsample_nearest", "x", x);
-  kernels::OpCall c;
-  c.in = {x};
-  c.out = {
-      Tensor::empty(resized("upsample_nearest", x.shape(), out_h, out_w), x.dtype(), x.device())};
-  kernels::run(Op::upsample_nearest, c);
-  return c.out[0];
+  return resize(Op::upsample_nearest, "x", x, out_h, out_w, false);
 }
 
 Tensor upsample_nearest_bwd(const Tensor& gy, int64_t in_h, int64_t in_w) {
-  check_nchw("upsample_nearest_bwd", "gy", gy);
-  kernels::OpCall c;
-  c.in = {gy};
-  c.out = {Tensor::empty(resized("upsample_nearest_bwd", gy.shape(), in_h, in_w), gy.dtype(),
-                         gy.device())};
-  kernels::run(Op::upsample_nearest_bwd, c);
-  return c.out[0];
+  return resize(Op::upsample_nearest_bwd, "gy", gy, in_h, in_w, false);
 }
 
 Tensor upsample_bilinear(const Tensor& x, int64_t out_h, int64_t out_w, bool align_corners) {
-  check_nchw("upsample_bilinear", "x", x);
-  kernels::OpCall c;
-  c.in = {x};
-  c.out = {
-      Tensor::empty(resized("upsample_bilinear", x.shape(), out_h, out_w), x.dtype(), x.device())};
-  c.ints[0] = align_corners;
-  kernels::run(Op::upsample_bilinear, c);
-  return c.out[0];
+  return resize(Op::upsample_bilinear, "x", x, out_h, out_w, align_corners);
 }
 
 Tensor upsample_bilinear_bwd(const Tensor& gy, int64_t in_h, int64_t in_w, bool align_corners) {
-  check_nchw("upsample_bilinear_bwd", "gy", gy);
-  kernels::OpCall c;
-  c.in = {gy};
-  c.out = {Tensor::empty(resized("upsample_bilinear_bwd", gy.shape(), in_h, in_w), gy.dtype(),
-                         gy.device())};
-  c.ints[0] = align_corners;
-  kernels::run(Op::upsample_bilinear_bwd, c);
-  return c.out[0];
+  return resize(Op::upsample_bilinear_bwd, "gy", gy, in_h, in_w, align_corners);
 }
 
-// ---- pooling
-// -------------------------------------------------------------------------------------
+// ---- pooling ------------------------------------------------------------------------------------
 
 Tensor avg_pool2d(const Tensor& x, const Pool2dParams& p) {
   check_nchw("avg_pool2d", "x", x);

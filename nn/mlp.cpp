@@ -6,16 +6,11 @@ namespace psvae::nn {
 
 Var activate(const Var& x, Activation a) {
   switch (a) {
-    case Activation::GeluTanh:
-      return ag::gelu_tanh(x);
-    case Activation::GeluErf:
-      return ag::gelu_erf(x);
-    case Activation::Silu:
-      return ag::silu(x);
-    case Activation::Relu:
-      return ag::relu(x);
-    case Activation::Tanh:
-      return ag::tanh(x);
+    case Activation::GeluTanh: return ag::gelu_tanh(x);
+    case Activation::GeluErf: return ag::gelu_erf(x);
+    case Activation::Silu: return ag::silu(x);
+    case Activation::Relu: return ag::relu(x);
+    case Activation::Tanh: return ag::tanh(x);
   }
   throw std::invalid_argument("activate: unknown activation");
 }

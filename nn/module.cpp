@@ -14,32 +14,21 @@ std::string join(const std::string& prefix, const std::string& name) {
 
 double read_as_double(const Tensor& h, int64_t i) {
   switch (h.dtype()) {
-    case DType::F32:
-      return h.data<float>()[i];
-    case DType::F64:
-      return h.data<double>()[i];
-    case DType::BF16:
-      return static_cast<float>(h.data<bf16>()[i]);
-    default:
-      break;
+    case DType::F32: return h.data<float>()[i];
+    case DType::F64: return h.data<double>()[i];
+    case DType::BF16: return static_cast<float>(h.data<bf16>()[i]);
+    default: break;
   }
   throw std::invalid_argument("convert_float: not a floating tensor");
 }
 
 void write_from_double(Tensor& h, int64_t i, double x) {
   switch (h.dtype()) {
-    case DType::F32:
-      h.data<float>()[i] = static_cast<float>(x);
-      return;
-    case DType::F64:
-      h.data<double>()[i] = x;
-      return;
+    case DType::F32: h.data<float>()[i] = static_cast<float>(x); return;
+    case DType::F64: h.data<double>()[i] = x; return;
     // Via float: bf16 keeps f32's exponent, so rounding the f32 value is the rounding PyTorch does.
-    case DType::BF16:
-      h.data<bf16>()[i] = bf16(static_cast<float>(x));
-      return;
-    default:
-      break;
+    case DType::BF16: h.data<bf16>()[i] = bf16(static_cast<float>(x)); return;
+    default: break;
   }
   throw std::invalid_argument("convert_float: not a floating tensor");
 }

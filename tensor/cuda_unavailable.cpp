@@ -14,8 +14,9 @@ int cuda_device_count() { return 0; }
 namespace psvae::cuda {
 namespace {
 [[noreturn]] void unavailable(const char* what) {
-  throw std::runtime_error(std::string(what) +
-                           ": this build has no CUDA backend (nvcc was not found at configure time)");
+  throw std::runtime_error(
+      std::string(what) +
+      ": this build has no CUDA backend (nvcc was not found at configure time)");
 }
 }  // namespace
 void* device_alloc(size_t, int) { unavailable("device_alloc"); }

@@ -50,16 +50,11 @@ inline void collect(const Shape& s, int dim, int64_t base, bool summarise,
 
 inline double value_at(const Tensor& h, int64_t i) {
   switch (h.dtype()) {
-    case DType::F32:
-      return h.data<float>()[i];
-    case DType::F64:
-      return h.data<double>()[i];
-    case DType::BF16:
-      return static_cast<float>(h.data<bf16>()[i]);
-    case DType::I32:
-      return h.data<int32_t>()[i];
-    case DType::I64:
-      return static_cast<double>(h.data<int64_t>()[i]);
+    case DType::F32: return h.data<float>()[i];
+    case DType::F64: return h.data<double>()[i];
+    case DType::BF16: return static_cast<float>(h.data<bf16>()[i]);
+    case DType::I32: return h.data<int32_t>()[i];
+    case DType::I64: return static_cast<double>(h.data<int64_t>()[i]);
   }
   return 0;
 }

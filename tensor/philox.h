@@ -19,7 +19,8 @@ struct U32x4 {
 };
 
 constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
-constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // Weyl key increments (golden ratio, sqrt 3)
+constexpr uint32_t kW0 = 0x9E3779B9u,
+                   kW1 = 0xBB67AE85u;  // Weyl key increments (golden ratio, sqrt 3)
 
 PSVAE_HD void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   uint64_t p = static_cast<uint64_t>(a) * b;

@@ -8,14 +8,16 @@
 namespace psvae {
 
 namespace {
-template <class T, class F> void fill_host(Tensor& t, F value_at) {
+template <class T, class F>
+void fill_host(Tensor& t, F value_at) {
   T* p = t.data<T>();
   int64_t n = t.numel();
 #pragma omp parallel for schedule(static) if (n > (1 << 15))
   for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(value_at(i));
 }
 
-template <class F> void fill_any(Tensor& t, const char* what, F value_at) {
+template <class F>
+void fill_any(Tensor& t, const char* what, F value_at) {
   switch (t.dtype()) {
     case DType::F32: fill_host<float>(t, value_at); break;
     case DType::F64: fill_host<double>(t, value_at); break;
@@ -37,9 +39,8 @@ void fill_uniform(Tensor& t, uint64_t seed, uint64_t offset, double lo, double h
                        t.device().index);
     return;
   }
-  fill_any(t, "fill_uniform", [&](int64_t i) {
-    return lo + (hi - lo) * philox::uniform_at(seed, offset, i);
-  });
+  fill_any(t, "fill_uniform",
+           [&](int64_t i) { return lo + (hi - lo) * philox::uniform_at(seed, offset, i); });
 }
 
 void fill_normal(Tensor& t, uint64_t seed, uint64_t offset, double mean, double std) {
@@ -48,9 +49,8 @@ void fill_normal(Tensor& t, uint64_t seed, uint64_t offset, double mean, double 
                       t.device().index);
     return;
   }
-  fill_any(t, "fill_normal", [&](int64_t i) {
-    return mean + std * philox::normal_at(seed, offset, i);
-  });
+  fill_any(t, "fill_normal",
+           [&](int64_t i) { return mean + std * philox::normal_at(seed, offset, i); });
 }
 
 void Generator::uniform_(Tensor& t, double lo, double hi) {

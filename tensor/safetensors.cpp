@@ -65,38 +65,22 @@ bool parse_file_dtype(const std::string& s, FileDType* out) {
 // The psvae dtype a file dtype loads as without conversion, if any.
 bool native_dtype(FileDType t, DType* out) {
   switch (t) {
-    case FileDType::F32:
-      *out = DType::F32;
-      return true;
-    case FileDType::F64:
-      *out = DType::F64;
-      return true;
-    case FileDType::BF16:
-      *out = DType::BF16;
-      return true;
-    case FileDType::I32:
-      *out = DType::I32;
-      return true;
-    case FileDType::I64:
-      *out = DType::I64;
-      return true;
-    default:
-      return false;
+    case FileDType::F32: *out = DType::F32; return true;
+    case FileDType::F64: *out = DType::F64; return true;
+    case FileDType::BF16: *out = DType::BF16; return true;
+    case FileDType::I32: *out = DType::I32; return true;
+    case FileDType::I64: *out = DType::I64; return true;
+    default: return false;
   }
 }
 
 FileDType file_dtype_of(DType t) {
   switch (t) {
-    case DType::F32:
-      return FileDType::F32;
-    case DType::F64:
-      return FileDType::F64;
-    case DType::BF16:
-      return FileDType::BF16;
-    case DType::I32:
-      return FileDType::I32;
-    case DType::I64:
-      return FileDType::I64;
+    case DType::F32: return FileDType::F32;
+    case DType::F64: return FileDType::F64;
+    case DType::BF16: return FileDType::BF16;
+    case DType::I32: return FileDType::I32;
+    case DType::I64: return FileDType::I64;
   }
   return FileDType::F32;
 }

@@ -22,7 +22,23 @@ namespace psvae::safetensors {
 // Every dtype the format defines. The ones psvae computes in load as themselves; F16 loads as
 // f32; BOOL, U8, I8, I16, U16 load as i32; U32 and U64 as i64 (U64 values above 2^63 are an error);
 // F8 types are recognised and reported as unsupported.
-enum class FileDType { F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2 };
+enum class FileDType {
+  F64,
+  F32,
+  F16,
+  BF16,
+  I64,
+  I32,
+  I16,
+  I8,
+  U64,
+  U32,
+  U16,
+  U8,
+  BOOL,
+  F8_E4M3,
+  F8_E5M2
+};
 const char* file_dtype_name(FileDType t);
 size_t file_dtype_size(FileDType t);
 

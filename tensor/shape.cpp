@@ -10,7 +10,8 @@ Shape::Shape(std::initializer_list<int64_t> dims) : Shape(std::vector<int64_t>(d
 
 Shape::Shape(const std::vector<int64_t>& dims) {
   if (dims.size() > kMaxRank)
-    throw std::invalid_argument(fmt::format("shape rank {} exceeds the maximum {}", dims.size(), kMaxRank));
+    throw std::invalid_argument(
+        fmt::format("shape rank {} exceeds the maximum {}", dims.size(), kMaxRank));
   for (int64_t d : dims) {
     if (d < 0) throw std::invalid_argument(fmt::format("negative dimension {} in shape", d));
     dims_[static_cast<size_t>(rank_++)] = d;

@@ -15,7 +15,8 @@ void check(bool cond, const std::string& what) {
   if (!cond) throw std::invalid_argument(what);
 }
 
-// ---- Storage -------------------------------------------------------------------------------------
+// ---- Storage
+// -------------------------------------------------------------------------------------
 Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
   data_ = device.is_cpu() ? cpu_alloc(nbytes) : cuda::device_alloc(nbytes, device.index);
 }
@@ -31,7 +32,8 @@ Storage::~Storage() {
   }
 }
 
-// ---- Tensor --------------------------------------------------------------------------------------
+// ---- Tensor
+// --------------------------------------------------------------------------------------
 Tensor::Tensor(std::shared_ptr<Storage> storage, size_t byte_offset, const Shape& shape,
                DType dtype)
     : storage_(std::move(storage)), offset_(byte_offset), shape_(shape), dtype_(dtype) {
@@ -84,7 +86,8 @@ Tensor Tensor::reshape(const Shape& shape) const {
   int64_t known = 1;
   for (size_t i = 0; i < dims.size(); ++i) {
     if (dims[i] == -1) {
-      check(infer < 0, fmt::format("reshape {} -> {}: more than one -1", shape_.str(), shape.str()));
+      check(infer < 0,
+            fmt::format("reshape {} -> {}: more than one -1", shape_.str(), shape.str()));
       infer = static_cast<int>(i);
     } else {
       known *= dims[i];
@@ -96,9 +99,8 @@ Tensor Tensor::reshape(const Shape& shape) const {
     dims[static_cast<size_t>(infer)] = numel() / known;
   }
   Shape s(dims);
-  check(s.numel() == numel(),
-        fmt::format("reshape {} -> {}: element counts differ ({} vs {})", shape_.str(), s.str(),
-                    numel(), s.numel()));
+  check(s.numel() == numel(), fmt::format("reshape {} -> {}: element counts differ ({} vs {})",
+                                          shape_.str(), s.str(), numel(), s.numel()));
   Tensor t = *this;
   t.shape_ = s;
   return t;
@@ -166,7 +168,8 @@ void Tensor::copy_from(const Tensor& src) {
 }
 
 namespace {
-template <class T> uint64_t pattern_of(double v) {
+template <class T>
+uint64_t pattern_of(double v) {
   T x = static_cast<T>(v);
   uint64_t p = 0;
   std::memcpy(&p, &x, sizeof(T));
@@ -203,7 +206,8 @@ void Tensor::fill_(double value) {
 }
 
 double Tensor::item() const {
-  check(numel() == 1, fmt::format("item: tensor of shape {} has {} elements", shape_.str(), numel()));
+  check(numel() == 1,
+        fmt::format("item: tensor of shape {} has {} elements", shape_.str(), numel()));
   Tensor h = to(Device::cpu());
   switch (dtype_) {
     case DType::F32: return *h.data<float>();

@@ -47,21 +47,23 @@ class Tensor {
 
   void* raw_data() const;
   // Typed pointer; throws when T does not match the dtype.
-  template <class T> T* data() const;
+  template <class T>
+  T* data() const;
 
   // Views sharing storage. reshape accepts one -1.
   Tensor reshape(const Shape& shape) const;
   Tensor reshape(std::initializer_list<int64_t> dims) const;
   Tensor slice0(int64_t begin, int64_t end) const;  // rows [begin, end) of dim 0
 
-  Tensor clone() const;                 // deep copy, same device
-  Tensor to(Device device) const;       // copy to device (returns *this when already there)
-  void copy_from(const Tensor& src);    // same shape and dtype, any devices
+  Tensor clone() const;               // deep copy, same device
+  Tensor to(Device device) const;     // copy to device (returns *this when already there)
+  void copy_from(const Tensor& src);  // same shape and dtype, any devices
   void fill_(double value);
   void zero_() { fill_(0.0); }
 
   // Host copy of the elements (from any device); T must match the dtype.
-  template <class T> std::vector<T> to_vector() const;
+  template <class T>
+  std::vector<T> to_vector() const;
   // Value of a one-element tensor as double (any dtype, any device).
   double item() const;
 
@@ -87,7 +89,8 @@ bool poison_new_tensors();
 void check(bool cond, const std::string& what);
 
 // ---- templates ---------------------------------------------------------------------------------
-template <class T> T* Tensor::data() const {
+template <class T>
+T* Tensor::data() const {
   if (dtype_of<T>::value != dtype_)
     throw std::invalid_argument(std::string("Tensor::data: requested ") +
                                 dtype_name(dtype_of<T>::value) + " from a " + dtype_name(dtype_) +
@@ -105,7 +108,8 @@ Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, Dev
   return host.to(device);
 }
 
-template <class T> std::vector<T> Tensor::to_vector() const {
+template <class T>
+std::vector<T> Tensor::to_vector() const {
   Tensor host = to(Device::cpu());
   const T* p = host.data<T>();
   return std::vector<T>(p, p + numel());

@@ -16,7 +16,8 @@ namespace psvae::kernels::cpu {
 
 // Calls fn.template operator()<T>() with T = float or double per the dtype; any other dtype is an
 // error naming the op.
-template <class Fn> void dispatch_float(DType dt, const char* op, Fn&& fn) {
+template <class Fn>
+void dispatch_float(DType dt, const char* op, Fn&& fn) {
   switch (dt) {
     case DType::F32: fn(float{}); return;
     case DType::F64: fn(double{}); return;

@@ -168,21 +168,11 @@ bool nonzero<bf16>(bf16 v) {
 template <class Fn>
 void dispatch_any(DType dt, Fn&& fn) {
   switch (dt) {
-    case DType::F32:
-      fn(float{});
-      return;
-    case DType::F64:
-      fn(double{});
-      return;
-    case DType::BF16:
-      fn(bf16{});
-      return;
-    case DType::I32:
-      fn(int32_t{});
-      return;
-    case DType::I64:
-      fn(int64_t{});
-      return;
+    case DType::F32: fn(float{}); return;
+    case DType::F64: fn(double{}); return;
+    case DType::BF16: fn(bf16{}); return;
+    case DType::I32: fn(int32_t{}); return;
+    case DType::I64: fn(int64_t{}); return;
   }
 }
 
@@ -247,15 +237,9 @@ void expand_cpu(const OpCall& c) {
     }
   };
   switch (dtype_size(x.dtype())) {
-    case 2:
-      run(uint16_t{});
-      break;
-    case 4:
-      run(uint32_t{});
-      break;
-    default:
-      run(uint64_t{});
-      break;
+    case 2: run(uint16_t{}); break;
+    case 4: run(uint32_t{}); break;
+    default: run(uint64_t{}); break;
   }
 }
 

@@ -55,15 +55,9 @@ void permute_blocks(const E* src, E* dst, const std::vector<int64_t>& head,
 template <class Fn>
 void by_element_size(DType dt, const char* op, Fn&& fn) {
   switch (dtype_size(dt)) {
-    case 2:
-      fn(uint16_t{});
-      return;
-    case 4:
-      fn(uint32_t{});
-      return;
-    case 8:
-      fn(uint64_t{});
-      return;
+    case 2: fn(uint16_t{}); return;
+    case 4: fn(uint32_t{}); return;
+    case 8: fn(uint64_t{}); return;
     default:
       throw std::invalid_argument(fmt::format("{}: unsupported dtype {}", op, dtype_name(dt)));
   }
@@ -199,18 +193,10 @@ void pad_typed(const OpCall& c) {
 
 void pad_cpu(const OpCall& c) {
   switch (c.in[0].dtype()) {
-    case DType::F32:
-      pad_typed<float>(c);
-      return;
-    case DType::F64:
-      pad_typed<double>(c);
-      return;
-    case DType::I32:
-      pad_typed<int32_t>(c);
-      return;
-    case DType::I64:
-      pad_typed<int64_t>(c);
-      return;
+    case DType::F32: pad_typed<float>(c); return;
+    case DType::F64: pad_typed<double>(c); return;
+    case DType::I32: pad_typed<int32_t>(c); return;
+    case DType::I64: pad_typed<int64_t>(c); return;
     default:
       throw std::invalid_argument(
           fmt::format("pad: CPU kernel has no {} support", dtype_name(c.in[0].dtype())));

@@ -1,23 +1,16 @@
 // CPU kernels: linalg family (matmul, linear). The GEMMs are Eigen's; the threading is ours.
 //
-// Determinism: Eigen's own OpenMP GEMM picks its cache blocking (the kc depth split, hence the
-// order in which partial dot products are added) from the thread count, so a result could change
-// with OMP_NUM_THREADS. We therefore build Eigen single-threaded (EIGEN_DONT_PARALLELIZE, this file
-// is the only one that includes Eigen) and split the output ourselves into fixed blocks of
-// kRowBlock rows per batch entry. Each block is one serial Eigen GEMM whose blocking depends only
-// on the block's shape, so the bits are the same for any thread count (tested in spec_linalg.cpp).
+// Determinism: Eigen is built single-threaded (kernels/cpu/eigen_util.h says why) and we split
+// the output ourselves into fixed blocks of kRowBlock rows per batch entry. Each block is one
+// serial Eigen GEMM whose blocking depends only on the block's shape, so the bits are the same for
+// any thread count (tested in spec_linalg.cpp).
 //
 // f32 GEMMs accumulate in f32 (Eigen's packed kernels): with K = 4608 (the DiT MLP) the relative
 // error stays near sqrt(K) * 6e-8 ~ 4e-6, well inside what the GPU kernels are compared with.
-#define EIGEN_DONT_PARALLELIZE
-// GCC 12 with -march=native (AVX-512) warns "'__Y' may be used uninitialized" inside its own
-// intrinsics header wherever Eigen's packet code is inlined: a false positive on the
-// self-initialised _mm256_undefined_pd (GCC PR 105593, fixed in GCC 13).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <Eigen/Core>
 #include <algorithm>
 
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/eigen_util.h"
 
 namespace psvae::kernels::cpu {
 
@@ -26,13 +19,6 @@ namespace {
 // 64 rows x N columns per task: with N = 1152 a block of C is 295 KB in f32, and the B panel is
 // packed once per block (K*N copies against 64*K*N multiply-adds, under 2% overhead).
 constexpr int64_t kRowBlock = 64;
-
-template <class T>
-using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using ConstMap = Eigen::Map<const RowMat<T>>;
-template <class T>
-using MutMap = Eigen::Map<RowMat<T>>;
 
 // C[m0:m0+mb, :] = op(A)[m0:m0+mb, :] op(B) for one batch entry.
 template <class T>

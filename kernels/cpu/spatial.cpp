@@ -6,34 +6,18 @@
 // in a fixed order, and conv2d's weight gradient is a sum of per-sample partials taken in sample
 // order, so every result is bit-identical for any thread count.
 //
-// Eigen is built single-threaded (EIGEN_DONT_PARALLELIZE), as in linalg.cpp: its OpenMP GEMM
-// picks the depth blocking (hence the summation order) from the thread count. Both files must
-// agree on the define, since they instantiate the same Eigen GEMM templates.
-#define EIGEN_DONT_PARALLELIZE
-// GCC 12 with -march=native (AVX-512) flags the deliberately undefined registers of
-// _mm512_undefined_* inside Eigen's packet code as maybe-uninitialized (a known false positive,
-// GCC bug 105593); silenced for the intrinsics headers Eigen pulls in, nowhere else.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <Eigen/Core>
-#pragma GCC diagnostic pop
+// Eigen is built single-threaded, as in linalg.cpp (kernels/cpu/eigen_util.h says why).
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/eigen_util.h"
 
 namespace psvae::kernels::cpu {
 
 namespace {
-
-template <class T>
-using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using ConstMap = Eigen::Map<const RowMat<T>>;
-template <class T>
-using MutMap = Eigen::Map<RowMat<T>>;
 
 // ---- conv2d ------------------------------------------------------------------------------------
 

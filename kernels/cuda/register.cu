@@ -168,17 +168,10 @@ __global__ void cast_kernel(const S* x, D* y, int64_t n) {
 template <class Fn>
 void dispatch_float(DType dt, const char* op, Fn&& fn) {
   switch (dt) {
-    case DType::F32:
-      fn(float{});
-      return;
-    case DType::BF16:
-      fn(__nv_bfloat16{});
-      return;
-    case DType::F64:
-      fn(double{});
-      return;
-    default:
-      unsupported(op, std::string("dtype ") + dtype_name(dt));
+    case DType::F32: fn(float{}); return;
+    case DType::BF16: fn(__nv_bfloat16{}); return;
+    case DType::F64: fn(double{}); return;
+    default: unsupported(op, std::string("dtype ") + dtype_name(dt));
   }
 }
 

@@ -42,18 +42,10 @@ void fill_pattern(void* dst, int64_t n, size_t elem_size, uint64_t pattern, int 
     return;
   }
   switch (elem_size) {
-    case 1:
-      launch_fill<uint8_t>(dst, n, pattern, device);
-      break;
-    case 2:
-      launch_fill<uint16_t>(dst, n, pattern, device);
-      break;
-    case 4:
-      launch_fill<uint32_t>(dst, n, pattern, device);
-      break;
-    case 8:
-      launch_fill<uint64_t>(dst, n, pattern, device);
-      break;
+    case 1: launch_fill<uint8_t>(dst, n, pattern, device); break;
+    case 2: launch_fill<uint16_t>(dst, n, pattern, device); break;
+    case 4: launch_fill<uint32_t>(dst, n, pattern, device); break;
+    case 8: launch_fill<uint64_t>(dst, n, pattern, device); break;
     default:
       throw std::invalid_argument("fill_pattern: element size " + std::to_string(elem_size) +
                                   " bytes, expected 1, 2, 4 or 8");

@@ -70,12 +70,8 @@ void launch_typed(const char* what, void* dst, int64_t n, int dtype, int device,
   DeviceGuard g(device);
   unsigned grid = grid_for(n, device);
   switch (static_cast<DType>(dtype)) {
-    case DType::F32:
-      K<float>::launch(grid, s, static_cast<float*>(dst), n, args...);
-      break;
-    case DType::F64:
-      K<double>::launch(grid, s, static_cast<double*>(dst), n, args...);
-      break;
+    case DType::F32: K<float>::launch(grid, s, static_cast<float*>(dst), n, args...); break;
+    case DType::F64: K<double>::launch(grid, s, static_cast<double*>(dst), n, args...); break;
     case DType::BF16:
       K<__nv_bfloat16>::launch(grid, s, static_cast<__nv_bfloat16*>(dst), n, args...);
       break;

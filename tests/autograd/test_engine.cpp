@@ -124,12 +124,12 @@ Var wrong_square(const Var& x) {
 TEST_CASE("gradcheck accepts a correct backward and rejects a wrong one") {
   Generator g(7);
   Tensor x = test::uniform(g, {5}, 0.5, 2.0);
-  auto right = ag::gradcheck([](const std::vector<Var>& v) { return ag::mul(v[0], v[0]); }, {x},
-                             {true});
+  auto right =
+      ag::gradcheck([](const std::vector<Var>& v) { return ag::mul(v[0], v[0]); }, {x}, {true});
   CHECK(right.ok);
   CHECK(right.max_abs_err < 1e-8);
-  auto wrong = ag::gradcheck([](const std::vector<Var>& v) { return wrong_square(v[0]); }, {x},
-                             {true});
+  auto wrong =
+      ag::gradcheck([](const std::vector<Var>& v) { return wrong_square(v[0]); }, {x}, {true});
   CHECK(!wrong.ok);
   CHECK(wrong.report.find("input 0") != std::string::npos);
 }

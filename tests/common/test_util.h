@@ -3,13 +3,32 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
+// First statement of a CUDA test case: reports the case skipped and returns when there is no
+// usable device (CPU-only build, or no GPU/driver on this machine). Needs doctest at the use site.
+#define PSVAE_REQUIRE_CUDA()              \
+  do {                                    \
+    if (!psvae::cuda_available()) {       \
+      MESSAGE("skipped: no CUDA device"); \
+      return;                             \
+    }                                     \
+  } while (0)
+
 namespace psvae::test {
+
+// Poisons every new tensor (NaN fill) while in scope, restoring the previous setting after, so a
+// kernel that leaves an output element unwritten shows up as a NaN.
+struct PoisonScope {
+  bool prev = poison_new_tensors();
+  PoisonScope() { set_poison_new_tensors(true); }
+  ~PoisonScope() { set_poison_new_tensors(prev); }
+};
 
 // f64 CPU tensor, uniform in [lo, hi).
 inline Tensor uniform(Generator& g, const Shape& s, double lo = -1.0, double hi = 1.0) {
@@ -37,6 +56,17 @@ inline std::vector<double> as_doubles(const Tensor& t) {
     }
   }
   return v;
+}
+
+// How many elements of two host tensors of equal byte size differ in their bit patterns (callers
+// check that the tensors are comparable first).
+inline int64_t bit_mismatches_host(const Tensor& ha, const Tensor& hb) {
+  const size_t es = dtype_size(ha.dtype());
+  const char* pa = static_cast<const char*>(ha.raw_data());
+  const char* pb = static_cast<const char*>(hb.raw_data());
+  int64_t bad = 0;
+  for (int64_t i = 0; i < ha.numel(); ++i) bad += std::memcmp(pa + i * es, pb + i * es, es) != 0;
+  return bad;
 }
 
 struct Comparison {

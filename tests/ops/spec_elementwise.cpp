@@ -160,14 +160,9 @@ PSVAE_OP_SPEC(where) {
       for (int64_t i = 0; i < cond.numel(); ++i) {
         int k = static_cast<int>(P(u)[i]);
         switch (w.dt) {
-          case DType::I64:
-            cond.data<int64_t>()[i] = k % 2;
-            break;
-          case DType::I32:
-            cond.data<int32_t>()[i] = k % 2 ? -3 : 0;
-            break;
-          default:
-            cond.data<double>()[i] = k == 0 ? 0.0 : k == 1 ? -0.0 : k == 2 ? 1.0 : 2.5;
+          case DType::I64: cond.data<int64_t>()[i] = k % 2; break;
+          case DType::I32: cond.data<int32_t>()[i] = k % 2 ? -3 : 0; break;
+          default: cond.data<double>()[i] = k == 0 ? 0.0 : k == 1 ? -0.0 : k == 2 ? 1.0 : 2.5;
         }
       }
       c.inputs = {cond, uniform(g, w.a), uniform(g, w.b)};
@@ -411,18 +406,11 @@ PSVAE_OP_SPEC(cast) {
     for (int64_t i = 0; i < y.numel(); ++i) {
       double x = P(in[0])[i];
       switch (to) {
-        case DType::F32:
-          P(y)[i] = static_cast<float>(x);
-          break;
-        case DType::BF16:
-          P(y)[i] = bf16_round(static_cast<float>(x));
-          break;
+        case DType::F32: P(y)[i] = static_cast<float>(x); break;
+        case DType::BF16: P(y)[i] = bf16_round(static_cast<float>(x)); break;
         case DType::I32:
-        case DType::I64:
-          P(y)[i] = std::trunc(x);
-          break;
-        default:
-          P(y)[i] = x;
+        case DType::I64: P(y)[i] = std::trunc(x); break;
+        default: P(y)[i] = x;
       }
     }
     if (c.ints[1]) {

@@ -5,7 +5,6 @@
 // (Lives in test_ops rather than test_tensor because it needs psvae_kernels.)
 #include <doctest/doctest.h>
 
-#include <cstring>
 #include <vector>
 
 #include "common/test_util.h"
@@ -18,12 +17,6 @@ using kernels::Op;
 namespace {
 
 const Device kGpu = Device::cuda(0);
-
-struct PoisonOn {
-  bool prev = poison_new_tensors();
-  PoisonOn() { set_poison_new_tensors(true); }
-  ~PoisonOn() { set_poison_new_tensors(prev); }
-};
 
 Tensor run1(Op op, const std::vector<Tensor>& in, const Shape& s, DType dt, Device d,
             double r0 = 0) {
@@ -45,12 +38,7 @@ int64_t bit_mismatches(const Tensor& a, const Tensor& b) {
   Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
   REQUIRE(ha.dtype() == hb.dtype());
   REQUIRE(ha.shape() == hb.shape());
-  const size_t es = dtype_size(ha.dtype());
-  const char* pa = static_cast<const char*>(ha.raw_data());
-  const char* pb = static_cast<const char*>(hb.raw_data());
-  int64_t bad = 0;
-  for (int64_t i = 0; i < ha.numel(); ++i) bad += std::memcmp(pa + i * es, pb + i * es, es) != 0;
-  return bad;
+  return test::bit_mismatches_host(ha, hb);
 }
 
 // Host conversions, as psvae::bf16 defines them.
@@ -76,11 +64,8 @@ Tensor random(Generator& g, const Shape& s, DType dt, double lo, double hi) {
 }  // namespace
 
 TEST_CASE("cuda kernels: add, sub, mul, div match the CPU") {
-  if (!cuda_available()) {
-    MESSAGE("skipped: no CUDA device");
-    return;
-  }
-  PoisonOn poison;
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
   Generator g(2024);
   struct Case {
     Shape a, b, y;
@@ -122,11 +107,8 @@ TEST_CASE("cuda kernels: add, sub, mul, div match the CPU") {
 }
 
 TEST_CASE("cuda kernels: add_scalar, mul_scalar match the CPU") {
-  if (!cuda_available()) {
-    MESSAGE("skipped: no CUDA device");
-    return;
-  }
-  PoisonOn poison;
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
   Generator g(7);
   // Scalars exact in f32, so an f32 kernel computing in f32 or in f64 rounds to the same value.
   for (Op op : {Op::add_scalar, Op::mul_scalar}) {
@@ -148,11 +130,8 @@ TEST_CASE("cuda kernels: add_scalar, mul_scalar match the CPU") {
 }
 
 TEST_CASE("cuda kernels: cast between f32, bf16 and f64") {
-  if (!cuda_available()) {
-    MESSAGE("skipped: no CUDA device");
-    return;
-  }
-  PoisonOn poison;
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
   Generator g(11);
   const Shape s{33, 65};
   Tensor x64 = test::uniform(g, s, -100, 100);  // f64 values that are not exact in f32

@@ -5,8 +5,8 @@
 #include <map>
 #include <set>
 
-#include "autograd/gradcheck.h"
 #include "autograd/grad_mode.h"
+#include "autograd/gradcheck.h"
 #include "common/test_util.h"
 #include "op_harness.h"
 
@@ -17,13 +17,6 @@ std::vector<OpSpec (*)()>& makers() {
   static std::vector<OpSpec (*)()> m;
   return m;
 }
-
-// Poisons every new tensor while a test runs, restoring the previous setting after.
-struct PoisonScope {
-  bool prev = poison_new_tensors();
-  PoisonScope() { set_poison_new_tensors(true); }
-  ~PoisonScope() { set_poison_new_tensors(prev); }
-};
 
 std::vector<ag::Var> as_vars(const std::vector<Tensor>& ts, DType float_dtype, bool grad) {
   std::vector<ag::Var> v;

@@ -5,7 +5,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "common/test_util.h"
@@ -15,14 +14,6 @@
 
 using namespace psvae;
 
-#define PSVAE_REQUIRE_CUDA()              \
-  do {                                    \
-    if (!cuda_available()) {              \
-      MESSAGE("skipped: no CUDA device"); \
-      return;                             \
-    }                                     \
-  } while (0)
-
 namespace {
 
 const Device kGpu = Device::cuda(0);
@@ -31,12 +22,7 @@ const Device kGpu = Device::cuda(0);
 int64_t bit_mismatches(const Tensor& a, const Tensor& b) {
   Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
   REQUIRE(ha.nbytes() == hb.nbytes());
-  const size_t es = dtype_size(ha.dtype());
-  const char* pa = static_cast<const char*>(ha.raw_data());
-  const char* pb = static_cast<const char*>(hb.raw_data());
-  int64_t bad = 0;
-  for (int64_t i = 0; i < ha.numel(); ++i) bad += std::memcmp(pa + i * es, pb + i * es, es) != 0;
-  return bad;
+  return test::bit_mismatches_host(ha, hb);
 }
 
 }  // namespace

@@ -62,7 +62,7 @@ demo: build
 	else echo "psvae demo: not built yet (the demo lands with the DiT issue)"; fi
 
 format:
-	find tensor kernels autograd nn tests bench -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \
+	find tensor kernels autograd nn train tests bench -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \
 	  | xargs clang-format -i
 
 clean:

@@ -11,13 +11,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
+
+#include "tensor/atomic_file.h"
 
 namespace psvae::safetensors {
 
@@ -505,35 +505,15 @@ void save(const std::string& path, const NamedTensors& tensors, const Metadata& 
   text.append((8 - text.size() % 8) % 8, ' ');
   uint64_t n = text.size();
 
-  std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) fail(path, fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
-  auto abandon = [&](const char* what) {
-    int e = errno;
-    if (f) std::fclose(f);
-    std::remove(tmp.c_str());
-    fail(path, fmt::format("{} {}: {}", what, tmp, std::strerror(e)));
-  };
-  bool ok = std::fwrite(&n, 8, 1, f) == 1 && std::fwrite(text.data(), 1, n, f) == n;
-  for (size_t i = 0; ok && i < host.size(); ++i) {
-    size_t nb = host[i].nbytes();
-    if (nb > 0) ok = std::fwrite(host[i].raw_data(), 1, nb, f) == nb;
-  }
-  if (!ok) abandon("cannot write");
-  if (std::fflush(f) != 0) abandon("cannot flush");
-  if (::fsync(::fileno(f)) != 0) abandon("cannot fsync");
-  int closed = std::fclose(f);
-  f = nullptr;
-  if (closed != 0) abandon("cannot close");
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) abandon("cannot rename into place");
-  // Make the rename itself durable. Best effort: the file is already complete under its name,
-  // and some filesystems refuse fsync on a directory.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  // Streamed: the data may be GBs, so it goes straight from each tensor to the file. Errors name
+  // the path ("<path>: cannot write <tmp>: No space left on device"); on any failure the
+  // AtomicFile's destructor removes the temp file and the old file stays as it was.
+  AtomicFile f(path);
+  f.write(&n, 8);
+  f.write(text.data(), n);
+  for (const Tensor& t : host)
+    if (t.nbytes() > 0) f.write(t.raw_data(), t.nbytes());
+  f.commit();
 }
 
 }  // namespace psvae::safetensors

@@ -7,7 +7,6 @@
 #include "train/config.h"
 
 #include <fmt/format.h>
-#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -18,6 +17,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+
+#include "tensor/atomic_file.h"
 
 namespace psvae::train {
 
@@ -597,20 +598,14 @@ void Config::save(const std::string& path) const {
       "# psvae config: every key, with its documentation; values as resolved for this run.\n"
       "# Re-run with --config on this file to get the same settings.\n\n" +
       to_yaml();
-  // Temp file beside the target, fsync, rename: a crash leaves the old file or the new one.
-  const std::string tmp = fmt::format("{}.tmp.{}", path, static_cast<long>(::getpid()));
-  auto fail = [&](int err) {
-    std::remove(tmp.c_str());
-    throw std::runtime_error(fmt::format("cannot write config '{}': {}", path, std::strerror(err)));
-  };
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) fail(errno);
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  int err = errno;
-  if (std::fclose(f) != 0 && ok) ok = false, err = errno;
-  if (!ok) fail(err);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) fail(errno);
+  // Atomic (temp file, fsync, rename): a crash leaves the old file or the new one. The inner
+  // message names the path and the system error: "cannot write config 'x.yaml': x.yaml: cannot
+  // create x.yaml.tmp.123.0: No such file or directory".
+  try {
+    write_file_atomic(path, text);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(fmt::format("cannot write config '{}': {}", path, e.what()));
+  }
 }
 
 }  // namespace psvae::train

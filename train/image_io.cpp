@@ -3,13 +3,12 @@
 
 #include <stb_image.h>
 #include <stb_image_write.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
+
+#include "tensor/atomic_file.h"
 
 namespace psvae::train {
 
@@ -164,23 +163,10 @@ void save_png(const std::string& path, const Image& img) {
                               img.width * 3))
     throw std::runtime_error(path + ": cannot encode PNG");
 
-  // Temp file beside the target, fsync, rename: readers see the old file or the new, never half.
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw std::runtime_error(path + ": cannot create " + tmp + ": " + std::strerror(errno));
-  auto abandon = [&](const char* what) {
-    int e = errno;
-    if (f) std::fclose(f);
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": " + what + " " + tmp + ": " + std::strerror(e));
-  };
-  if (std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) abandon("cannot write");
-  if (std::fflush(f) != 0) abandon("cannot flush");
-  if (::fsync(::fileno(f)) != 0) abandon("cannot fsync");
-  int closed = std::fclose(f);
-  f = nullptr;
-  if (closed != 0) abandon("cannot close");
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) abandon("cannot rename into place");
+  // Atomic: readers see the old file or the new, never half. Errors start with the path.
+  AtomicFile f(path);
+  f.write(bytes.data(), bytes.size());
+  f.commit();
 }
 
 Tensor image_to_tensor(const Image& img) {

@@ -3,7 +3,6 @@
 #include "train/report.h"
 
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -20,6 +19,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "tensor/atomic_file.h"
 #include "train/progress.h"
 
 namespace psvae::train {
@@ -460,24 +460,8 @@ void write_report(const std::string& run_dir, const std::string& title) {
   h += "</section>\n</main>\n</body>\n</html>\n";
 
   // Atomic: a reader (a browser refreshing mid-run) sees the old page or the new one, never half.
-  const fs::path final_path = dir / "report.html";
-  const std::string tmp = final_path.string() + fmt::format(".tmp.{}", static_cast<long>(getpid()));
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw std::runtime_error(tmp + ": cannot write: " + std::strerror(errno));
-  bool ok = std::fwrite(h.data(), 1, h.size(), f) == h.size();
-  ok = std::fflush(f) == 0 && ok;
-  ok = fsync(fileno(f)) == 0 && ok;
-  int saved = errno;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    throw std::runtime_error(tmp + ": cannot write: " + std::strerror(saved));
-  }
-  if (std::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    saved = errno;
-    std::remove(tmp.c_str());
-    throw std::runtime_error(final_path.string() + ": cannot replace: " + std::strerror(saved));
-  }
+  // Errors name the page: "<dir>/report.html: cannot create <tmp>: <strerror>".
+  write_file_atomic((dir / "report.html").string(), h);
 }
 
 }  // namespace psvae::train

@@ -34,6 +34,7 @@
 #include "autograd/grad_mode.h"
 #include "kernels/ops.h"
 #include "nn/optim.h"
+#include "tensor/atomic_file.h"
 #include "tensor/cuda_runtime.h"
 #include "train/checkpoint.h"
 #include "train/image_io.h"
@@ -108,23 +109,6 @@ std::string format_float(double v) { return fmt::format("{}", v); }  // shortest
 
 // "nan", "inf", "-inf" or the number, for messages.
 std::string value_text(double v) { return std::isnan(v) ? "nan" : fmt::format("{:g}", v); }
-
-// Atomic text write: temp file beside the target, then rename.
-void write_text_atomic(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f)
-      throw std::runtime_error(fmt::format("{}: cannot write ({})", tmp, std::strerror(errno)));
-    f << text;
-    f.flush();
-    if (!f) throw std::runtime_error(fmt::format("{}: write failed", tmp));
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec)
-    throw std::runtime_error(fmt::format("{}: cannot rename into place ({})", path, ec.message()));
-}
 
 void make_dir(const std::string& dir) {
   std::error_code ec;
@@ -361,7 +345,7 @@ struct Trainer::Impl {
       if (j["step"].get<int64_t>() <= keep_through) kept += line + "\n";
     }
     in.close();
-    write_text_atomic(metrics_path, kept);
+    write_file_atomic(metrics_path, kept);
   }
 
   double elapsed_s() const {
@@ -466,7 +450,7 @@ struct Trainer::Impl {
     if (resumed)
       trim_metrics(step);
     else
-      write_text_atomic(metrics_path, "");
+      write_file_atomic(metrics_path, "");
 
     std::ofstream metrics(metrics_path, std::ios::app);
     if (!metrics)

@@ -2,10 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <map>
-#include <regex>
 #include <set>
 #include <stdexcept>
 
@@ -205,6 +205,32 @@ Tensor concat0(const std::vector<std::pair<std::string, Tensor>>& parts) {
   return out;
 }
 
+// "encoder.layer.<i>.<rest>" -> (i, rest); false for any other name. (A hand-written match
+// rather than std::regex: exact, fast, and free of libstdc++ regex's GCC 12 warnings.)
+bool split_hf_layer(const std::string& k, std::string* idx, std::string* rest) {
+  static const std::string prefix = "encoder.layer.";
+  if (!starts_with(k, prefix)) return false;
+  size_t p = prefix.size(), q = p;
+  while (q < k.size() && std::isdigit(static_cast<unsigned char>(k[q]))) ++q;
+  if (q == p || q + 1 >= k.size() || k[q] != '.') return false;
+  *idx = k.substr(p, q - p);
+  *rest = k.substr(q + 1);
+  return true;
+}
+
+// "encoder.layer.<i>.attention.attention.<part>.<kind>" -> (i, part, kind).
+bool split_hf_qkv(const std::string& k, std::string* idx, std::string* part, std::string* kind) {
+  std::string rest;
+  static const std::string attn = "attention.attention.";
+  if (!split_hf_layer(k, idx, &rest) || !starts_with(rest, attn)) return false;
+  std::string tail = rest.substr(attn.size());
+  size_t dot = tail.find('.');
+  if (dot == std::string::npos || tail.find('.', dot + 1) != std::string::npos) return false;
+  *part = tail.substr(0, dot);
+  *kind = tail.substr(dot + 1);
+  return true;
+}
+
 // One HF name -> the original name ("" for the q/k/v parts, fused separately).
 std::string hf_to_orig(const std::string& k) {
   static const std::map<std::string, std::string> fixed = {
@@ -217,11 +243,9 @@ std::string hf_to_orig(const std::string& k) {
       {"layernorm.weight", "norm.weight"},
       {"layernorm.bias", "norm.bias"}};
   if (auto it = fixed.find(k); it != fixed.end()) return it->second;
-  static const std::regex layer(R"(encoder\.layer\.(\d+)\.(.+))");
-  std::smatch m;
-  if (!std::regex_match(k, m, layer)) return k;
-  const std::string pre = "blocks." + m[1].str() + ".";
-  const std::string rest = m[2].str();
+  std::string idx, rest;
+  if (!split_hf_layer(k, &idx, &rest)) return k;
+  const std::string pre = "blocks." + idx + ".";
   static const std::vector<std::pair<std::string, std::string>> renames = {
       {"attention.output.dense.", "attn.proj."},
       {"layer_scale1.lambda1", "ls1.gamma"},
@@ -252,21 +276,21 @@ NamedTensors dinov2_from_hf(const NamedTensors& sd) {
   NamedTensors out;
   std::map<std::string, const Tensor*> by_name;
   for (const auto& [k, t] : sd) by_name[k] = &t;
-  static const std::regex qkv(
-      R"(encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias))");
   std::set<std::string> fused;  // "i.kind" already emitted
   for (const auto& [k, t] : sd) {
-    std::smatch m;
-    if (!std::regex_match(k, m, qkv)) {
+    std::string i, part, kind;
+    bool is_qkv = split_hf_qkv(k, &i, &part, &kind) &&
+                  (part == "query" || part == "key" || part == "value") &&
+                  (kind == "weight" || kind == "bias");
+    if (!is_qkv) {
       std::string o = hf_to_orig(k);
       out.emplace_back(o.empty() ? k : o, t);  // an unknown attention.attention.* stays as is
       continue;
     }
-    const std::string i = m[1].str(), kind = m[3].str();
     if (!fused.insert(i + "." + kind).second) continue;
     std::vector<std::pair<std::string, Tensor>> parts;
-    for (const char* part : {"query", "key", "value"}) {
-      std::string name = fmt::format("encoder.layer.{}.attention.attention.{}.{}", i, part, kind);
+    for (const char* piece : {"query", "key", "value"}) {
+      std::string name = fmt::format("encoder.layer.{}.attention.attention.{}.{}", i, piece, kind);
       auto it = by_name.find(name);
       if (it == by_name.end())
         throw std::runtime_error(fmt::format("dinov2: missing key '{}' (needed to build {})", name,
@@ -287,14 +311,12 @@ void load_dinov2(nn::Module& m, const NamedTensors& sd) {
     for (const auto& [k, t] : sd) {
       std::string o = hf_to_orig(k);
       if (o.empty()) {
-        std::smatch mm;
-        static const std::regex q(R"(encoder\.layer\.(\d+)\.attention\.attention\.\w+\.(\w+))");
-        if (std::regex_match(k, mm, q)) {
-          std::string fusedname = "blocks." + mm[1].str() + ".attn.qkv." + mm[2].str();
+        std::string i, part, kind;
+        if (split_hf_qkv(k, &i, &part, &kind)) {
+          std::string fusedname = "blocks." + i + ".attn.qkv." + kind;
           if (!source.count(fusedname))
             source[fusedname] =
-                fmt::format("encoder.layer.{}.attention.attention.{{query,key,value}}.{}",
-                            mm[1].str(), mm[2].str());
+                fmt::format("encoder.layer.{}.attention.attention.{{query,key,value}}.{}", i, kind);
         }
       } else if (o != k) {
         source[o] = k;

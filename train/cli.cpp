@@ -19,6 +19,17 @@ const std::vector<Command>& commands() {
        cmd_info, nullptr},
       {"dataset", "Build the dataset of a config, describe it and write a grid of its images",
        cmd_dataset, dataset_schema},
+      {"forward", "Run one model's forward pass (dinov2, lpips, svae, psvae) on a file of inputs",
+       cmd_forward, forward_schema},
+      {"reconstruct",
+       "Encode and decode images with a PS-VAE checkpoint: side-by-side PNGs, PSNR, SSIM, LPIPS",
+       cmd_reconstruct, nullptr},
+      {"train-encoder", "Stage 0 (demo): train a small ViT encoder on the dataset's labels",
+       cmd_train_encoder, train_encoder_schema},
+      {"train-svae", "Stage 1: train the S-VAE on a frozen encoder (semantic reconstruction)",
+       cmd_train_svae, train_svae_schema},
+      {"train-psvae", "Stage 2: train the PS-VAE (pixel decoder, unfrozen encoder) from an S-VAE",
+       cmd_train_psvae, train_psvae_schema},
   };
   return table;
 }

@@ -48,6 +48,18 @@ int cmd_info(int argc, char** argv);     // train/commands_info.cpp
 int cmd_dataset(int argc, char** argv);  // train/commands_dataset.cpp
 ConfigSchema dataset_schema();           // the keys `psvae dataset` reads (data.*)
 
+int cmd_forward(int argc, char** argv);      // train/commands_forward.cpp
+ConfigSchema forward_schema();               // the model options `psvae forward --set` takes
+int cmd_reconstruct(int argc, char** argv);  // train/commands_reconstruct.cpp
+
+// The PS-VAE training stages, train/commands_train.cpp (keys: train/tasks/model_keys.h).
+int cmd_train_encoder(int argc, char** argv);
+int cmd_train_svae(int argc, char** argv);
+int cmd_train_psvae(int argc, char** argv);
+ConfigSchema train_encoder_schema();
+ConfigSchema train_svae_schema();
+ConfigSchema train_psvae_schema();
+
 // ---- flags shared by commands ------------------------------------------------------------------
 struct CommonFlags {
   std::string config;             // --config FILE

@@ -123,6 +123,20 @@ LPIPS::LPIPS(const Config& c, Generator& g, bool test_init) : cfg_(c) {
   eval();
 }
 
+void LPIPS::init_backbone_philox(uint64_t seed) {
+  Generator g(seed);
+  for (const Layer& l : layers_) {  // features.{idx} in index order: weight, then bias
+    if (l.kind != Layer::kConv) continue;
+    const Shape ws = l.conv->weight().shape();  // (C_out, C_in, kh, kw)
+    const double b = std::sqrt(6.0 / static_cast<double>(ws[1] * ws[2] * ws[3]));
+    Tensor w = l.conv->weight().data(), bias = l.conv->bias()->data();  // share the storage
+    g.uniform_(w, -b, b);
+    g.uniform_(bias, -0.05, 0.05);
+  }
+  enabled_ = true;
+  warning_.clear();
+}
+
 std::shared_ptr<nn::Module> LPIPS::clone() const {
   Generator scratch(0);
   std::shared_ptr<LPIPS> m(new LPIPS(cfg_, scratch, /*test_init=*/false));

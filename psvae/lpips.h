@@ -57,6 +57,15 @@ class LPIPS : public nn::Cloneable<LPIPS> {
                   std::vector<ag::Var>* per_layer = nullptr) const;
   ag::Var operator()(const ag::Var& x0, const ag::Var& x1) const { return forward(x0, x1); }
 
+  // Overwrites the backbone with the seeded random weights that tests/reference/lpips_golden.py
+  // regenerates bit for bit (tests/reference/philox.py), so parity tests run the full-width
+  // networks without storing them. One Generator(seed) fills each backbone parameter in
+  // state_dict order (features.0.weight, features.0.bias, features.2.weight, ...), each fill taking
+  // the next ceil(n/4) counters, with fill_uniform's U(-b, b): b = sqrt(6 / fan_in), fan_in =
+  // C_in*kh*kw, for weights (He-uniform: activations stay O(1) through 13 ReLU convs) and
+  // b = 0.05 for biases. The lin layers are untouched; enables the object (a test backbone).
+  void init_backbone_philox(uint64_t seed);
+
   bool enabled() const { return enabled_; }
   const std::string& warning() const { return warning_; }  // empty unless disabled by load()
   const Config& config() const { return cfg_; }

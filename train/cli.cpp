@@ -75,7 +75,8 @@ std::string usage() {
          "  --set KEY=VALUE   override one config key after --config (repeatable)\n"
          "  --device D        cpu | cuda | cuda:N | auto (default: CUDA when available)\n"
          "  --threads N       CPU threads (default: every core)\n"
-         "  --seed K          random seed (sets the config key 'seed')\n"
+         "  --seed K          random seed: the command's seed key (train.seed, or data.seed for "
+         "dataset)\n"
          "\n"
          "  psvae --version   print the version\n"
          "  psvae <command> --help for details, including every config key of the command\n";
@@ -160,7 +161,9 @@ void add_common_flags(CLI::App& app, CommonFlags& flags) {
       ->type_name("N")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", flags.seed,
-                 "Random seed; sets the config key 'seed' (after --config and --set)")
+                 "Random seed: sets the command's seed key (train.seed for training commands, "
+                 "data.seed for "
+                 "dataset), after --config and --set")
       ->type_name("K")
       ->check(CLI::NonNegativeNumber);
 }

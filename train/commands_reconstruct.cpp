@@ -7,7 +7,7 @@
 //
 // Images: --images DIR (PNG/JPEG, flat or one subfolder per class, resized and centre-cropped to
 // the checkpoint's data.image_size) or --dataset synthetic. The synthetic images are drawn with
-// seed data.seed + 1000 by default: the training set used data.seed, and synthetic image i
+// seed data.seed + 1000003 by default: the training set used data.seed, and synthetic image i
 // depends only on (seed, i), so another seed gives images the model never saw (held out).
 #include <fmt/format.h>
 
@@ -153,7 +153,7 @@ int cmd_reconstruct(int argc, char** argv) {
       "Encode and decode images with a stage-2 PS-VAE checkpoint (evaluation mode, z = mu); write "
       "each original beside its reconstruction (OUT/recon_0000.png ...), a grid (OUT/grid.png), "
       "and the mean PSNR, SSIM and LPIPS (OUT/metrics.json).\n"
-      "--dataset synthetic draws held-out images: seed data.seed + 1000 unless --seed is given.",
+      "--dataset synthetic draws held-out images: seed data.seed + 1000003 unless --seed is given.",
       "psvae reconstruct"};
   std::string checkpoint, images, dataset, out, device = "auto";
   std::vector<std::string> lpips_weights;
@@ -178,7 +178,7 @@ int cmd_reconstruct(int argc, char** argv) {
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();
   app.add_option("--seed", seed,
-                 "--dataset synthetic: seed of the images (default data.seed + 1000, held out)")
+                 "--dataset synthetic: seed of the images (default data.seed + 1000003, held out)")
       ->check(CLI::NonNegativeNumber);
   app.add_option(
          "--lpips-weights", lpips_weights,
@@ -226,10 +226,11 @@ int cmd_reconstruct(int argc, char** argv) {
     if (!images.empty()) {
       originals = folder_images(images, size, num);
     } else {
-      const uint64_t s = seed >= 0 ? static_cast<uint64_t>(seed)
-                                   : static_cast<uint64_t>(lm.cfg.get_int("data.seed")) + 1000;
+      const uint64_t s = seed >= 0
+                             ? static_cast<uint64_t>(seed)
+                             : held_out_seed(static_cast<uint64_t>(lm.cfg.get_int("data.seed")));
       fmt::print("images: synthetic, seed {}{}\n", s,
-                 seed >= 0 ? "" : " (data.seed + 1000: held out)");
+                 seed >= 0 ? "" : " (data.seed + 1000003: held out)");
       originals = synthetic_images(size, s, num);
     }
 

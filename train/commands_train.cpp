@@ -116,7 +116,7 @@ std::string finish_psvae(TrainTask& t, const TrainResult& r, const Config& cfg,
     SyntheticOptions o;
     o.num_images = 64;
     o.image_size = data->image_size();
-    o.seed = static_cast<uint64_t>(cfg.get_int("data.seed")) + 1000003;
+    o.seed = held_out_seed(static_cast<uint64_t>(cfg.get_int("data.seed")));
     held = make_synthetic(o);
     eval_what = "held-out synthetic images";
   }

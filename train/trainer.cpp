@@ -206,6 +206,11 @@ struct Trainer::Impl {
     if (bf16 && !device.is_cuda())
       throw std::runtime_error(fmt::format(
           "train.bf16 = true requires a CUDA device, but the model is on {}", device.str()));
+    if (bf16 && !task.supports_bf16())
+      throw std::runtime_error(fmt::format(
+          "train.bf16 = true: task '{}' has no bf16 autocast path yet (it lands with the CUDA "
+          "kernels); set train.bf16=false",
+          task.name()));
 
     nn::AdamWOptions o;
     o.lr = lr;

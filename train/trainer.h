@@ -56,6 +56,10 @@ class TrainTask {
   // prefix in the file.
   virtual safetensors::NamedTensors extra_state() { return {}; }
   virtual void load_extra_state(const safetensors::NamedTensors& t) {}
+  // Whether loss() honours ctx.autocast_bf16 (runs its matmuls in bf16 with fp32 master
+  // weights). The trainer refuses train.bf16 = true for a task that does not, rather than
+  // silently training in f32.
+  virtual bool supports_bf16() const { return false; }
 };
 
 // Keys under train.* (and run.*) read by the trainer; add them to a command's schema.

@@ -1,4 +1,5 @@
-// LPIPS v0.1: parity with PyTorch (tests/reference/lpips_golden.py, narrow seeded backbones),
+// LPIPS v0.1: parity with PyTorch (tests/reference/lpips_golden.py: narrow seeded backbones, and
+// the full-width networks with the real lin weights on a Philox backbone both sides regenerate),
 // gradients, d(x,x) = 0, symmetry, gradcheck, the disabled path, load errors and the shipped lin
 // weights.
 #include <doctest/doctest.h>
@@ -6,6 +7,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 
@@ -63,35 +65,88 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
-void check_parity(LPIPS::Net net) {
-  auto m = golden_model(net);
-  REQUIRE(m->enabled());
-  auto io = load_map(golden(std::string("lpips_") + nm(net) + "_io.safetensors"));
+// d, the per-tap terms and both input gradients of `m` against an lpips_golden.py io file.
+void check_against(const LPIPS& m, std::map<std::string, Tensor>& io, const std::string& label) {
   ag::Var x0(io["x0"], true), x1(io["x1"], true);
   std::vector<ag::Var> layers;
-  ag::Var d = m->forward(x0, x1, &layers);
+  ag::Var d = m.forward(x0, x1, &layers);
 
   auto c = test::compare(d.data(), io["d"], 1e-4);
-  MESSAGE(nm(net), " d rel err ", c.rel_err);
+  MESSAGE(label, " d rel err ", c.rel_err);
   CHECK_MESSAGE(c.ok, c.why);
   for (int k = 0; k < LPIPS::kTaps; ++k) {
     auto ck = test::compare(layers[static_cast<size_t>(k)].data(),
                             io["d_layer" + std::to_string(k)], 1e-4);
+    MESSAGE(label, " tap ", k, " rel err ", ck.rel_err);
     CHECK_MESSAGE(ck.ok, "tap ", k, ": ", ck.why);
   }
 
   ag::sum_all(d).backward();
   auto g0 = test::compare(x0.grad(), io["grad_x0"], 1e-4);
   auto g1 = test::compare(x1.grad(), io["grad_x1"], 1e-4);
-  MESSAGE(nm(net), " grad rel err x0 ", g0.rel_err, " x1 ", g1.rel_err);
+  MESSAGE(label, " grad rel err x0 ", g0.rel_err, " x1 ", g1.rel_err);
   CHECK_MESSAGE(g0.ok, "grad_x0: ", g0.why);
   CHECK_MESSAGE(g1.ok, "grad_x1: ", g1.why);
 
   // As a metric: no graph, same values.
   ag::NoGradGuard ng;
-  ag::Var dm = m->forward(x0, x1);
+  ag::Var dm = m.forward(x0, x1);
   CHECK(dm.is_leaf());
   CHECK(test::bit_mismatches_host(dm.data(), d.data()) == 0);
+}
+
+void check_parity(LPIPS::Net net) {
+  auto m = golden_model(net);
+  REQUIRE(m->enabled());
+  auto io = load_map(golden(std::string("lpips_") + nm(net) + "_io.safetensors"));
+  check_against(*m, io, nm(net));
+}
+
+// The generated backbone against the checksums lpips_golden.py wrote from its numpy Philox: the
+// first 8 values bit for bit, the sum of all f32 bit patterns (exact over every element) and the
+// f64 sum. Every backbone parameter must have checksums and vice versa.
+void check_backbone_checksums(const LPIPS& m, std::map<std::string, Tensor>& io) {
+  size_t checked = 0;
+  for (const auto& [name, t] : m.state_dict()) {
+    if (name.rfind("features.", 0) != 0) continue;
+    const std::string key = "ck." + name;
+    REQUIRE_MESSAGE(io.count(key + ".first8"), "no checksum for ", name);
+    REQUIRE(t.dtype() == DType::F32);
+    const float* p = t.data<float>();
+    const Tensor& first8 = io[key + ".first8"];
+    for (int64_t i = 0; i < 8; ++i)
+      CHECK_MESSAGE(p[i] == first8.data<float>()[i], name, "[", i, "]");
+    uint64_t bitsum = 0;
+    long double sum = 0, abs_sum = 0;
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, p + i, 4);
+      bitsum += bits;
+      sum += p[i];
+      abs_sum += std::fabs(p[i]);
+    }
+    CHECK_MESSAGE(bitsum == static_cast<uint64_t>(io[key + ".bitsum"].data<int64_t>()[0]), name);
+    const double ref = io[key + ".sum"].data<double>()[0];
+    CHECK_MESSAGE(std::abs(static_cast<double>(sum) - ref) <= 1e-12 * static_cast<double>(abs_sum),
+                  name, ": sum ", static_cast<double>(sum), " vs ", ref);
+    ++checked;
+  }
+  size_t expected = 0;
+  for (const auto& [k, v] : io) expected += k.size() > 7 && k.rfind(".first8") == k.size() - 7;
+  CHECK(checked == expected);
+}
+
+// Full-width network, real v0.1 lin weights, Philox backbone (seed as lpips_golden.py's FULL).
+void check_full_parity(LPIPS::Net net, uint64_t seed) {
+  LPIPS::Config c;
+  c.net = net;
+  // Lin weights only: load() warns and disables; the Philox backbone then enables it.
+  auto m = LPIPS::load(c, {(kRoot / "psvae/weights/lpips" / (nm(net) + ".safetensors")).string()});
+  m->init_backbone_philox(seed);
+  REQUIRE(m->enabled());
+  auto io = load_map(golden("lpips_" + nm(net) + "_full_io.safetensors"));
+  check_backbone_checksums(*m, io);
+  check_against(*m, io, nm(net) + " full");
 }
 
 }  // namespace
@@ -102,6 +157,14 @@ TEST_CASE("LPIPS vgg matches PyTorch: distances, per-tap terms and input gradien
 
 TEST_CASE("LPIPS alex matches PyTorch: distances, per-tap terms and input gradients") {
   check_parity(LPIPS::Net::alex);
+}
+
+TEST_CASE("LPIPS vgg at full width, real lin weights, Philox backbone matches PyTorch") {
+  check_full_parity(LPIPS::Net::vgg, 1234);
+}
+
+TEST_CASE("LPIPS alex at full width, real lin weights, Philox backbone matches PyTorch") {
+  check_full_parity(LPIPS::Net::alex, 5678);
 }
 
 TEST_CASE("LPIPS d(x, x) is exactly 0 and d is symmetric") {

@@ -15,16 +15,36 @@ the expected outputs carry no float32 rounding of their own.
 Writes tests/reference/golden/lpips_{vgg,alex}_{backbone,lin,io}.safetensors:
   backbone: features.*   lin: lin{k}.model.1.weight   io: x0, x1 (2,3,64,64) in [-1,1],
   d (2), d_layer{k} (2), grad_x0 and grad_x1 = d sum(d) / d x0, x1.
+
+The "full" cases run the published widths with the real v0.1 lin weights
+(/work/shared/data/lpips/v0.1/{vgg,alex}.safetensors, shipped as psvae/weights/lpips/) and a seeded
+random backbone that both sides regenerate from Philox4x32-10 (tests/reference/philox.py, bit-exact
+with tensor/random.cpp), so only inputs and outputs are stored. The scheme is
+LPIPS::init_backbone_philox (psvae/lpips.h): one Generator(seed) fills each backbone parameter in
+state_dict order (features.0.weight, features.0.bias, features.2.weight, ...), each fill taking
+the next ceil(n/4) counters, with U(-b, b) computed as float32(-b + 2b * u) in float64:
+b = sqrt(6 / fan_in), fan_in = C_in*kh*kw, for weights (He-uniform) and b = 0.05 for biases.
+Seeds: 1234 (vgg, 64x64 inputs: taps 64, 32, 16, 8, 4), 5678 (alex, 96x96: taps 23, 11, 5, 5, 5).
+Writes tests/reference/golden/lpips_{vgg,alex}_full_io.safetensors: x0, x1 (2,3,S,S), d (2),
+d_layer{k} (2), grad_x0, grad_x1, and per backbone parameter P the checksums of its generated
+values ck.P.first8 (f32, the first 8), ck.P.sum (f64, exact sum) and ck.P.bitsum (i64, the sum of
+the f32 bit patterns as unsigned integers: bit-exact over every element).
 Run: /usr/bin/python3 tests/reference/lpips_golden.py
 """
+import math
 import os
 import sys
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import philox  # noqa: E402  (checks the Random123 known-answer vectors on import)
 import safetensors_io  # noqa: E402
+
+REAL_LIN = "/work/shared/data/lpips/v0.1"
+FULL = {"vgg": (1234, 64), "alex": (5678, 96)}  # net: (backbone seed, image size)
 
 WIDTH_DIV = 8
 SIZE = 64
@@ -146,6 +166,56 @@ def make(name, features, taps, seed, out_dir):
     print(name, "d =", d.tolist(), "per layer", [r.tolist() for r in per_layer])
 
 
+def init_backbone_philox(features, seed):
+    """LPIPS::init_backbone_philox: returns {name: checksum tensors} for the values written."""
+    g = philox.Generator(seed)
+    ck = {}
+    for name, p in features.named_parameters():  # "0.weight", "0.bias", "2.weight", ... in order
+        if name.endswith(".weight"):
+            b = math.sqrt(6.0 / (p.shape[1] * p.shape[2] * p.shape[3]))
+        else:
+            b = 0.05
+        v = g.uniform(tuple(p.shape), -b, b, np.float32)
+        with torch.no_grad():
+            p.copy_(torch.from_numpy(v))
+        flat = v.reshape(-1)
+        key = f"ck.features.{name}"
+        ck[key + ".first8"] = torch.from_numpy(flat[:8].copy())
+        ck[key + ".sum"] = torch.tensor([math.fsum(flat.astype(np.float64).tolist())], dtype=torch.float64)
+        bits = int(flat.view(np.uint32).astype(np.uint64).sum(dtype=np.uint64))
+        ck[key + ".bitsum"] = torch.tensor([bits], dtype=torch.int64)
+    return ck
+
+
+def make_full(name, features, taps, out_dir):
+    seed, size = FULL[name]
+    model = LPIPS(features, taps).eval()
+    ck = init_backbone_philox(model.features, seed)
+    lin = safetensors_io.load(os.path.join(REAL_LIN, f"{name}.safetensors"))
+    with torch.no_grad():
+        for k in range(len(taps)):
+            getattr(model, f"lin{k}").model[1].weight.copy_(lin[f"lin{k}.model.1.weight"])
+    torch.manual_seed(seed)
+    x0 = (torch.rand(BATCH, 3, size, size) * 2 - 1).float()
+    x1 = (x0 + 0.3 * torch.randn(BATCH, 3, size, size)).clamp(-1, 1).float()
+
+    model = model.double()
+    a = x0.double().requires_grad_(True)
+    b = x1.double().requires_grad_(True)
+    d, per_layer = model(a, b)
+    d.sum().backward()
+
+    io = {"x0": x0, "x1": x1, "d": d.detach()}
+    for k, r in enumerate(per_layer):
+        io[f"d_layer{k}"] = r.detach()
+    io["grad_x0"] = a.grad.detach().float()
+    io["grad_x1"] = b.grad.detach().float()
+    io.update(ck)
+    meta = {"net": name, "width_div": 1, "backbone": "philox", "seed": seed, "size": size}
+    safetensors_io.save(os.path.join(out_dir, f"lpips_{name}_full_io.safetensors"), io, meta)
+    print(name, "full d =", d.tolist(), "per layer", [r.tolist() for r in per_layer])
+
+
 def main():
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
     os.makedirs(out_dir, exist_ok=True)
@@ -153,6 +223,10 @@ def main():
     make("vgg", f, taps, 1, out_dir)
     f, taps = alexnet_features(WIDTH_DIV)
     make("alex", f, taps, 2, out_dir)
+    f, taps = vgg16_features(1)
+    make_full("vgg", f, taps, out_dir)
+    f, taps = alexnet_features(1)
+    make_full("alex", f, taps, out_dir)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ TEST_CASE("reconstruct: held-out synthetic images -> PNGs, grid, metrics.json") 
                                   tmp / "ckpt.safetensors", tmp / "out"));
   INFO(r.out);
   REQUIRE(r.rc == 0);
-  CHECK(has(r.out, "seed 1005 (data.seed + 1000: held out)"));
+  CHECK(has(r.out, "seed 1000008 (data.seed + 1000003: held out)"));
   CHECK(has(r.out, "lpips: n/a (no backbone weights)"));
   for (int i = 0; i < 4; ++i) {
     train::Image im = train::load_image(tmp / fmt::format("out/recon_{:04d}.png", i));

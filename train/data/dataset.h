@@ -56,6 +56,9 @@ struct SyntheticInfo {
   std::string position;             // "on the left", "at the top", "in the centre", ...
 };
 std::unique_ptr<Dataset> make_synthetic(const SyntheticOptions& opt);
+// The seed of held-out synthetic images for a training seed: far from any seed a user would
+// train with, so evaluation never sees a training image (image i depends only on (seed, i)).
+inline uint64_t held_out_seed(uint64_t train_seed) { return train_seed + 1000003; }
 SyntheticInfo synthetic_info(const SyntheticOptions& opt, int64_t index);
 
 // ---- files on disk

@@ -181,7 +181,8 @@ def init_backbone_philox(features, seed):
         flat = v.reshape(-1)
         key = f"ck.features.{name}"
         ck[key + ".first8"] = torch.from_numpy(flat[:8].copy())
-        ck[key + ".sum"] = torch.tensor([math.fsum(flat.astype(np.float64).tolist())], dtype=torch.float64)
+        exact_sum = math.fsum(flat.astype(np.float64).tolist())
+        ck[key + ".sum"] = torch.tensor([exact_sum], dtype=torch.float64)
         bits = int(flat.view(np.uint32).astype(np.uint64).sum(dtype=np.uint64))
         ck[key + ".bitsum"] = torch.tensor([bits], dtype=torch.int64)
     return ck

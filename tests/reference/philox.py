@@ -22,7 +22,7 @@ _S32 = np.uint64(32)
 
 
 def philox4x32_10(ctr, k0, k1):
-    """ctr: (n, 4) uint32-valued array (any int dtype); k0, k1: Python ints. Returns (n, 4) uint32."""
+    """ctr: (n, 4) array of 32-bit values (any int dtype); k0, k1: Python ints -> (n, 4) uint32."""
     c = [np.asarray(ctr[:, j], dtype=np.uint64) for j in range(4)]
     k0, k1 = int(k0) & 0xFFFFFFFF, int(k1) & 0xFFFFFFFF
     for r in range(10):
@@ -38,7 +38,7 @@ def philox4x32_10(ctr, k0, k1):
 
 
 def uniform_words(seed, offset, n):
-    """The n 32-bit words of a fill of n elements at counter `offset` under `seed` (uint32, (n,))."""
+    """The n 32-bit words (uint32, (n,)) of a fill of n elements at `offset` under `seed`."""
     nblocks = (n + 3) // 4
     c = np.arange(nblocks, dtype=np.uint64) + np.uint64(offset)
     ctr = np.zeros((nblocks, 4), dtype=np.uint64)

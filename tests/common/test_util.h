@@ -1,10 +1,16 @@
-// Helpers shared by the test suites: random tensors, comparisons against references.
+// Helpers shared by the test suites: random tensors, comparisons against references, temporary
+// directories.
 #pragma once
 #include <fmt/format.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "tensor/random.h"
@@ -108,5 +114,44 @@ inline Comparison compare(const Tensor& out, const Tensor& ref, double tol) {
   if (!c.ok) c.why = fmt::format("relative error {:.3e} > tolerance {:.1e}", c.rel_err, tol);
   return c;
 }
+
+// A fresh, empty directory under the system temp dir, removed with everything in it when the
+// object goes out of scope. The name is psvae_<tag>_<pid>_<serial>: the pid keeps concurrent test
+// processes (ctest -j, several build dirs) apart, and the process-wide serial keeps two instances
+// in one process apart, even with the same tag (a name from the pid alone would be shared, and the
+// first destructor would delete the second one's files).
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag) {
+    static std::atomic<int> serial{0};
+    path_ = std::filesystem::temp_directory_path() /
+            fmt::format("psvae_{}_{}_{}", tag, ::getpid(), serial++);
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);  // a leftover of an earlier process with this pid
+    std::filesystem::create_directories(path_);
+  }
+  // Never throws: a destructor that throws while a failed check unwinds would abort the suite.
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;  // a copy would remove the directory a second time
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  // The path of `name` inside the directory, as a string (what the APIs under test take).
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+  // The names of the entries directly inside, sorted.
+  std::vector<std::string> listing() const {
+    std::vector<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(path_))
+      names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+ private:
+  std::filesystem::path path_;
+};
 
 }  // namespace psvae::test

@@ -3,7 +3,6 @@
 #include "tensor/atomic_file.h"
 
 #include <doctest/doctest.h>
-#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,31 +15,14 @@
 #include <thread>
 #include <vector>
 
+#include "common/test_util.h"
+
 using namespace psvae;
 namespace fs = std::filesystem;
 
-namespace {
+using psvae::test::TempDir;
 
-// A fresh directory per test, removed afterwards.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    dir = fs::temp_directory_path() / fmt::format("psvae_af_{}_{}", ::getpid(), counter++);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-};
+namespace {
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -52,8 +34,8 @@ std::string slurp(const std::string& path) {
 }  // namespace
 
 TEST_CASE("AtomicFile: the target keeps its old content until commit") {
-  TempDir tmp;
-  std::string path = tmp.file("a.txt");
+  TempDir tmp("atomic_file");
+  std::string path = tmp / "a.txt";
   write_file_atomic(path, "old");
   AtomicFile f(path);
   CHECK(f.path() == path);
@@ -70,8 +52,8 @@ TEST_CASE("AtomicFile: the target keeps its old content until commit") {
 }
 
 TEST_CASE("AtomicFile: destroyed without commit, the target is untouched and no temp file stays") {
-  TempDir tmp;
-  std::string path = tmp.file("keep.bin");
+  TempDir tmp("atomic_file");
+  std::string path = tmp / "keep.bin";
   write_file_atomic(path, "original");
   {
     AtomicFile f(path);
@@ -81,7 +63,7 @@ TEST_CASE("AtomicFile: destroyed without commit, the target is untouched and no 
   CHECK(tmp.listing() == std::vector<std::string>{"keep.bin"});
 
   // Same when the writer is unwound by an exception, and when no target existed before.
-  std::string fresh = tmp.file("fresh.bin");
+  std::string fresh = tmp / "fresh.bin";
   try {
     AtomicFile f(fresh);
     f.write("abc", 3);
@@ -93,8 +75,8 @@ TEST_CASE("AtomicFile: destroyed without commit, the target is untouched and no 
 }
 
 TEST_CASE("AtomicFile: a missing directory throws naming the path") {
-  TempDir tmp;
-  std::string missing = tmp.file("no/such/dir/x.bin");
+  TempDir tmp("atomic_file");
+  std::string missing = tmp / "no/such/dir/x.bin";
   CHECK_THROWS_WITH_AS(AtomicFile{missing},
                        doctest::Contains((missing + ": cannot create").c_str()),
                        std::runtime_error);
@@ -103,8 +85,8 @@ TEST_CASE("AtomicFile: a missing directory throws naming the path") {
   CHECK(tmp.listing().empty());
 
   // The target is a directory: the rename fails at commit, naming the path, and the temp goes.
-  fs::create_directories(tmp.dir / "adir");
-  std::string dir_target = tmp.file("adir");
+  fs::create_directories(tmp.path() / "adir");
+  std::string dir_target = tmp / "adir";
   CHECK_THROWS_WITH_AS(write_file_atomic(dir_target, "x"),
                        doctest::Contains((dir_target + ": cannot rename into place").c_str()),
                        std::runtime_error);
@@ -112,8 +94,8 @@ TEST_CASE("AtomicFile: a missing directory throws naming the path") {
 }
 
 TEST_CASE("write_file_atomic: round trip, empty and binary content, overwrite") {
-  TempDir tmp;
-  std::string path = tmp.file("r.bin");
+  TempDir tmp("atomic_file");
+  std::string path = tmp / "r.bin";
   std::string bytes;
   for (int i = 0; i < 70000; ++i) bytes.push_back(static_cast<char>(i * 7 % 256));  // has '\0's
   write_file_atomic(path, bytes);
@@ -126,8 +108,8 @@ TEST_CASE("write_file_atomic: round trip, empty and binary content, overwrite") 
 }
 
 TEST_CASE("AtomicFile: threads writing the same target never share a temp file") {
-  TempDir tmp;
-  std::string path = tmp.file("shared.txt");
+  TempDir tmp("atomic_file");
+  std::string path = tmp / "shared.txt";
   // Each thread writes a line of its own letter; whichever commit lands last wins, but the file is
   // always one whole line (two writers sharing a temp file would interleave or truncate).
   constexpr int kThreads = 8, kRounds = 25;

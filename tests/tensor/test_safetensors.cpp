@@ -5,41 +5,23 @@
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 
+#include "common/test_util.h"
+
 using namespace psvae;
 namespace st = psvae::safetensors;
 namespace fs = std::filesystem;
 
-namespace {
+using psvae::test::TempDir;
 
-// A fresh directory per test, removed afterwards.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    dir = fs::temp_directory_path() / fmt::format("psvae_st_{}_{}", ::getpid(), counter++);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-    return out;
-  }
-};
+namespace {
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);
@@ -107,7 +89,7 @@ float bits_float(uint32_t u) {
 }  // namespace
 
 TEST_CASE("round trip of every psvae dtype is bit-exact, metadata kept, data zero-copy") {
-  TempDir tmp;
+  TempDir tmp("safetensors");
   // Awkward values on purpose: NaN payloads, -0, subnormals, extremes.
   Tensor f32 = Tensor::from_vector<float>({bits_float(0x7fc00001u), -0.0f, bits_float(1u),
                                            std::numeric_limits<float>::max(), 1.f, -2.f},
@@ -131,7 +113,7 @@ TEST_CASE("round trip of every psvae dtype is bit-exact, metadata kept, data zer
                          {"empty_f64", empty_f64},
                          {"empty_i32", empty_i32}};
   st::Metadata meta = {{"format", "pt"}, {"step", "1200"}, {"note", "quote \" and \xc3\xa9"}};
-  std::string path = tmp.file("all.safetensors");
+  std::string path = tmp / "all.safetensors";
   st::save(path, in, meta);
   size_t data_bytes = 0;
   for (const auto& [n, t] : in) data_bytes += t.nbytes();
@@ -172,8 +154,8 @@ TEST_CASE("round trip of every psvae dtype is bit-exact, metadata kept, data zer
 }
 
 TEST_CASE("tensors outlive their File; writes to them never reach the file") {
-  TempDir tmp;
-  std::string path = tmp.file("w.safetensors");
+  TempDir tmp("safetensors");
+  std::string path = tmp / "w.safetensors";
   st::save(path, {{"w", Tensor::from_vector<float>({1, 2, 3, 4}, {2, 2})}});
   Tensor t;
   {
@@ -190,8 +172,8 @@ TEST_CASE("tensors outlive their File; writes to them never reach the file") {
 }
 
 TEST_CASE("unaligned native data is copied, aligned data is mapped") {
-  TempDir tmp;
-  std::string path = tmp.file("u.safetensors");
+  TempDir tmp("safetensors");
+  std::string path = tmp / "u.safetensors";
   RawFile rf;
   rf.add("a", "F32", "[3]", bytes_of<float>({1.5f, -2.f, 3.f}));
   rf.add("b", "F64", "[1]", bytes_of<double>({0.25}));
@@ -209,8 +191,8 @@ TEST_CASE("unaligned native data is copied, aligned data is mapped") {
 }
 
 TEST_CASE("converted file dtypes: F16, BOOL, U8, I8, I16, U16, U32, U64") {
-  TempDir tmp;
-  std::string path = tmp.file("conv.safetensors");
+  TempDir tmp("safetensors");
+  std::string path = tmp / "conv.safetensors";
   RawFile rf;
   // 1, -2, 2^-24 (smallest subnormal), 1023 * 2^-24 (largest subnormal), 2^-14 (smallest normal),
   // 65504 (largest), inf, -inf, NaN, -0, 1/3 rounded (0x3555 = 0.333251953125)
@@ -287,7 +269,7 @@ TEST_CASE("converted file dtypes: F16, BOOL, U8, I8, I16, U16, U32, U64") {
 }
 
 TEST_CASE("malformed files: each rule gives its own message, prefixed by the path") {
-  TempDir tmp;
+  TempDir tmp("safetensors");
   const std::string ok_entry = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
   const std::string eight(8, '\x01');
   struct Case {
@@ -384,7 +366,7 @@ TEST_CASE("malformed files: each rule gives its own message, prefixed by the pat
   for (size_t i = 0; i < cases.size(); ++i) {
     const Case& c = cases[i];
     CAPTURE(c.what);
-    std::string path = tmp.file(fmt::format("bad{}.safetensors", i));
+    std::string path = tmp / fmt::format("bad{}.safetensors", i);
     write_bytes(path, c.bytes);
     std::string err = open_error(path);
     CAPTURE(err);
@@ -392,7 +374,7 @@ TEST_CASE("malformed files: each rule gives its own message, prefixed by the pat
     CHECK(contains(err, c.expect));
   }
   // The same through doctest's matcher, for the example message of the brief.
-  std::string path = tmp.file("w.safetensors");
+  std::string path = tmp / "w.safetensors";
   write_raw(path,
             R"({"blocks.0.attn.qkv.weight":{"dtype":"F32","shape":[5,6],"data_offsets":[0,100]}})",
             std::string(100, '\0'));
@@ -400,15 +382,15 @@ TEST_CASE("malformed files: each rule gives its own message, prefixed by the pat
                        doctest::Contains("data_offsets [0, 100) hold 100 bytes but shape (5, 6) "
                                          "of F32 needs 120"),
                        std::runtime_error);
-  CHECK_THROWS_WITH_AS(st::File::open(tmp.dir.string()),
-                       (tmp.dir.string() + ": not a regular file").c_str(), std::runtime_error);
-  CHECK_THROWS_WITH_AS(st::File::open(tmp.file("missing.safetensors")),
+  CHECK_THROWS_WITH_AS(st::File::open(tmp.path().string()),
+                       (tmp.path().string() + ": not a regular file").c_str(), std::runtime_error);
+  CHECK_THROWS_WITH_AS(st::File::open(tmp / "missing.safetensors"),
                        doctest::Contains("missing.safetensors: cannot open"), std::runtime_error);
 }
 
 TEST_CASE("valid edge cases: padded header, empty file of tensors, zero-size tensors anywhere") {
-  TempDir tmp;
-  std::string path = tmp.file("e.safetensors");
+  TempDir tmp("safetensors");
+  std::string path = tmp / "e.safetensors";
   write_raw(path, "{}      ", "");  // padding spaces are JSON whitespace
   std::shared_ptr<st::File> f = st::File::open(path);
   CHECK(f->names().empty());
@@ -430,21 +412,21 @@ TEST_CASE("valid edge cases: padded header, empty file of tensors, zero-size ten
 }
 
 TEST_CASE("atomic writer: no temp file left, failures throw naming the path and leave nothing") {
-  TempDir tmp;
-  std::string path = tmp.file("model.safetensors");
+  TempDir tmp("safetensors");
+  std::string path = tmp / "model.safetensors";
   Tensor t = Tensor::from_vector<float>({1, 2}, {2});
   st::save(path, {{"t", t}});
   st::save(path, {{"t", Tensor::from_vector<float>({3, 4, 5}, {3})}});  // replaces the old file
   CHECK(tmp.listing() == std::vector<std::string>{"model.safetensors"});
   CHECK(st::load(path)[0].second.to_vector<float>() == std::vector<float>{3, 4, 5});
 
-  std::string missing = tmp.file("no/such/dir/x.safetensors");
+  std::string missing = tmp / "no/such/dir/x.safetensors";
   CHECK_THROWS_WITH_AS(st::save(missing, {{"t", t}}),
                        doctest::Contains((missing + ": cannot create").c_str()),
                        std::runtime_error);
   CHECK_FALSE(fs::exists(missing));
 
-  std::string p2 = tmp.file("bad.safetensors");
+  std::string p2 = tmp / "bad.safetensors";
   CHECK_THROWS_WITH_AS(st::save(p2, {{"t", t}, {"t", t}}),
                        (p2 + ": duplicate tensor name 't'").c_str(), std::runtime_error);
   CHECK_THROWS_WITH_AS(st::save(p2, {{"", t}}), (p2 + ": tensor with an empty name").c_str(),
@@ -459,8 +441,8 @@ TEST_CASE("atomic writer: no temp file left, failures throw naming the path and 
   CHECK(tmp.listing() == std::vector<std::string>{"model.safetensors"});
 
   // The target is a directory: the rename fails, and the temp file must not stay behind.
-  fs::create_directories(tmp.dir / "adir");
-  std::string dir_target = tmp.file("adir");
+  fs::create_directories(tmp.path() / "adir");
+  std::string dir_target = tmp / "adir";
   CHECK_THROWS_WITH_AS(st::save(dir_target, {{"t", t}}),
                        doctest::Contains((dir_target + ": cannot rename into place").c_str()),
                        std::runtime_error);
@@ -471,8 +453,8 @@ TEST_CASE("atomic writer: no temp file left, failures throw naming the path and 
 
 TEST_CASE("save copies CUDA tensors to the host") {
   if (!cuda_available()) return;
-  TempDir tmp;
-  std::string path = tmp.file("g.safetensors");
+  TempDir tmp("safetensors");
+  std::string path = tmp / "g.safetensors";
   Tensor h = Tensor::from_vector<float>({1, 2, 3}, {3});
   st::save(path, {{"g", h.to(Device::cuda())}});
   CHECK(same_bytes(st::load(path)[0].second, h));

@@ -3,7 +3,6 @@
 // one end-to-end run of the built binary.
 #include <doctest/doctest.h>
 #include <fcntl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -13,22 +12,17 @@
 #include <iostream>
 #include <sstream>
 
+#include "common/run_binary.h"
+#include "common/test_util.h"
 #include "tensor/safetensors.h"
 #include "train/cli.h"
 
 using namespace psvae;
 using namespace psvae::train;
 namespace fs = std::filesystem;
+using psvae::test::TempDir;
 
 namespace {
-
-fs::path temp_dir(const std::string& name) {
-  fs::path p =
-      fs::temp_directory_path() / ("psvae_test_cli_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
 
 std::string read_file(const fs::path& p) {
   std::ifstream f(p);
@@ -48,7 +42,7 @@ Run run_psvae(std::vector<std::string> args) {
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  fs::path dir = temp_dir("capture");
+  TempDir dir("cli_capture");
   std::fflush(nullptr);
   std::cout.flush();
   const int saved_out = ::dup(1), saved_err = ::dup(2);
@@ -69,7 +63,6 @@ Run run_psvae(std::vector<std::string> args) {
   ::close(saved_err);
   r.out = read_file(dir / "out");
   r.err = read_file(dir / "err");
-  fs::remove_all(dir);
   return r;
 }
 
@@ -161,10 +154,10 @@ TEST_CASE("cli: resolve_config precedence default < --config < --set < --seed") 
   s.add_int("seed", 0, "seed", 0);
   s.add_int("train.steps", 100, "steps", 1);
   s.add_float("train.lr", 1e-4, "lr", 0);
-  fs::path dir = temp_dir("precedence");
+  TempDir dir("cli_precedence");
   std::ofstream(dir / "run.yaml") << "seed: 3\ntrain:\n  steps: 10\n  lr: 0.5\n";
   CommonFlags f;
-  f.config = (dir / "run.yaml").string();
+  f.config = dir / "run.yaml";
   f.sets = {"train.steps=20", "train.steps=30", "seed=4"};
   Config c = resolve_config(s, f);
   CHECK(c.get_float("train.lr") == 0.5);  // file over default
@@ -178,9 +171,8 @@ TEST_CASE("cli: resolve_config precedence default < --config < --set < --seed") 
   f.sets = {"train.stpes=1"};
   CHECK_THROWS_AS(resolve_config(s, f), UsageError);
   f.sets = {};
-  f.config = (dir / "missing.yaml").string();
+  f.config = dir / "missing.yaml";
   CHECK_THROWS_WITH(resolve_config(s, f), doctest::Contains("No such file or directory"));
-  fs::remove_all(dir);
 }
 
 TEST_CASE("cli: --set and --config errors through a command") {
@@ -213,8 +205,8 @@ TEST_CASE("cli: resolve_device and apply_threads") {
 }
 
 TEST_CASE("cli: psvae info lists tensors, totals and metadata") {
-  fs::path dir = temp_dir("info");
-  const std::string path = (dir / "w.safetensors").string();
+  TempDir dir("cli_info");
+  const std::string path = dir / "w.safetensors";
   safetensors::save(path,
                     {{"encoder.weight", Tensor::zeros({2, 3}, DType::F32)},
                      {"encoder.bias", Tensor::zeros({4}, DType::F64)},
@@ -234,18 +226,17 @@ TEST_CASE("cli: psvae info lists tensors, totals and metadata") {
   CHECK(contains(r.out, std::string(500, 'x') + "\nend"));
 
   // A corrupt file: the reader's one-line error naming the path, exit 1.
-  const std::string bad = (dir / "bad.safetensors").string();
+  const std::string bad = dir / "bad.safetensors";
   std::ofstream(bad) << "not a safetensors file";
   r = run_psvae({"info", bad});
   CHECK(r.rc == 1);
   CHECK(r.err.rfind("psvae info: " + bad, 0) == 0);
   CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
-  fs::remove_all(dir);
 }
 
 TEST_CASE("cli: psvae dataset describes the synthetic set and writes a grid") {
-  fs::path dir = temp_dir("dataset");
-  const std::string png = (dir / "grid.png").string();
+  TempDir dir("cli_dataset");
+  const std::string png = dir / "grid.png";
   Run r = run_psvae({"dataset", "--set", "data.num_images=12", "--set", "data.image_size=16",
                      "--out", png, "--num", "6", "--nrow", "3", "--captions", "2"});
   CHECK(r.rc == 0);
@@ -254,23 +245,17 @@ TEST_CASE("cli: psvae dataset describes the synthetic set and writes a grid") {
   CHECK(contains(r.out, "  [1] "));
   CHECK_FALSE(contains(r.out, "  [2] "));
   CHECK(fs::exists(png));
-  fs::remove_all(dir);
 }
 
 TEST_CASE("cli: the built binary end to end") {
   // The test runs from bin/ of the build (beside psvae) or with the build dir as working dir.
-  fs::path self = fs::read_symlink("/proc/self/exe");
-  fs::path bin = self.parent_path() / "psvae";
-  if (!fs::exists(bin)) bin = fs::current_path() / "bin" / "psvae";
-  if (!fs::exists(bin)) {
+  if (psvae::test::psvae_binary().empty()) {
     MESSAGE("bin/psvae not built; skipping the end-to-end run");
     return;
   }
-  fs::path dir = temp_dir("binary");
+  TempDir dir("cli_binary");
   auto sh = [&](const std::string& args) {
-    int st =
-        std::system((bin.string() + " " + args + " > " + (dir / "out").string() + " 2>&1").c_str());
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return psvae::test::run_psvae_binary(args, dir / "out").rc;
   };
   CHECK(sh("--help") == 0);
   std::string out = read_file(dir / "out");
@@ -281,5 +266,4 @@ TEST_CASE("cli: the built binary end to end") {
   CHECK(sh("info --fil x") == 2);
   CHECK(contains(read_file(dir / "out"), "did you mean '--file'?"));
   CHECK(sh("info /nonexistent.safetensors") == 1);
-  fs::remove_all(dir);
 }

@@ -1,6 +1,5 @@
 // Configs: every error path names the key, the value and the file line; precedence; round trip.
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -8,10 +7,12 @@
 #include <limits>
 #include <stdexcept>
 
+#include "common/test_util.h"
 #include "train/config.h"
 
 using namespace psvae::train;
 namespace fs = std::filesystem;
+using psvae::test::TempDir;
 
 namespace {
 
@@ -42,14 +43,6 @@ std::string error_of(F&& f) {
 std::string load_error(const std::string& yaml) {
   Config c(schema());
   return error_of([&] { c.load_yaml_string(yaml, "run.yaml"); });
-}
-
-fs::path temp_dir(const std::string& name) {
-  fs::path p =
-      fs::temp_directory_path() / ("psvae_test_config_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
 }
 
 }  // namespace
@@ -191,20 +184,19 @@ TEST_CASE("config: a failed load changes nothing") {
 }
 
 TEST_CASE("config: files") {
-  fs::path dir = temp_dir("files");
+  TempDir dir("config_files");
   Config c(schema());
-  CHECK(error_of([&] { c.load_yaml_file((dir / "missing.yaml").string()); }) ==
-        "cannot read config '" + (dir / "missing.yaml").string() + "': No such file or directory");
-  CHECK(error_of([&] { c.load_yaml_file(dir.string()); }) ==
-        "cannot read config '" + dir.string() + "': Is a directory");
+  CHECK(error_of([&] { c.load_yaml_file(dir / "missing.yaml"); }) ==
+        "cannot read config '" + (dir / "missing.yaml") + "': No such file or directory");
+  CHECK(error_of([&] { c.load_yaml_file(dir.path().string()); }) ==
+        "cannot read config '" + dir.path().string() + "': Is a directory");
   {
     std::ofstream(dir / "empty.yaml");
     std::ofstream(dir / "run.yaml") << "train:\n  steps: 7\n  lr: oops\n";
   }
-  c.load_yaml_file((dir / "empty.yaml").string());
-  CHECK(error_of([&] { c.load_yaml_file((dir / "run.yaml").string()); }) ==
-        (dir / "run.yaml").string() + ":3: key 'train.lr' expects a number in [0, 1], got 'oops'");
-  fs::remove_all(dir);
+  c.load_yaml_file(dir / "empty.yaml");
+  CHECK(error_of([&] { c.load_yaml_file(dir / "run.yaml"); }) ==
+        (dir / "run.yaml") + ":3: key 'train.lr' expects a number in [0, 1], got 'oops'");
 }
 
 TEST_CASE("config: --set overrides") {
@@ -283,8 +275,8 @@ TEST_CASE("config: to_yaml and save re-load to identical values") {
   CHECK(d.get_string("x.flag") == "true");
   CHECK(d.get_string("x.empty").empty());
 
-  fs::path dir = temp_dir("save");
-  const std::string path = (dir / "config.yaml").string();
+  TempDir dir("config_save");
+  const std::string path = dir / "config.yaml";
   a.save(path);
   a.save(path);  // overwriting is fine, and leaves no temp file behind
   Config e(schema());
@@ -292,11 +284,9 @@ TEST_CASE("config: to_yaml and save re-load to identical values") {
   CHECK(e.to_yaml().find("  steps: 123456789012") != std::string::npos);
   CHECK(e.get_string("data.path") == a.get_string("data.path"));
   int files = 0;
-  for (const auto& entry : fs::directory_iterator(dir)) files += entry.is_regular_file();
+  for (const auto& entry : fs::directory_iterator(dir.path())) files += entry.is_regular_file();
   CHECK(files == 1);
-  CHECK_THROWS_WITH(a.save((dir / "no" / "such" / "dir.yaml").string()),
-                    doctest::Contains("cannot write config"));
-  fs::remove_all(dir);
+  CHECK_THROWS_WITH(a.save(dir / "no/such/dir.yaml"), doctest::Contains("cannot write config"));
 }
 
 TEST_CASE("config: closest matches") {

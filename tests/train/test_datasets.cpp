@@ -2,7 +2,6 @@
 // small files written here (corrupt and truncated ones included), CIFAR-10 on a tiny batch file.
 #include <doctest/doctest.h>
 #include <stb_image_write.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +11,7 @@
 #include <functional>
 #include <set>
 
+#include "common/test_util.h"
 #include "train/config.h"
 #include "train/data/dataset.h"
 #include "train/data/loader.h"
@@ -20,20 +20,9 @@ using namespace psvae;
 using namespace psvae::train;
 namespace fs = std::filesystem;
 
-namespace {
+using psvae::test::TempDir;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("psvae_datasets_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+namespace {
 
 bool same(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
@@ -213,8 +202,8 @@ namespace {
 // root/dog: bad.png (garbage), d.png (captions.jsonl), e.jpeg, trunc.png (valid header, cut data),
 //           notes.md (not an image)
 void build_folder(const TempDir& dir) {
-  fs::create_directories(dir.path / "cat");
-  fs::create_directories(dir.path / "dog");
+  fs::create_directories(dir.path() / "cat");
+  fs::create_directories(dir.path() / "dog");
   save_png(dir / "cat/a.png", solid(48, 32, 250, 10, 10));
   write_file(dir / "cat/a.txt", "  a red cat \n");
   Image green = solid(20, 20, 10, 240, 10);
@@ -240,9 +229,9 @@ void build_folder(const TempDir& dir) {
 }  // namespace
 
 TEST_CASE("imagefolder: classes, files, captions, skipped headers, decode errors") {
-  TempDir dir;
+  TempDir dir("datasets");
   build_folder(dir);
-  auto ds = make_image_folder(dir.path.string(), 16);
+  auto ds = make_image_folder(dir.path().string(), 16);
   CHECK(ds->num_classes() == 2);
   CHECK(ds->class_name(0) == "cat");
   CHECK(ds->class_name(1) == "dog");
@@ -272,9 +261,9 @@ TEST_CASE("imagefolder: classes, files, captions, skipped headers, decode errors
 }
 
 TEST_CASE("imagefolder: a truncated file throws DataError from get and the loader skips it") {
-  TempDir dir;
+  TempDir dir("datasets");
   build_folder(dir);
-  auto ds = std::shared_ptr<const Dataset>(make_image_folder(dir.path.string(), 16));
+  auto ds = std::shared_ptr<const Dataset>(make_image_folder(dir.path().string(), 16));
   const std::string trunc = dir / "dog/trunc.png";
   const std::string msg = error_of([&] { ds->get(5); });
   CHECK(starts_with(msg, trunc + ": cannot decode image"));
@@ -296,7 +285,7 @@ TEST_CASE("imagefolder: a truncated file throws DataError from get and the loade
 }
 
 TEST_CASE("imagefolder: errors for a missing folder, an empty one, no usable images, bad jsonl") {
-  TempDir dir;
+  TempDir dir("datasets");
   const std::string missing = dir / "nope";
   CHECK(error_of([&] { make_image_folder(missing, 32); }) ==
         "imagefolder: directory '" + missing + "' does not exist");
@@ -347,10 +336,10 @@ std::string cifar_record(uint8_t label, uint8_t r) {
 }  // namespace
 
 TEST_CASE("cifar10: records, planes, captions, splits, class names") {
-  TempDir dir;
+  TempDir dir("datasets");
   write_file(dir / "data_batch_1.bin", cifar_record(3, 10) + cifar_record(7, 20));
   write_file(dir / "test_batch.bin", cifar_record(9, 30));
-  auto train = make_cifar10(dir.path.string(), true);
+  auto train = make_cifar10(dir.path().string(), true);
   REQUIRE(train->size() == 2);
   CHECK(train->num_classes() == 10);
   Sample s = train->get(0);
@@ -365,37 +354,37 @@ TEST_CASE("cifar10: records, planes, captions, splits, class names") {
   CHECK(train->get(1).caption == "a photo of a horse");
   CHECK(train->get(1).image.data<float>()[7] == doctest::Approx(20 / 127.5 - 1));
 
-  auto test = make_cifar10(dir.path.string(), false);
+  auto test = make_cifar10(dir.path().string(), false);
   REQUIRE(test->size() == 1);
   CHECK(test->get(0).caption == "a photo of a truck");
 
-  auto big = make_cifar10(dir.path.string(), true, 64);
+  auto big = make_cifar10(dir.path().string(), true, 64);
   CHECK(big->get(0).image.shape() == Shape({3, 64, 64}));
   CHECK(big->get(0).image.data<float>()[0] == doctest::Approx(10 / 127.5 - 1));  // flat R plane
 
   write_file(dir / "batches.meta.txt", "zero\none\ntwo\nthree\n\n");
   write_file(dir / "data_batch_1.bin", cifar_record(3, 10));
-  auto named = make_cifar10(dir.path.string(), true);
+  auto named = make_cifar10(dir.path().string(), true);
   CHECK(named->num_classes() == 4);
   CHECK(named->get(0).caption == "a photo of a three");
   // Label 7 is out of range for 4 names: an error naming the file and record.
   write_file(dir / "data_batch_1.bin", cifar_record(7, 20));
-  CHECK(starts_with(error_of([&] { make_cifar10(dir.path.string(), true); }),
+  CHECK(starts_with(error_of([&] { make_cifar10(dir.path().string(), true); }),
                     dir / "data_batch_1.bin: record 0 has label 7"));
 }
 
 TEST_CASE("cifar10: errors name the file or folder") {
-  TempDir dir;
+  TempDir dir("datasets");
   write_file(dir / "data_batch_1.bin", cifar_record(1, 1));
   write_file(dir / "data_batch_2.bin", std::string(3000, 'x'));
-  const std::string msg = error_of([&] { make_cifar10(dir.path.string(), true); });
+  const std::string msg = error_of([&] { make_cifar10(dir.path().string(), true); });
   CHECK(starts_with(msg, dir / "data_batch_2.bin: size 3000 bytes is not a multiple of 3073"));
-  CHECK(contains(error_of([&] { make_cifar10(dir.path.string(), false); }), "test_batch.bin"));
+  CHECK(contains(error_of([&] { make_cifar10(dir.path().string(), false); }), "test_batch.bin"));
   const std::string missing = dir / "none";
   CHECK(error_of([&] { make_cifar10(missing, true); }) ==
         "cifar10: directory '" + missing + "' does not exist");
-  TempDir empty;
-  CHECK(contains(error_of([&] { make_cifar10(empty.path.string(), true); }), "data_batch_1..5"));
+  TempDir empty("datasets");
+  CHECK(contains(error_of([&] { make_cifar10(empty.path().string(), true); }), "data_batch_1..5"));
 }
 
 // ---- make_dataset -------------------------------------------------------------------------------
@@ -423,10 +412,10 @@ TEST_CASE("make_dataset: the data.* keys and their datasets") {
   cfg.set("data.dataset", "imagefolder");
   CHECK(error_of([&] { make_dataset(cfg); }) ==
         "data.path is required for data.dataset=imagefolder");
-  TempDir dir;
-  fs::create_directories(dir.path / "only");
+  TempDir dir("datasets");
+  fs::create_directories(dir.path() / "only");
   save_png(dir / "only/x.png", solid(20, 10, 9, 9, 9));
-  cfg.set("data.path", dir.path.string());
+  cfg.set("data.path", dir.path().string());
   auto ds = make_dataset(cfg);
   CHECK(ds->size() == 1);
   CHECK(ds->image_size() == 16);

@@ -4,15 +4,12 @@
 // in-process forward; inputs in f64 are converted; and each user error is one line naming the
 // thing at fault.
 #include <doctest/doctest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 
 #include "autograd/grad_mode.h"
+#include "common/run_binary.h"
 #include "common/test_util.h"
 #include "psvae/psvae.h"
 #include "tensor/safetensors.h"
@@ -21,6 +18,7 @@
 
 using namespace psvae;
 namespace fs = std::filesystem;
+using psvae::test::TempDir;
 
 namespace {
 
@@ -30,41 +28,10 @@ std::string golden(const std::string& name) {
   return (kRoot / "tests" / "reference" / "golden" / name).string();
 }
 
-// bin/psvae beside the test binary (or under the working directory, the build dir); empty when
-// it has not been built.
-fs::path psvae_binary() {
-  fs::path bin = fs::read_symlink("/proc/self/exe").parent_path() / "psvae";
-  if (!fs::exists(bin)) bin = fs::current_path() / "bin" / "psvae";
-  return fs::exists(bin) ? bin : fs::path();
-}
+using Result = test::BinaryRun;
 
-struct Tmp {
-  fs::path dir;
-  Tmp() {
-    dir = fs::temp_directory_path() / ("psvae_test_forward_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~Tmp() { fs::remove_all(dir); }
-  std::string operator/(const std::string& name) const { return (dir / name).string(); }
-};
-
-struct Result {
-  int rc = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Result run(const Tmp& tmp, const std::string& args) {
-  const std::string log = tmp / "log";
-  int st = std::system(
-      (psvae_binary().string() + " forward --device cpu " + args + " > " + log + " 2>&1").c_str());
-  Result r;
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  std::ifstream f(log);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  r.out = ss.str();
-  return r;
+Result run(const TempDir& tmp, const std::string& args) {
+  return test::run_psvae_binary("forward --device cpu " + args, tmp / "log");
 }
 
 std::map<std::string, Tensor> load_map(const std::string& path) {
@@ -78,7 +45,7 @@ bool has(const std::string& s, const std::string& what) {
 }
 
 #define REQUIRE_BINARY()                                              \
-  if (psvae_binary().empty()) {                                       \
+  if (test::psvae_binary().empty()) {                                 \
     MESSAGE("bin/psvae not built; skipping the psvae forward tests"); \
     return;                                                           \
   }
@@ -87,7 +54,7 @@ bool has(const std::string& s, const std::string& what) {
 
 TEST_CASE("forward dinov2 matches the PyTorch golden outputs (both namings, registers)") {
   REQUIRE_BINARY();
-  Tmp tmp;
+  TempDir tmp("forward");
   for (const char* variant : {"plain", "reg4"}) {
     auto io = load_map(golden(fmt::format("dinov2_{}_io.safetensors", variant)));
     for (const char* naming : {"", "_hf"}) {
@@ -122,7 +89,7 @@ TEST_CASE("forward dinov2 matches the PyTorch golden outputs (both namings, regi
 
 TEST_CASE("forward lpips matches the PyTorch golden distances, weights in two files") {
   REQUIRE_BINARY();
-  Tmp tmp;
+  TempDir tmp("forward");
   for (const char* net : {"vgg", "alex"}) {
     auto io = load_map(golden(fmt::format("lpips_{}_io.safetensors", net)));
     safetensors::save(tmp / "in.safetensors", {{"x0", io.at("x0")}, {"x1", io.at("x1")}});
@@ -198,7 +165,7 @@ void check_same(const std::map<std::string, Tensor>& out, const PSVAEOutput& ref
 
 TEST_CASE("forward svae and psvae: plain weights with --set keys, and a training checkpoint") {
   REQUIRE_BINARY();
-  Tmp tmp;
+  TempDir tmp("forward");
   auto model = tiny_psvae(3);
   Generator g(9);
   Tensor image = nn::convert_float(test::uniform(g, {2, 3, 16, 16}), DType::F32);
@@ -249,7 +216,7 @@ TEST_CASE("forward svae and psvae: plain weights with --set keys, and a training
 
 TEST_CASE("forward errors: unknown model, missing input, a key in two files, dit") {
   REQUIRE_BINARY();
-  Tmp tmp;
+  TempDir tmp("forward");
   const std::string w = golden("dinov2_plain_weights.safetensors");
   auto io = load_map(golden("dinov2_plain_io.safetensors"));
   safetensors::save(tmp / "in.safetensors", {{"pixels", io.at("pixel_values_56x56")}});

@@ -2,32 +2,20 @@
 // worked out by hand.
 #include <doctest/doctest.h>
 
-#include <unistd.h>
-
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
+#include "common/test_util.h"
 #include "train/image_io.h"
 
 using namespace psvae;
 using namespace psvae::train;
 namespace fs = std::filesystem;
 
-namespace {
+using psvae::test::TempDir;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("psvae_image_io_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+namespace {
 
 Image make_image(int w, int h, uint8_t (*f)(int x, int y, int c)) {
   Image img;
@@ -58,7 +46,7 @@ int px(const Image& img, int x, int y, int c = 0) {
 }  // namespace
 
 TEST_CASE("save_png then load_image gives back the same pixels, atomically") {
-  TempDir dir;
+  TempDir dir("image_io");
   Image img = make_image(7, 5, [](int x, int y, int c) {
     return static_cast<uint8_t>((x * 37 + y * 91 + c * 53) % 256);
   });
@@ -74,7 +62,7 @@ TEST_CASE("save_png then load_image gives back the same pixels, atomically") {
   CHECK(h == 5);
   // Only the target remains: the temporary file was renamed into place.
   int files = 0;
-  for (const auto& e : fs::directory_iterator(dir.path)) files += e.is_regular_file();
+  for (const auto& e : fs::directory_iterator(dir.path())) files += e.is_regular_file();
   CHECK(files == 1);
   // Overwriting replaces the file.
   Image black = make_image(3, 2, [](int, int, int) { return uint8_t{0}; });
@@ -83,7 +71,7 @@ TEST_CASE("save_png then load_image gives back the same pixels, atomically") {
 }
 
 TEST_CASE("load_image and save_png errors name the path") {
-  TempDir dir;
+  TempDir dir("image_io");
   const std::string missing = dir / "missing.png";
   try {
     load_image(missing);

@@ -8,7 +8,6 @@
 //   the architecture keys flow from one stage's checkpoint to the next (set only in stage 0/1);
 //   a missing init.from is an error naming the key.
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -17,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/test_util.h"
 #include "tensor/safetensors.h"
 #include "train/cli.h"
 #include "train/tasks/model_keys.h"
@@ -27,21 +27,9 @@ namespace fs = std::filesystem;
 using namespace psvae;
 using namespace psvae::train;
 
-namespace {
+using psvae::test::TempDir;
 
-struct TempDir {
-  std::string path;
-  explicit TempDir(const std::string& name) {
-    path = (fs::temp_directory_path() / ("psvae_stages_" + name + "_" + std::to_string(::getpid())))
-               .string();
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+namespace {
 
 int run(std::vector<std::string> args) {
   std::vector<char*> argv;
@@ -117,9 +105,8 @@ std::vector<std::string> operator+(std::vector<std::string> a, const std::vector
 }  // namespace
 
 TEST_CASE("stages 0 -> 1 -> 2 on tiny synthetic data: losses fall, latent statistics saved") {
-  TempDir tmp("pipeline");
-  const std::string enc = tmp.path + "/encoder", svae = tmp.path + "/svae",
-                    ps = tmp.path + "/psvae";
+  TempDir tmp("stages_pipeline");
+  const std::string enc = tmp / "encoder", svae = tmp / "svae", ps = tmp / "psvae";
 
   // Stage 0: the architecture is set here only; later stages inherit it through init.from.
   REQUIRE(run(common("train-encoder", enc, 100) +
@@ -192,7 +179,7 @@ TEST_CASE("stages 0 -> 1 -> 2 on tiny synthetic data: losses fall, latent statis
 }
 
 TEST_CASE("init.from: missing, wrong stage or conflicting keys are errors naming the key") {
-  TempDir tmp("init");
+  TempDir tmp("stages_init");
   {
     Config c(svae_stage_schema());
     CHECK_THROWS_WITH_AS(SVAETask(c, Device::cpu()), doctest::Contains("init.from is not set"),
@@ -202,17 +189,16 @@ TEST_CASE("init.from: missing, wrong stage or conflicting keys are errors naming
     Config c(psvae_stage_schema());
     CHECK_THROWS_WITH_AS(PSVAETask(c, 16, Device::cpu()), doctest::Contains("init.from is not set"),
                          std::runtime_error);
-    c.set("init.from", tmp.path + "/nope.safetensors");
-    CHECK_THROWS_WITH_AS(
-        PSVAETask(c, 16, Device::cpu()),
-        doctest::Contains(("init.from = " + tmp.path + "/nope.safetensors").c_str()),
-        std::runtime_error);
+    c.set("init.from", tmp / "nope.safetensors");
+    CHECK_THROWS_WITH_AS(PSVAETask(c, 16, Device::cpu()),
+                         doctest::Contains(("init.from = " + (tmp / "nope.safetensors")).c_str()),
+                         std::runtime_error);
   }
   // The command reports it as a failed run (exit 1), not a usage error.
-  CHECK(run({"train-psvae", "--device", "cpu", "--set", "run.out_dir=" + tmp.path + "/p"}) == 1);
+  CHECK(run({"train-psvae", "--device", "cpu", "--set", "run.out_dir=" + (tmp / "p")}) == 1);
 
   // A checkpoint of the wrong stage, and an architecture key that contradicts the checkpoint.
-  const std::string enc = tmp.path + "/encoder";
+  const std::string enc = tmp / "encoder";
   REQUIRE(run(common("train-encoder", enc) +
               std::vector<std::string>{"--set", "train.steps=1", "--set", "train.ckpt_every=1",
                                        "--set", "model.encoder.dim=16", "--set",

@@ -3,8 +3,6 @@
 // folder of PNGs give the PNGs, the grid and metrics.json with finite PSNR/SSIM; LPIPS is a number
 // with backbone weights and null without; a stage-1 checkpoint is refused.
 #include <doctest/doctest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -12,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/run_binary.h"
 #include "common/test_util.h"
 #include "psvae/psvae.h"
 #include "tensor/safetensors.h"
@@ -21,16 +20,11 @@
 
 using namespace psvae;
 namespace fs = std::filesystem;
+using psvae::test::TempDir;
 
 namespace {
 
 const fs::path kRoot = fs::path(__FILE__).parent_path().parent_path().parent_path();
-
-fs::path psvae_binary() {
-  fs::path bin = fs::read_symlink("/proc/self/exe").parent_path() / "psvae";
-  if (!fs::exists(bin)) bin = fs::current_path() / "bin" / "psvae";
-  return fs::exists(bin) ? bin : fs::path();
-}
 
 std::string slurp(const fs::path& p) {
   std::ifstream f(p);
@@ -39,28 +33,10 @@ std::string slurp(const fs::path& p) {
   return ss.str();
 }
 
-struct Tmp {
-  fs::path dir;
-  Tmp() {
-    dir = fs::temp_directory_path() / ("psvae_test_reconstruct_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~Tmp() { fs::remove_all(dir); }
-  std::string operator/(const std::string& name) const { return (dir / name).string(); }
-};
+using Result = test::BinaryRun;
 
-struct Result {
-  int rc = -1;
-  std::string out;
-};
-
-Result run(const Tmp& tmp, const std::string& args) {
-  const std::string log = tmp / "log";
-  int st = std::system(
-      (psvae_binary().string() + " reconstruct --device cpu " + args + " > " + log + " 2>&1")
-          .c_str());
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(log)};
+Result run(const TempDir& tmp, const std::string& args) {
+  return test::run_psvae_binary("reconstruct --device cpu " + args, tmp / "log");
 }
 
 bool has(const std::string& s, const std::string& what) {
@@ -100,11 +76,11 @@ void write_checkpoint(const std::string& path, const std::string& task) {
 }  // namespace
 
 TEST_CASE("reconstruct: held-out synthetic images -> PNGs, grid, metrics.json") {
-  if (psvae_binary().empty()) {
+  if (test::psvae_binary().empty()) {
     MESSAGE("bin/psvae not built; skipping");
     return;
   }
-  Tmp tmp;
+  TempDir tmp("reconstruct");
   write_checkpoint(tmp / "ckpt.safetensors", "psvae");
   Result r = run(tmp, fmt::format("--checkpoint {} --dataset synthetic --num 4 --batch 3 --out {}",
                                   tmp / "ckpt.safetensors", tmp / "out"));
@@ -132,8 +108,8 @@ TEST_CASE("reconstruct: held-out synthetic images -> PNGs, grid, metrics.json") 
 }
 
 TEST_CASE("reconstruct: an image folder, LPIPS with backbone weights, a stage-1 checkpoint") {
-  if (psvae_binary().empty()) return;
-  Tmp tmp;
+  if (test::psvae_binary().empty()) return;
+  TempDir tmp("reconstruct");
   write_checkpoint(tmp / "ckpt.safetensors", "psvae");
   // Two images of other sizes in class subfolders: resized and centre-cropped to 16x16.
   fs::create_directories(tmp / "imgs/a");

@@ -1,7 +1,6 @@
 // report.html and its parts: the SVG plot (ticks, log axis, legend, single points, non-finite
 // values), metrics.jsonl parsing (torn lines, resumed runs) and the page for a run folder.
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -10,10 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "common/test_util.h"
 #include "train/report.h"
 
 using namespace psvae::train;
 namespace fs = std::filesystem;
+
+using psvae::test::TempDir;
 
 namespace {
 
@@ -22,22 +24,6 @@ size_t count(const std::string& s, const std::string& what) {
   for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + what.size())) ++n;
   return n;
 }
-
-// A fresh folder under the system temp dir, removed at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int serial = 0;
-    path = fs::temp_directory_path() /
-           ("psvae_test_report_" + std::to_string(getpid()) + "_" + std::to_string(serial++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 void write(const fs::path& p, const std::string& text) {
   fs::create_directories(p.parent_path());
@@ -131,8 +117,8 @@ TEST_CASE("svg_plot: single points, NaN and inf are handled") {
 }
 
 TEST_CASE("read_metrics: series per key, torn lines skipped, resumed steps replaced") {
-  TempDir d;
-  write(d.path / "metrics.jsonl",
+  TempDir d("report");
+  write(d.path() / "metrics.jsonl",
         "{\"step\": 10, \"loss\": 0.5, \"kl\": 0.1, \"lr\": 1e-4, \"elapsed_s\": 3.2}\n"
         "not json\n"
         "[1, 2]\n"
@@ -142,7 +128,7 @@ TEST_CASE("read_metrics: series per key, torn lines skipped, resumed steps repla
         // resumed from step 20: step 30 is logged again, the earlier one is dropped
         "{\"step\": 30, \"loss\": 0.35, \"kl\": 0.09, \"lr\": 9e-5}\n"
         "{\"step\": 40, \"loss\": 0.2, \"k");  // torn by a crash
-  std::vector<Series> m = read_metrics((d.path / "metrics.jsonl").string());
+  std::vector<Series> m = read_metrics((d.path() / "metrics.jsonl").string());
   REQUIRE(m.size() == 3);
   CHECK(m[0].name == "loss");
   CHECK(m[1].name == "kl");
@@ -152,35 +138,35 @@ TEST_CASE("read_metrics: series per key, torn lines skipped, resumed steps repla
   CHECK(m[0].points[2] == std::pair<double, double>(30, 0.35));
   REQUIRE(m[1].points.size() == 3);
   CHECK(std::isnan(m[1].points[1].second));  // null = a non-finite value the writer could not log
-  CHECK_THROWS_WITH_AS(read_metrics((d.path / "missing.jsonl").string()),
+  CHECK_THROWS_WITH_AS(read_metrics((d.path() / "missing.jsonl").string()),
                        doctest::Contains("missing.jsonl: cannot open"), std::runtime_error);
 }
 
 TEST_CASE("write_report: a self-contained page for a run folder") {
-  TempDir d;
+  TempDir d("report");
   std::string lines;
   for (int s = 10; s <= 30; s += 10)
     lines += "{\"step\": " + std::to_string(s) + ", \"loss\": " + std::to_string(1.0 / s) +
              ", \"mse\": " + std::to_string(0.5 / s) + ", \"lr\": 0.0001, \"grad_norm\": 0.7" +
              ", \"steps_per_s\": 3.5, \"images_per_s\": 112, \"elapsed_s\": " + std::to_string(s) +
              "}\n";
-  write(d.path / "metrics.jsonl", lines);
-  write(d.path / "config.yaml", "# a <comment> & more\ntrain:\n  lr: 1e-4\n");
-  write(d.path / "samples" / "step_00000100.png", "x");
-  write(d.path / "samples" / "step_00000200.png", "x");
-  write(d.path / "samples" / "step_00000030.png", "x");
-  write(d.path / "checkpoints" / "step_00000020.safetensors", std::string(2048, 'a'));
-  write(d.path / "checkpoints" / "step_00000030.safetensors", std::string(2048, 'a'));
-  write(d.path / "checkpoints" / "best.safetensors", std::string(2048, 'a'));
+  write(d.path() / "metrics.jsonl", lines);
+  write(d.path() / "config.yaml", "# a <comment> & more\ntrain:\n  lr: 1e-4\n");
+  write(d.path() / "samples" / "step_00000100.png", "x");
+  write(d.path() / "samples" / "step_00000200.png", "x");
+  write(d.path() / "samples" / "step_00000030.png", "x");
+  write(d.path() / "checkpoints" / "step_00000020.safetensors", std::string(2048, 'a'));
+  write(d.path() / "checkpoints" / "step_00000030.safetensors", std::string(2048, 'a'));
+  write(d.path() / "checkpoints" / "best.safetensors", std::string(2048, 'a'));
 
-  write_report(d.path.string(), "svae <tiny>");
-  std::string html = read(d.path / "report.html");
-  for (const auto& e : fs::directory_iterator(d.path))  // the temp file was renamed away
+  write_report(d.path().string(), "svae <tiny>");
+  std::string html = read(d.path() / "report.html");
+  for (const auto& e : fs::directory_iterator(d.path()))  // the temp file was renamed away
     CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
 
   CHECK(html.rfind("<!DOCTYPE html>", 0) == 0);
   CHECK(html.find("<title>svae &lt;tiny&gt;</title>") != std::string::npos);
-  CHECK(html.find(fs::absolute(d.path).lexically_normal().string()) != std::string::npos);
+  CHECK(html.find(fs::absolute(d.path()).lexically_normal().string()) != std::string::npos);
   CHECK(html.find("last step 30") != std::string::npos);
   // Final values table.
   CHECK(html.find("<td>loss</td><td>0.033333</td><td>30</td>") != std::string::npos);
@@ -211,21 +197,21 @@ TEST_CASE("write_report: a self-contained page for a run folder") {
   CHECK(html.find("<link") == std::string::npos);
 
   // Rewriting replaces the page.
-  write(d.path / "samples" / "step_00000300.png", "x");
-  write_report(d.path.string(), "svae <tiny>");
-  CHECK(read(d.path / "report.html").find("step_00000300.png") != std::string::npos);
+  write(d.path() / "samples" / "step_00000300.png", "x");
+  write_report(d.path().string(), "svae <tiny>");
+  CHECK(read(d.path() / "report.html").find("step_00000300.png") != std::string::npos);
 }
 
 TEST_CASE("write_report: an empty run folder, and a missing one") {
-  TempDir d;
-  write_report(d.path.string(), "fresh");
-  std::string html = read(d.path / "report.html");
+  TempDir d("report");
+  write_report(d.path().string(), "fresh");
+  std::string html = read(d.path() / "report.html");
   CHECK(html.find("no steps logged yet") != std::string::npos);
   CHECK(html.find("No metrics.jsonl yet.") != std::string::npos);
   CHECK(html.find("No sample grids.") != std::string::npos);
   CHECK(html.find("No checkpoints.") != std::string::npos);
   CHECK(html.find("No config.yaml.") != std::string::npos);
-  std::string missing = (d.path / "nope").string();
+  std::string missing = (d.path() / "nope").string();
   std::string what;
   try {
     write_report(missing, "x");

@@ -31,23 +31,9 @@ using psvae::train::test::tiny_dataset;
 using psvae::train::test::tiny_loader;
 using psvae::train::test::TinyTask;
 
-namespace {
+using psvae::test::TempDir;
 
-// A fresh, empty folder per test (removed again at the end).
-struct TempDir {
-  std::string path;
-  explicit TempDir(const std::string& name) {
-    path =
-        (fs::temp_directory_path() / ("psvae_trainer_" + name + "_" + std::to_string(::getpid())))
-            .string();
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+namespace {
 
 // Redirects a stdio stream's file descriptor into a temp file, to check what a call printed.
 class Capture {
@@ -177,8 +163,8 @@ TEST_CASE("trainer keys: defaults, documentation and validation") {
   CHECK(c.get_float("train.lr") == doctest::Approx(1e-4));  // a rejected value changes nothing
 
   // bf16 autocast is a CUDA feature: a CPU model is refused up front, naming the key.
-  TempDir dir("bf16");
-  Config cfg = tiny_config(dir.path);
+  TempDir dir("trainer_bf16");
+  Config cfg = tiny_config(dir.path().string());
   cfg.set("train.bf16", "true");
   TinyTask task(1);
   auto loader = tiny_loader(tiny_dataset(), cfg);
@@ -187,8 +173,8 @@ TEST_CASE("trainer keys: defaults, documentation and validation") {
 }
 
 TEST_CASE("trainer: the loss falls on the tiny task") {
-  TempDir dir("falls");
-  Config cfg = tiny_config(dir.path);
+  TempDir dir("trainer_falls");
+  Config cfg = tiny_config(dir.path().string());
   cfg.set("train.steps", "100");
   cfg.set("train.lr", "0.02");
   cfg.set("train.ckpt_every", "100");
@@ -205,15 +191,15 @@ TEST_CASE("trainer: the loss falls on the tiny task") {
 }
 
 TEST_CASE("trainer: checkpoint contents, pruning, best, metrics, config, samples, report") {
-  TempDir dir("ckpt");
-  Config cfg = tiny_config(dir.path);
+  TempDir dir("trainer_ckpt");
+  Config cfg = tiny_config(dir.path().string());
   cfg.set("train.steps", "12");
   cfg.set("train.ckpt_every", "5");
   cfg.set("train.keep_last", "2");
   cfg.set("train.sample_every", "6");
   cfg.set("train.log_every", "5");
   Run r = train_once(cfg, 1, tiny_dataset());
-  const std::string ckdir = dir.path + "/checkpoints";
+  const std::string ckdir = dir / "checkpoints";
 
   CHECK(r.result.steps_done == 12);
   CHECK_FALSE(r.result.interrupted);
@@ -259,7 +245,7 @@ TEST_CASE("trainer: checkpoint contents, pruning, best, metrics, config, samples
     CHECK_MESSAGE(same_bits(a[i].second, b[i].second), a[i].first);
 
   // metrics.jsonl: one parseable line per logged step (5, 10 and the last, 12).
-  std::ifstream mf(dir.path + "/metrics.jsonl");
+  std::ifstream mf(dir / "metrics.jsonl");
   std::vector<int64_t> logged;
   for (std::string line; std::getline(mf, line);) {
     auto j = nlohmann::json::parse(line);  // throws (fails the test) on a malformed line
@@ -271,10 +257,10 @@ TEST_CASE("trainer: checkpoint contents, pruning, best, metrics, config, samples
   }
   CHECK(logged == std::vector<int64_t>{5, 10, 12});
 
-  CHECK(read_text(dir.path + "/config.yaml").find("steps: 12") != std::string::npos);
-  CHECK(fs::exists(dir.path + "/report.html"));
-  CHECK(fs::exists(dir.path + "/samples/step_00000006.png"));
-  CHECK(fs::exists(dir.path + "/samples/step_00000012.png"));
+  CHECK(read_text(dir / "config.yaml").find("steps: 12") != std::string::npos);
+  CHECK(fs::exists(dir / "report.html"));
+  CHECK(fs::exists(dir / "samples/step_00000006.png"));
+  CHECK(fs::exists(dir / "samples/step_00000012.png"));
 
   // A fresh start must not mix into (and prune) an earlier run's checkpoints.
   CHECK_THROWS_WITH_AS(train_once(cfg, 1, tiny_dataset()),
@@ -282,7 +268,7 @@ TEST_CASE("trainer: checkpoint contents, pruning, best, metrics, config, samples
 }
 
 TEST_CASE("trainer: exact resume, 20 steps vs 10 + 10, bit for bit") {
-  TempDir dir_a("resume_a"), dir_b("resume_b");
+  TempDir dir_a("trainer_resume_a"), dir_b("trainer_resume_b");
   auto ds = tiny_dataset();
   auto setup = [](Config& c) {
     c.set("train.steps", "20");
@@ -292,7 +278,7 @@ TEST_CASE("trainer: exact resume, 20 steps vs 10 + 10, bit for bit") {
     c.set("train.weight_decay", "0.01");
     c.set("train.ckpt_every", "10");
   };
-  Config ca = tiny_config(dir_a.path), cb = tiny_config(dir_b.path);
+  Config ca = tiny_config(dir_a.path().string()), cb = tiny_config(dir_b.path().string());
   setup(ca);
   setup(cb);
 
@@ -309,10 +295,10 @@ TEST_CASE("trainer: exact resume, 20 steps vs 10 + 10, bit for bit") {
 
   // A new task whose model starts from another seed, a new loader, a new trainer.
   cb.set("train.resume", "true");
-  Capture out(stdout, dir_b.path + "/stdout.txt");
+  Capture out(stdout, dir_b / "stdout.txt");
   Run second = train_once(cb, 777, ds);
   std::string printed = out.finish();
-  CHECK(printed.find("resumed from " + checkpoint_path(dir_b.path + "/checkpoints", 10) +
+  CHECK(printed.find("resumed from " + checkpoint_path(dir_b / "checkpoints", 10) +
                      " at step 10") != std::string::npos);
   CHECK(second.result.steps_done == 20);
 
@@ -328,8 +314,8 @@ TEST_CASE("trainer: exact resume, 20 steps vs 10 + 10, bit for bit") {
   // Final checkpoints: every tensor (model, EMA, optimiser m/v/step, task) and the RNG / loader
   // positions agree.
   safetensors::Metadata ma, mb;
-  auto ta = safetensors::load(checkpoint_path(dir_a.path + "/checkpoints", 20), &ma);
-  auto tb = safetensors::load(checkpoint_path(dir_b.path + "/checkpoints", 20), &mb);
+  auto ta = safetensors::load(checkpoint_path(dir_a / "checkpoints", 20), &ma);
+  auto tb = safetensors::load(checkpoint_path(dir_b / "checkpoints", 20), &mb);
   REQUIRE(ta.size() == tb.size());
   for (size_t i = 0; i < ta.size(); ++i) {
     CHECK(ta[i].first == tb[i].first);
@@ -347,13 +333,13 @@ TEST_CASE("trainer: exact resume, 20 steps vs 10 + 10, bit for bit") {
       s.push_back(nlohmann::json::parse(line)["step"].get<int64_t>());
     return s;
   };
-  CHECK(steps_logged(dir_a.path + "/metrics.jsonl") == steps_logged(dir_b.path + "/metrics.jsonl"));
+  CHECK(steps_logged(dir_a / "metrics.jsonl") == steps_logged(dir_b / "metrics.jsonl"));
 }
 
 TEST_CASE("trainer: gradient accumulation 2 x 8 matches 1 x 16") {
-  TempDir d1("accum1"), d2("accum2");
+  TempDir d1("trainer_accum1"), d2("trainer_accum2");
   auto ds = tiny_dataset();
-  Config c1 = tiny_config(d1.path), c2 = tiny_config(d2.path);
+  Config c1 = tiny_config(d1.path().string()), c2 = tiny_config(d2.path().string());
   for (Config* c : {&c1, &c2}) {
     c->set("train.steps", "6");
     c->set("train.ema_decay", "0");
@@ -373,11 +359,11 @@ TEST_CASE("trainer: gradient accumulation 2 x 8 matches 1 x 16") {
 }
 
 TEST_CASE("trainer: a corrupt newest checkpoint is reported and the previous one used") {
-  TempDir dir("corrupt");
+  TempDir dir("trainer_corrupt");
   auto ds = tiny_dataset();
-  Config cfg = tiny_config(dir.path);
+  Config cfg = tiny_config(dir.path().string());
   cfg.set("train.ckpt_every", "5");
-  const std::string ckdir = dir.path + "/checkpoints";
+  const std::string ckdir = dir / "checkpoints";
   reset_stop_request();
   Run first = train_once(cfg, 1, ds, [](int64_t s) {
     if (s == 15) std::raise(SIGTERM);
@@ -390,7 +376,7 @@ TEST_CASE("trainer: a corrupt newest checkpoint is reported and the previous one
   const std::string newest = checkpoint_path(ckdir, 15);
   clobber(newest, 8, 16);
   cfg.set("train.resume", "true");
-  Capture err(stderr, dir.path + "/stderr.txt");
+  Capture err(stderr, dir / "stderr.txt");
   Run second = train_once(cfg, 5, ds);
   std::string warned = err.finish();
   CHECK(warned.find("warning: checkpoint " + newest + " is unreadable (") != std::string::npos);
@@ -409,7 +395,7 @@ TEST_CASE("trainer: a corrupt newest checkpoint is reported and the previous one
   safetensors::save(checkpoint_path(ckdir, 30), {{"w", Tensor::zeros({2})}});
   safetensors::NamedTensors t;
   safetensors::Metadata m;
-  Capture err2(stderr, dir.path + "/stderr2.txt");
+  Capture err2(stderr, dir / "stderr2.txt");
   std::string used = open_newest_valid(ckdir, &t, &m);
   warned = err2.finish();
   CHECK(used == have[1]);
@@ -420,7 +406,7 @@ TEST_CASE("trainer: a corrupt newest checkpoint is reported and the previous one
 
   clobber(have[1], 0, 8);  // an absurd header length
   clobber(have[2], 8, 4);
-  Capture err3(stderr, dir.path + "/stderr3.txt");
+  Capture err3(stderr, dir / "stderr3.txt");
   try {
     open_newest_valid(ckdir, &t, &m);
     FAIL("expected no valid checkpoint");
@@ -433,10 +419,10 @@ TEST_CASE("trainer: a corrupt newest checkpoint is reported and the previous one
 }
 
 TEST_CASE("trainer: SIGTERM finishes the step and leaves a valid checkpoint that resumes") {
-  TempDir dir("sigterm");
+  TempDir dir("trainer_sigterm");
   auto ds = tiny_dataset();
-  Config cfg = tiny_config(dir.path);
-  const std::string ckdir = dir.path + "/checkpoints";
+  Config cfg = tiny_config(dir.path().string());
+  const std::string ckdir = dir / "checkpoints";
   struct sigaction before, after;
   sigaction(SIGTERM, nullptr, &before);
   reset_stop_request();
@@ -465,11 +451,11 @@ TEST_CASE("trainer: SIGTERM finishes the step and leaves a valid checkpoint that
 }
 
 TEST_CASE("trainer: resume with no checkpoint starts fresh") {
-  TempDir dir("fresh");
-  Config cfg = tiny_config(dir.path);
+  TempDir dir("trainer_fresh");
+  Config cfg = tiny_config(dir.path().string());
   cfg.set("train.steps", "3");
   cfg.set("train.resume", "true");
-  Capture out(stdout, dir.path + "/stdout.txt");
+  Capture out(stdout, dir / "stdout.txt");
   Run r = train_once(cfg, 1, tiny_dataset());
   std::string printed = out.finish();
   CHECK(printed.find("no checkpoint in") != std::string::npos);
@@ -478,9 +464,9 @@ TEST_CASE("trainer: resume with no checkpoint starts fresh") {
 }
 
 TEST_CASE("trainer: non-finite losses are skipped and counted, then stop the run") {
-  TempDir dir("nan");
+  TempDir dir("trainer_nan");
   auto ds = tiny_dataset();
-  Config cfg = tiny_config(dir.path);
+  Config cfg = tiny_config(dir.path().string());
   cfg.set("train.steps", "10");
   Run r = train_once(cfg, 1, ds, {}, [](TinyTask& t) { t.nan_steps = {2, 3}; });
   CHECK(r.result.steps_done == 10);
@@ -489,15 +475,15 @@ TEST_CASE("trainer: non-finite losses are skipped and counted, then stop the run
   for (size_t i = 0; i < 10; ++i)
     CHECK_MESSAGE(std::isnan(r.result.losses[i]) == (i == 2 || i == 3), i);
   // The optimiser took 8 steps; the weights stayed finite.
-  auto all = safetensors::load(checkpoint_path(dir.path + "/checkpoints", 10));
+  auto all = safetensors::load(checkpoint_path(dir / "checkpoints", 10));
   for (auto& [n, t] : all) {
     if (n == "optim.step") CHECK(t.item() == 8);
     if (n.rfind("model.", 0) == 0)
       for (double v : psvae::test::as_doubles(t)) REQUIRE(std::isfinite(v));
   }
 
-  TempDir dir2("nan_all");
-  Config c2 = tiny_config(dir2.path);
+  TempDir dir2("trainer_nan_all");
+  Config c2 = tiny_config(dir2.path().string());
   c2.set("train.max_nonfinite", "3");
   CHECK_THROWS_WITH_AS(
       train_once(c2, 1, ds, {}, [](TinyTask& t) { t.nan_always = true; }),

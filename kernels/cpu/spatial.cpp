@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "kernels/cpu/cpu_common.h"
@@ -35,6 +36,22 @@ ConvGeom conv_geom(const Tensor& x, const Tensor& w, const Tensor& y, const OpCa
           y.size(2), y.size(3), c.ints[0], c.ints[1], c.ints[2], c.ints[3]};
 }
 
+// Output columns ow in [lo, hi) read input column iw = ow*s - p + j inside [0, W); the rest land
+// in the padding. Computing the range once per (j) row lets the copy loops run without a bounds
+// test per element (the per-element test made im2col ~18% of a demo PS-VAE step).
+struct ColRange {
+  int64_t lo, hi;
+};
+
+ColRange valid_cols(int64_t Wo, int64_t W, int64_t s, int64_t p, int64_t j) {
+  // lo = ceil((p - j) / s) clamped at 0, hi = floor((W - 1 + p - j) / s) + 1 clamped at Wo;
+  // floor division written for possibly negative numerators.
+  auto floordiv = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+  int64_t lo = std::max<int64_t>(0, -floordiv(j - p, s));
+  int64_t hi = std::min<int64_t>(Wo, floordiv(W - 1 + p - j, s) + 1);
+  return {lo, std::max(lo, hi)};
+}
+
 // col (K, P): row (ci, i, j) holds x[ci, oh*sh - ph + i, ow*sw - pw + j] for every output pixel
 // (oh, ow), zero where that lands in the padding.
 template <class T>
@@ -44,6 +61,7 @@ void im2col(const T* x, const ConvGeom& g, T* col) {
       for (int64_t j = 0; j < g.kw; ++j) {
         T* row = col + ((ci * g.kh + i) * g.kw + j) * g.P();
         const T* plane = x + ci * g.H * g.W;
+        const ColRange r = valid_cols(g.Wo, g.W, g.sw, g.pw, j);
         for (int64_t oh = 0; oh < g.Ho; ++oh) {
           int64_t ih = oh * g.sh - g.ph + i;
           T* out = row + oh * g.Wo;
@@ -51,10 +69,14 @@ void im2col(const T* x, const ConvGeom& g, T* col) {
             std::fill(out, out + g.Wo, T(0));
             continue;
           }
-          for (int64_t ow = 0; ow < g.Wo; ++ow) {
-            int64_t iw = ow * g.sw - g.pw + j;
-            out[ow] = (iw >= 0 && iw < g.W) ? plane[ih * g.W + iw] : T(0);
-          }
+          std::fill(out, out + r.lo, T(0));
+          const T* src = plane + ih * g.W;
+          const int64_t off = j - g.pw;  // iw = ow * sw + off
+          if (g.sw == 1)
+            std::copy(src + r.lo + off, src + r.hi + off, out + r.lo);
+          else
+            for (int64_t ow = r.lo; ow < r.hi; ++ow) out[ow] = src[ow * g.sw + off];
+          std::fill(out + r.hi, out + g.Wo, T(0));
         }
       }
 }
@@ -69,13 +91,17 @@ void col2im(const T* col, const ConvGeom& g, T* gx) {
       for (int64_t j = 0; j < g.kw; ++j) {
         const T* row = col + ((ci * g.kh + i) * g.kw + j) * g.P();
         T* plane = gx + ci * g.H * g.W;
+        const ColRange r = valid_cols(g.Wo, g.W, g.sw, g.pw, j);
         for (int64_t oh = 0; oh < g.Ho; ++oh) {
           int64_t ih = oh * g.sh - g.ph + i;
           if (ih < 0 || ih >= g.H) continue;
-          for (int64_t ow = 0; ow < g.Wo; ++ow) {
-            int64_t iw = ow * g.sw - g.pw + j;
-            if (iw >= 0 && iw < g.W) plane[ih * g.W + iw] += row[oh * g.Wo + ow];
-          }
+          T* dst = plane + ih * g.W;
+          const T* src = row + oh * g.Wo;
+          const int64_t off = j - g.pw;  // iw = ow * sw + off
+          if (g.sw == 1)
+            for (int64_t ow = r.lo; ow < r.hi; ++ow) dst[ow + off] += src[ow];
+          else
+            for (int64_t ow = r.lo; ow < r.hi; ++ow) dst[ow * g.sw + off] += src[ow];
         }
       }
 }
@@ -96,19 +122,20 @@ void conv2d_cpu(const OpCall& c) {
     T* py = y.data<T>();
     ConstMap<T> wm(w.data<T>(), g.O, g.K());
     bool par = g.N > 1 && g.N * g.O * g.K() * g.P() > kConvParallelWork;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t n = 0; n < g.N; ++n) {
-      const T* xn = px + n * g.C * g.H * g.W;
-      std::vector<T> col;
-      if (!g.pointwise()) {
-        col.resize(static_cast<size_t>(g.K() * g.P()));
-        im2col(xn, g, col.data());
+#pragma omp parallel if (par)
+    {
+      // One column buffer per thread, not per sample, and not zero-filled: im2col writes it all.
+      std::unique_ptr<T[]> col(g.pointwise() ? nullptr : new T[g.K() * g.P()]);
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < g.N; ++n) {
+        const T* xn = px + n * g.C * g.H * g.W;
+        if (col) im2col(xn, g, col.get());
+        ConstMap<T> cm(col ? col.get() : xn, g.K(), g.P());
+        MutMap<T> ym(py + n * g.O * g.P(), g.O, g.P());
+        ym.noalias() = wm * cm;
+        if (pb)
+          for (int64_t o = 0; o < g.O; ++o) ym.row(o).array() += pb[o];
       }
-      ConstMap<T> cm(g.pointwise() ? xn : col.data(), g.K(), g.P());
-      MutMap<T> ym(py + n * g.O * g.P(), g.O, g.P());
-      ym.noalias() = wm * cm;
-      if (pb)
-        for (int64_t o = 0; o < g.O; ++o) ym.row(o).array() += pb[o];
     }
   });
 }
@@ -140,27 +167,30 @@ void conv2d_bwd_cpu(const OpCall& c) {
     std::vector<T> partial(static_cast<size_t>(std::min(g.N, kGwChunk) * OK));
     for (int64_t n0 = 0; n0 < g.N; n0 += kGwChunk) {
       int64_t nb = std::min(kGwChunk, g.N - n0);
-#pragma omp parallel for schedule(static) if (par)
-      for (int64_t k = 0; k < nb; ++k) {
-        int64_t n = n0 + k;
-        const T* xn = px + n * g.C * g.H * g.W;
-        ConstMap<T> gym(pgy + n * g.O * g.P(), g.O, g.P());
-        MutMap<T> gwn(partial.data() + k * OK, g.O, g.K());
-        if (g.pointwise()) {
-          ConstMap<T> xm(xn, g.C, g.H * g.W);
-          gwn.noalias() = gym * xm.transpose();
-          MutMap<T> gxm(pgx + n * g.C * g.H * g.W, g.C, g.H * g.W);
-          gxm.noalias() = wm.transpose() * gym;
-          continue;
+#pragma omp parallel if (par)
+      {
+        std::unique_ptr<T[]> col(g.pointwise() ? nullptr : new T[g.K() * g.P()]);
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < nb; ++k) {
+          int64_t n = n0 + k;
+          const T* xn = px + n * g.C * g.H * g.W;
+          ConstMap<T> gym(pgy + n * g.O * g.P(), g.O, g.P());
+          MutMap<T> gwn(partial.data() + k * OK, g.O, g.K());
+          if (!col) {  // pointwise: x[n] is its own column matrix
+            ConstMap<T> xm(xn, g.C, g.H * g.W);
+            gwn.noalias() = gym * xm.transpose();
+            MutMap<T> gxm(pgx + n * g.C * g.H * g.W, g.C, g.H * g.W);
+            gxm.noalias() = wm.transpose() * gym;
+            continue;
+          }
+          im2col(xn, g, col.get());
+          ConstMap<T> cm(col.get(), g.K(), g.P());
+          gwn.noalias() = gym * cm.transpose();
+          // Reuse the buffer for the column gradient.
+          MutMap<T> gcol(col.get(), g.K(), g.P());
+          gcol.noalias() = wm.transpose() * gym;
+          col2im(col.get(), g, pgx + n * g.C * g.H * g.W);
         }
-        std::vector<T> col(static_cast<size_t>(g.K() * g.P()));
-        im2col(xn, g, col.data());
-        ConstMap<T> cm(col.data(), g.K(), g.P());
-        gwn.noalias() = gym * cm.transpose();
-        // Reuse the buffer for the column gradient.
-        MutMap<T> gcol(col.data(), g.K(), g.P());
-        gcol.noalias() = wm.transpose() * gym;
-        col2im(col.data(), g, pgx + n * g.C * g.H * g.W);
       }
       for (int64_t k = 0; k < nb; ++k) {
         const T* p = partial.data() + k * OK;

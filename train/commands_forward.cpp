@@ -12,6 +12,8 @@
 //   lpips   x0, x1 (N,3,H,W) in [-1,1] -> d (N)
 //   svae    image (N,3,H,W) in [-1,1] -> mu, logvar, semantic (N,h,w,.)
 //   psvae   image -> mu, logvar, semantic, pixels (N,3,H,W)
+//   dit     x (N,C,H,W), t (N) steps (float or integer), y (N) integer labels (num_classes = null)
+//           -> out (N,C_out,H,W); the configuration is read off the weights
 // Weights from several --weights files are merged (a backbone and its heads often ship apart); a
 // key present twice is an error rather than a silent "last one wins".
 #include <fmt/format.h>
@@ -21,6 +23,7 @@
 #include <memory>
 
 #include "autograd/grad_mode.h"
+#include "dit/dit.h"
 #include "nn/module.h"
 #include "psvae/dinov2.h"
 #include "psvae/lpips.h"
@@ -268,18 +271,59 @@ Named forward_psvae(const ForwardArgs& a, const Named& in) {
           {"pixels", o.pixels.data()}};
 }
 
+// ---- dit ----------------------------------------------------------------------------------------
+// The input `name` of rank `rank`, or an error naming what the file has.
+const Tensor& input_named(const Named& in, const std::string& name, int rank,
+                          const ForwardArgs& a) {
+  auto it = in.find(name);
+  if (it == in.end()) {
+    std::string have;
+    for (const auto& [n, t] : in) have += (have.empty() ? "" : ", ") + n;
+    throw std::runtime_error(
+        fmt::format("{}: no input named '{}' (the file has: {}); --model {} "
+                    "needs it",
+                    a.inputs, name, have.empty() ? "nothing" : have, a.model));
+  }
+  if (it->second.rank() != rank)
+    throw std::runtime_error(fmt::format("{}: input '{}' has shape {}, expected rank {}", a.inputs,
+                                         name, it->second.shape().str(), rank));
+  return it->second;
+}
+
+Named forward_dit(const ForwardArgs& a, const Named& in) {
+  safetensors::NamedTensors sd = merge_weight_files(a.weights);
+  // Heads are not in the weights: --set heads, else the --arch's, else the published rule.
+  int heads = static_cast<int>(a.keys.get_int("heads"));
+  if (heads == 0 && !a.arch.empty()) heads = dit::dit_arch(a.arch).heads;
+  dit::DiTConfig cfg = dit::infer_dit_config(sd, heads);
+  Generator g(0);  // overwritten by the load
+  dit::DiT model(cfg, g);
+  model.load_state_dict(sd, true);
+  model.to(a.dev);
+  model.eval();
+  const Tensor& x = input_named(in, "x", 4, a);
+  const Tensor& t = input_named(in, "t", 1, a);
+  const Tensor& y = input_named(in, "y", 1, a);
+  if (!is_floating(x.dtype()))
+    throw std::runtime_error(fmt::format("{}: input 'x' is {}, expected a floating dtype", a.inputs,
+                                         dtype_name(x.dtype())));
+  if (y.dtype() != DType::I64)
+    throw std::runtime_error(
+        fmt::format("{}: input 'y' is {}, expected I64 labels", a.inputs, dtype_name(y.dtype())));
+  ag::Var out = model.forward(ag::Var(nn::convert_float(x, DType::F32).to(a.dev)), t, y);
+  return {{"out", out.data()}};
+}
+
 struct ModelEntry {
   const char* name;
   Named (*run)(const ForwardArgs&, const Named&);
 };
 
-// The models this build runs; dit is listed so the user learns it is coming, not that it is
-// misspelt.
+// The models this build runs.
 const std::vector<ModelEntry>& model_table() {
   static const std::vector<ModelEntry> t = {
       {"dinov2", forward_dinov2}, {"lpips", forward_lpips}, {"svae", forward_svae},
-      {"psvae", forward_psvae},   {"dit", nullptr},  // listed so users see it; lands with the DiT
-                                                     // issue
+      {"psvae", forward_psvae},   {"dit", forward_dit},
   };
   return t;
 }
@@ -289,8 +333,8 @@ const std::vector<ModelEntry>& model_table() {
 ConfigSchema forward_schema() {
   ConfigSchema s;
   s.add_int("heads", 0,
-            "dinov2: attention heads (not readable off the weights); 0 = D / 64, as every "
-            "released model",
+            "dinov2, dit: attention heads (not readable off the weights); 0 = the released "
+            "models' rule (dinov2: D / 64; dit: 16 from D 1024 on, else D / 64)",
             0, 4096);
   s.add_int("width_div", 0,
             "lpips: backbone widths divided by this (8 for the narrow test backbones); 0 = read "
@@ -311,12 +355,13 @@ int cmd_forward(int argc, char** argv) {
       "(N,h*w,D)\n"
       "  lpips:  x0, x1 (N,3,H,W) in [-1,1] -> d (N)\n"
       "  svae:   image (N,3,H,W) in [-1,1] -> mu, logvar, semantic\n"
-      "  psvae:  image -> mu, logvar, semantic, pixels",
+      "  psvae:  image -> mu, logvar, semantic, pixels\n"
+      "  dit:    x (N,C,H,W), t (N) steps, y (N) i64 labels -> out (N,C_out,H,W)",
       "psvae forward"};
   ForwardArgs a;
   std::vector<std::string> sets;
   int threads = 0;
-  app.add_option("--model", a.model, "dinov2, lpips, svae, psvae (dit: a later issue)")->required();
+  app.add_option("--model", a.model, "dinov2, lpips, svae, psvae, dit")->required();
   app.add_option("--weights", a.weights,
                  "safetensors weights; repeat to merge several files (a key in two is an error)")
       ->type_name("FILE")
@@ -330,8 +375,8 @@ int cmd_forward(int argc, char** argv) {
       ->type_name("FILE")
       ->required();
   app.add_option("--arch", a.arch,
-                 "dinov2: vits14, vitb14, vitl14, vitg14 (+ _reg4); lpips: vgg, alex; default: "
-                 "read off the weights");
+                 "dinov2: vits14, vitb14, vitl14, vitg14 (+ _reg4); lpips: vgg, alex; dit: "
+                 "DiT-XL/2 etc. (its heads); default: read off the weights");
   app.add_option("--set", sets, "Model option KEY=VALUE (see Config keys below); repeatable")
       ->type_name("KEY=VALUE")
       ->allow_extra_args(false)
@@ -355,10 +400,6 @@ int cmd_forward(int argc, char** argv) {
       throw UsageError(fmt::format("--model {}: unknown model{}; valid: {}", a.model,
                                    near.empty() ? "" : " (did you mean '" + near + "'?)", names));
     }
-    // Before any file is read, so the answer does not depend on the other flags.
-    if (!entry->run)
-      throw std::runtime_error(
-          fmt::format("--model {}: not built yet (lands with the DiT issue)", a.model));
     CommonFlags f;
     f.sets = sets;
     a.keys = resolve_config(forward_schema(), f);

@@ -214,6 +214,36 @@ TEST_CASE("forward svae and psvae: plain weights with --set keys, and a training
   CHECK(has(r.out, "model.latent_dim"));
 }
 
+TEST_CASE("forward dit matches the PyTorch golden outputs, steps as f32 or i64") {
+  REQUIRE_BINARY();
+  TempDir tmp("forward");
+  for (const char* name : {"p2", "p4_sigma"}) {
+    auto io = load_map(golden(fmt::format("dit_{}_io.safetensors", name)));
+    for (bool int_steps : {false, true}) {
+      Tensor t = io.at("t");
+      if (int_steps) t = Tensor::from_vector(std::vector<int64_t>{0, 17, 999}, Shape{3});
+      safetensors::save(tmp / "in.safetensors", {{"x", io.at("x")}, {"t", t}, {"y", io.at("y")}});
+      Result r = run(tmp, fmt::format("--model dit --weights {} --inputs {} --out {} --set heads=4",
+                                      golden(fmt::format("dit_{}_weights.safetensors", name)),
+                                      tmp / "in.safetensors", tmp / "out.safetensors"));
+      INFO((std::string(name) + ": " + r.out));
+      REQUIRE(r.rc == 0);
+      auto c = test::compare(load_map(tmp / "out.safetensors").at("out"), io.at("out"), 1e-4);
+      MESSAGE(
+          fmt::format("forward dit {} (i64 steps {}): rel err {:.2e}", name, int_steps, c.rel_err));
+      CHECK_MESSAGE(c.ok, c.why);
+    }
+  }
+  // A missing label input is named.
+  auto io = load_map(golden("dit_p2_io.safetensors"));
+  safetensors::save(tmp / "in.safetensors", {{"x", io.at("x")}, {"t", io.at("t")}});
+  Result r = run(tmp, fmt::format("--model dit --weights {} --inputs {} --out {}",
+                                  golden("dit_p2_weights.safetensors"), tmp / "in.safetensors",
+                                  tmp / "out.safetensors"));
+  CHECK(r.rc == 1);
+  CHECK(has(r.out, "no input named 'y'"));
+}
+
 TEST_CASE("forward errors: unknown model, missing input, a key in two files, dit") {
   REQUIRE_BINARY();
   TempDir tmp("forward");
@@ -242,7 +272,7 @@ TEST_CASE("forward errors: unknown model, missing input, a key in two files, dit
 
   r = run(tmp, fmt::format("--model dit --weights {} {}", w, files));
   CHECK(r.rc == 1);
-  CHECK(has(r.out, "--model dit: not built yet (lands with the DiT issue)"));
+  CHECK(has(r.out, "dit weights: missing 'x_embedder.proj.weight'"));  // dinov2's are no DiT's
 
   r = run(tmp, fmt::format("--model lpips --arch vgg --weights {} {}",
                            golden("lpips_vgg_lin.safetensors"), files));

@@ -1,0 +1,221 @@
+// DiT (facebookresearch/DiT models.py): parity with a plain-torch DiT (tests/reference/
+// dit_golden.py) at patch 2 and 4 with and without learn_sigma; the sin-cos table against
+// upstream's numpy code; adaLN-Zero initialisation; state_dict names; config inference; a
+// gradcheck.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "autograd/functions.h"
+#include "autograd/gradcheck.h"
+#include "common/test_util.h"
+#include "dit/dit.h"
+#include "dit/pos_embed.h"
+
+using namespace psvae;
+using namespace psvae::dit;
+
+namespace {
+
+std::string golden(const std::string& name) {
+  // tests/dit/test_dit.cpp -> tests/reference/golden/
+  return (std::filesystem::path(__FILE__).parent_path().parent_path() / "reference" / "golden" /
+          name)
+      .string();
+}
+
+std::map<std::string, Tensor> as_map(const safetensors::NamedTensors& sd) {
+  std::map<std::string, Tensor> m;
+  for (const auto& [k, t] : sd) m.emplace(k, t);
+  return m;
+}
+
+DiTConfig tiny(int patch, bool learn_sigma) {
+  DiTConfig c;
+  c.input_size = 8, c.patch = patch, c.in_channels = 4, c.hidden = 64, c.depth = 2, c.heads = 4;
+  c.num_classes = 10, c.learn_sigma = learn_sigma;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("dit matches the PyTorch reference (patch 2 / 4, learn_sigma on / off)") {
+  for (const char* name : {"p2", "p2_sigma", "p4", "p4_sigma"}) {
+    auto sd = safetensors::load(golden(fmt::format("dit_{}_weights.safetensors", name)));
+    auto io = as_map(safetensors::load(golden(fmt::format("dit_{}_io.safetensors", name))));
+    auto m = load_dit(sd, /*heads=*/4);
+    const DiTConfig& c = m->config();
+    CHECK(c.patch == (name[1] == '2' ? 2 : 4));
+    CHECK(c.learn_sigma == (std::string(name).find("sigma") != std::string::npos));
+    ag::Var out = m->forward(ag::Var(io.at("x")), io.at("t"), io.at("y"));
+    CHECK(out.shape() == io.at("out").shape());
+    auto cmp = test::compare(out.data(), io.at("out"), 1e-4);
+    MESSAGE(std::string(name), ": rel err ", cmp.rel_err);
+    CHECK(cmp.ok);
+    // Integer steps give the same result as their float values.
+    Tensor ti = Tensor::from_vector(std::vector<int64_t>{0, 17, 999}, Shape{3});
+    ag::Var out_i = m->forward(ag::Var(io.at("x")), ti, io.at("y"));
+    CHECK(test::compare(out_i.data(), io.at("out"), 1e-4).ok);
+  }
+}
+
+TEST_CASE("the position table equals upstream's numpy get_2d_sincos_pos_embed") {
+  auto ref = as_map(safetensors::load(golden("dit_pos_embed.safetensors")));
+  Tensor pe = get_2d_sincos_pos_embed(32, 5);  // (25, 32) f64
+  CHECK(pe.shape() == Shape{25, 32});
+  auto a = test::as_doubles(pe), b = test::as_doubles(ref.at("pos_embed_d32_g5_f64"));
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  CHECK(worst < 1e-6);
+  // The stored (f32) tables of the golden models are the constructor's table.
+  for (const char* name : {"p2", "p4"}) {
+    auto sd = as_map(safetensors::load(golden(fmt::format("dit_{}_weights.safetensors", name))));
+    Generator g(0);
+    DiT m(tiny(name[1] - '0', false), g);
+    auto x = test::as_doubles(m.pos_embed()), y = test::as_doubles(sd.at("pos_embed"));
+    REQUIRE(x.size() == y.size());
+    double w = 0;
+    for (size_t i = 0; i < x.size(); ++i) w = std::max(w, std::abs(x[i] - y[i]));
+    CHECK(w < 1e-6);
+  }
+  // First D/2 channels follow the column: token (row 0, col 1) differs from (0, 0) there only.
+  const double* p = pe.data<double>();
+  CHECK(p[1 * 32 + 0] == doctest::Approx(std::sin(1.0)));   // column 1, channel 0
+  CHECK(p[1 * 32 + 16] == 0.0);                             // row 0, sin part
+  CHECK(p[5 * 32 + 0] == 0.0);                              // token (1, 0): column 0
+  CHECK(p[5 * 32 + 16] == doctest::Approx(std::sin(1.0)));  // row 1
+}
+
+TEST_CASE("timestep features are [cos, sin] with float32 frequencies") {
+  Tensor t = Tensor::from_vector(std::vector<float>{0.f, 3.f}, Shape{2});
+  Tensor e = timestep_embedding(t, 256);
+  CHECK(e.shape() == Shape{2, 256});
+  const float* v = e.data<float>();
+  CHECK(v[0] == 1.f);    // cos(0)
+  CHECK(v[128] == 0.f);  // sin(0)
+  CHECK(v[256 + 0] == doctest::Approx(std::cos(3.0)));
+  CHECK(v[256 + 128] == doctest::Approx(std::sin(3.0)));
+}
+
+TEST_CASE("a fresh DiT outputs exactly zero (adaLN-Zero) and has upstream's init") {
+  Generator g(1);
+  DiT m(tiny(2, true), g);
+  for (auto& [n, p] : m.named_parameters()) {
+    const bool zero = n.find("adaLN_modulation") != std::string::npos ||
+                      n.rfind("final_layer.linear", 0) == 0 || n.find(".bias") != std::string::npos;
+    auto v = test::as_doubles(p.data());
+    double mx = 0;
+    for (double d : v) mx = std::max(mx, std::abs(d));
+    INFO(n);
+    if (zero)
+      CHECK(mx == 0.0);
+    else
+      CHECK(mx > 0.0);
+  }
+  Tensor x = nn::convert_float(test::normal(g, {2, 4, 8, 8}), DType::F32);
+  Tensor t = Tensor::from_vector(std::vector<float>{5.f, 500.f}, Shape{2});
+  Tensor y = Tensor::from_vector(std::vector<int64_t>{1, 10}, Shape{2});
+  ag::Var out = m.forward(ag::Var(x), t, y);
+  CHECK(out.shape() == Shape{2, 8, 8, 8});
+  for (double d : test::as_doubles(out.data())) REQUIRE(d == 0.0);
+  // Label table N(0, 0.02): its sample std is close to 0.02.
+  auto tv = test::as_doubles(m.y_embedder->embedding_table->weight().data());
+  double s2 = 0;
+  for (double d : tv) s2 += d * d;
+  CHECK(std::sqrt(s2 / static_cast<double>(tv.size())) == doctest::Approx(0.02).epsilon(0.1));
+}
+
+TEST_CASE("state_dict names match upstream's for a depth-2 model") {
+  Generator g(0);
+  DiT m(tiny(2, true), g);
+  std::vector<std::string> names;
+  for (const auto& [k, t] : m.state_dict()) names.push_back(k);
+  std::vector<std::string> expect = {"pos_embed",
+                                     "x_embedder.proj.weight",
+                                     "x_embedder.proj.bias",
+                                     "t_embedder.mlp.0.weight",
+                                     "t_embedder.mlp.0.bias",
+                                     "t_embedder.mlp.2.weight",
+                                     "t_embedder.mlp.2.bias",
+                                     "y_embedder.embedding_table.weight"};
+  for (int i = 0; i < 2; ++i)
+    for (const char* s : {"attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+                          "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+                          "adaLN_modulation.1.weight", "adaLN_modulation.1.bias"})
+      expect.push_back(fmt::format("blocks.{}.{}", i, s));
+  for (const char* s :
+       {"final_layer.linear.weight", "final_layer.linear.bias",
+        "final_layer.adaLN_modulation.1.weight", "final_layer.adaLN_modulation.1.bias"})
+    expect.push_back(s);
+  CHECK(names == expect);
+  // The golden files (written by PyTorch's state_dict) hold the same names in the same order.
+  std::vector<std::string> torch_names;
+  for (const auto& [k, t] : safetensors::load(golden("dit_p2_sigma_weights.safetensors")))
+    torch_names.push_back(k);
+  CHECK(std::set<std::string>(torch_names.begin(), torch_names.end()) ==
+        std::set<std::string>(expect.begin(), expect.end()));
+  // pos_embed is state, not a trainable parameter.
+  for (const auto& [n, p] : m.named_parameters()) CHECK(n != "pos_embed");
+}
+
+TEST_CASE("config inference round trip and the published sizes") {
+  for (const char* arch : {"DiT-S/2", "DiT-B/4", "DiT-L/8", "DiT-XL/2"}) {
+    DiTConfig c = dit_arch(arch);
+    c.input_size = 16, c.depth = 2, c.num_classes = 7;  // small enough to build quickly
+    c.learn_sigma = arch[4] != 'B';
+    Generator g(0);
+    DiT m(c, g);
+    DiTConfig r = infer_dit_config(m.state_dict());
+    INFO(arch);
+    CHECK(r.hidden == c.hidden);
+    CHECK(r.heads == c.heads);  // the published heads follow from the width
+    CHECK(r.patch == c.patch);
+    CHECK(r.input_size == c.input_size);
+    CHECK(r.in_channels == c.in_channels);
+    CHECK(r.num_classes == c.num_classes);
+    CHECK(r.learn_sigma == c.learn_sigma);
+    CHECK(r.depth == c.depth);
+    CHECK(r.mlp_ratio == c.mlp_ratio);
+    CHECK(r.freq_dim == 256);
+  }
+  CHECK(dit_arch("XL/2").hidden == 1152);
+  CHECK(dit_arch("DiT-S/8").heads == 6);
+  CHECK_THROWS_WITH_AS(dit_arch("DiT-M/2"), doctest::Contains("DiT-XL/2"), std::invalid_argument);
+  CHECK_THROWS_AS(dit_arch("DiT-B/3"), std::invalid_argument);
+  CHECK_THROWS_AS(infer_dit_config({}), std::invalid_argument);
+}
+
+TEST_CASE("dit gradchecks in f64 w.r.t. x and parameters") {
+  DiTConfig c;
+  c.input_size = 4, c.patch = 2, c.in_channels = 2, c.hidden = 8, c.depth = 1, c.heads = 2;
+  c.num_classes = 3, c.learn_sigma = true;
+  Generator g(7);
+  DiT m(c, g);
+  m.to(DType::F64);
+  // Randomise everything (the zero-initialised Linears would block every path).
+  for (auto& [n, p] : m.named_parameters()) {
+    Tensor t = p.data();
+    g.normal_(t, 0.0, 0.5);
+  }
+  Tensor x = test::normal(g, {2, 2, 4, 4});
+  Tensor t = Tensor::from_vector(std::vector<double>{3.0, 250.0}, Shape{2});
+  Tensor y = Tensor::from_vector(std::vector<int64_t>{0, 3}, Shape{2});
+  std::vector<Tensor> inputs{x};
+  std::vector<bool> wrt{true};
+  const std::set<std::string> checked = {
+      "x_embedder.proj.weight", "t_embedder.mlp.0.weight", "blocks.0.attn.qkv.weight",
+      "blocks.0.adaLN_modulation.1.weight", "final_layer.adaLN_modulation.1.bias"};
+  for (auto& [n, p] : m.named_parameters()) {
+    inputs.push_back(p.data().clone());
+    wrt.push_back(checked.count(n) > 0);
+  }
+  auto f = [&](const std::vector<ag::Var>& v) {
+    m.bind_parameters(std::vector<ag::Var>(v.begin() + 1, v.end()));
+    return m.forward(v[0], t, y);
+  };
+  ag::GradcheckResult r = ag::gradcheck(f, inputs, wrt);
+  INFO(r.report);
+  CHECK(r.ok);
+}

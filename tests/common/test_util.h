@@ -9,11 +9,13 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <system_error>
 #include <vector>
 
 #include "tensor/random.h"
+#include "tensor/safetensors.h"
 #include "tensor/tensor.h"
 
 // First statement of a CUDA test case: reports the case skipped and returns when there is no
@@ -27,6 +29,20 @@
   } while (0)
 
 namespace psvae::test {
+
+// The repository root (this file is tests/common/test_util.h), for files the tests read from the
+// source tree: golden outputs, shipped weights, configs.
+inline std::filesystem::path repo_root() {
+  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+}
+// A golden file written by a script in tests/reference/.
+inline std::string golden(const std::string& name) {
+  return (repo_root() / "tests" / "reference" / "golden" / name).string();
+}
+// A file's tensors by name.
+inline std::map<std::string, Tensor> as_map(const safetensors::NamedTensors& sd) {
+  return std::map<std::string, Tensor>(sd.begin(), sd.end());
+}
 
 // Poisons every new tensor (NaN fill) while in scope, restoring the previous setting after, so a
 // kernel that leaves an output element unwritten shows up as a NaN.

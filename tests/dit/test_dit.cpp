@@ -19,18 +19,8 @@ using namespace psvae::dit;
 
 namespace {
 
-std::string golden(const std::string& name) {
-  // tests/dit/test_dit.cpp -> tests/reference/golden/
-  return (std::filesystem::path(__FILE__).parent_path().parent_path() / "reference" / "golden" /
-          name)
-      .string();
-}
-
-std::map<std::string, Tensor> as_map(const safetensors::NamedTensors& sd) {
-  std::map<std::string, Tensor> m;
-  for (const auto& [k, t] : sd) m.emplace(k, t);
-  return m;
-}
+using test::as_map;
+using test::golden;
 
 DiTConfig tiny(int patch, bool learn_sigma) {
   DiTConfig c;

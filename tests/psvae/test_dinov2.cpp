@@ -18,18 +18,8 @@ using namespace psvae;
 
 namespace {
 
-std::string golden(const std::string& name) {
-  // tests/psvae/test_dinov2.cpp -> tests/reference/golden/
-  return (std::filesystem::path(__FILE__).parent_path().parent_path() / "reference" / "golden" /
-          name)
-      .string();
-}
-
-std::map<std::string, Tensor> as_map(const safetensors::NamedTensors& sd) {
-  std::map<std::string, Tensor> m;
-  for (const auto& [k, t] : sd) m.emplace(k, t);
-  return m;
-}
+using test::as_map;
+using test::golden;
 
 std::string load_error(nn::Module& m, const safetensors::NamedTensors& sd) {
   try {

@@ -21,13 +21,10 @@ using namespace psvae;
 
 namespace {
 
-// tests/psvae/test_lpips.cpp -> the repository root.
-const std::filesystem::path kRoot =
-    std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+using test::golden;
+const std::filesystem::path kRoot = test::repo_root();
 
-std::string golden(const std::string& name) {
-  return (kRoot / "tests" / "reference" / "golden" / name).string();
-}
+// tests/psvae/test_lpips.cpp -> the repository root.
 
 std::map<std::string, Tensor> load_map(const std::string& path) {
   std::map<std::string, Tensor> m;

@@ -22,14 +22,9 @@ using namespace psvae;
 
 namespace {
 
-constexpr double kTol = 1e-4;
+using test::golden;
 
-std::string golden(const std::string& name) {
-  // tests/psvae/test_psvae_parity.cpp -> tests/reference/golden/
-  return (std::filesystem::path(__FILE__).parent_path().parent_path() / "reference" / "golden" /
-          name)
-      .string();
-}
+constexpr double kTol = 1e-4;
 
 struct Golden {
   safetensors::NamedTensors weights;

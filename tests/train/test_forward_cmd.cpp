@@ -22,11 +22,8 @@ using psvae::test::TempDir;
 
 namespace {
 
-const fs::path kRoot = fs::path(__FILE__).parent_path().parent_path().parent_path();
-
-std::string golden(const std::string& name) {
-  return (kRoot / "tests" / "reference" / "golden" / name).string();
-}
+using test::golden;
+const std::filesystem::path kRoot = test::repo_root();
 
 using Result = test::BinaryRun;
 

@@ -238,7 +238,7 @@ TEST_CASE("model keys: pixel decoder channels and LPIPS files parse, errors name
 
 TEST_CASE("configs/*.yaml load into their command's schema") {
   // tests/train/x.cpp -> the repository root.
-  const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
+  const fs::path root = test::repo_root();
   const std::vector<std::pair<std::string, ConfigSchema>> files = {
       {"demo-encoder.yaml", encoder_stage_schema()},
       {"demo-svae.yaml", svae_stage_schema()},

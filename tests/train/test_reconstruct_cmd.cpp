@@ -24,7 +24,7 @@ using psvae::test::TempDir;
 
 namespace {
 
-const fs::path kRoot = fs::path(__FILE__).parent_path().parent_path().parent_path();
+const std::filesystem::path kRoot = test::repo_root();
 
 std::string slurp(const fs::path& p) {
   std::ifstream f(p);

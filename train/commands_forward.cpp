@@ -62,9 +62,8 @@ safetensors::NamedTensors merge_weight_files(const std::vector<std::string>& pat
   return all;
 }
 
-// The input `name` as f32 on the run's device; f64 / bf16 (and f16, which loads as f32) inputs
-// are converted, since every model here computes in f32.
-Tensor input_f32(const Named& in, const std::string& name, const ForwardArgs& a) {
+// The input `name`, or an error naming what the file has.
+const Tensor& find_input(const Named& in, const std::string& name, const ForwardArgs& a) {
   auto it = in.find(name);
   if (it == in.end()) {
     std::string have;
@@ -74,7 +73,13 @@ Tensor input_f32(const Named& in, const std::string& name, const ForwardArgs& a)
                     "needs it",
                     a.inputs, name, have.empty() ? "nothing" : have, a.model));
   }
-  const Tensor& t = it->second;
+  return it->second;
+}
+
+// The input `name` as f32 on the run's device; f64 / bf16 (and f16, which loads as f32) inputs
+// are converted, since every model here computes in f32.
+Tensor input_f32(const Named& in, const std::string& name, const ForwardArgs& a) {
+  const Tensor& t = find_input(in, name, a);
   if (!is_floating(t.dtype()))
     throw std::runtime_error(fmt::format("{}: input '{}' is {}, expected a floating dtype",
                                          a.inputs, name, dtype_name(t.dtype())));
@@ -272,22 +277,14 @@ Named forward_psvae(const ForwardArgs& a, const Named& in) {
 }
 
 // ---- dit ----------------------------------------------------------------------------------------
-// The input `name` of rank `rank`, or an error naming what the file has.
+// The input `name` of rank `rank`.
 const Tensor& input_named(const Named& in, const std::string& name, int rank,
                           const ForwardArgs& a) {
-  auto it = in.find(name);
-  if (it == in.end()) {
-    std::string have;
-    for (const auto& [n, t] : in) have += (have.empty() ? "" : ", ") + n;
-    throw std::runtime_error(
-        fmt::format("{}: no input named '{}' (the file has: {}); --model {} "
-                    "needs it",
-                    a.inputs, name, have.empty() ? "nothing" : have, a.model));
-  }
-  if (it->second.rank() != rank)
+  const Tensor& t = find_input(in, name, a);
+  if (t.rank() != rank)
     throw std::runtime_error(fmt::format("{}: input '{}' has shape {}, expected rank {}", a.inputs,
-                                         name, it->second.shape().str(), rank));
-  return it->second;
+                                         name, t.shape().str(), rank));
+  return t;
 }
 
 Named forward_dit(const ForwardArgs& a, const Named& in) {

@@ -80,7 +80,7 @@ struct EmbeddingNode : Node {
 }  // namespace
 
 Var reshape(const Var& x, const Shape& shape) {
-  Tensor out = x.data().reshape(shape);  // resolves a -1 and checks the element count
+  Tensor out = x.data().reshape(shape);  // checks the element count
   if (!any_requires_grad({x})) return Var(out);
   auto n = std::make_shared<ReshapeNode>();
   n->in_shape = x.shape();

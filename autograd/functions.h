@@ -75,7 +75,7 @@ Var avg_pool2d(const Var& x, const ops::Pool2dParams& p);
 Var max_pool2d(const Var& x, const ops::Pool2dParams& p);
 
 // ---- data movement (fn_layout.cpp) --------------------------------------------------------------
-Var reshape(const Var& x, const Shape& shape);  // a free view; accepts one -1
+Var reshape(const Var& x, const Shape& shape);  // a free view
 // Shape cannot hold -1 (its constructor rejects negative dims), so the -1 form takes a list.
 Var reshape(const Var& x, std::initializer_list<int64_t> dims);  // reshape(x, {B, -1})
 Var permute(const Var& x, const std::vector<int>& perm);

@@ -80,29 +80,13 @@ void* Tensor::raw_data() const {
   return static_cast<char*>(storage_->data()) + offset_;
 }
 
+// A Shape cannot hold -1 (its constructor rejects negative dims): inference of one -1 lives in
+// the initializer-list overload, which then calls this one with the completed shape.
 Tensor Tensor::reshape(const Shape& shape) const {
-  std::vector<int64_t> dims = shape.vec();
-  int infer = -1;
-  int64_t known = 1;
-  for (size_t i = 0; i < dims.size(); ++i) {
-    if (dims[i] == -1) {
-      check(infer < 0,
-            fmt::format("reshape {} -> {}: more than one -1", shape_.str(), shape.str()));
-      infer = static_cast<int>(i);
-    } else {
-      known *= dims[i];
-    }
-  }
-  if (infer >= 0) {
-    check(known > 0 && numel() % known == 0,
-          fmt::format("reshape {} -> {}: cannot infer -1", shape_.str(), shape.str()));
-    dims[static_cast<size_t>(infer)] = numel() / known;
-  }
-  Shape s(dims);
-  check(s.numel() == numel(), fmt::format("reshape {} -> {}: element counts differ ({} vs {})",
-                                          shape_.str(), s.str(), numel(), s.numel()));
+  check(shape.numel() == numel(), fmt::format("reshape {} -> {}: element counts differ ({} vs {})",
+                                              shape_.str(), shape.str(), numel(), shape.numel()));
   Tensor t = *this;
-  t.shape_ = s;
+  t.shape_ = shape;
   return t;
 }
 

@@ -50,7 +50,7 @@ class Tensor {
   template <class T>
   T* data() const;
 
-  // Views sharing storage. reshape accepts one -1.
+  // Views sharing storage. The initializer-list form accepts one -1: t.reshape({B, -1}).
   Tensor reshape(const Shape& shape) const;
   Tensor reshape(std::initializer_list<int64_t> dims) const;
   Tensor slice0(int64_t begin, int64_t end) const;  // rows [begin, end) of dim 0

@@ -139,7 +139,8 @@ DiTBlock::DiTBlock(const Config& c, Generator& g) : cfg_(c) {
   adaLN = seq->register_module("1", std::make_shared<nn::Linear>(c.dim, 6 * c.dim, true, g));
 }
 
-Var DiTBlock::forward(const Var& x, const Var& c) const {
+Var DiTBlock::forward(const Var& x, const Var& c, const Var& /*context*/,
+                      const Tensor& /*context_mask*/) const {
   const int64_t D = cfg_.dim;
   // (N, 6D) -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, each (N, D).
   auto m = ag::split(adaLN->forward(ag::silu(c)), {D, D, D, D, D, D}, 1);

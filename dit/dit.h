@@ -39,6 +39,12 @@ struct DiTConfig {
   int64_t num_classes = 1000;
   bool learn_sigma = true;
   int64_t freq_dim = 256;  // timestep frequency features
+  // Text conditioning (0 = off, the published class-conditional DiT). When > 0 every block gets a
+  // cross-attention to the (N, S, context_dim) text tokens after its self-attention, PixArt-alpha
+  // style (x += cross_attn(x, tokens), no norm or gate), and c = t_embedder(t) + y_embedder(y)
+  // + pool_embedder(pooled) with pooled (N, context_dim). num_classes may then be 0: no
+  // y_embedder.
+  int64_t context_dim = 0;
 
   int out_channels() const { return learn_sigma ? 2 * in_channels : in_channels; }
   int64_t grid() const { return input_size / patch; }
@@ -107,19 +113,46 @@ class LabelEmbedder : public nn::Cloneable<LabelEmbedder> {
   Config cfg_;
 };
 
+// pool_embedder (text conditioning): pooled (N, Dc) -> (N, D) = mlp.2(SiLU(mlp.0(pooled))).
+class PoolEmbedder : public nn::Cloneable<PoolEmbedder> {
+ public:
+  struct Config {
+    int64_t context_dim = 0, dim = 0;
+  };
+  PoolEmbedder(const Config& c, Generator& g);
+  ag::Var forward(const ag::Var& pooled) const;
+  const Config& config() const { return cfg_; }
+
+  std::shared_ptr<nn::Linear> fc0, fc2;  // state names mlp.0, mlp.2
+
+ private:
+  Config cfg_;
+};
+
+// What a DiT is conditioned on besides t. Class-conditional: y. Text: context (+ mask) and pooled.
+struct DiTCond {
+  Tensor y;             // (N) i64 labels in [0, num_classes]; needed iff num_classes > 0
+  ag::Var context;      // (N, S, context_dim) text tokens; needed iff context_dim > 0
+  Tensor context_mask;  // (N, S) i32, 1 = attend; undefined = every token
+  ag::Var pooled;       // (N, context_dim); needed iff context_dim > 0
+};
+
 class DiTBlock : public nn::Cloneable<DiTBlock> {
  public:
   struct Config {
     int64_t dim = 0;
     int heads = 1;
     double mlp_ratio = 4.0;
+    int64_t context_dim = 0;  // > 0: cross_attn after attn
   };
   DiTBlock(const Config& c, Generator& g);
-  // x (N, T, D), c (N, D) -> (N, T, D)
-  ag::Var forward(const ag::Var& x, const ag::Var& c) const;
+  // x (N, T, D), c (N, D), context (N, S, Dc) when context_dim > 0 -> (N, T, D)
+  ag::Var forward(const ag::Var& x, const ag::Var& c, const ag::Var& context = ag::Var(),
+                  const Tensor& context_mask = Tensor()) const;
   const Config& config() const { return cfg_; }
 
   std::shared_ptr<nn::Attention> attn;
+  std::shared_ptr<nn::CrossAttention> cross_attn;  // null unless context_dim > 0
   std::shared_ptr<nn::Mlp> mlp;
   std::shared_ptr<nn::Linear> adaLN;  // adaLN_modulation.1: Linear(D, 6D)
 
@@ -162,6 +195,8 @@ class DiT : public nn::Cloneable<DiT> {
   ag::Var operator()(const ag::Var& x, const Tensor& t, const Tensor& y) const {
     return forward(x, t, y);
   }
+  // The general form: class and/or text conditioning (see DiTCond).
+  ag::Var forward(const ag::Var& x, const Tensor& t, const DiTCond& cond) const;
   // (N, T, p*p*C_out) -> (N, C_out, H, W); inside a token the channel varies fastest.
   ag::Var unpatchify(const ag::Var& x) const;
 
@@ -170,7 +205,8 @@ class DiT : public nn::Cloneable<DiT> {
 
   std::shared_ptr<DiTPatchEmbed> x_embedder;
   std::shared_ptr<TimestepEmbedder> t_embedder;
-  std::shared_ptr<LabelEmbedder> y_embedder;
+  std::shared_ptr<LabelEmbedder> y_embedder;    // null when num_classes == 0
+  std::shared_ptr<PoolEmbedder> pool_embedder;  // null unless context_dim > 0
   std::shared_ptr<nn::ModuleList> blocks;
   std::shared_ptr<FinalLayer> final_layer;
 

@@ -30,6 +30,18 @@ const std::vector<Command>& commands() {
        cmd_train_svae, train_svae_schema},
       {"train-psvae", "Stage 2: train the PS-VAE (pixel decoder, unfrozen encoder) from an S-VAE",
        cmd_train_psvae, train_psvae_schema},
+      {"train-dit", "Stage 3: train the DiT in the PS-VAE latent (class or text conditioned)",
+       cmd_train_dit, train_dit_schema},
+      {"generate", "Generate images from prompts or class labels with a trained DiT + PS-VAE",
+       cmd_generate, nullptr},
+      {"edit", "Edit an image towards a prompt (SDEdit, or DDIM inversion + regeneration)",
+       cmd_edit, nullptr},
+      {"inpaint", "Regenerate the masked region of an image following a prompt", cmd_inpaint,
+       nullptr},
+      {"eval", "Evaluate: reconstruction PSNR/SSIM/LPIPS, FD/FID of generations, prompt accuracy",
+       cmd_eval, nullptr},
+      {"demo", "The whole pipeline on the built-in dataset: stages 0-3, samples, edits, report",
+       cmd_demo, nullptr},
   };
   return table;
 }

@@ -60,6 +60,16 @@ ConfigSchema train_encoder_schema();
 ConfigSchema train_svae_schema();
 ConfigSchema train_psvae_schema();
 
+// Stage 3, train/commands_train_dit.cpp (keys: train/tasks/dit_task.h).
+int cmd_train_dit(int argc, char** argv);
+ConfigSchema train_dit_schema();
+// Inference, train/commands_generate.cpp (train/pipeline.h).
+int cmd_generate(int argc, char** argv);
+int cmd_edit(int argc, char** argv);
+int cmd_inpaint(int argc, char** argv);
+int cmd_eval(int argc, char** argv);  // train/commands_eval.cpp (train/evaluate.h)
+int cmd_demo(int argc, char** argv);  // train/commands_demo.cpp
+
 // ---- flags shared by commands ------------------------------------------------------------------
 struct CommonFlags {
   std::string config;             // --config FILE

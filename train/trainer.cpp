@@ -249,6 +249,7 @@ struct Trainer::Impl {
     m["psvae.task"] = task.name();
     m["psvae.config"] = cfg.to_yaml();
     m["psvae.elapsed_s"] = format_float(elapsed_s());
+    for (auto& [k, v] : task.extra_metadata()) m["task." + k] = v;
     return m;
   }
 
@@ -320,6 +321,10 @@ struct Trainer::Impl {
       }
       opt->load_state_dict(with_prefix(all, "optim.", false));
       task.load_extra_state(with_prefix(all, "task.", true));
+      safetensors::Metadata task_meta;
+      for (auto& [k, v] : meta)
+        if (k.rfind("task.", 0) == 0) task_meta[k.substr(5)] = v;
+      task.load_extra_metadata(task_meta);
     } catch (const std::exception& e) {
       throw std::runtime_error(fmt::format("{}: cannot resume from it: {}", path, e.what()));
     }

@@ -56,6 +56,10 @@ class TrainTask {
   // prefix in the file.
   virtual safetensors::NamedTensors extra_state() { return {}; }
   virtual void load_extra_state(const safetensors::NamedTensors& t) {}
+  // Text state to checkpoint (e.g. a tokenizer's vocabulary as JSON); keys get a "task." prefix in
+  // the file's metadata. load_extra_metadata receives them back with the prefix removed.
+  virtual safetensors::Metadata extra_metadata() { return {}; }
+  virtual void load_extra_metadata(const safetensors::Metadata& m) {}
   // Whether loss() honours ctx.autocast_bf16 (runs its matmuls in bf16 with fp32 master
   // weights). The trainer refuses train.bf16 = true for a task that does not, rather than
   // silently training in f32.

@@ -1,0 +1,10 @@
+// Placeholder until the command lands (issue 5).
+#include <stdexcept>
+
+#include "train/cli.h"
+
+namespace psvae::train {
+
+int cmd_eval(int, char**) { throw std::runtime_error("not built yet"); }
+
+}  // namespace psvae::train

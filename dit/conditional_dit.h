@@ -54,6 +54,8 @@ class ConditionalDiT : public nn::Cloneable<ConditionalDiT> {
   }
 
   const Config& config() const { return cfg_; }
+  // Keeps the tokenizer and the embeddings file (the config alone cannot rebuild the model).
+  std::shared_ptr<nn::Module> clone() const override;
   const WordTokenizer& tokenizer() const { return tokenizer_; }
   const ExternalEmbeddings* external() const { return external_.get(); }
 

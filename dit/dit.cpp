@@ -64,7 +64,13 @@ DiTConfig infer_dit_config(const NamedTensors& sd, int heads) {
                     "grid of width {}",
                     pos.shape().str(), pw.shape().str(), c.hidden));
   c.input_size = g * c.patch;
-  c.num_classes = get("y_embedder.embedding_table.weight", 2).size(0) - 1;
+  // Text DiTs may have no label table (num_classes 0); class DiTs have no cross-attention.
+  c.num_classes = m.count("y_embedder.embedding_table.weight")
+                      ? get("y_embedder.embedding_table.weight", 2).size(0) - 1
+                      : 0;
+  c.context_dim = m.count("blocks.0.cross_attn.kv.weight")
+                      ? get("blocks.0.cross_attn.kv.weight", 2).size(1)
+                      : 0;
   c.freq_dim = get("t_embedder.mlp.0.weight", 2).size(1);
   const int64_t out = get("final_layer.linear.weight", 2).size(0);
   const int64_t pp = static_cast<int64_t>(c.patch) * c.patch;
@@ -120,6 +126,19 @@ Var LabelEmbedder::forward(const Tensor& y) const {
   return embedding_table->forward(y.to(embedding_table->weight().device()));
 }
 
+PoolEmbedder::PoolEmbedder(const Config& c, Generator& g) : cfg_(c) {
+  auto mlp = register_module("mlp", std::make_shared<nn::ModuleList>());
+  fc0 = mlp->register_module("0", std::make_shared<nn::Linear>(c.context_dim, c.dim, true, g));
+  fc2 = mlp->register_module("2", std::make_shared<nn::Linear>(c.dim, c.dim, true, g));
+}
+
+Var PoolEmbedder::forward(const Var& pooled) const {
+  check(pooled.rank() == 2 && pooled.size(1) == cfg_.context_dim,
+        fmt::format("dit: pooled text must be (N, {}), got {}", cfg_.context_dim,
+                    pooled.shape().str()));
+  return fc2->forward(ag::silu(fc0->forward(pooled)));
+}
+
 // ---- blocks -------------------------------------------------------------------------------------
 namespace {
 Var norm(const Var& x) { return ag::layer_norm(x, Var(), Var(), 1e-6); }  // no affine
@@ -131,6 +150,10 @@ Var per_sample(const Var& v) {                                            // (N,
 DiTBlock::DiTBlock(const Config& c, Generator& g) : cfg_(c) {
   attn = register_module(
       "attn", std::make_shared<nn::Attention>(nn::Attention::Config{c.dim, c.heads, true}, g));
+  if (c.context_dim > 0)
+    cross_attn = register_module(
+        "cross_attn", std::make_shared<nn::CrossAttention>(
+                          nn::CrossAttention::Config{c.dim, c.context_dim, c.heads, true}, g));
   const auto hidden = static_cast<int64_t>(static_cast<double>(c.dim) * c.mlp_ratio);
   mlp = register_module(
       "mlp", std::make_shared<nn::Mlp>(
@@ -139,12 +162,14 @@ DiTBlock::DiTBlock(const Config& c, Generator& g) : cfg_(c) {
   adaLN = seq->register_module("1", std::make_shared<nn::Linear>(c.dim, 6 * c.dim, true, g));
 }
 
-Var DiTBlock::forward(const Var& x, const Var& c, const Var& /*context*/,
-                      const Tensor& /*context_mask*/) const {
+Var DiTBlock::forward(const Var& x, const Var& c, const Var& context,
+                      const Tensor& context_mask) const {
   const int64_t D = cfg_.dim;
   // (N, 6D) -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, each (N, D).
   auto m = ag::split(adaLN->forward(ag::silu(c)), {D, D, D, D, D, D}, 1);
   Var h = x + per_sample(m[2]) * attn->forward(ag::modulate(norm(x), m[0], m[1]));
+  // PixArt-alpha: the text enters through a plain residual cross-attention (no norm, no gate).
+  if (cross_attn) h = h + cross_attn->forward(h, context, context_mask);
   return h + per_sample(m[5]) * mlp->forward(ag::modulate(norm(h), m[3], m[4]));
 }
 
@@ -163,11 +188,12 @@ Var FinalLayer::forward(const Var& x, const Var& c) const {
 
 // ---- the model ----------------------------------------------------------------------------------
 DiT::DiT(const Config& c, Generator& g) : cfg_(c) {
-  check(c.hidden > 0 && c.hidden % 4 == 0 && c.depth > 0 && c.heads > 0 &&
-            c.hidden % c.heads == 0 && c.patch > 0 && c.input_size % c.patch == 0 &&
-            c.num_classes >= 0,
-        fmt::format("dit: bad config (input {}, patch {}, hidden {}, depth {}, heads {})",
-                    c.input_size, c.patch, c.hidden, c.depth, c.heads));
+  check(
+      c.hidden > 0 && c.hidden % 4 == 0 && c.depth > 0 && c.heads > 0 && c.hidden % c.heads == 0 &&
+          c.patch > 0 && c.input_size % c.patch == 0 && c.num_classes >= 0 && c.context_dim >= 0,
+      fmt::format("dit: bad config (input {}, patch {}, hidden {}, depth {}, heads {}, classes "
+                  "{}, context_dim {})",
+                  c.input_size, c.patch, c.hidden, c.depth, c.heads, c.num_classes, c.context_dim));
   const int64_t D = c.hidden;
   // Upstream registers pos_embed on the root, so it leads the state_dict.
   Tensor pe = get_2d_sincos_pos_embed(D, c.grid()).reshape({1, c.tokens(), D});
@@ -177,11 +203,16 @@ DiT::DiT(const Config& c, Generator& g) : cfg_(c) {
       std::make_shared<DiTPatchEmbed>(DiTPatchEmbed::Config{c.in_channels, D, c.patch}, g));
   t_embedder = register_module(
       "t_embedder", std::make_shared<TimestepEmbedder>(TimestepEmbedder::Config{D, c.freq_dim}, g));
-  y_embedder = register_module(
-      "y_embedder", std::make_shared<LabelEmbedder>(LabelEmbedder::Config{c.num_classes, D}, g));
+  if (c.num_classes > 0)
+    y_embedder = register_module(
+        "y_embedder", std::make_shared<LabelEmbedder>(LabelEmbedder::Config{c.num_classes, D}, g));
+  if (c.context_dim > 0)
+    pool_embedder = register_module(
+        "pool_embedder", std::make_shared<PoolEmbedder>(PoolEmbedder::Config{c.context_dim, D}, g));
   blocks = register_module("blocks", std::make_shared<nn::ModuleList>());
   for (int i = 0; i < c.depth; ++i)
-    blocks->push_back(std::make_shared<DiTBlock>(DiTBlock::Config{D, c.heads, c.mlp_ratio}, g));
+    blocks->push_back(
+        std::make_shared<DiTBlock>(DiTBlock::Config{D, c.heads, c.mlp_ratio, c.context_dim}, g));
   final_layer = register_module(
       "final_layer",
       std::make_shared<FinalLayer>(FinalLayer::Config{D, c.patch, c.out_channels()}, g));
@@ -198,16 +229,27 @@ DiT::DiT(const Config& c, Generator& g) : cfg_(c) {
   // ... the patch conv like a Linear on its weight viewed (D, C*p*p) ...
   Tensor pw = x_embedder->proj->weight().data().reshape({D, -1});
   nn::init::xavier_uniform_(pw, g);
-  // ... embeddings N(0, 0.02) ...
-  Tensor table = y_embedder->embedding_table->weight().data();
-  nn::init::normal_(table, g, 0.02);
-  for (auto* l : {t_embedder->fc0.get(), t_embedder->fc2.get()}) {
+  // ... embeddings N(0, 0.02) (the pooled-text MLP like the timestep MLP) ...
+  if (y_embedder) {
+    Tensor table = y_embedder->embedding_table->weight().data();
+    nn::init::normal_(table, g, 0.02);
+  }
+  std::vector<nn::Linear*> small = {t_embedder->fc0.get(), t_embedder->fc2.get()};
+  if (pool_embedder)
+    small.insert(small.end(), {pool_embedder->fc0.get(), pool_embedder->fc2.get()});
+  for (auto* l : small) {
     Tensor w = l->weight().data();
     nn::init::normal_(w, g, 0.02);
   }
-  // ... and adaLN-Zero: every modulation and the output projection start at zero.
+  // ... and adaLN-Zero: every modulation and the output projection start at zero. The text
+  // cross-attention has no gate, so its output projection starts at zero instead: a fresh text
+  // DiT is still exactly 0, and each block starts as the identity on the text path.
   std::vector<nn::Linear*> zero = {final_layer->adaLN.get(), final_layer->linear.get()};
-  for (size_t i = 0; i < blocks->size(); ++i) zero.push_back(blocks->at<DiTBlock>(i).adaLN.get());
+  for (size_t i = 0; i < blocks->size(); ++i) {
+    const DiTBlock& b = blocks->at<DiTBlock>(i);
+    zero.push_back(b.adaLN.get());
+    if (b.cross_attn) zero.push_back(b.cross_attn->proj.get());
+  }
   for (nn::Linear* l : zero) {
     Tensor w = l->weight().data(), b = l->bias()->data();
     nn::init::zeros_(w);
@@ -223,16 +265,50 @@ Var DiT::unpatchify(const Var& x) const {
 }
 
 Var DiT::forward(const Var& x, const Tensor& t, const Tensor& y) const {
+  DiTCond cond;
+  cond.y = y;
+  return forward(x, t, cond);
+}
+
+Var DiT::forward(const Var& x, const Tensor& t, const DiTCond& cond) const {
   const int64_t N = x.size(0), S = cfg_.input_size;
   check(x.rank() == 4 && x.size(1) == cfg_.in_channels && x.size(2) == S && x.size(3) == S,
         fmt::format("dit: x must be (N, {}, {}, {}), got {}", cfg_.in_channels, S, S,
                     x.shape().str()));
-  check(
-      t.rank() == 1 && t.size(0) == N && y.rank() == 1 && y.size(0) == N,
-      fmt::format("dit: t and y must be ({}), got {} and {}", N, t.shape().str(), y.shape().str()));
-  Var h = x_embedder->forward(x) + Var(*pos_embed_);        // (N, T, D)
-  Var c = t_embedder->forward(t) + y_embedder->forward(y);  // (N, D)
-  for (size_t i = 0; i < blocks->size(); ++i) h = blocks->at<DiTBlock>(i).forward(h, c);
+  check(t.rank() == 1 && t.size(0) == N,
+        fmt::format("dit: t must be ({}), got {}", N, t.shape().str()));
+  Var h = x_embedder->forward(x) + Var(*pos_embed_);  // (N, T, D)
+  Var c = t_embedder->forward(t);                     // (N, D)
+  if (y_embedder) {
+    check(cond.y.defined() && cond.y.rank() == 1 && cond.y.size(0) == N,
+          fmt::format("dit: y must be ({}) labels, got {}", N,
+                      cond.y.defined() ? cond.y.shape().str() : "none"));
+    c = c + y_embedder->forward(cond.y);
+  } else {
+    check(!cond.y.defined(), "dit: labels given to a model without classes (num_classes 0)");
+  }
+  if (pool_embedder) {
+    const int64_t Dc = cfg_.context_dim;
+    check(cond.context.defined() && cond.context.rank() == 3 && cond.context.size(0) == N &&
+              cond.context.size(2) == Dc,
+          fmt::format("dit: context must be ({}, S, {}), got {}", N, Dc,
+                      cond.context.defined() ? cond.context.shape().str() : "none"));
+    const Tensor& mk = cond.context_mask;
+    check(!mk.defined() || (mk.rank() == 2 && mk.size(0) == N &&
+                            mk.size(1) == cond.context.size(1) && mk.dtype() == DType::I32),
+          fmt::format("dit: context_mask must be ({}, {}) i32, got {}", N, cond.context.size(1),
+                      mk.defined() ? mk.str() : "none"));
+    check(cond.pooled.defined() && cond.pooled.rank() == 2 && cond.pooled.size(0) == N,
+          fmt::format("dit: pooled must be ({}, {}), got {}", N, Dc,
+                      cond.pooled.defined() ? cond.pooled.shape().str() : "none"));
+    c = c + pool_embedder->forward(cond.pooled);
+  } else {
+    check(!cond.context.defined() && !cond.pooled.defined(),
+          "dit: text context given to a model without cross-attention (context_dim 0)");
+  }
+  const Tensor mask = cond.context_mask.defined() ? cond.context_mask.to(h.device()) : Tensor();
+  for (size_t i = 0; i < blocks->size(); ++i)
+    h = blocks->at<DiTBlock>(i).forward(h, c, cond.context, mask);
   return unpatchify(final_layer->forward(h, c));  // (N, C_out, H, W)
 }
 

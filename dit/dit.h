@@ -59,8 +59,10 @@ DiTConfig dit_arch(const std::string& name);
 // The configuration of a DiT state dict: hidden from pos_embed's D, input_size from its T and the
 // patch, channels and patch from x_embedder.proj.weight (D, C, p, p), num_classes from the label
 // table rows - 1, learn_sigma from final_layer.linear rows / (p*p*C), depth from the block count,
-// mlp_ratio from fc1. Heads are not in the weights: `heads` when > 0, else the published rule
-// (16 for D >= 1024, else D / 64: S 6, B 12, L 16, XL 16). Throws on missing or inconsistent keys.
+// mlp_ratio from fc1; a text DiT's context_dim from blocks.0.cross_attn.kv.weight (2D, Dc), and
+// num_classes 0 when there is no y_embedder. Heads are not in the weights: `heads` when > 0, else
+// the published rule (16 for D >= 1024, else D / 64: S 6, B 12, L 16, XL 16). Throws on missing or
+// inconsistent keys.
 DiTConfig infer_dit_config(const safetensors::NamedTensors& sd, int heads = 0);
 
 // x_embedder: x (N, C, H, W) -> (N, T, D) via proj (conv, flatten, transpose, as timm PatchEmbed).
@@ -185,7 +187,10 @@ class DiT : public nn::Cloneable<DiT> {
   // The published initialisation: every Linear xavier_uniform with zero bias; the patch conv
   // xavier_uniform on its weight viewed (D, -1), zero bias; label table and t-MLP weights
   // N(0, 0.02); every adaLN_modulation last Linear and final_layer.linear zero (adaLN-Zero: a
-  // fresh model outputs exactly 0). pos_embed is the fixed sin-cos table (a buffer: stored in the
+  // fresh model outputs exactly 0). Text conditioning: cross_attn Linears xavier_uniform with zero
+  // bias except cross_attn.proj, which starts at zero (the cross-attention has no gate, so this is
+  // what keeps a fresh text DiT at exactly 0); pool_embedder weights N(0, 0.02) as the t-MLP's.
+  // pos_embed is the fixed sin-cos table (a buffer: stored in the
   // state_dict first, as upstream's requires_grad=False parameter, but never trained).
   DiT(const Config& c, Generator& g);
 
@@ -195,7 +200,8 @@ class DiT : public nn::Cloneable<DiT> {
   ag::Var operator()(const ag::Var& x, const Tensor& t, const Tensor& y) const {
     return forward(x, t, y);
   }
-  // The general form: class and/or text conditioning (see DiTCond).
+  // The general form: class and/or text conditioning (see DiTCond). Throws naming the missing or
+  // unexpected input (labels to a model without classes, text to one without cross-attention).
   ag::Var forward(const ag::Var& x, const Tensor& t, const DiTCond& cond) const;
   // (N, T, p*p*C_out) -> (N, C_out, H, W); inside a token the channel varies fastest.
   ag::Var unpatchify(const ag::Var& x) const;

@@ -36,6 +36,9 @@ Prediction predict(Objective objective, const Tensor& out, const Tensor& x, doub
   return {lincomb(a, x, -b, out), lincomb(b, x, a, out)};
 }
 
+// x after a step with `left` steps still to run, passed through the caller's hook.
+Tensor after(const StepHook& hook, Tensor x, int left) { return hook ? hook(x, left) : x; }
+
 void check_batch(const Tensor& x, const char* who) {
   check(x.defined() && x.rank() >= 1 && x.size(0) >= 1,
         fmt::format("{}: x must be a batch (N, ...), got {}", who, x.str()));
@@ -71,7 +74,7 @@ Tensor initial_noise(const Shape& shape, DType dtype, Device device, Generator& 
 }
 
 Tensor ddpm_sample(const Denoiser& model, Objective objective, const Schedule& schedule, Tensor x,
-                   Generator& gen) {
+                   Generator& gen, const StepHook& hook) {
   check_batch(x, "ddpm_sample");
   for (int i = schedule.size() - 1; i >= 0; --i) {
     double abar = schedule.abar(i), abar_prev = schedule.abar_prev(i);
@@ -86,12 +89,13 @@ Tensor ddpm_sample(const Denoiser& model, Objective objective, const Schedule& s
       Tensor z = initial_noise(x.shape(), x.dtype(), x.device(), gen);
       x = ops::add(x, ops::mul_scalar(z, std::sqrt(var)));
     }
+    x = after(hook, x, i);
   }
   return x;
 }
 
 Tensor ddim_sample(const Denoiser& model, Objective objective, const Schedule& schedule, Tensor x,
-                   double eta, Generator& gen) {
+                   double eta, Generator& gen, const StepHook& hook) {
   check_batch(x, "ddim_sample");
   for (int i = schedule.size() - 1; i >= 0; --i) {
     double abar = schedule.abar(i), abar_prev = schedule.abar_prev(i);
@@ -107,6 +111,7 @@ Tensor ddim_sample(const Denoiser& model, Objective objective, const Schedule& s
       Tensor z = initial_noise(x.shape(), x.dtype(), x.device(), gen);
       x = ops::add(x, ops::mul_scalar(z, sigma));
     }
+    x = after(hook, x, i);
   }
   return x;
 }
@@ -130,7 +135,7 @@ Tensor ddim_invert(const Denoiser& model, Objective objective, const Schedule& s
 }
 
 Tensor dpmpp_2m_sample(const Denoiser& model, Objective objective, const Schedule& schedule,
-                       Tensor x) {
+                       Tensor x, const StepHook& hook) {
   check_batch(x, "dpmpp_2m_sample");
   // VP parametrisation: alpha_i = sqrt(abar_i), sigma_i = sqrt(1 - abar_i), half log-SNR
   // lambda_i = log(alpha_i / sigma_i), increasing towards the data.
@@ -141,8 +146,8 @@ Tensor dpmpp_2m_sample(const Denoiser& model, Objective objective, const Schedul
   for (int i = schedule.size() - 1; i >= 0; --i) {
     Tensor m =
         predict(objective, model(x, batch_time(schedule.timesteps[i], x)), x, schedule.abar(i)).x0;
-    if (i == 0) return m;  // to abar = 1: sigma = 0, lambda = inf, the update reduces to x = D
-    int j = i - 1;         // target level
+    if (i == 0) return after(hook, m, 0);  // to abar = 1: sigma = 0, lambda = inf, x = D
+    int j = i - 1;                         // target level
     double h = lambda(j) - lambda(i);
     // D = m0 + D1/2 with D1 = (m0 - m1)/r0, r0 = h_prev / h; first order (D = m0) at the start.
     Tensor d = m;
@@ -151,7 +156,7 @@ Tensor dpmpp_2m_sample(const Denoiser& model, Objective objective, const Schedul
       d = lincomb(1.0 + 0.5 / r, m, -0.5 / r, m_prev);
     }
     // x_t = (sigma_t / sigma_s) x - alpha_t (e^-h - 1) D
-    x = lincomb(sigma(j) / sigma(i), x, -alpha(j) * std::expm1(-h), d);
+    x = after(hook, lincomb(sigma(j) / sigma(i), x, -alpha(j) * std::expm1(-h), d), i);
     m_prev = m;
   }
   return x;
@@ -167,30 +172,53 @@ std::vector<double> flow_times(int steps, double shift) {
 }
 
 Tensor euler_sample(const Denoiser& model, int steps, double shift, Tensor x) {
+  return euler_sample(model, flow_times(steps, shift), std::move(x));
+}
+
+Tensor heun_sample(const Denoiser& model, int steps, double shift, Tensor x) {
+  return heun_sample(model, flow_times(steps, shift), std::move(x));
+}
+
+namespace {
+void check_times(const std::vector<double>& s, const char* who) {
+  check(
+      s.size() >= 2 && s.back() == 0.0,
+      fmt::format("{}: the time grid needs at least 2 points ending at 0, got {}", who, s.size()));
+  for (size_t i = 0; i + 1 < s.size(); ++i)
+    check(s[i] > s[i + 1],
+          fmt::format("{}: times must decrease, got {} then {}", who, s[i], s[i + 1]));
+}
+}  // namespace
+
+Tensor euler_sample(const Denoiser& model, const std::vector<double>& s, Tensor x,
+                    const StepHook& hook) {
   check_batch(x, "euler_sample");
-  std::vector<double> s = flow_times(steps, shift);
-  for (size_t i = 0; i + 1 < s.size(); ++i) {
+  check_times(s, "euler_sample");
+  int last = static_cast<int>(s.size()) - 1;
+  for (int i = 0; i < last; ++i) {
     // x_{s'} = x_s + (s' - s) v(x_s, s), s' < s
     Tensor v = model(x, batch_time(s[i], x));
-    x = ops::add(x, ops::mul_scalar(v, s[i + 1] - s[i]));
+    x = after(hook, ops::add(x, ops::mul_scalar(v, s[i + 1] - s[i])), last - 1 - i);
   }
   return x;
 }
 
-Tensor heun_sample(const Denoiser& model, int steps, double shift, Tensor x) {
+Tensor heun_sample(const Denoiser& model, const std::vector<double>& s, Tensor x,
+                   const StepHook& hook) {
   check_batch(x, "heun_sample");
-  std::vector<double> s = flow_times(steps, shift);
-  for (size_t i = 0; i + 1 < s.size(); ++i) {
+  check_times(s, "heun_sample");
+  int last = static_cast<int>(s.size()) - 1;
+  for (int i = 0; i < last; ++i) {
     double dt = s[i + 1] - s[i];
     Tensor v1 = model(x, batch_time(s[i], x));
     Tensor x_euler = ops::add(x, ops::mul_scalar(v1, dt));
     if (s[i + 1] == 0.0) {
-      x = x_euler;
+      x = after(hook, x_euler, 0);
       break;
     }
     // Trapezoid: x + dt (v(x, s) + v(x_euler, s')) / 2
     Tensor v2 = model(x_euler, batch_time(s[i + 1], x));
-    x = ops::add(x, ops::mul_scalar(ops::add(v1, v2), 0.5 * dt));
+    x = after(hook, ops::add(x, ops::mul_scalar(ops::add(v1, v2), 0.5 * dt)), last - 1 - i);
   }
   return x;
 }

@@ -2,10 +2,13 @@
 //
 //   ids (N, L) i64, mask (N, L) i32
 //   h = token_embedding(ids) + pos_embed[:, :L]                       (N, L, D)
-//   blocks.{i}: pre-norm TransformerBlock (LayerNorm, self-attention with the key padding mask,
-//               GELU MLP), depth times
+//   blocks.{i}: pre-norm TransformerBlock (LayerNorm eps 1e-6, self-attention with the key
+//               padding mask, MLP with GELU tanh as the DiT's), depth times
 //   tokens = norm(h)                                                  (N, L, D)
 //   pooled = sum_l mask * tokens / sum_l mask                         (N, D)  masked mean
+// Padding never changes a real token's output (real queries see only real keys; LayerNorm and the
+// MLP act per token), so a batch may be padded to any length <= max_len. Every mask row needs at
+// least one token ([BOS]); forward throws otherwise.
 // Initialisation: embeddings and pos_embed N(0, 0.02), Linears xavier_uniform with zero bias.
 #pragma once
 #include <memory>
@@ -44,7 +47,7 @@ class TextEncoder : public nn::Cloneable<TextEncoder> {
 
  private:
   Config cfg_;
-  Tensor* pos_embed_ = nullptr;  // parameter "pos_embed" (1, max_len, dim)
+  ag::Var* pos_embed_ = nullptr;  // parameter "pos_embed" (1, max_len, dim)
 };
 
 }  // namespace psvae::dit

@@ -45,6 +45,9 @@ class WordTokenizer {
   static WordTokenizer from_json(const std::string& json);
 
  private:
+  // The specials then `words` (ids 3, 4, ...); throws on a duplicate or non-normalised word.
+  static WordTokenizer from_words(const std::vector<std::string>& words);
+
   std::vector<std::string> words_ = {"[PAD]", "[UNK]", "[BOS]"};
   std::map<std::string, int64_t> ids_;
 };

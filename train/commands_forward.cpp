@@ -13,7 +13,9 @@
 //   svae    image (N,3,H,W) in [-1,1] -> mu, logvar, semantic (N,h,w,.)
 //   psvae   image -> mu, logvar, semantic, pixels (N,3,H,W)
 //   dit     x (N,C,H,W), t (N) steps (float or integer), y (N) integer labels (num_classes = null)
-//           -> out (N,C_out,H,W); the configuration is read off the weights
+//           -> out (N,C_out,H,W); the configuration is read off the weights. A text DiT (weights
+//           with cross_attn) also takes context (N,S,Dc), pooled (N,Dc) and optionally
+//           context_mask (N,S) i32; y only when it has a label table
 // Weights from several --weights files are merged (a backbone and its heads often ship apart); a
 // key present twice is an error rather than a silent "last one wins".
 #include <fmt/format.h>
@@ -300,14 +302,36 @@ Named forward_dit(const ForwardArgs& a, const Named& in) {
   model.eval();
   const Tensor& x = input_named(in, "x", 4, a);
   const Tensor& t = input_named(in, "t", 1, a);
-  const Tensor& y = input_named(in, "y", 1, a);
   if (!is_floating(x.dtype()))
     throw std::runtime_error(fmt::format("{}: input 'x' is {}, expected a floating dtype", a.inputs,
                                          dtype_name(x.dtype())));
-  if (y.dtype() != DType::I64)
-    throw std::runtime_error(
-        fmt::format("{}: input 'y' is {}, expected I64 labels", a.inputs, dtype_name(y.dtype())));
-  ag::Var out = model.forward(ag::Var(nn::convert_float(x, DType::F32).to(a.dev)), t, y);
+  dit::DiTCond cond;
+  // y: required with a label table; without one (a text DiT) it is optional and not read.
+  if (cfg.num_classes > 0) {
+    cond.y = input_named(in, "y", 1, a);
+    if (cond.y.dtype() != DType::I64)
+      throw std::runtime_error(fmt::format("{}: input 'y' is {}, expected I64 labels", a.inputs,
+                                           dtype_name(cond.y.dtype())));
+  }
+  // Text DiT: context (N,S,Dc) and pooled (N,Dc) floats, context_mask (N,S) i32 (optional).
+  if (cfg.context_dim > 0) {
+    auto f32 = [&](const std::string& name, int rank) {
+      const Tensor& v = input_named(in, name, rank, a);
+      if (!is_floating(v.dtype()))
+        throw std::runtime_error(fmt::format("{}: input '{}' is {}, expected a floating dtype",
+                                             a.inputs, name, dtype_name(v.dtype())));
+      return ag::Var(nn::convert_float(v, DType::F32).to(a.dev));
+    };
+    cond.context = f32("context", 3);
+    cond.pooled = f32("pooled", 2);
+    if (in.count("context_mask")) {
+      cond.context_mask = input_named(in, "context_mask", 2, a);
+      if (cond.context_mask.dtype() != DType::I32)
+        throw std::runtime_error(fmt::format("{}: input 'context_mask' is {}, expected I32",
+                                             a.inputs, dtype_name(cond.context_mask.dtype())));
+    }
+  }
+  ag::Var out = model.forward(ag::Var(nn::convert_float(x, DType::F32).to(a.dev)), t, cond);
   return {{"out", out.data()}};
 }
 
@@ -353,7 +377,8 @@ int cmd_forward(int argc, char** argv) {
       "  lpips:  x0, x1 (N,3,H,W) in [-1,1] -> d (N)\n"
       "  svae:   image (N,3,H,W) in [-1,1] -> mu, logvar, semantic\n"
       "  psvae:  image -> mu, logvar, semantic, pixels\n"
-      "  dit:    x (N,C,H,W), t (N) steps, y (N) i64 labels -> out (N,C_out,H,W)",
+      "  dit:    x (N,C,H,W), t (N) steps, y (N) i64 labels -> out (N,C_out,H,W); text DiTs: "
+      "context (N,S,Dc), pooled (N,Dc), context_mask (N,S) i32 (optional), y only with classes",
       "psvae forward"};
   ForwardArgs a;
   std::vector<std::string> sets;

@@ -15,6 +15,7 @@
 #include "train/cli.h"
 #include "train/data/dataset.h"
 #include "train/data/loader.h"
+#include "train/distributed.h"
 #include "train/signals.h"
 #include "train/tasks/encoder_task.h"
 #include "train/tasks/model_keys.h"
@@ -69,9 +70,10 @@ int run_stage(const Stage& st, int argc, char** argv) {
     int64_t trainable = 0;
     for (auto& [n, p] : task->model().named_parameters())
       if (p.requires_grad()) trainable += p.numel();
-    fmt::print("psvae {}: {} | model {} parameters ({} trained) | device {} | threads {}\n",
-               st.command, data->describe(), param_count(task->model().num_parameters()),
-               param_count(trainable), device.str(), omp_get_max_threads());
+    if (dist::is_root())  // under mpirun rank 0 speaks for the job
+      fmt::print("psvae {}: {} | model {} parameters ({} trained) | device {} | threads {}\n",
+                 st.command, data->describe(), param_count(task->model().num_parameters()),
+                 param_count(trainable), device.str(), omp_get_max_threads());
     std::fflush(stdout);
 
     LoaderOptions lo;
@@ -80,9 +82,11 @@ int run_stage(const Stage& st, int argc, char** argv) {
     lo.hflip = cfg.get_bool("data.hflip");
     lo.workers = static_cast<int>(cfg.get_int("data.workers"));
     lo.prefetch = static_cast<int>(cfg.get_int("data.prefetch"));
+    dist::shard_loader(lo);  // under mpirun: this rank's share of every batch
     Loader loader(data, lo);
     Trainer trainer(*task, loader, cfg);
     TrainResult r = trainer.run();
+    if (!dist::is_root()) return 0;  // rank 0 writes the final statistics and the summary
     if (r.interrupted) {
       fmt::print(
           "psvae {}: interrupted at step {}; checkpoint {}; continue with the same command and "

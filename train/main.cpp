@@ -4,16 +4,22 @@
 #include <exception>
 
 #include "train/cli.h"
+#include "train/distributed.h"
 
 int main(int argc, char** argv) {
+  int rc = 1;
   // Commands report their own errors; this is the last net, so a stray exception still ends in
   // one readable line and exit status 1 instead of std::terminate's abort.
   try {
-    return psvae::train::dispatch(argc, argv);
+    // Under mpirun: MPI_Init and the rank's GPU, before anything touches CUDA. A plain run:
+    // nothing.
+    psvae::train::dist::init_from_environment(&argc, &argv);
+    rc = psvae::train::dispatch(argc, argv);
   } catch (const std::exception& e) {
     fmt::print(stderr, "psvae: {}\n", e.what());
   } catch (...) {
     fmt::print(stderr, "psvae: unknown error\n");
   }
-  return 1;
+  // MPI_Finalize, or MPI_Abort when this rank failed so that the others do not wait for it.
+  return psvae::train::dist::finalize(rc);
 }

@@ -27,6 +27,9 @@ struct Pipeline {
   std::string dit_path, psvae_path;
   Config dit_config;  // the DiT run's saved config
   Device device;
+  // DiT evaluations so far, one per image per model call (a guided step counts two): what the
+  // commands report and what the tests count (CFG scale 1 must not run the unconditional model).
+  mutable int64_t evaluations = 0;
 
   static Pipeline load(const std::string& dit_checkpoint, const std::string& psvae_override,
                        Device device);
@@ -52,12 +55,15 @@ dit::Denoiser make_denoiser(const Pipeline& p, const dit::Condition& cond,
                             const std::string& negative_prompt, const dit::GuidanceConfig& g);
 
 // Images (N,3,H,W) in [-1,1] (clamped). Image i uses the noise of (seed, i): the same seed gives
-// the same images whatever the batch size.
+// the same images whatever the batch size (stochastic samplers included; see pipeline.cpp for the
+// layout of the random streams). r.sampling.strength is ignored (generation starts from noise).
 Tensor generate(const Pipeline& p, const GenerateRequest& r);
 // SDEdit: images (N,3,H,W) in [-1,1] -> encode -> noise to r.sampling.strength -> denoise with
 // r.cond -> decode.
 Tensor edit_sdedit(const Pipeline& p, const Tensor& images, const GenerateRequest& r);
-// DDIM inversion with source_cond (unguided), then guided regeneration with r.cond.
+// DDIM inversion with source_cond (unguided) to r.sampling.strength's level, then guided
+// regeneration with r.cond from there. Needs a deterministic sampler (ddim with eta 0, dpmpp-2m,
+// euler, heun).
 Tensor edit_invert(const Pipeline& p, const Tensor& images, const dit::Condition& source_cond,
                    const GenerateRequest& r);
 // mask (N,1,H,W) in pixels, 1 = keep; it is downsampled to the latent grid (a latent cell is kept

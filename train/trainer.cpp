@@ -6,6 +6,20 @@
 // (trainer_micro_batch), so a step always consumes exactly grad_accum loader batches, skipped
 // steps included, and the loader position after step s is s * grad_accum batches in.
 //
+// Data parallelism (train/distributed.h, docs/distributed.md), when started by mpirun: each rank
+// takes its shard of every loader batch (n_r of the micro-batch's G images) and backpropagates its
+// mean loss weighted by n_r / G, so the gradients summed over the ranks are the gradient of the
+// mean over all G images, whatever the rank count. Per step, after the micro-batches:
+//   S1  all-reduce of [non-finite flag, images, random draws, weighted loss, term count, which
+//       gradients exist] -> every rank skips the same steps and logs the global loss;
+//   the gradient all-reduce (buckets), then clipping on the summed gradient;
+//   S2  all-reduce of [non-finite gradient norm, stop request, weighted terms] -> the same skip and
+//       the same stop (SIGTERM on any rank) everywhere.
+// Rank r draws its noise from offset + r * 2^50 of the one Philox stream, which then advances by
+// the ranks' draws together: with one rank this is the single-process stream. Rank 0 alone writes
+// config.yaml, metrics.jsonl, checkpoints, grids and report.html, and keeps the EMA; every rank
+// resumes from the same checkpoint, then rank 0's weights are broadcast.
+//
 // Exact resume: everything the computation reads is either a function of the step (lr, which
 // micro-batch) or lives in the checkpoint: parameters and buffers, AdamW m, v and step count,
 // EMA shadows, the Generator (seed, offset) every training draw comes from, the loader position,
@@ -37,6 +51,7 @@
 #include "tensor/atomic_file.h"
 #include "tensor/cuda_runtime.h"
 #include "train/checkpoint.h"
+#include "train/distributed.h"
 #include "train/image_io.h"
 #include "train/progress.h"
 #include "train/report.h"
@@ -83,6 +98,16 @@ void add_trainer_keys(ConfigSchema& s) {
   s.add_bool("train.resume", false,
              "continue from the newest valid checkpoint in run.out_dir (fresh start if none)");
   s.add_int("train.seed", 0, "seed of the training random stream (noise, dropout, timesteps)", 0);
+  s.add_float("train.collective_timeout_s", 300,
+              "under mpirun: seconds a rank waits in a collective for the others before naming "
+              "the missing rank and stopping every rank (must exceed rank 0's checkpoint and "
+              "sample-grid pauses)",
+              0);
+  s.exclusive("train.collective_timeout_s", true, false);
+  s.add_int("train.bucket_mb", 25,
+            "under mpirun: MiB of gradients per all-reduce bucket (each bucket starts as soon as "
+            "it is packed)",
+            1);
   s.add_string("run.out_dir", "runs/run",
                "run folder: config.yaml, metrics.jsonl, checkpoints/, samples/, report.html");
 }
@@ -142,6 +167,8 @@ struct Trainer::Impl {
   double lr, min_lr, weight_decay, beta1, beta2, adam_eps, grad_clip, ema_decay;
   bool bf16, resume;
   uint64_t seed;
+  double collective_timeout_s;
+  int64_t bucket_mb;
   std::string out_dir, ckpt_dir, samples_dir, metrics_path;
 
   Device device;
@@ -150,6 +177,13 @@ struct Trainer::Impl {
   std::unique_ptr<nn::AdamW> opt;
   std::unique_ptr<nn::EMA> ema;
   Generator rng;
+
+  // Data parallelism: `distributed` when started by mpirun (even with one rank).
+  bool distributed = false, root = true;
+  int rank = 0, world = 1;
+  int64_t micro_global = 0;  // images of one loader batch over all ranks (G)
+  int64_t shard = 0;         // this rank's images of it (n_r)
+  std::unique_ptr<dist::Collectives> coll;
 
   // Run state (checkpointed).
   int64_t step = 0;  // optimiser steps completed
@@ -188,6 +222,8 @@ struct Trainer::Impl {
     bf16 = cfg.get_bool("train.bf16");
     resume = cfg.get_bool("train.resume");
     seed = static_cast<uint64_t>(cfg.get_int("train.seed"));
+    collective_timeout_s = cfg.get_float("train.collective_timeout_s");
+    bucket_mb = cfg.get_int("train.bucket_mb");
     out_dir = cfg.get_string("run.out_dir");
     ckpt_dir = out_dir + "/checkpoints";
     samples_dir = out_dir + "/samples";
@@ -219,13 +255,32 @@ struct Trainer::Impl {
     o.eps = adam_eps;
     o.weight_decay = weight_decay;
     opt = std::make_unique<nn::AdamW>(trainable, o);
-    if (ema_decay > 0) ema = std::make_unique<nn::EMA>(model);
+    distributed = dist::launched();
+    if (distributed) {
+      rank = dist::rank();
+      world = dist::world();
+      root = rank == 0;
+      micro_global = trainer_micro_batch(cfg);
+      shard = dist::shard_size(micro_global, rank, world);
+      if (shard == 0)
+        throw std::runtime_error(fmt::format(
+            "train.batch_size / train.grad_accum = {} images per micro-batch is fewer than the "
+            "{} ranks: every rank needs at least one image of each micro-batch",
+            micro_global, world));
+      dist::CollectiveOptions co;
+      co.timeout_s = collective_timeout_s;
+      co.bucket_bytes = static_cast<size_t>(bucket_mb) << 20;
+      coll = std::make_unique<dist::Collectives>(trainable_vars, device, co);
+    }
+    // The EMA only feeds rank 0's samples and checkpoints.
+    if (ema_decay > 0 && root) ema = std::make_unique<nn::EMA>(model);
     rng.set_state(seed, 0);
   }
 
   // ---- messages ---------------------------------------------------------------------------------
   Progress* progress = nullptr;
   void say(const std::string& line) {
+    if (!root) return;  // rank 0 speaks for the job
     if (progress) {
       progress->message(line);
     } else {
@@ -266,6 +321,12 @@ struct Trainer::Impl {
   // Writes step_XXXXXXXX.safetensors, prunes, refreshes best.safetensors when the mean loss since
   // the previous checkpoint is the best so far, and rewrites report.html.
   std::string save_checkpoint() {
+    if (!root) {  // rank 0 writes it; the others only know its name
+      window_loss_sum = 0;
+      window_loss_n = 0;
+      result.last_checkpoint = checkpoint_path(ckpt_dir, step);
+      return result.last_checkpoint;
+    }
     bool improved = false;
     if (window_loss_n > 0) {
       double smoothed = window_loss_sum / static_cast<double>(window_loss_n);
@@ -438,6 +499,23 @@ struct Trainer::Impl {
     }
   }
 
+  // ---- data parallelism -------------------------------------------------------------------------
+  // Before the first step: every rank resumed at the same step (one run.out_dir seen by all), and
+  // every rank holds rank 0's weights.
+  void sync_start() {
+    coll->set_step(step);
+    std::vector<int64_t> at = coll->allgather(step, "start-up check of the resumed step");
+    for (int r = 1; r < world; ++r)
+      if (at[static_cast<size_t>(r)] != at[0])
+        throw std::runtime_error(fmt::format(
+            "{} starts at step {} but rank 0 at step {}: every rank must resume from the same "
+            "{} (on a file system shared by the nodes)",
+            dist::describe_rank(r), at[static_cast<size_t>(r)], at[0], ckpt_dir));
+    std::vector<ag::Var> all;
+    for (auto& [n, p] : task.model().named_parameters()) all.push_back(p);
+    coll->broadcast(all, "broadcast of rank 0's weights");
+  }
+
   // ---- the loop ---------------------------------------------------------------------------------
   TrainResult run() {
     StopHandlerScope stop_handlers;
@@ -456,18 +534,21 @@ struct Trainer::Impl {
             "it, or choose another run.out_dir",
             ckpt_dir));
     }
-    cfg.save(out_dir + "/config.yaml");
-    if (resumed)
-      trim_metrics(step);
-    else
-      write_file_atomic(metrics_path, "");
-
-    std::ofstream metrics(metrics_path, std::ios::app);
-    if (!metrics)
-      throw std::runtime_error(fmt::format("{}: cannot open for appending", metrics_path));
+    std::ofstream metrics;
+    if (root) {
+      cfg.save(out_dir + "/config.yaml");
+      if (resumed)
+        trim_metrics(step);
+      else
+        write_file_atomic(metrics_path, "");
+      metrics.open(metrics_path, std::ios::app);
+      if (!metrics)
+        throw std::runtime_error(fmt::format("{}: cannot open for appending", metrics_path));
+    }
+    if (distributed) sync_start();
 
     const int64_t start_step = step;
-    Progress prog(steps, step, task.name(), static_cast<int>(log_every));
+    Progress prog(steps, step, task.name(), static_cast<int>(log_every), root ? stdout : nullptr);
     progress = &prog;
     struct ProgressReset {
       Progress*& p;
@@ -479,6 +560,7 @@ struct Trainer::Impl {
     int64_t log_n = 0;
     std::map<std::string, double> log_terms;
     bool saved_this_step = false;
+    bool stop_all = false;  // distributed: some rank was asked to stop (reduced in S2)
 
     while (step < steps) {
       saved_this_step = false;
@@ -490,9 +572,19 @@ struct Trainer::Impl {
       bool bad = false;
       double bad_value = 0;
       std::string bad_what;
+      // Distributed: this rank's random stream for the step (see the top of the file).
+      Generator rank_rng(rng.seed(),
+                         rng.offset() + static_cast<uint64_t>(rank) * dist::kRankStreamStride);
+      const uint64_t rank_rng_start = rank_rng.offset();
       for (int micro = 0; micro < grad_accum; ++micro) {
         Batch batch = loader.next();
-        images += batch.images.defined() ? batch.images.size(0) : 0;
+        const int64_t n = batch.images.defined() ? batch.images.size(0) : 0;
+        images += n;
+        if (distributed && n != shard)
+          throw std::runtime_error(fmt::format(
+              "{} got {} images of a {}-image micro-batch, expected its shard of {}: the command "
+              "must build its Loader with LoaderOptions rank/world (dist::shard_loader)",
+              dist::describe_rank(rank), n, micro_global, shard));
         // After a non-finite micro-batch the step is lost: the remaining batches are still drawn
         // so the data position stays a function of the step alone.
         if (bad) continue;
@@ -501,7 +593,7 @@ struct Trainer::Impl {
         ctx.micro = micro;
         ctx.autocast_bf16 = bf16;
         ctx.device = device;
-        ctx.rng = &rng;
+        ctx.rng = distributed ? &rank_rng : &rng;
         LossOutput out = task.loss(batch, ctx);
         double v = out.loss.data().item();
         if (!std::isfinite(v)) {
@@ -510,16 +602,48 @@ struct Trainer::Impl {
           bad_what = "loss";
           continue;
         }
-        loss_sum += v;
-        for (const auto& [k, x] : out.terms) terms[k] += x;
-        ag::Var scaled = grad_accum > 1
-                             ? ag::mul_scalar(out.loss, 1.0 / static_cast<double>(grad_accum))
-                             : out.loss;
+        // This rank's share of the micro-batch: summed over the ranks, the weighted means are the
+        // mean over the whole micro-batch (1 in a single process).
+        const double share =
+            distributed ? static_cast<double>(n) / static_cast<double>(micro_global) : 1.0;
+        loss_sum += v * share;
+        for (const auto& [k, x] : out.terms) terms[k] += x * share;
+        const double scale = share / static_cast<double>(grad_accum);
+        ag::Var scaled = scale != 1.0 ? ag::mul_scalar(out.loss, scale) : out.loss;
         scaled.backward();
+      }
+      // S1: the same skip decision, loss, image count and random-stream advance on every rank.
+      std::vector<bool> grad_anywhere;
+      bool terms_agree = false;
+      if (distributed) {
+        const double nt = static_cast<double>(terms.size());
+        std::vector<double> s1 = {bad ? 1.0 : 0.0,
+                                  static_cast<double>(images),
+                                  static_cast<double>(rank_rng.offset() - rank_rng_start),
+                                  loss_sum,
+                                  nt,
+                                  nt * nt};
+        for (const ag::Var& p : trainable_vars) s1.push_back(p.grad().defined() ? 1.0 : 0.0);
+        coll->set_step(step);
+        coll->allreduce_sum(s1, "loss all-reduce");
+        if (s1[0] > 0 && !bad) {
+          bad = true;
+          bad_value = std::numeric_limits<double>::quiet_NaN();
+          bad_what = fmt::format("loss on {} of {} ranks", static_cast<int>(s1[0]), world);
+        }
+        images = static_cast<int64_t>(s1[1]);
+        rng.set_state(rng.seed(), rng.offset() + static_cast<uint64_t>(s1[2]));
+        loss_sum = s1[3];
+        // Every rank has as many terms (the same task code: the same names) when the counts' sum
+        // of squares is W * mean^2; only then do they travel in S2.
+        terms_agree = s1[5] * world == s1[4] * s1[4];
+        for (size_t i = 0; i < trainable_vars.size(); ++i) grad_anywhere.push_back(s1[6 + i] > 0);
       }
       const double step_loss = loss_sum / static_cast<double>(grad_accum);
       double grad_norm = std::numeric_limits<double>::quiet_NaN();
+      const bool terms_reduced = distributed && !bad && terms_agree;
       if (!bad) {
+        if (distributed) coll->allreduce_gradients(grad_anywhere);
         // With clipping off the norm is still computed: it is logged, and a non-finite gradient
         // with a finite loss must be caught too.
         grad_norm = nn::clip_grad_norm(
@@ -528,6 +652,24 @@ struct Trainer::Impl {
           bad = true;
           bad_value = grad_norm;
           bad_what = "gradient norm";
+        }
+      }
+      // S2: the same gradient-norm verdict (the summed gradients are identical on every rank, the
+      // flag makes sure), the same stop, and the loss terms over the whole batch.
+      if (distributed) {
+        std::vector<double> s2 = {bad ? 1.0 : 0.0, stop_requested() ? 1.0 : 0.0};
+        if (terms_reduced)
+          for (const auto& [k, x] : terms) s2.push_back(x);
+        coll->allreduce_sum(s2, "step-end all-reduce");
+        if (s2[0] > 0 && !bad) {
+          bad = true;
+          bad_value = std::numeric_limits<double>::quiet_NaN();
+          bad_what = "gradient norm on another rank";
+        }
+        stop_all = s2[1] > 0;
+        if (terms_reduced) {
+          size_t i = 2;
+          for (auto& [k, x] : terms) x = s2[i++];
         }
       }
 
@@ -569,7 +711,7 @@ struct Trainer::Impl {
       prog.update(step, bad ? std::numeric_limits<double>::quiet_NaN() : step_loss, images, extra,
                   memory_bytes());
 
-      if (step % log_every == 0 || step == steps) {
+      if (root && (step % log_every == 0 || step == steps)) {
         nlohmann::json j;
         j["step"] = step;
         j["loss"] = log_n > 0 ? log_loss_sum / static_cast<double>(log_n)
@@ -592,12 +734,12 @@ struct Trainer::Impl {
 
       if (on_step && *on_step) (*on_step)(step);
 
-      if (sample_every > 0 && step % sample_every == 0) write_samples();
+      if (root && sample_every > 0 && step % sample_every == 0) write_samples();
       if (step % ckpt_every == 0 || step == steps) {
         save_checkpoint();
         saved_this_step = true;
       }
-      if (stop_requested() && step < steps) {
+      if ((distributed ? stop_all : stop_requested()) && step < steps) {
         if (!saved_this_step) save_checkpoint();
         prog.finish();
         say(fmt::format("interrupted: checkpoint written to {}", result.last_checkpoint));
@@ -608,7 +750,7 @@ struct Trainer::Impl {
     }
     prog.finish();
     // Resumed from the final checkpoint: nothing was trained and that checkpoint stands.
-    if (step == start_step) report();
+    if (step == start_step && root) report();
     result.steps_done = step;
     return result;
   }

@@ -209,3 +209,127 @@ TEST_CASE("dit gradchecks in f64 w.r.t. x and parameters") {
   INFO(r.report);
   CHECK(r.ok);
 }
+
+// ---- text conditioning (cross-attention + pooled text in c)
+// ---------------------------------------
+
+namespace {
+DiTConfig tiny_text() {
+  DiTConfig c = tiny(2, true);
+  c.num_classes = 0, c.context_dim = 32;
+  return c;
+}
+}  // namespace
+
+TEST_CASE("text dit matches the PyTorch reference (cross-attention with a padding mask)") {
+  auto sd = safetensors::load(golden("dit_text_weights.safetensors"));
+  auto io = as_map(safetensors::load(golden("dit_text_io.safetensors")));
+  auto m = load_dit(sd, /*heads=*/4);
+  const DiTConfig& c = m->config();
+  CHECK(c.context_dim == 32);
+  CHECK(c.num_classes == 0);
+  CHECK(c.learn_sigma);
+  CHECK(c.patch == 2);
+  CHECK(!m->y_embedder);
+  DiTCond cond;
+  cond.context = ag::Var(io.at("context"));
+  cond.context_mask = io.at("context_mask");
+  cond.pooled = ag::Var(io.at("pooled"));
+  ag::Var out = m->forward(ag::Var(io.at("x")), io.at("t"), cond);
+  auto cmp = test::compare(out.data(), io.at("out"), 1e-4);
+  MESSAGE("text: rel err ", cmp.rel_err);
+  CHECK(cmp.ok);
+  // The mask matters: the padded tokens hold large values, attending to them changes the output.
+  cond.context_mask = Tensor();
+  CHECK(!test::compare(m->forward(ag::Var(io.at("x")), io.at("t"), cond).data(), io.at("out"), 1e-2)
+             .ok);
+}
+
+TEST_CASE("a fresh text dit outputs exactly zero; names, init and config inference") {
+  Generator g(4);
+  DiT m(tiny_text(), g);
+  CHECK(!m.y_embedder);
+  REQUIRE(m.pool_embedder);
+  std::set<std::string> names;
+  for (auto& [n, p] : m.named_parameters()) {
+    names.insert(n);
+    const bool zero =
+        n.find("adaLN_modulation") != std::string::npos || n.rfind("final_layer.linear", 0) == 0 ||
+        n.find("cross_attn.proj") != std::string::npos || n.find(".bias") != std::string::npos;
+    auto v = test::as_doubles(p.data());
+    double mx = 0, s2 = 0;
+    for (double d : v) mx = std::max(mx, std::abs(d)), s2 += d * d;
+    INFO(n);
+    if (zero)
+      CHECK(mx == 0.0);
+    else
+      CHECK(mx > 0.0);
+    if (n.rfind("pool_embedder", 0) == 0 && n.find("weight") != std::string::npos)
+      CHECK(std::sqrt(s2 / static_cast<double>(v.size())) == doctest::Approx(0.02).epsilon(0.1));
+  }
+  for (const char* n :
+       {"pool_embedder.mlp.0.weight", "pool_embedder.mlp.2.bias", "blocks.0.cross_attn.q.weight",
+        "blocks.0.cross_attn.kv.weight", "blocks.1.cross_attn.proj.bias"})
+    CHECK(names.count(n) == 1);
+  for (const auto& n : names) CHECK(n.rfind("y_embedder", 0) != 0);
+  // The torch reference has the same names.
+  std::set<std::string> torch_names;
+  for (const auto& [k, t] : safetensors::load(golden("dit_text_weights.safetensors")))
+    torch_names.insert(k);
+  std::set<std::string> mine;
+  for (const auto& [k, t] : m.state_dict()) mine.insert(k);
+  CHECK(mine == torch_names);
+
+  Tensor x = nn::convert_float(test::normal(g, {2, 4, 8, 8}), DType::F32);
+  Tensor t = Tensor::from_vector(std::vector<float>{5.f, 500.f}, Shape{2});
+  DiTCond cond;
+  cond.context = ag::Var(nn::convert_float(test::normal(g, {2, 3, 32}), DType::F32));
+  cond.context_mask = Tensor::from_vector(std::vector<int32_t>{1, 1, 0, 1, 0, 0}, Shape{2, 3});
+  cond.pooled = ag::Var(nn::convert_float(test::normal(g, {2, 32}), DType::F32));
+  ag::Var out = m.forward(ag::Var(x), t, cond);
+  CHECK(out.shape() == Shape{2, 8, 8, 8});
+  for (double d : test::as_doubles(out.data())) REQUIRE(d == 0.0);
+
+  DiTConfig r = infer_dit_config(m.state_dict());
+  CHECK(r.context_dim == 32);
+  CHECK(r.num_classes == 0);
+  CHECK(r.hidden == 64);
+  CHECK(r.depth == 2);
+  CHECK(infer_dit_config(DiT(tiny(2, true), g).state_dict()).context_dim == 0);
+  // A model with both labels and text is possible at this level.
+  DiTConfig both = tiny_text();
+  both.num_classes = 5;
+  DiT mb(both, g);
+  DiTConfig rb = infer_dit_config(mb.state_dict());
+  CHECK(rb.num_classes == 5);
+  CHECK(rb.context_dim == 32);
+}
+
+TEST_CASE("dit forward rejects missing or unexpected conditions") {
+  Generator g(5);
+  DiT text(tiny_text(), g);
+  DiT cls(tiny(2, false), g);
+  ag::Var x(nn::convert_float(test::normal(g, {1, 4, 8, 8}), DType::F32));
+  Tensor t = Tensor::from_vector(std::vector<float>{5.f}, Shape{1});
+  Tensor y = Tensor::from_vector(std::vector<int64_t>{1}, Shape{1});
+  ag::Var ctx(Tensor::zeros(Shape{1, 2, 32}));
+  ag::Var pooled(Tensor::zeros(Shape{1, 32}));
+  CHECK_THROWS_WITH_AS(text.forward(x, t, DiTCond{}), doctest::Contains("context must be"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(text.forward(x, t, y), doctest::Contains("num_classes 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(text.forward(x, t, DiTCond{Tensor(), ctx, Tensor(), ag::Var()}),
+                       doctest::Contains("pooled must be"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      text.forward(x, t, DiTCond{Tensor(), ctx, Tensor::zeros(Shape{1, 3}, DType::I32), pooled}),
+      doctest::Contains("context_mask must be"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      text.forward(x, t,
+                   DiTCond{Tensor(), ag::Var(Tensor::zeros(Shape{1, 2, 16})), Tensor(), pooled}),
+      doctest::Contains("context must be (1, S, 32)"), std::invalid_argument);
+  CHECK_NOTHROW(text.forward(x, t, DiTCond{Tensor(), ctx, Tensor(), pooled}));
+  CHECK_THROWS_WITH_AS(cls.forward(x, t, DiTCond{y, ctx, Tensor(), pooled}),
+                       doctest::Contains("context_dim 0"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(cls.forward(x, t, DiTCond{}), doctest::Contains("y must be"),
+                       std::invalid_argument);
+}

@@ -2,9 +2,12 @@
 // shape does an image show? The demo scores every generated image against its prompt with it, so
 // it is written for the dataset (no learned weights) and tested on real dataset images.
 //
-// Colour: the pixels whose saturation stands out from the background's (which stays below ~0.15)
-// vote by hue for the nearest of the six dataset hues. Shape: the mask of those pixels is compared
-// by geometric features (fill of the bounding box, symmetry, where the mass sits) - see the .cpp.
+// Colour: the hue of the pixels whose chroma stands out from the background's (which stays below
+// ~0.2), nearest of the six dataset hues. Shape: the object's coverage map (each pixel's colour
+// projected between the fitted background and the object colour) is fit by each of the four
+// shape templates (centre, size and a blur free), and the best fit wins - see the .cpp.
+// Measured on held-out dataset images: 100% at 32x32 and 64x64, also after a 3x3 box blur
+// (tests/train/test_analyser.cpp). About 1.5 ms per image.
 #pragma once
 #include <string>
 
@@ -18,7 +21,7 @@ struct Analysis {
   double confidence = 0;  // in [0, 1]
 };
 
-// image (3,H,W) f32 in [-1,1], CPU, any H = W >= 16.
+// image (3,H,W) in [-1,1] (f32, f64 or bf16, any device), any H = W >= 16. Thread-safe.
 Analysis analyse_synthetic(const Tensor& image);
 
 // "a red circle on the left" -> colour 0, shape 0 (-1 where a word is missing).

@@ -6,25 +6,42 @@
 //   t ~ U{0..T-1} (eps, v) or s = shift_time(u, k), u ~ U(0,1) (flow); noise ~ N(0, 1)
 //   loss = MSE(model(x_t, t, cond), target)                    term "mse"
 //
-// Config keys (train_dit_schema):
-//   init.from            the train-psvae run folder or checkpoint (required; must hold latent
-//   stats) model.cond           class | text | external model.dit.*          arch (custom or
-//   DiT-S/2 ...), hidden, depth, heads, patch, mlp_ratio,
-//                        learn_sigma
-//   model.text.*         dim, depth, heads, max_len, min_count (the tokenizer's word threshold)
-//   data.embeddings      the ExternalEmbeddings file (model.cond = external)
-//   diffusion.objective  eps | v | flow;  diffusion.schedule linear | scaled_linear | cosine
-//   diffusion.shift      flow time shift k; 0 = sqrt(L*h*w / 4096)
-//   train.cond_dropout   probability of the null condition (default 0.1)
-//   data.latent_cache    "" encodes on the fly; "auto" caches in run.out_dir/latents.safetensors
-//                        (reused when the dataset and PS-VAE checkpoint match); or a file path
+// With model.dit.learn_sigma the loss gains upstream's variational-bound term "vb" (see
+// hybrid_vb_term below). Randomness: every draw comes from the trainer's checkpointed stream
+// (ctx.rng) in a fixed order - dropout (N uniforms), time (N uniforms), noise (N*L*h*w normals) -
+// so N steps and N/2 + resume + N/2 steps give the same weights bit for bit.
+//
+// Config keys (train_dit_schema; `psvae train-dit --help` lists them all with their defaults):
+//   init.from              the train-psvae run folder or checkpoint (required; it must hold the
+//                          latent statistics). The PS-VAE is frozen and not part of model().
+//   model.cond             class | text | external
+//   model.dit.*            arch (custom or DiT-S/2 ... DiT-XL/8), hidden, depth, heads, patch,
+//                          mlp_ratio, learn_sigma, num_classes (0 = the dataset's; the run's
+//                          saved config holds the number used)
+//   model.text.*           dim, depth, heads, mlp_ratio, max_len; tokenizer: min_count,
+//                          max_vocab, tokenizer_captions
+//   data.embeddings        the ExternalEmbeddings file (model.cond = external)
+//   data.latent_cache      "" encodes every batch; "auto" caches in run.out_dir/latents.safetensors
+//                          (reused while the dataset and PS-VAE checkpoint match, else
+//                          re-encoded); or a file path (a mismatch is an error naming the field)
+//   diffusion.objective    eps | v | flow; diffusion.schedule linear | scaled_linear | cosine;
+//   diffusion.steps        T; diffusion.shift flow time shift k (0 = sqrt(L*h*w / 4096))
+//   train.cond_dropout     probability of the null condition (default 0.1)
+//   sample.steps, sample.cfg_scale   the periodic sample grids (DDIM / Euler, CFG)
+//
+// Latent cache file: latents (M, L, h, w) f32 (normalised), indices (M) i64 (dataset index of
+// each row); metadata latent_cache.{format, dataset (describe()), data.seed, size,
+// psvae_checkpoint (canonical path), psvae_step, latent_shape}.
 //
 // Checkpoint contract (read by train/pipeline.h): model.* / ema.* = ConditionalDiT state
 // ("dit.*", "text_encoder.*"); task.latent_mean, task.latent_std (the stage-2 statistics used);
-// metadata task.tokenizer (WordTokenizer JSON, kind text) and psvae.config (every key above).
+// metadata task.tokenizer (WordTokenizer JSON, kind text), task.psvae_checkpoint (the PS-VAE file
+// actually used, canonical path), task.psvae_step, task.latent_shape ("(48, 4, 4)") and
+// psvae.config (every key above).
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "dit/conditional_dit.h"
 #include "dit/sampling.h"
@@ -42,6 +59,26 @@ ConfigSchema dit_stage_schema();  // = train_dit_schema()
 dit::ConditionalDiTConfig conditional_dit_config(const Config& cfg, const Shape& latent_shape);
 // diffusion.* (the shift resolved for the latent shape).
 dit::DiffusionSetup diffusion_setup(const Config& cfg, const Shape& latent_shape);
+
+// ---- learn_sigma: the hybrid loss of Improved DDPM, as facebookresearch/DiT trains with it -----
+// loss = mse (on the prediction) + vb, where vb is the variational bound term of the learned
+// variance with the mean stopped (upstream's frozen_out): per sample, in bits per dimension,
+//   t > 0: KL(q(x_{t-1} | x_t, x0) || N(mu_theta, exp(lv))), mean over dims / ln 2
+//   t = 0: -log p(x0) under the discretised Gaussian decoder (bins 2/255), mean over dims / ln 2
+// with lv = frac log(beta_t) + (1 - frac) log(beta~_t) (beta~_0 clipped to beta~_1),
+// frac = (v + 1) / 2, v the model's second C channels; vb is not rescaled (upstream's
+// LossType.MSE).
+struct HybridTables {
+  std::vector<double> betas, alphas_cumprod;
+  std::vector<double> coef1, coef2;     // posterior mean = coef1 x0 + coef2 x_t
+  std::vector<double> log_var_clipped;  // log of the posterior variance, entry 0 = entry 1
+  static HybridTables make(dit::BetaSchedule schedule, int num_steps);
+};
+// x0, x_t, prediction (the model's eps or v, no graph) (N, C, H, W); var_values (N, C, H, W) with
+// graph; t original steps. Returns the batch mean of the per-sample vb terms.
+ag::Var hybrid_vb_term(const HybridTables& h, dit::Objective objective, const Tensor& x0,
+                       const Tensor& x_t, const std::vector<int64_t>& t, const Tensor& prediction,
+                       const ag::Var& var_values);
 
 class DiTTask : public TrainTask {
  public:

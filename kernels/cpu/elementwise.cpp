@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/eigen_util.h"
 
 namespace psvae::kernels::cpu {
 
@@ -534,6 +535,57 @@ void unary_bwd(const OpCall& c) {
   });
 }
 
+// GELU-tanh in f32 through Eigen's vectorised tanh (a rational approximation, a few ulp from
+// std::tanh): the scalar std::tanh loop took 32-40% of a demo DiT training step (perf). Elements
+// go in fixed blocks of kGeluBlock, so which code path (packet or tail) computes an element
+// depends only on its index, never on the thread count: results stay bit-identical across
+// thread counts. f64 keeps the scalar path (reference precision).
+constexpr int64_t kGeluBlock = 1024;
+
+// GCC 12 reports a false -Wmaybe-uninitialized inside Eigen's AVX-512 tanh (see eigen_util.h).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+void gelu_tanh_f32_fwd(const float* x, float* y, int64_t n) {
+  const int64_t blocks = (n + kGeluBlock - 1) / kGeluBlock;
+#pragma omp parallel for if (n > kParallelGrain)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t lo = b * kGeluBlock, len = std::min(kGeluBlock, n - lo);
+    Eigen::Map<const Eigen::ArrayXf> xa(x + lo, len);
+    Eigen::Map<Eigen::ArrayXf> ya(y + lo, len);
+    const float s = static_cast<float>(GeluTanh::kS), a = static_cast<float>(GeluTanh::kA);
+    ya = (s * (xa + a * xa * xa * xa)).tanh();
+    ya = 0.5f * xa * (1.0f + ya);
+  }
+}
+
+void gelu_tanh_f32_bwd(const float* x, const float* gy, float* gx, int64_t n) {
+  const int64_t blocks = (n + kGeluBlock - 1) / kGeluBlock;
+#pragma omp parallel for if (n > kParallelGrain)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t lo = b * kGeluBlock, len = std::min(kGeluBlock, n - lo);
+    Eigen::Map<const Eigen::ArrayXf> xa(x + lo, len), ga(gy + lo, len);
+    Eigen::Map<Eigen::ArrayXf> out(gx + lo, len);
+    const float s = static_cast<float>(GeluTanh::kS), a = static_cast<float>(GeluTanh::kA);
+    out = (s * (xa + a * xa * xa * xa)).tanh();  // t
+    out = ga * (0.5f * (1.0f + out) +
+                0.5f * xa * (1.0f - out * out) * (s * (1.0f + 3.0f * a * xa * xa)));
+  }
+}
+
+#pragma GCC diagnostic pop
+
+void gelu_tanh_fwd_cpu(const OpCall& c) {
+  if (c.in[0].dtype() != DType::F32) return unary_fwd<GeluTanh>(c);
+  gelu_tanh_f32_fwd(c.in[0].data<float>(), c.out[0].data<float>(), c.in[0].numel());
+}
+
+void gelu_tanh_bwd_cpu(const OpCall& c) {
+  if (c.in[0].dtype() != DType::F32) return unary_bwd<GeluTanh>(c);
+  gelu_tanh_f32_bwd(c.in[0].data<float>(), c.in[2].data<float>(), c.out[0].data<float>(),
+                    c.in[0].numel());
+}
+
 }  // namespace
 
 void register_elementwise(OpTable& t) {
@@ -560,6 +612,8 @@ void register_elementwise(OpTable& t) {
   PSVAE_REG_UNARY(silu, Silu)
   PSVAE_REG_UNARY(gelu_tanh, GeluTanh)
   PSVAE_REG_UNARY(gelu_erf, GeluErf)
+  t[Op::gelu_tanh].cpu = &gelu_tanh_fwd_cpu;  // vectorised f32 path, see above
+  t[Op::gelu_tanh_bwd].cpu = &gelu_tanh_bwd_cpu;
   PSVAE_REG_UNARY(abs, Abs)
   PSVAE_REG_UNARY(pow_scalar, Pow)
   PSVAE_REG_UNARY(clamp, Clamp)

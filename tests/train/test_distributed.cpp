@@ -379,8 +379,15 @@ TEST_CASE(
     const std::string out = job.text();
     MESSAGE("exited after " << dt << " s");
     CHECK_MESSAGE(rc != 0, out);
-    CHECK_MESSAGE(out.find("rank 1 (pid " + std::to_string(job.rank1)) != std::string::npos, out);
-    CHECK_MESSAGE(out.find("did not reach the") != std::string::npos, out);
+    // SIGSTOP lands at an arbitrary moment: before rank 1 announced its next collective (rank 0
+    // names it as missing) or just after (every rank reached the all-reduce, which then cannot
+    // complete; rank 0 says so). Both are the clear timeout this test is about; which one depends
+    // on scheduling (seen on a loaded 2-core CI machine).
+    const bool named = out.find("rank 1 (pid " + std::to_string(job.rank1)) != std::string::npos &&
+                       out.find("did not reach the") != std::string::npos;
+    const bool stalled = out.find("did not complete within") != std::string::npos &&
+                         out.find("although every rank reached it") != std::string::npos;
+    CHECK_MESSAGE((named || stalled), out);
     CHECK_MESSAGE(out.find("train.collective_timeout_s = 3 s") != std::string::npos, out);
     CHECK(dt < timeout_s + 15);
   }

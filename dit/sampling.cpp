@@ -162,6 +162,10 @@ Tensor noise_to(const DiffusionSetup& setup, const SampleOptions& opt, const Ten
   return lincomb(a, x0, b, eps);
 }
 
+Tensor model_time(const DiffusionSetup& setup, const Tensor& t) {
+  return is_flow(setup) ? ops::mul_scalar(t, setup.flow_time_scale) : t;
+}
+
 Tensor sample(const Denoiser& model, const DiffusionSetup& setup, const SampleOptions& opt,
               const Tensor& x, Generator& gen) {
   check_options(setup, opt);

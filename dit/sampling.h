@@ -22,7 +22,16 @@ struct DiffusionSetup {
   BetaSchedule schedule = BetaSchedule::linear;  // eps / v
   int num_train_steps = 1000;                    // eps / v
   double shift = 1.0;                            // flow: time shift factor k (1 = none)
+  // flow: the model is given t = flow_time_scale * s for s in [0, 1]. The timestep embedder's
+  // sinusoids (DiT's, periods 2 pi .. 2 pi 10^4) were laid out for t in [0, 1000): fed s itself,
+  // the fastest one turns by one radian over the whole trajectory and the embedding barely
+  // changes with time (SD3 and FLUX scale by 1000 for this reason).
+  double flow_time_scale = 1000.0;
 };
+
+// The time tensor a model of this setup is given for the sampler's time t: the step index for
+// eps / v, flow_time_scale * s for flow.
+Tensor model_time(const DiffusionSetup& setup, const Tensor& t);
 
 struct SampleOptions {
   SamplerKind sampler = SamplerKind::ddim;

@@ -86,6 +86,12 @@ std::string analysis_text(const Analysis& a) {
 
 std::string pct(double fraction) { return fmt::format("{:.1f}%", 100.0 * fraction); }
 
+std::string param_count(int64_t n) {
+  if (n >= 1000000) return fmt::format("{:.2f}M", static_cast<double>(n) / 1e6);
+  if (n >= 1000) return fmt::format("{:.1f}k", static_cast<double>(n) / 1e3);
+  return std::to_string(n);
+}
+
 std::string target_value(const DemoTarget& t, double v) {
   if (t.unit == "%") return pct(v);
   if (t.unit == "s") return format_duration(v);
@@ -399,7 +405,7 @@ void write_demo_report(const DemoSummary& s) {
     h += fmt::format(
         "<tr><td>{}</td><td><code>psvae {}</code></td><td>{}</td><td>{}</td><td>{}</td><td><a "
         "href=\"{}/report.html\">{}</a></td></tr>\n",
-        escape(st.name), escape(st.command), st.steps, st.parameters,
+        escape(st.name), escape(st.command), st.steps, param_count(st.parameters),
         st.reused ? std::string("reused") : format_duration(st.seconds), escape(st.run_dir),
         escape(st.run_dir));
   h += fmt::format(
@@ -412,6 +418,9 @@ void write_demo_report(const DemoSummary& s) {
         "<p class=\"meta\">latent {} channels x {} x {} per image. Configs used: "
         "<code>configs/</code> in this folder.</p>\n",
         s.latent_shape[0], s.latent_shape[1], s.latent_shape[2]);
+  h += "<p class=\"meta\">Parameters: the model in the stage's final checkpoint; the S-VAE stage's "
+       "includes its frozen encoder, the PS-VAE's leaves out encoder_ref (the frozen copy of the "
+       "stage-1 encoder that is only its semantic target).</p>\n";
   h += "</section>\n";
 
   // Curves: each stage's loss and its terms.

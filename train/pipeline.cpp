@@ -253,7 +253,7 @@ dit::Denoiser make_denoiser(const Pipeline& p, const dit::Condition& cond,
     return [&p, C, k](const Tensor& x, const Tensor& t) {
       ag::NoGradGuard no_grad;
       p.evaluations += x.size(0);
-      Tensor out = p.model->forward(ag::Var(x), t, k).data();
+      Tensor out = p.model->forward(ag::Var(x), dit::model_time(p.setup, t), k).data();
       return out.size(1) == C ? out : ops::narrow(out, 1, 0, C);  // learn_sigma: [eps, var]
     };
   };

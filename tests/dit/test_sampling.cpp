@@ -423,3 +423,19 @@ TEST_CASE("inpaint of a correlated 2-D Gaussian follows the kept coordinate") {
     CHECK(f.var_y > 0.5);
   }
 }
+
+TEST_CASE("model_time: flow models see flow_time_scale * s, eps and v models the step index") {
+  const Tensor t = Tensor::from_vector(std::vector<float>{0.0f, 0.25f, 1.0f}, Shape{3});
+  DiffusionSetup flow;
+  flow.objective = Objective::flow;
+  std::vector<float> f = model_time(flow, t).to_vector<float>();
+  CHECK(f == std::vector<float>{0.0f, 250.0f, 1000.0f});  // the default scale is 1000
+  flow.flow_time_scale = 1.0;                             // the unscaled s of SiT
+  CHECK(model_time(flow, t).to_vector<float>() == t.to_vector<float>());
+  for (Objective o : {Objective::eps, Objective::v}) {
+    DiffusionSetup d;
+    d.objective = o;
+    d.flow_time_scale = 7.0;  // ignored: eps / v models are given the step index as it is
+    CHECK(model_time(d, t).to_vector<float>() == t.to_vector<float>());
+  }
+}

@@ -84,10 +84,19 @@ ConfigSchema dit_stage_schema() {
             100000);
   s.add_float("diffusion.shift", 0.0,
               "flow: time shift k, s' = k s / (1 + (k - 1) s); 0 = sqrt(L*h*w / 4096)", 0);
+  s.add_float("diffusion.flow_time_scale", 1000.0,
+              "flow: the model's time input is this times s in [0, 1] (the timestep embedder's "
+              "sinusoids are laid out for 0..1000)",
+              1e-6);
   s.add_float("train.cond_dropout", 0.1,
               "probability that a training sample gets the null condition (empty caption or "
               "null label): what classifier-free guidance needs",
               0, 1);
+  s.add_float("train.min_snr_gamma", 0.0,
+              "eps / v: weight each sample's MSE by min(SNR, gamma) / SNR (eps) or "
+              "min(SNR, gamma) / (SNR + 1) (v), Min-SNR-gamma; 0 = unweighted (DiT); 5 is the "
+              "paper's choice",
+              0);
   s.add_int("sample.steps", 25,
             "sample grids: sampler steps (DDIM eta 0 for eps / v, Euler for flow)", 1, 1000);
   s.add_float("sample.cfg_scale", 4.0, "sample grids: classifier-free guidance scale (1 = off)", 0);
@@ -159,6 +168,7 @@ dit::DiffusionSetup diffusion_setup(const Config& cfg, const Shape& latent_shape
   d.num_train_steps = static_cast<int>(cfg.get_int("diffusion.steps"));
   const double k = cfg.get_float("diffusion.shift");
   d.shift = k > 0 ? k : dit::shift_factor(latent_shape);
+  d.flow_time_scale = cfg.get_float("diffusion.flow_time_scale");
   return d;
 }
 
@@ -312,6 +322,7 @@ struct DiTTask::Impl {
   Shape latent_shape;  // (L, h, w)
   int64_t num_classes = 0;
   double cond_dropout = 0.1;
+  double min_snr_gamma = 0;  // 0: plain MSE; else Min-SNR-gamma loss weights (eps / v)
   bool learn_sigma = false;
   int sample_steps = 25;
   double sample_cfg = 4.0;
@@ -510,6 +521,15 @@ DiTTask::DiTTask(Config& cfg, std::shared_ptr<const Dataset> data, Device device
                     cfg.get_int("model.dit.num_classes"), data->num_classes()));
   im.setup = diffusion_setup(cfg, im.latent_shape);
   im.cond_dropout = cfg.get_float("train.cond_dropout");
+  im.min_snr_gamma = cfg.get_float("train.min_snr_gamma");
+  if (im.min_snr_gamma > 0 && im.setup.objective == dit::Objective::flow)
+    throw std::runtime_error(
+        "train.min_snr_gamma > 0 needs diffusion.objective eps or v: the Min-SNR weights are "
+        "defined on the SNR of a noise schedule");
+  if (im.min_snr_gamma > 0 && cfg.get_bool("model.dit.learn_sigma"))
+    throw std::runtime_error(
+        "train.min_snr_gamma > 0 with model.dit.learn_sigma = true: the hybrid loss's VLB term "
+        "has its own weighting; use one or the other");
   im.learn_sigma = cfg.get_bool("model.dit.learn_sigma");
   im.sample_steps = static_cast<int>(cfg.get_int("sample.steps"));
   im.sample_cfg = cfg.get_float("sample.cfg_scale");
@@ -619,6 +639,25 @@ Tensor prediction_part(const Tensor& out, int64_t c) {
 
 }  // namespace
 
+std::vector<float> min_snr_weights(dit::Objective objective,
+                                   const std::vector<double>& alphas_cumprod,
+                                   const std::vector<int64_t>& t, double gamma) {
+  if (objective == dit::Objective::flow)
+    throw std::invalid_argument("min_snr_weights: objective flow has no noise-schedule SNR");
+  std::vector<float> w;
+  w.reserve(t.size());
+  for (int64_t k : t) {
+    if (k < 0 || k >= static_cast<int64_t>(alphas_cumprod.size()))
+      throw std::invalid_argument(
+          fmt::format("min_snr_weights: step {} outside [0, {})", k, alphas_cumprod.size()));
+    const double ab = alphas_cumprod[static_cast<size_t>(k)];
+    const double snr = ab / (1.0 - ab);
+    w.push_back(static_cast<float>(std::min(snr, gamma) /
+                                   (objective == dit::Objective::v ? snr + 1.0 : snr)));
+  }
+  return w;
+}
+
 LossOutput DiTTask::loss(const Batch& batch, const StepContext& ctx) {
   Impl& im = *impl_;
   const int64_t n =
@@ -663,12 +702,20 @@ LossOutput DiTTask::loss(const Batch& batch, const StepContext& ctx) {
   }
 
   dit::DiTCond c = model_->encode(cond, ctx.device);
-  ag::Var out = model_->forward(ag::Var(pair.x_t), dit::time_tensor(t_model, ctx.device), c);
+  ag::Var out = model_->forward(
+      ag::Var(pair.x_t), dit::model_time(im.setup, dit::time_tensor(t_model, ctx.device)), c);
   const int64_t C = im.latent_shape[0];
   ag::Var pred = im.learn_sigma ? ag::narrow(out, 1, 0, C) : out;
   ag::Var mse = ag::mse_loss(pred, ag::Var(pair.target));
   LossOutput r;
   r.terms["mse"] = mse.data().item();
+  if (im.min_snr_gamma > 0) {
+    const std::vector<float> w =
+        min_snr_weights(im.setup.objective, im.alphas_cumprod, steps, im.min_snr_gamma);
+    ag::Var wt(Tensor::from_vector(w, Shape{n, 1, 1, 1}, ctx.device));
+    r.loss = ag::mean_all(ag::mul(ag::square(ag::sub(pred, ag::Var(pair.target))), wt));
+    return r;
+  }
   if (!im.learn_sigma) {
     r.loss = mse;
     return r;
@@ -694,9 +741,10 @@ Tensor DiTTask::samples(nn::Module& m, const Batch& fixed, const StepContext& ct
   }
   const dit::DiTCond c = model.encode(cond, ctx.device);
   const dit::DiTCond u = model.encode(model.null_condition(n), ctx.device);
-  auto denoiser = [&model, C](const dit::DiTCond& k) -> dit::Denoiser {
-    return [&model, C, k](const Tensor& x, const Tensor& t) {
-      return prediction_part(model.forward(ag::Var(x), t, k).data(), C);
+  const dit::DiffusionSetup setup = im.setup;
+  auto denoiser = [&model, C, setup](const dit::DiTCond& k) -> dit::Denoiser {
+    return [&model, C, k, setup](const Tensor& x, const Tensor& t) {
+      return prediction_part(model.forward(ag::Var(x), dit::model_time(setup, t), k).data(), C);
     };
   };
   dit::GuidanceConfig gc;

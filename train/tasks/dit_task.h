@@ -5,6 +5,7 @@
 //   caption -> "" with probability train.cond_dropout (label -> null class): CFG's unconditional
 //   t ~ U{0..T-1} (eps, v) or s = shift_time(u, k), u ~ U(0,1) (flow); noise ~ N(0, 1)
 //   loss = MSE(model(x_t, t, cond), target)                    term "mse"
+//   (train.min_snr_gamma > 0: each sample's squared error weighted, see min_snr_weights)
 //
 // With model.dit.learn_sigma the loss gains upstream's variational-bound term "vb" (see
 // hybrid_vb_term below). Randomness: every draw comes from the trainer's checkpointed stream
@@ -79,6 +80,14 @@ struct HybridTables {
 ag::Var hybrid_vb_term(const HybridTables& h, dit::Objective objective, const Tensor& x0,
                        const Tensor& x_t, const std::vector<int64_t>& t, const Tensor& prediction,
                        const ag::Var& var_values);
+
+// Min-SNR-gamma loss weights (Hang et al. 2023), one per sample of step t[i] (train.min_snr_gamma):
+// min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1) for v, SNR = abar / (1 - abar).
+// Plain eps-MSE is dominated by the nearly clean steps, which decide no structure; the weights
+// move the gradient to the noise levels that do. Throws for flow (no noise-schedule SNR).
+std::vector<float> min_snr_weights(dit::Objective objective,
+                                   const std::vector<double>& alphas_cumprod,
+                                   const std::vector<int64_t>& t, double gamma);
 
 class DiTTask : public TrainTask {
  public:

@@ -21,6 +21,7 @@
 #include "train/metrics.h"
 #include "train/pipeline.h"
 #include "train/tasks/model_keys.h"
+#include "train/tasks/psvae_task.h"
 #include "train/tasks/svae_task.h"
 
 namespace psvae::train {
@@ -53,13 +54,7 @@ PsvaeRun load_psvae(const std::string& path, Device dev) {
   PsvaeRun r;
   r.path = ck.path;
   inherit_arch_keys(r.cfg, ck, {"model.", "data."});
-  PSVAEConfig c;
-  c.encoder = encoder_config(r.cfg);
-  c.svae = svae_config(r.cfg, c.encoder.dim);
-  c.pix.latent_dim = c.svae.latent_dim;
-  c.pix.channels = pixdec_channels(r.cfg);
-  c.pix.res_blocks = static_cast<int>(r.cfg.get_int("model.pixdec.res_blocks"));
-  c.pix.out_h = c.pix.out_w = r.cfg.get_int("data.image_size");
+  const PSVAEConfig c = psvae_config(r.cfg);
   Generator g(0);  // every weight is loaded below
   r.model = std::make_shared<PSVAE>(c, g);
   try {

@@ -26,6 +26,7 @@
 #include "kernels/ops.h"
 #include "train/tasks/dit_task.h"
 #include "train/tasks/model_keys.h"
+#include "train/tasks/psvae_task.h"
 #include "train/tasks/svae_task.h"
 
 namespace psvae::train {
@@ -52,14 +53,8 @@ bool same_values(const Tensor& a, const Tensor& b) {
 std::shared_ptr<PSVAE> build_psvae(const StageCheckpoint& ck, int64_t* image_size) {
   Config pc(psvae_stage_schema());
   inherit_arch_keys(pc, ck, {"model.", "data.image_size"});
-  PSVAEConfig c;
-  c.encoder = encoder_config(pc);
-  c.svae = svae_config(pc, c.encoder.dim);
-  c.pix.latent_dim = c.svae.latent_dim;
-  c.pix.channels = pixdec_channels(pc);
-  c.pix.res_blocks = static_cast<int>(pc.get_int("model.pixdec.res_blocks"));
+  const PSVAEConfig c = psvae_config(pc);
   *image_size = pc.get_int("data.image_size");
-  c.pix.out_h = c.pix.out_w = *image_size;
   if (*image_size % c.encoder.patch != 0)
     throw std::runtime_error(
         fmt::format("{}: image size {} is not a multiple of the encoder patch {}", ck.path,

@@ -17,6 +17,7 @@
 #include "kernels/ops.h"
 #include "train/data/loader.h"
 #include "train/tasks/model_keys.h"
+#include "train/tasks/psvae_task.h"
 #include "train/tasks/svae_task.h"
 
 namespace psvae::train {
@@ -475,14 +476,8 @@ DiTTask::DiTTask(Config& cfg, std::shared_ptr<const Dataset> data, Device device
   // The PS-VAE as stage 2 built it: its architecture from the checkpoint's saved config.
   Config pc(psvae_stage_schema());
   inherit_arch_keys(pc, ck, {"model.", "data.image_size"});
-  PSVAEConfig c2;
-  c2.encoder = encoder_config(pc);
-  c2.svae = svae_config(pc, c2.encoder.dim);
-  c2.pix.latent_dim = c2.svae.latent_dim;
-  c2.pix.channels = pixdec_channels(pc);
-  c2.pix.res_blocks = static_cast<int>(pc.get_int("model.pixdec.res_blocks"));
+  const PSVAEConfig c2 = psvae_config(pc);
   const int64_t image_size = pc.get_int("data.image_size");
-  c2.pix.out_h = c2.pix.out_w = image_size;
   if (data->image_size() != image_size)
     throw std::runtime_error(fmt::format(
         "data.image_size = {} but the PS-VAE of init.from ({}) was trained on {}x{} images",

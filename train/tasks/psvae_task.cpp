@@ -14,6 +14,17 @@
 
 namespace psvae::train {
 
+PSVAEConfig psvae_config(const Config& cfg) {
+  PSVAEConfig c;
+  c.encoder = encoder_config(cfg);
+  c.svae = svae_config(cfg, c.encoder.dim);
+  c.pix.latent_dim = c.svae.latent_dim;
+  c.pix.channels = pixdec_channels(cfg);
+  c.pix.res_blocks = static_cast<int>(cfg.get_int("model.pixdec.res_blocks"));
+  c.pix.out_h = c.pix.out_w = cfg.get_int("data.image_size");
+  return c;
+}
+
 PSVAETask::PSVAETask(Config& cfg, int image_size, Device device) {
   weights_.alpha = cfg.get_float("loss.alpha");
   weights_.gamma = cfg.get_float("loss.gamma");

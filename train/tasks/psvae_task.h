@@ -26,6 +26,11 @@
 
 namespace psvae::train {
 
+// The PS-VAE a stage-2 config describes (model.encoder.*, model.latent_dim, model.svae.*,
+// model.pixdec.*), drawing images of data.image_size: what train-psvae built, for the readers of
+// its checkpoints (train-dit, generate, eval) after inherit_arch_keys.
+PSVAEConfig psvae_config(const Config& cfg);
+
 class PSVAETask : public TrainTask {
  public:
   // Reads init.from (required: a train-svae checkpoint), inheriting its architecture keys into

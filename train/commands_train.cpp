@@ -16,6 +16,7 @@
 #include "train/data/dataset.h"
 #include "train/data/loader.h"
 #include "train/distributed.h"
+#include "train/progress.h"
 #include "train/signals.h"
 #include "train/tasks/encoder_task.h"
 #include "train/tasks/model_keys.h"
@@ -30,12 +31,6 @@ ConfigSchema train_svae_schema() { return svae_stage_schema(); }
 ConfigSchema train_psvae_schema() { return psvae_stage_schema(); }
 
 namespace {
-
-std::string param_count(int64_t n) {
-  if (n >= 1000000) return fmt::format("{:.2f}M", static_cast<double>(n) / 1e6);
-  if (n >= 1000) return fmt::format("{:.1f}k", static_cast<double>(n) / 1e3);
-  return std::to_string(n);
-}
 
 struct Stage {
   std::string command;  // "train-svae"
@@ -72,8 +67,8 @@ int run_stage(const Stage& st, int argc, char** argv) {
       if (p.requires_grad()) trainable += p.numel();
     if (dist::is_root())  // under mpirun rank 0 speaks for the job
       fmt::print("psvae {}: {} | model {} parameters ({} trained) | device {} | threads {}\n",
-                 st.command, data->describe(), param_count(task->model().num_parameters()),
-                 param_count(trainable), device.str(), omp_get_max_threads());
+                 st.command, data->describe(), format_count(task->model().num_parameters()),
+                 format_count(trainable), device.str(), omp_get_max_threads());
     std::fflush(stdout);
 
     LoaderOptions lo;

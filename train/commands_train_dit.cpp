@@ -11,6 +11,7 @@
 #include "train/cli.h"
 #include "train/data/dataset.h"
 #include "train/data/loader.h"
+#include "train/progress.h"
 #include "train/signals.h"
 #include "train/tasks/dit_task.h"
 #include "train/trainer.h"
@@ -18,16 +19,6 @@
 namespace psvae::train {
 
 ConfigSchema train_dit_schema() { return dit_stage_schema(); }
-
-namespace {
-
-std::string param_count(int64_t n) {
-  if (n >= 1000000) return fmt::format("{:.2f}M", static_cast<double>(n) / 1e6);
-  if (n >= 1000) return fmt::format("{:.1f}k", static_cast<double>(n) / 1e3);
-  return std::to_string(n);
-}
-
-}  // namespace
 
 int cmd_train_dit(int argc, char** argv) {
   CLI::App app{
@@ -56,7 +47,7 @@ int cmd_train_dit(int argc, char** argv) {
         "psvae train-dit: {} | latent {}x{}x{} | DiT {} parameters ({} trained), {} x {}, patch "
         "{}, cond {} | objective {} | device {} | threads {}\n",
         data->describe(), mc.dit.in_channels, mc.dit.input_size, mc.dit.input_size,
-        param_count(task.model().num_parameters()), param_count(trainable), mc.dit.depth,
+        format_count(task.model().num_parameters()), format_count(trainable), mc.dit.depth,
         mc.dit.hidden, mc.dit.patch, cfg.get_string("model.cond"),
         cfg.get_string("diffusion.objective"), device.str(), omp_get_max_threads());
     std::fflush(stdout);

@@ -22,21 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string escape(const std::string& s) {
-  std::string o;
-  o.reserve(s.size());
-  for (char c : s) {
-    switch (c) {
-      case '&': o += "&amp;"; break;
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '"': o += "&quot;"; break;
-      default: o += c;
-    }
-  }
-  return o;
-}
-
 // Images (3,H,W) stacked into (n,3,H,W) f32 CPU.
 Tensor stack(const std::vector<Tensor>& images) {
   const Shape& s = images.front().shape();
@@ -85,12 +70,6 @@ std::string analysis_text(const Analysis& a) {
 }
 
 std::string pct(double fraction) { return fmt::format("{:.1f}%", 100.0 * fraction); }
-
-std::string param_count(int64_t n) {
-  if (n >= 1000000) return fmt::format("{:.2f}M", static_cast<double>(n) / 1e6);
-  if (n >= 1000) return fmt::format("{:.1f}k", static_cast<double>(n) / 1e3);
-  return std::to_string(n);
-}
 
 std::string target_value(const DemoTarget& t, double v) {
   if (t.unit == "%") return pct(v);
@@ -341,15 +320,15 @@ void write_demo_report(const DemoSummary& s) {
       "<p class=\"meta\">encoder &rarr; S-VAE &rarr; PS-VAE &rarr; DiT on the built-in synthetic "
       "dataset ({} images {}x{}) &middot; profile <code>{}</code> &middot; device {} &middot; {} "
       "threads &middot; wall time {} &middot; written {}</p>\n",
-      s.dataset_images, s.image_size, s.image_size, escape(s.profile), escape(s.device), s.threads,
-      format_duration(s.total_seconds), when);
+      s.dataset_images, s.image_size, s.image_size, html_escape(s.profile), html_escape(s.device),
+      s.threads, format_duration(s.total_seconds), when);
   if (!s.check_targets)
     h += "<p class=\"banner info\">Targets not checked (the --tiny profile trains for seconds; its "
          "numbers only show that every stage runs).</p>\n";
   else if (missed.empty())
     h += "<p class=\"banner pass\">Every target met.</p>\n";
   else
-    h += "<p class=\"banner fail\">Missed: " + escape(missed) + "</p>\n";
+    h += "<p class=\"banner fail\">Missed: " + html_escape(missed) + "</p>\n";
   h += "</header>\n";
 
   // Metrics and targets.
@@ -360,9 +339,9 @@ void write_demo_report(const DemoSummary& s) {
                          : t.pass() ? "<span class=\"pass\">pass</span>"
                                     : "<span class=\"fail\">miss</span>";
     if (t.gating && !s.check_targets) result = "<span class=\"info\">not checked</span>";
-    h += fmt::format("<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td></tr>\n", escape(t.label),
-                     target_value(t, t.value), t.higher_is_better ? "&ge;" : "&le;",
-                     target_value(t, t.threshold), result);
+    h += fmt::format("<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td></tr>\n",
+                     html_escape(t.label), target_value(t, t.value),
+                     t.higher_is_better ? "&ge;" : "&le;", target_value(t, t.threshold), result);
   }
   const ReconMetrics& r = s.eval.recon;
   h += fmt::format("<tr><td>reconstruction SSIM</td><td>{:.4f}</td><td></td><td></td></tr>\n",
@@ -393,7 +372,7 @@ void write_demo_report(const DemoSummary& s) {
         g.fd_real_floor);
   }
   h += "</table>\n";
-  h += "<p class=\"meta\">" + escape(s.eval.features) +
+  h += "<p class=\"meta\">" + html_escape(s.eval.features) +
        ". Every number is measured by this run; all of them are in <a "
        "href=\"metrics.json\">metrics.json</a>.</p>\n";
   h += "</section>\n";
@@ -405,9 +384,9 @@ void write_demo_report(const DemoSummary& s) {
     h += fmt::format(
         "<tr><td>{}</td><td><code>psvae {}</code></td><td>{}</td><td>{}</td><td>{}</td><td><a "
         "href=\"{}/report.html\">{}</a></td></tr>\n",
-        escape(st.name), escape(st.command), st.steps, param_count(st.parameters),
-        st.reused ? std::string("reused") : format_duration(st.seconds), escape(st.run_dir),
-        escape(st.run_dir));
+        html_escape(st.name), html_escape(st.command), st.steps, format_count(st.parameters),
+        st.reused ? std::string("reused") : format_duration(st.seconds), html_escape(st.run_dir),
+        html_escape(st.run_dir));
   h += fmt::format(
       "<tr><td>eval</td><td></td><td></td><td></td><td>{}</td><td></td></tr>\n"
       "<tr><td>examples</td><td></td><td></td><td></td><td>{}</td><td></td></tr>\n",
@@ -449,7 +428,7 @@ void write_demo_report(const DemoSummary& s) {
   h += fmt::format(
       "<p class=\"meta\">{}: originals, and below each row their PS-VAE reconstructions "
       "(evaluation mode, z = mu). PSNR {:.2f} dB, SSIM {:.4f} over {} images.</p>\n",
-      escape(r.images), r.psnr, r.ssim, r.n);
+      html_escape(r.images), r.psnr, r.ssim, r.n);
   h += "<img src=\"reconstructions.png\" alt=\"reconstructions\" width=\"" +
        std::to_string(8 * (s.image_size + 2) * 3) + "\">\n</section>\n";
 
@@ -462,7 +441,7 @@ void write_demo_report(const DemoSummary& s) {
         "noise with classifier-free guidance (scale {}) and without. The analyser "
         "(train/eval/analyser.h) reads the colour and shape of each image; accuracy = both "
         "right.</p>\n",
-        g.per_prompt, escape(g.sampler), g.steps, g.guided.cfg_scale);
+        g.per_prompt, html_escape(g.sampler), g.steps, g.guided.cfg_scale);
     h += "<table>\n<tr><th>prompt</th><th>guided</th><th>accuracy guided</th>"
          "<th>accuracy unguided</th></tr>\n";
     const int k = static_cast<int>(g.per_prompt), cols = std::min(k, 8);
@@ -470,7 +449,7 @@ void write_demo_report(const DemoSummary& s) {
       h += fmt::format(
           "<tr><td>{}</td><td><img src=\"grids/{:02d}_{}.png\" alt=\"{}\" width=\"{}\"></td>"
           "<td>{}</td><td>{}</td></tr>\n",
-          escape(g.prompts[p]), p, prompt_slug(g.prompts[p]), escape(g.prompts[p]),
+          html_escape(g.prompts[p]), p, prompt_slug(g.prompts[p]), html_escape(g.prompts[p]),
           cols * (s.image_size + 2) * 2, pct(g.guided.per_prompt.at(p).both_rate()),
           pct(g.unguided.per_prompt.at(p).both_rate()));
     h += "</table>\n<h3>Without guidance (same noise), one row per prompt</h3>\n";
@@ -485,8 +464,8 @@ void write_demo_report(const DemoSummary& s) {
         "<th>follows</th></tr>\n";
     for (const DemoExample& e : ex)
       t += fmt::format(
-          "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", escape(e.source_caption),
-          escape(e.prompt), analysis_text(e.analysis),
+          "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", html_escape(e.source_caption),
+          html_escape(e.prompt), analysis_text(e.analysis),
           e.follows() ? "<span class=\"pass\">yes</span>" : "<span class=\"fail\">no</span>");
     t += "</table>\n<p class=\"meta\">" + cols +
          " (one example per row, in the table's order)</p>\n";
@@ -494,7 +473,7 @@ void write_demo_report(const DemoSummary& s) {
     return t;
   };
   if (!s.edits.empty()) {
-    h += "<section>\n<h2>Editing</h2>\n<p class=\"meta\">" + escape(s.edit_method) +
+    h += "<section>\n<h2>Editing</h2>\n<p class=\"meta\">" + html_escape(s.edit_method) +
          ": each held-out image is steered to a new colour and shape at the same place.</p>\n";
     h += example_table(s.edits, "edit.png", "source | edited") + "</section>\n";
   }
@@ -511,7 +490,7 @@ void write_demo_report(const DemoSummary& s) {
       "of this folder (the repository's <code>configs/demo-*.yaml</code> as compiled into the "
       "binary, plus the profile's overrides, listed in each run's <code>config.yaml</code>).</p>\n";
   if (const DemoStage* d = find_stage(s, "dit"))
-    h += "<p>Generate more: <code>psvae generate --dit " + escape(d->run_dir) +
+    h += "<p>Generate more: <code>psvae generate --dit " + html_escape(d->run_dir) +
          " --prompt \"a red circle on the left\" --out grid.png</code> (run in this folder).</p>\n";
   h += "</section>\n</main>\n</body>\n</html>\n";
   write_file_atomic((out / "report.html").string(), h);

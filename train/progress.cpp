@@ -33,6 +33,12 @@ std::string format_bytes(size_t bytes) {
   return fmt::format("{:.0f} {}", v, units[u]);
 }
 
+std::string format_count(int64_t n) {
+  if (n >= 1000000) return fmt::format("{:.2f}M", static_cast<double>(n) / 1e6);
+  if (n >= 1000) return fmt::format("{:.1f}k", static_cast<double>(n) / 1e3);
+  return std::to_string(n);
+}
+
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   long long s = std::llround(seconds);

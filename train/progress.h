@@ -13,6 +13,7 @@ namespace psvae::train {
 size_t resident_bytes();
 std::string format_bytes(size_t bytes);       // "1.4 GiB"
 std::string format_duration(double seconds);  // "1h02m", "3m05s", "12s"
+std::string format_count(int64_t n);          // parameter counts: "1.29M", "350.0k", "812"
 
 class Progress {
  public:

@@ -25,9 +25,7 @@
 namespace psvae::train {
 namespace fs = std::filesystem;
 
-namespace {
-
-std::string escape(const std::string& s) {
+std::string html_escape(const std::string& s) {
   std::string o;
   o.reserve(s.size());
   for (char c : s) {
@@ -42,6 +40,8 @@ std::string escape(const std::string& s) {
   }
   return o;
 }
+
+namespace {
 
 // Tick label: at most 4 significant digits, exponents without '+' and leading zeros ("1e-5").
 std::string tick_label(double v) {
@@ -146,7 +146,7 @@ std::string svg_plot(const std::vector<Series>& series, const std::string& title
       "height=\"{1}\" font-family=\"system-ui, sans-serif\" font-size=\"11\" role=\"img\">\n"
       "<title>{2}</title>\n<rect width=\"{0}\" height=\"{1}\" fill=\"#ffffff\"/>\n"
       "<text x=\"{3}\" y=\"17\" font-size=\"13\" font-weight=\"600\" fill=\"#111827\">{2}</text>\n",
-      width, height, escape(title), left);
+      width, height, html_escape(title), left);
   if (!(xlo <= xhi)) {  // nothing finite to draw
     o += fmt::format(
         "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#d1d5db\"/>\n"
@@ -221,7 +221,7 @@ std::string svg_plot(const std::vector<Series>& series, const std::string& title
       o += fmt::format(
           "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
           "stroke-width=\"2.5\"/><text x=\"{:.1f}\" y=\"{:.1f}\" fill=\"#111827\">{}</text>\n",
-          x, y - 4, x + 20, y - 4, colour, x + 26, y, escape(series[i].name));
+          x, y - 4, x + 20, y - 4, colour, x + 26, y, html_escape(series[i].name));
     }
   }
   o += "</svg>\n";
@@ -355,14 +355,14 @@ void write_report(const std::string& run_dir, const std::string& title) {
 
   std::string h = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
   h += "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n";
-  h += "<title>" + escape(title) + "</title>\n<style>" + kCss +
+  h += "<title>" + html_escape(title) + "</title>\n<style>" + kCss +
        "</style>\n</head>\n<body>\n<main>\n";
 
   std::time_t now = std::time(nullptr);
   char when[64];
   std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::localtime(&now));
-  h += "<header>\n<h1>" + escape(title) + "</h1>\n<p class=\"meta\">run folder <code>" +
-       escape(fs::absolute(dir, ec).lexically_normal().string()) + "</code> &middot; ";
+  h += "<header>\n<h1>" + html_escape(title) + "</h1>\n<p class=\"meta\">run folder <code>" +
+       html_escape(fs::absolute(dir, ec).lexically_normal().string()) + "</code> &middot; ";
   h += last_step >= 0 ? fmt::format("last step {}", static_cast<int64_t>(last_step))
                       : std::string("no steps logged yet");
   h += " &middot; written " + std::string(when) + "</p>\n</header>\n";
@@ -377,9 +377,9 @@ void write_report(const std::string& run_dir, const std::string& title) {
       auto it = std::find_if(s.points.rbegin(), s.points.rend(),
                              [](const auto& p) { return std::isfinite(p.second); });
       if (it == s.points.rend())
-        h += fmt::format("<tr><td>{}</td><td>&ndash;</td><td></td></tr>\n", escape(s.name));
+        h += fmt::format("<tr><td>{}</td><td>&ndash;</td><td></td></tr>\n", html_escape(s.name));
       else
-        h += fmt::format("<tr><td>{}</td><td>{:.6g}</td><td>{}</td></tr>\n", escape(s.name),
+        h += fmt::format("<tr><td>{}</td><td>{:.6g}</td><td>{}</td></tr>\n", html_escape(s.name),
                          it->second, static_cast<int64_t>(it->first));
     }
     h += "</table>\n";
@@ -432,7 +432,7 @@ void write_report(const std::string& run_dir, const std::string& title) {
       h += fmt::format(
           "<figure><img src=\"samples/{0}\" alt=\"{1}\" loading=\"lazy\">"
           "<figcaption>{1}</figcaption></figure>\n",
-          escape(g.name), escape(cap));
+          html_escape(g.name), html_escape(cap));
     }
     h += "</div>\n";
   }
@@ -446,7 +446,7 @@ void write_report(const std::string& run_dir, const std::string& title) {
     h += "<table>\n<tr><th>file</th><th>step</th><th>size</th></tr>\n";
     for (const Entry& c : ckpts)
       h += fmt::format("<tr><td><code>checkpoints/{}</code></td><td>{}</td><td>{}</td></tr>\n",
-                       escape(c.name), c.step >= 0 ? std::to_string(c.step) : "best",
+                       html_escape(c.name), c.step >= 0 ? std::to_string(c.step) : "best",
                        format_bytes(static_cast<size_t>(c.bytes)));
     h += "</table>\n";
   }
@@ -454,7 +454,7 @@ void write_report(const std::string& run_dir, const std::string& title) {
 
   h += "<section>\n<h2>Config</h2>\n";
   if (fs::exists(dir / "config.yaml", ec))
-    h += "<pre>" + escape(read_text(dir / "config.yaml")) + "</pre>\n";
+    h += "<pre>" + html_escape(read_text(dir / "config.yaml")) + "</pre>\n";
   else
     h += "<p class=\"none\">No config.yaml.</p>\n";
   h += "</section>\n</main>\n</body>\n</html>\n";

@@ -24,4 +24,7 @@ std::vector<Series> read_metrics(const std::string& metrics_jsonl);
 
 void write_report(const std::string& run_dir, const std::string& title);
 
+// s with & < > " ' replaced by their HTML entities, for text and attribute values.
+std::string html_escape(const std::string& s);
+
 }  // namespace psvae::train

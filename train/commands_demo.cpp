@@ -96,9 +96,9 @@ struct Profile {
   double edit_strength = 0.7;  // SDEdit
   bool check_targets = true;
   // Expected seconds of the six parts, for the overall ETA (rescaled by how fast the finished parts
-  // actually went). cpu: the wall time of each part in a demo run on two quiet cores (10m12s in
+  // actually went). cpu: the wall time of each part in a demo run on two quiet cores (11m08s in
   // all, 2026-11-21).
-  std::vector<double> expected{34, 21, 215, 329, 14, 1};
+  std::vector<double> expected{39, 23, 234, 356, 15, 1};
 };
 
 Profile cpu_profile() {

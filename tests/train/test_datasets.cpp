@@ -98,17 +98,21 @@ TEST_CASE("synthetic: labels and captions agree with synthetic_info") {
   opt.num_images = 200;
   auto ds = make_synthetic(opt);
   std::set<std::string> positions;
+  int with_position = 0;
   for (int64_t i = 0; i < 200; ++i) {
     SyntheticInfo info = synthetic_info(opt, i);
     Sample s = ds->get(i);
     CHECK(s.label == info.shape * kSyntheticNumColours + info.colour);
     const std::string colour = synthetic_colour_name(info.colour);
     const std::string shape = synthetic_shape_name(info.shape);
-    CHECK(s.caption == "a " + colour + " " + shape + " " + info.position);
+    CHECK(s.caption == "a " + colour + " " + shape +
+                           (info.position_in_caption ? " " + info.position : std::string()));
+    with_position += info.position_in_caption;
     CHECK(ds->class_name(s.label) == colour + " " + shape);
-    // Extent 25%..45% of the side, inside the frame.
-    CHECK(info.size >= 0.125 * 32 - 1e-9);
-    CHECK(info.size <= 0.225 * 32 + 1e-9);
+    // Extent (2 x the half-extent `size`) within [min_extent, max_extent] of the side, inside
+    // the frame.
+    CHECK(2 * info.size >= opt.min_extent * 32 - 1e-9);
+    CHECK(2 * info.size <= opt.max_extent * 32 + 1e-9);
     CHECK(info.cx - info.size >= 0);
     CHECK(info.cx + info.size <= 32);
     CHECK(info.cy - info.size >= 0);
@@ -131,6 +135,9 @@ TEST_CASE("synthetic: labels and captions agree with synthetic_info") {
     CHECK(*std::max_element(v.begin(), v.end()) <= 1.0f);
   }
   CHECK(positions.size() == 5);
+  // position_caption_rate 0.5: 100 expected of 200, binomial standard deviation ~7.
+  CHECK(with_position > 70);
+  CHECK(with_position < 130);
   CHECK(ds->class_name(0) == "red circle");
   CHECK(ds->class_name(23) == "cyan cross");
 }
@@ -192,6 +199,43 @@ TEST_CASE("synthetic: every class appears in 4096 images; larger sizes work") {
   CHECK(make_synthetic(small)->get(0).image.shape() == Shape({3, 16, 16}));
   small.image_size = 8;
   CHECK_THROWS_AS(make_synthetic(small), std::invalid_argument);
+}
+
+TEST_CASE("synthetic: object extent and position captions are options") {
+  SyntheticOptions opt;
+  opt.num_images = 100;
+  opt.min_extent = opt.max_extent = 0.3;  // every shape 30% of the side
+  opt.position_caption_rate = 0;          // no caption names the position
+  auto ds = make_synthetic(opt);
+  for (int64_t i = 0; i < opt.num_images; ++i) {
+    SyntheticInfo info = synthetic_info(opt, i);
+    CHECK(2 * info.size == doctest::Approx(0.3 * 32));
+    CHECK_FALSE(info.position_in_caption);
+    const std::string want = std::string("a ") + synthetic_colour_name(info.colour) + " " +
+                             synthetic_shape_name(info.shape);
+    CHECK(ds->get(i).caption == want);
+  }
+  opt.position_caption_rate = 1;
+  CHECK(make_synthetic(opt)->get(0).caption.find(synthetic_info(opt, 0).position) !=
+        std::string::npos);
+  // The options leave the other draws alone: the same colours and shapes.
+  SyntheticOptions base;
+  base.num_images = 100;
+  for (int64_t i = 0; i < 20; ++i) {
+    CHECK(synthetic_info(opt, i).shape == synthetic_info(base, i).shape);
+    CHECK(synthetic_info(opt, i).colour == synthetic_info(base, i).colour);
+  }
+  for (auto [lo, hi] : {std::pair{0.0, 0.5}, std::pair{0.5, 0.4}, std::pair{0.3, 0.95}}) {
+    SyntheticOptions bad;
+    bad.min_extent = lo;
+    bad.max_extent = hi;
+    CHECK_THROWS_WITH_AS(make_synthetic(bad), doctest::Contains("max_extent"),
+                         std::invalid_argument);
+  }
+  SyntheticOptions bad;
+  bad.position_caption_rate = 1.5;
+  CHECK_THROWS_WITH_AS(make_synthetic(bad), doctest::Contains("position_caption_rate"),
+                       std::invalid_argument);
 }
 
 // ---- imagefolder --------------------------------------------------------------------------------

@@ -44,6 +44,12 @@ struct SyntheticOptions {
   int64_t num_images = 4096;
   int image_size = 32;
   uint64_t seed = 0;
+  // The object's extent (its bounding box side) as a fraction of the image side, drawn uniformly
+  // in [min_extent, max_extent].
+  double min_extent = 0.40, max_extent = 0.70;
+  // The share of captions that name the position ("a red circle on the left"); the others stop
+  // at the shape ("a red circle").
+  double position_caption_rate = 0.5;
 };
 constexpr int kSyntheticNumShapes = 4;   // circle, square, triangle, cross
 constexpr int kSyntheticNumColours = 6;  // red, green, blue, yellow, magenta, cyan
@@ -54,6 +60,7 @@ struct SyntheticInfo {
   int shape = 0, colour = 0;
   double cx = 0, cy = 0, size = 0;  // centre and half-extent, in pixels
   std::string position;             // "on the left", "at the top", "in the centre", ...
+  bool position_in_caption = true;  // does the caption name the position?
 };
 std::unique_ptr<Dataset> make_synthetic(const SyntheticOptions& opt);
 // The seed of held-out synthetic images for a training seed: far from any seed a user would

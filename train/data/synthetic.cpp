@@ -50,11 +50,11 @@ enum : int {
   kParamJitterG,
   kParamJitterB,
   kParamBrightness,
+  kParamCaption,
 };
 
-constexpr double kMinHalf = 0.125, kHalfRange = 0.10;  // extent 25%..45% of the side
-constexpr double kMargin = 0.03;                       // shape keeps this far from the frame
-constexpr double kCentreRadius = 0.08;                 // "in the centre" within this offset
+constexpr double kMargin = 0.03;        // shape keeps this far from the frame
+constexpr double kCentreRadius = 0.08;  // "in the centre" within this offset
 
 struct Scene {
   SyntheticInfo info;  // geometry in pixels
@@ -88,19 +88,22 @@ std::string position_of(double fx, double fy) {
   return dy < 0 ? "at the top" : "at the bottom";
 }
 
-Scene make_scene(uint64_t seed, int64_t index, int size) {
+Scene make_scene(const SyntheticOptions& opt, int64_t index) {
+  const uint64_t seed = opt.seed;
+  const int size = opt.image_size;
   auto u = [&](int k) { return param(seed, index, k); };
   Scene s;
   SyntheticInfo& info = s.info;
   info.shape = pick(u(kParamShape), kSyntheticNumShapes);
   info.colour = pick(u(kParamColour), kSyntheticNumColours);
-  const double half = kMinHalf + kHalfRange * u(kParamSize);
+  const double half = 0.5 * (opt.min_extent + (opt.max_extent - opt.min_extent) * u(kParamSize));
   const double span = 1.0 - 2.0 * (half + kMargin);
   const double fx = half + kMargin + span * u(kParamX), fy = half + kMargin + span * u(kParamY);
   info.cx = fx * size;
   info.cy = fy * size;
   info.size = half * size;
   info.position = position_of(fx, fy);
+  info.position_in_caption = u(kParamCaption) < opt.position_caption_rate;
 
   // Brightness and per-channel jitter vary the shade without moving it to another colour name.
   const double bright = 0.85 + 0.2 * u(kParamBrightness);
@@ -151,8 +154,10 @@ uint8_t quantise(double v) {
   return static_cast<uint8_t>(std::floor(v + 0.5));
 }
 
-Image render(uint64_t seed, int64_t index, int size) {
-  const Scene s = make_scene(seed, index, size);
+Image render(const SyntheticOptions& opt, int64_t index) {
+  const Scene s = make_scene(opt, index);
+  const uint64_t seed = opt.seed;
+  const int size = opt.image_size;
   const size_t n = static_cast<size_t>(size) * size;
   std::vector<float> rgb(n * 3);
   for (int y = 0; y < size; ++y) {
@@ -207,6 +212,16 @@ void check_options(const SyntheticOptions& opt) {
   if (opt.num_images < 1)
     throw std::invalid_argument("synthetic: num_images must be at least 1, got " +
                                 std::to_string(opt.num_images));
+  // The largest shape plus its margins must fit the frame.
+  if (!(opt.min_extent > 0 && opt.min_extent <= opt.max_extent &&
+        opt.max_extent <= 1.0 - 2.0 * kMargin))
+    throw std::invalid_argument(
+        "synthetic: need 0 < min_extent <= max_extent <= " + std::to_string(1.0 - 2.0 * kMargin) +
+        ", got min_extent " + std::to_string(opt.min_extent) + ", max_extent " +
+        std::to_string(opt.max_extent));
+  if (!(opt.position_caption_rate >= 0 && opt.position_caption_rate <= 1))
+    throw std::invalid_argument("synthetic: position_caption_rate must be in [0, 1], got " +
+                                std::to_string(opt.position_caption_rate));
 }
 
 class SyntheticDataset : public Dataset {
@@ -218,12 +233,12 @@ class SyntheticDataset : public Dataset {
     if (index < 0 || index >= opt_.num_images)
       throw std::out_of_range("synthetic: index " + std::to_string(index) + " out of range [0, " +
                               std::to_string(opt_.num_images) + ")");
-    const SyntheticInfo info = make_scene(opt_.seed, index, opt_.image_size).info;
+    const SyntheticInfo info = make_scene(opt_, index).info;
     Sample s;
-    s.image = image_to_tensor(render(opt_.seed, index, opt_.image_size));
+    s.image = image_to_tensor(render(opt_, index));
     s.label = info.shape * kSyntheticNumColours + info.colour;
-    s.caption = std::string("a ") + kColourNames[info.colour] + " " + kShapeNames[info.shape] +
-                " " + info.position;
+    s.caption = std::string("a ") + kColourNames[info.colour] + " " + kShapeNames[info.shape];
+    if (info.position_in_caption) s.caption += " " + info.position;
     s.source = "synthetic:" + std::to_string(index);
     return s;
   }
@@ -265,7 +280,7 @@ std::unique_ptr<Dataset> make_synthetic(const SyntheticOptions& opt) {
 
 SyntheticInfo synthetic_info(const SyntheticOptions& opt, int64_t index) {
   check_options(opt);
-  return make_scene(opt.seed, index, opt.image_size).info;
+  return make_scene(opt, index).info;
 }
 
 }  // namespace psvae::train

@@ -426,8 +426,8 @@ Analysis analyse_synthetic(const Tensor& image) {
 
   // Large images are analysed at 32x32: the coverage map is area-averaged (the average of
   // coverages is the coverage of the larger pixel), which keeps the fit's cost fixed (a 64x64
-  // image would cost 4x more) and loses nothing the shapes need: the dataset's smallest shape is
-  // 8 px wide at 32x32, and accuracy there is the same as at 64x64 (tests/train/test_analyser.cpp).
+  // image would cost 4x more) and loses nothing the shapes need: shapes as small as 8 px wide at
+  // 32x32 are read as well as at 64x64 (tests/train/test_analyser.cpp).
   if (S > kFitSize) {
     cover = area_resample(cover, S, kFitSize);
     S = kFitSize;

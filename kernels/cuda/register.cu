@@ -1,8 +1,8 @@
 // The CUDA column of the op table: register_all sets OpDef::cuda for every op with a CUDA kernel.
 //
-// The CUDA op kernels come family by family in a later issue (kernels/cuda/<family>.cu, each with
-// a register_<family> called from here). Until then this file holds the first few elementwise
-// kernels so the dispatch path Tensor -> ops:: -> kernels::run -> CUDA kernel exists end to end:
+// The CUDA op kernels come family by family (kernels/cuda/<family>.cu, each with a
+// register_<family> called from here; unary.cu has the unary functions and their backwards).
+// This file holds the first elementwise kernels:
 //   add, sub, mul, div  when each input has the output's shape or is a single element (other
 //                       broadcasts throw "not yet supported on CUDA");
 //   add_scalar, mul_scalar;
@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/elementwise_common.cuh"
 #include "kernels/op_table.h"
 #include "tensor/cuda/cuda_check.cuh"
 #include "tensor/cuda/launch.cuh"
@@ -26,38 +27,12 @@ namespace {
 
 namespace rt = ::psvae::cuda;
 
-// ---- element types: storage type T, math type Acc
-// -------------------------------------------------
-template <class T>
-struct Math;
-template <>
-struct Math<float> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(float x) { return x; }
-  static __device__ __forceinline__ float store(float x) { return x; }
-};
-template <>
-struct Math<double> {
-  using Acc = double;
-  static __device__ __forceinline__ double load(double x) { return x; }
-  static __device__ __forceinline__ double store(double x) { return x; }
-};
-template <>
-struct Math<__nv_bfloat16> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
-};
-
-// 16 bytes of T moved by one load/store instruction (LDG.128): 4 f32, 8 bf16 or 2 f64.
-template <class T>
-constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-template <class T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+using detail::aligned16;
+using detail::dispatch_float;
+using detail::kVec;
+using detail::Math;
+using detail::Pack;
+using detail::unsupported;
 
 // ---- the operations
 // ------------------------------------------------------------------------------
@@ -160,21 +135,6 @@ __global__ void cast_kernel(const S* x, D* y, int64_t n) {
 
 // ---- host side
 // -----------------------------------------------------------------------------------
-[[noreturn]] void unsupported(const char* op, const std::string& what) {
-  throw std::runtime_error(std::string(op) + ": " + what + " not yet supported on CUDA");
-}
-
-// Calls fn(T{}) with T the CUDA storage type of dt.
-template <class Fn>
-void dispatch_float(DType dt, const char* op, Fn&& fn) {
-  switch (dt) {
-    case DType::F32: fn(float{}); return;
-    case DType::BF16: fn(__nv_bfloat16{}); return;
-    case DType::F64: fn(double{}); return;
-    default: unsupported(op, std::string("dtype ") + dtype_name(dt));
-  }
-}
-
 template <class F>
 void binary(const OpCall& c, const char* op, F f) {
   const Tensor &a = c.in.at(0), &b = c.in.at(1), &y = c.out.at(0);
@@ -272,7 +232,10 @@ void cast_cuda(const OpCall& c) {
 
 }  // namespace
 
+void register_unary(OpTable& t);  // unary.cu
+
 void register_all(OpTable& t) {
+  register_unary(t);
   t[Op::add].cuda = &add_cuda;
   t[Op::sub].cuda = &sub_cuda;
   t[Op::mul].cuda = &mul_cuda;

@@ -1,0 +1,61 @@
+// Shared pieces of the elementwise CUDA kernels (register.cu, unary.cu): storage and math types,
+// 16-byte packs, dtype dispatch and the "not yet supported" error.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "tensor/dtype.h"
+
+namespace psvae::kernels::cuda::detail {
+
+// ---- element types: storage type T, math type Acc -------------------------------------------
+template <class T>
+struct Math;
+template <>
+struct Math<float> {
+  using Acc = float;
+  static __device__ __forceinline__ float load(float x) { return x; }
+  static __device__ __forceinline__ float store(float x) { return x; }
+};
+template <>
+struct Math<double> {
+  using Acc = double;
+  static __device__ __forceinline__ double load(double x) { return x; }
+  static __device__ __forceinline__ double store(double x) { return x; }
+};
+template <>
+struct Math<__nv_bfloat16> {
+  using Acc = float;
+  static __device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
+};
+
+// 16 bytes of T moved by one load/store instruction (LDG.128): 4 f32, 8 bf16 or 2 f64.
+template <class T>
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+template <class T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+[[noreturn]] inline void unsupported(const char* op, const std::string& what) {
+  throw std::runtime_error(std::string(op) + ": " + what + " not yet supported on CUDA");
+}
+
+// Calls fn(T{}) with T the CUDA storage type of dt.
+template <class Fn>
+void dispatch_float(DType dt, const char* op, Fn&& fn) {
+  switch (dt) {
+    case DType::F32: fn(float{}); return;
+    case DType::BF16: fn(__nv_bfloat16{}); return;
+    case DType::F64: fn(double{}); return;
+    default: unsupported(op, std::string("dtype ") + dtype_name(dt));
+  }
+}
+
+}  // namespace psvae::kernels::cuda::detail

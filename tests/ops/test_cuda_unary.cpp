@@ -1,0 +1,113 @@
+// The CUDA unary kernels (kernels/cuda/unary.cu: exp ... clamp and their backwards) against the
+// CPU kernels in f64 on the same inputs, outputs poisoned with NaN, every element compared through
+// the relative norm error ||out - ref|| / ||ref||: under 1e-5 in f32, 1e-12 in f64 and 1e-2 in bf16
+// (a NaN anywhere fails; an all-zero reference needs exact zeros). Shapes: 37x129 (the one-element
+// path), 64x64 (16-byte packs), a 0-d tensor. Skipped without a CUDA device.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "common/test_util.h"
+#include "kernels/op_table.h"
+
+using namespace psvae;
+using kernels::Op;
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+Tensor run(Op op, const std::vector<Tensor>& in, DType dt, Device d, double p, double q) {
+  kernels::OpCall c;
+  c.in = in;
+  c.out = {Tensor::empty(in[0].shape(), dt, d)};
+  c.reals[0] = p;
+  c.reals[1] = q;
+  kernels::run(op, c);
+  return c.out[0];
+}
+
+// Values of t rounded to dtype dt (through f32 for bf16, as psvae::bf16 does).
+Tensor as_dtype(const Tensor& t, DType dt) {
+  std::vector<double> v = test::as_doubles(t);
+  if (dt == DType::F64) return Tensor::from_vector(v, t.shape());
+  std::vector<float> f(v.begin(), v.end());
+  if (dt == DType::F32) return Tensor::from_vector(f, t.shape());
+  std::vector<bf16> b(f.begin(), f.end());
+  return Tensor::from_vector(b, t.shape());
+}
+Tensor widen(const Tensor& t) { return Tensor::from_vector(test::as_doubles(t), t.shape()); }
+
+double rel_norm_error(const Tensor& got, const Tensor& ref) {
+  std::vector<double> a = test::as_doubles(got.to(Device::cpu())), b = test::as_doubles(ref);
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  // NaN when any element is NaN, which fails every check. An all-zero reference (the slope of
+  // pow with exponent 0, relu left of 0) asks for an exact zero.
+  return den > 0 ? std::sqrt(num) / std::sqrt(den) : std::sqrt(num);
+}
+
+double tolerance(DType dt) { return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2; }
+
+struct Case {
+  Op fwd, bwd;
+  double lo, hi;  // input range
+  double p = 0, q = 0;
+};
+
+}  // namespace
+
+TEST_CASE("cuda kernels: unary functions and their backwards match the CPU") {
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
+  Generator g(31);
+  const std::vector<Case> cases = {
+      {Op::exp, Op::exp_bwd, -4, 4},
+      {Op::log, Op::log_bwd, 0.05, 5},
+      {Op::sqrt, Op::sqrt_bwd, 0.05, 5},
+      {Op::rsqrt, Op::rsqrt_bwd, 0.05, 5},
+      {Op::tanh, Op::tanh_bwd, -4, 4},
+      {Op::sigmoid, Op::sigmoid_bwd, -30, 30},  // both branches, no overflow
+      {Op::relu, Op::relu_bwd, -2, 2},
+      {Op::silu, Op::silu_bwd, -6, 6},
+      {Op::gelu_tanh, Op::gelu_tanh_bwd, -5, 5},
+      {Op::gelu_erf, Op::gelu_erf_bwd, -5, 5},
+      {Op::abs, Op::abs_bwd, -2, 2},
+      {Op::pow_scalar, Op::pow_scalar_bwd, 0.1, 3, 2.5},
+      {Op::pow_scalar, Op::pow_scalar_bwd, 0.1, 3, 0.0},
+      {Op::clamp, Op::clamp_bwd, -2, 2, -0.5, 0.7},
+  };
+  for (const Case& k : cases) {
+    for (const Shape& s : {Shape{37, 129}, Shape{64, 64}, Shape{}}) {
+      for (DType dt : {DType::F32, DType::BF16, DType::F64}) {
+        CAPTURE(kernels::op_name(k.fwd));
+        CAPTURE(k.p);
+        CAPTURE(s.str());
+        CAPTURE(dtype_name(dt));
+        const Tensor x = as_dtype(test::uniform(g, s, k.lo, k.hi), dt);
+        const Tensor gy = as_dtype(test::uniform(g, s, -1, 1), dt);
+        // Forward: the f64 CPU result of the same (dtype-exact) inputs.
+        const Tensor y_ref = run(k.fwd, {widen(x)}, DType::F64, Device::cpu(), k.p, k.q);
+        const Tensor y = run(k.fwd, {x.to(kGpu)}, dt, kGpu, k.p, k.q);
+        CHECK(rel_norm_error(y, y_ref) < tolerance(dt));
+        // Backward, fed y rounded to the dtype on both sides.
+        const Tensor yd = as_dtype(y_ref, dt);
+        const Tensor gx_ref =
+            run(k.bwd, {widen(x), widen(yd), widen(gy)}, DType::F64, Device::cpu(), k.p, k.q);
+        const Tensor gx = run(k.bwd, {x.to(kGpu), yd.to(kGpu), gy.to(kGpu)}, dt, kGpu, k.p, k.q);
+        CHECK(rel_norm_error(gx, gx_ref) < tolerance(dt));
+      }
+    }
+  }
+  // Mismatched shapes are refused, naming the op.
+  Tensor a = Tensor::zeros({4}, DType::F32, kGpu), b = Tensor::zeros({5}, DType::F32, kGpu);
+  kernels::OpCall c;
+  c.in = {a};
+  c.out = {b};
+  CHECK_THROWS_WITH_AS(kernels::run(Op::exp, c), doctest::Contains("exp"), std::exception);
+}

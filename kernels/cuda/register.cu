@@ -1,7 +1,8 @@
 // The CUDA column of the op table: register_all sets OpDef::cuda for every op with a CUDA kernel.
 //
 // The CUDA op kernels come family by family (kernels/cuda/<family>.cu, each with a
-// register_<family> called from here; unary.cu has the unary functions and their backwards).
+// register_<family> called from here; unary.cu has the unary functions and their backwards,
+// softmax.cu softmax and log-softmax).
 // This file holds the first elementwise kernels:
 //   add, sub, mul, div  when each input has the output's shape or is a single element (other
 //                       broadcasts throw "not yet supported on CUDA");
@@ -232,10 +233,12 @@ void cast_cuda(const OpCall& c) {
 
 }  // namespace
 
-void register_unary(OpTable& t);  // unary.cu
+void register_unary(OpTable& t);    // unary.cu
+void register_softmax(OpTable& t);  // softmax.cu
 
 void register_all(OpTable& t) {
   register_unary(t);
+  register_softmax(t);
   t[Op::add].cuda = &add_cuda;
   t[Op::sub].cuda = &sub_cuda;
   t[Op::mul].cuda = &mul_cuda;

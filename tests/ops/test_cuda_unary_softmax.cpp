@@ -1,8 +1,9 @@
-// The CUDA unary kernels (kernels/cuda/unary.cu: exp ... clamp and their backwards) against the
-// CPU kernels in f64 on the same inputs, outputs poisoned with NaN, every element compared through
-// the relative norm error ||out - ref|| / ||ref||: under 1e-5 in f32, 1e-12 in f64 and 1e-2 in bf16
-// (a NaN anywhere fails; an all-zero reference needs exact zeros). Shapes: 37x129 (the one-element
-// path), 64x64 (16-byte packs), a 0-d tensor. Skipped without a CUDA device.
+// The CUDA unary kernels (kernels/cuda/unary.cu: exp ... clamp and their backwards) and the
+// softmax family (kernels/cuda/softmax.cu) against the CPU kernels in f64 on the same inputs,
+// outputs poisoned with NaN, every element compared through the relative norm error ||out - ref|| /
+// ||ref||: under 1e-5 in f32, 1e-12 in f64 and 1e-2 in bf16 (a NaN anywhere fails; an all-zero
+// reference needs exact zeros). Unary shapes: 37x129 (the one-element path), 64x64 (16-byte
+// packs), a 0-d tensor; softmax rows of 1 to 4097 elements. Skipped without a CUDA device.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -18,7 +19,7 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-Tensor run(Op op, const std::vector<Tensor>& in, DType dt, Device d, double p, double q) {
+Tensor run(Op op, const std::vector<Tensor>& in, DType dt, Device d, double p = 0, double q = 0) {
   kernels::OpCall c;
   c.in = in;
   c.out = {Tensor::empty(in[0].shape(), dt, d)};
@@ -110,4 +111,32 @@ TEST_CASE("cuda kernels: unary functions and their backwards match the CPU") {
   c.in = {a};
   c.out = {b};
   CHECK_THROWS_WITH_AS(kernels::run(Op::exp, c), doctest::Contains("exp"), std::exception);
+}
+
+TEST_CASE("cuda kernels: softmax and log_softmax, forward and backward, match the CPU") {
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
+  Generator g(37);
+  // Rows shorter than a warp, odd, one block wide, and longer than a block (several strides).
+  const std::vector<Shape> shapes = {{3, 1}, {37, 129}, {5, 256}, {2, 3, 77}, {1, 4097}, {7}};
+  for (bool log : {false, true}) {
+    const Op fwd = log ? Op::log_softmax : Op::softmax;
+    const Op bwd = log ? Op::log_softmax_bwd : Op::softmax_bwd;
+    for (const Shape& s : shapes) {
+      for (DType dt : {DType::F32, DType::BF16, DType::F64}) {
+        CAPTURE(kernels::op_name(fwd));
+        CAPTURE(s.str());
+        CAPTURE(dtype_name(dt));
+        // Logits up to +-20: exp without the max shift would lose f32 precision.
+        const Tensor x = as_dtype(test::uniform(g, s, -20, 20), dt);
+        const Tensor gy = as_dtype(test::uniform(g, s, -1, 1), dt);
+        const Tensor y_ref = run(fwd, {widen(x)}, DType::F64, Device::cpu());
+        CHECK(rel_norm_error(run(fwd, {x.to(kGpu)}, dt, kGpu), y_ref) < tolerance(dt));
+        const Tensor yd = as_dtype(y_ref, dt);
+        const Tensor gx_ref = run(bwd, {widen(yd), widen(gy)}, DType::F64, Device::cpu());
+        const Tensor gx = run(bwd, {yd.to(kGpu), gy.to(kGpu)}, dt, kGpu);
+        CHECK(rel_norm_error(gx, gx_ref) < tolerance(dt));
+      }
+    }
+  }
 }

@@ -1,5 +1,5 @@
-// Shared pieces of the elementwise CUDA kernels (register.cu, unary.cu): storage and math types,
-// 16-byte packs, dtype dispatch and the "not yet supported" error.
+// Shared pieces of the elementwise CUDA kernels (register.cu, unary.cu, softmax.cu): storage and
+// math types, 16-byte packs, dtype dispatch, the shape check and the "not yet supported" error.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "tensor/dtype.h"
+#include "tensor/tensor.h"
 
 namespace psvae::kernels::cuda::detail {
 
@@ -45,6 +45,13 @@ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 
 [[noreturn]] inline void unsupported(const char* op, const std::string& what) {
   throw std::runtime_error(std::string(op) + ": " + what + " not yet supported on CUDA");
+}
+
+// Throws naming the op unless a and b have the same shape and dtype.
+inline void check_same(const char* op, const Tensor& a, const Tensor& b) {
+  if (a.dtype() != b.dtype() || a.shape() != b.shape())
+    throw std::invalid_argument(std::string(op) + ": " + a.str() + " and " + b.str() +
+                                " must have the same shape and dtype");
 }
 
 // Calls fn(T{}) with T the CUDA storage type of dt.

@@ -22,6 +22,7 @@ namespace psvae::kernels::cuda {
 namespace {
 
 namespace rt = ::psvae::cuda;
+using detail::check_same;
 using detail::dispatch_float;
 using detail::Math;
 
@@ -123,12 +124,6 @@ void rows_of(const Tensor& t, int64_t& rows, int64_t& D) {
   rows = D == 0 ? 0 : t.numel() / D;
 }
 
-void check_like(const char* op, const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape())
-    throw std::invalid_argument(std::string(op) + ": " + a.str() + " and " + b.str() +
-                                " must have the same shape and dtype");
-}
-
 unsigned grid_rows(int64_t rows, int dev) {
   return static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>(rows, static_cast<int64_t>(rt::sm_count(dev)) * 8)));
@@ -137,7 +132,7 @@ unsigned grid_rows(int64_t rows, int dev) {
 template <bool kLog>
 void softmax_fwd(const OpCall& c, const char* op) {
   const Tensor &x = c.in.at(0), &y = c.out.at(0);
-  check_like(op, x, y);
+  check_same(op, x, y);
   int64_t rows = 0, D = 0;
   rows_of(x, rows, D);
   if (rows == 0) return;
@@ -156,8 +151,8 @@ void softmax_fwd(const OpCall& c, const char* op) {
 template <bool kLog>
 void softmax_bwd(const OpCall& c, const char* op) {
   const Tensor &y = c.in.at(0), &gy = c.in.at(1), &gx = c.out.at(0);
-  check_like(op, y, gy);
-  check_like(op, y, gx);
+  check_same(op, y, gy);
+  check_same(op, y, gx);
   int64_t rows = 0, D = 0;
   rows_of(y, rows, D);
   if (rows == 0) return;

@@ -23,6 +23,7 @@ namespace {
 
 namespace rt = ::psvae::cuda;
 using detail::aligned16;
+using detail::check_same;
 using detail::dispatch_float;
 using detail::kVec;
 using detail::Math;
@@ -203,12 +204,6 @@ __global__ void bwd_kernel(const T* x, const T* y, const T* gy, T* gx, int64_t n
       pgx.v[k] = M::store(M::load(pg.v[k]) * F::df(M::load(px.v[k]), M::load(py.v[k]), p, q));
     reinterpret_cast<P*>(gx)[i] = pgx;
   }
-}
-
-void check_same(const char* op, const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape())
-    throw std::invalid_argument(std::string(op) + ": " + a.str() + " and " + b.str() +
-                                " must have the same shape and dtype");
 }
 
 // in: x -> out: y

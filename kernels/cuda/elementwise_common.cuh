@@ -1,5 +1,6 @@
 // Shared pieces of the elementwise CUDA kernels (register.cu, unary.cu, softmax.cu): storage and
-// math types, 16-byte packs, dtype dispatch, the shape check and the "not yet supported" error.
+// math types, 16-byte packs, the launch wrapper, dtype dispatch, the shape check and the "not yet
+// supported" error.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -7,6 +8,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "tensor/cuda/cuda_check.cuh"
+#include "tensor/cuda/launch.cuh"
 #include "tensor/tensor.h"
 
 namespace psvae::kernels::cuda::detail {
@@ -52,6 +55,18 @@ inline void check_same(const char* op, const Tensor& a, const Tensor& b) {
   if (a.dtype() != b.dtype() || a.shape() != b.shape())
     throw std::invalid_argument(std::string(op) + ": " + a.str() + " and " + b.str() +
                                 " must have the same shape and dtype");
+}
+
+// Runs launch(stream, device index) with the device of `d` current and its stream, then checks
+// that the launches were accepted. Every host entry point of the elementwise kernels goes through
+// it.
+template <class Fn>
+void launch_on(const Device& d, Fn&& launch) {
+  const int dev = d.index;
+  cudaStream_t s = ::psvae::cuda::stream(dev);
+  ::psvae::cuda::DeviceGuard g(dev);
+  launch(s, dev);
+  PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 
 // Calls fn(T{}) with T the CUDA storage type of dt.

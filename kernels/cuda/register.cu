@@ -1,12 +1,11 @@
 // The CUDA column of the op table: register_all sets OpDef::cuda for every op with a CUDA kernel.
 //
 // The CUDA op kernels come family by family (kernels/cuda/<family>.cu, each with a
-// register_<family> called from here; unary.cu has the unary functions and their backwards,
-// softmax.cu softmax and log-softmax).
+// register_<family> called from here; unary.cu has the unary functions with their backwards and
+// add_scalar, mul_scalar; softmax.cu softmax and log-softmax).
 // This file holds the first elementwise kernels:
 //   add, sub, mul, div  when each input has the output's shape or is a single element (other
 //                       broadcasts throw "not yet supported on CUDA");
-//   add_scalar, mul_scalar;
 //   cast                between f32, bf16 and f64.
 // Types: f32 and bf16 (computed in f32, stored with round-to-nearest-even), and f64 (in f64).
 // Single IEEE operations round the same on GPU and CPU, so f32 results equal the CPU kernels' bit
@@ -31,6 +30,7 @@ namespace rt = ::psvae::cuda;
 using detail::aligned16;
 using detail::dispatch_float;
 using detail::kVec;
+using detail::launch_on;
 using detail::Math;
 using detail::Pack;
 using detail::unsupported;
@@ -61,16 +61,6 @@ struct DivOp {  // IEEE division: nvcc's default -prec-div=true, as long as no f
     return a / b;
   }
 };
-template <class A>
-struct AddScalarOp {
-  A s;
-  __device__ A operator()(A x) const { return x + s; }
-};
-template <class A>
-struct MulScalarOp {
-  A s;
-  __device__ A operator()(A x) const { return x * s; }
-};
 
 // ---- kernels
 // ------------------------------------------------------------------------------------- y = f(a, b)
@@ -91,18 +81,6 @@ __global__ void binary_kernel(const T* a, const T* b, T* y, int64_t n_packs, boo
 #pragma unroll
     for (int k = 0; k < V; ++k)
       py.v[k] = M::store(f(a_bcast ? a0 : M::load(pa.v[k]), b_bcast ? b0 : M::load(pb.v[k])));
-    reinterpret_cast<P*>(y)[p] = py;
-  }
-}
-
-template <class T, int V, class F>
-__global__ void unary_kernel(const T* x, T* y, int64_t n_packs, F f) {
-  using M = Math<T>;
-  using P = Pack<T, V>;
-  for (int64_t p = rt::grid_index(); p < n_packs; p += rt::grid_stride()) {
-    P px = reinterpret_cast<const P*>(x)[p], py;
-#pragma unroll
-    for (int k = 0; k < V; ++k) py.v[k] = M::store(f(M::load(px.v[k])));
     reinterpret_cast<P*>(y)[p] = py;
   }
 }
@@ -148,63 +126,30 @@ void binary(const OpCall& c, const char* op, F f) {
     unsupported(op, "broadcasting " + a.shape().str() + " and " + b.shape().str() + " to " +
                         y.shape().str() + " (only equal shapes or a one-element operand) is");
   if (n == 0) return;
-  const int dev = y.device().index;
-  cudaStream_t s = rt::stream(dev);
-  rt::DeviceGuard g(dev);
-  dispatch_float(y.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    constexpr int V = kVec<T>;
-    const T* pa = static_cast<const T*>(a.raw_data());
-    const T* pb = static_cast<const T*>(b.raw_data());
-    T* py = static_cast<T*>(y.raw_data());
-    const bool vec =
-        n % V == 0 && aligned16(py) && (a_bcast || aligned16(pa)) && (b_bcast || aligned16(pb));
-    if (vec) {
-      binary_kernel<T, V><<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(
-          pa, pb, py, n / V, a_bcast, b_bcast, f);
-    } else {
-      binary_kernel<T, 1>
-          <<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(pa, pb, py, n, a_bcast, b_bcast, f);
-    }
+  launch_on(y.device(), [&](cudaStream_t s, int dev) {
+    dispatch_float(y.dtype(), op, [&](auto tag) {
+      using T = decltype(tag);
+      constexpr int V = kVec<T>;
+      const T* pa = static_cast<const T*>(a.raw_data());
+      const T* pb = static_cast<const T*>(b.raw_data());
+      T* py = static_cast<T*>(y.raw_data());
+      const bool vec =
+          n % V == 0 && aligned16(py) && (a_bcast || aligned16(pa)) && (b_bcast || aligned16(pb));
+      if (vec) {
+        binary_kernel<T, V><<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(
+            pa, pb, py, n / V, a_bcast, b_bcast, f);
+      } else {
+        binary_kernel<T, 1>
+            <<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(pa, pb, py, n, a_bcast, b_bcast, f);
+      }
+    });
   });
-  PSVAE_CUDA_CHECK(cudaGetLastError());
-}
-
-// F<Acc> is built from the op's scalar: rounded to f32 for f32/bf16 tensors (the tensor's
-// precision, as the CPU kernels do for f32), kept in f64 for f64 tensors.
-template <template <class> class F>
-void scalar_op(const OpCall& c, const char* op) {
-  const Tensor &x = c.in.at(0), &y = c.out.at(0);
-  if (x.dtype() != y.dtype() || x.shape() != y.shape())
-    throw std::invalid_argument(std::string(op) + ": output " + y.str() + " does not match input " +
-                                x.str());
-  const int64_t n = y.numel();
-  if (n == 0) return;
-  const int dev = y.device().index;
-  cudaStream_t s = rt::stream(dev);
-  rt::DeviceGuard g(dev);
-  dispatch_float(y.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    using A = typename Math<T>::Acc;
-    constexpr int V = kVec<T>;
-    const F<A> f{static_cast<A>(c.reals[0])};
-    const T* px = static_cast<const T*>(x.raw_data());
-    T* py = static_cast<T*>(y.raw_data());
-    if (n % V == 0 && aligned16(px) && aligned16(py)) {
-      unary_kernel<T, V><<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(px, py, n / V, f);
-    } else {
-      unary_kernel<T, 1><<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(px, py, n, f);
-    }
-  });
-  PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 
 void add_cuda(const OpCall& c) { binary(c, "add", AddOp{}); }
 void sub_cuda(const OpCall& c) { binary(c, "sub", SubOp{}); }
 void mul_cuda(const OpCall& c) { binary(c, "mul", MulOp{}); }
 void div_cuda(const OpCall& c) { binary(c, "div", DivOp{}); }
-void add_scalar_cuda(const OpCall& c) { scalar_op<AddScalarOp>(c, "add_scalar"); }
-void mul_scalar_cuda(const OpCall& c) { scalar_op<MulScalarOp>(c, "mul_scalar"); }
 
 void cast_cuda(const OpCall& c) {
   const Tensor &x = c.in.at(0), &y = c.out.at(0);
@@ -212,23 +157,21 @@ void cast_cuda(const OpCall& c) {
     throw std::invalid_argument("cast: output " + y.str() + " does not match input " + x.str());
   const int64_t n = y.numel();
   if (n == 0) return;
-  const int dev = y.device().index;
-  cudaStream_t s = rt::stream(dev);
-  rt::DeviceGuard g(dev);
-  if (x.dtype() == y.dtype()) {  // ops::cast never asks for this, but a direct caller may
-    PSVAE_CUDA_CHECK(
-        cudaMemcpyAsync(y.raw_data(), x.raw_data(), y.nbytes(), cudaMemcpyDeviceToDevice, s));
-    return;
-  }
-  dispatch_float(x.dtype(), "cast", [&](auto stag) {
-    using S = decltype(stag);
-    dispatch_float(y.dtype(), "cast", [&](auto dtag) {
-      using D = decltype(dtag);
-      cast_kernel<S, D><<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(
-          static_cast<const S*>(x.raw_data()), static_cast<D*>(y.raw_data()), n);
+  launch_on(y.device(), [&](cudaStream_t s, int dev) {
+    if (x.dtype() == y.dtype()) {  // ops::cast never asks for this, but a direct caller may
+      PSVAE_CUDA_CHECK(
+          cudaMemcpyAsync(y.raw_data(), x.raw_data(), y.nbytes(), cudaMemcpyDeviceToDevice, s));
+      return;
+    }
+    dispatch_float(x.dtype(), "cast", [&](auto stag) {
+      using S = decltype(stag);
+      dispatch_float(y.dtype(), "cast", [&](auto dtag) {
+        using D = decltype(dtag);
+        cast_kernel<S, D><<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(
+            static_cast<const S*>(x.raw_data()), static_cast<D*>(y.raw_data()), n);
+      });
     });
   });
-  PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -243,8 +186,6 @@ void register_all(OpTable& t) {
   t[Op::sub].cuda = &sub_cuda;
   t[Op::mul].cuda = &mul_cuda;
   t[Op::div].cuda = &div_cuda;
-  t[Op::add_scalar].cuda = &add_scalar_cuda;
-  t[Op::mul_scalar].cuda = &mul_scalar_cuda;
   t[Op::cast].cuda = &cast_cuda;
 }
 

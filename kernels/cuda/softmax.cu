@@ -24,6 +24,7 @@ namespace {
 namespace rt = ::psvae::cuda;
 using detail::check_same;
 using detail::dispatch_float;
+using detail::launch_on;
 using detail::Math;
 
 constexpr int kThreads = 256;  // 8 warps
@@ -136,15 +137,13 @@ void softmax_fwd(const OpCall& c, const char* op) {
   int64_t rows = 0, D = 0;
   rows_of(x, rows, D);
   if (rows == 0) return;
-  const int dev = y.device().index;
-  cudaStream_t s = rt::stream(dev);
-  rt::DeviceGuard g(dev);
-  dispatch_float(y.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    softmax_fwd_kernel<T, kLog><<<grid_rows(rows, dev), kThreads, 0, s>>>(
-        static_cast<const T*>(x.raw_data()), static_cast<T*>(y.raw_data()), rows, D);
+  launch_on(y.device(), [&](cudaStream_t s, int dev) {
+    dispatch_float(y.dtype(), op, [&](auto tag) {
+      using T = decltype(tag);
+      softmax_fwd_kernel<T, kLog><<<grid_rows(rows, dev), kThreads, 0, s>>>(
+          static_cast<const T*>(x.raw_data()), static_cast<T*>(y.raw_data()), rows, D);
+    });
   });
-  PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 
 // in: y, gy -> out: gx
@@ -156,16 +155,14 @@ void softmax_bwd(const OpCall& c, const char* op) {
   int64_t rows = 0, D = 0;
   rows_of(y, rows, D);
   if (rows == 0) return;
-  const int dev = gx.device().index;
-  cudaStream_t s = rt::stream(dev);
-  rt::DeviceGuard g(dev);
-  dispatch_float(gx.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    softmax_bwd_kernel<T, kLog><<<grid_rows(rows, dev), kThreads, 0, s>>>(
-        static_cast<const T*>(y.raw_data()), static_cast<const T*>(gy.raw_data()),
-        static_cast<T*>(gx.raw_data()), rows, D);
+  launch_on(gx.device(), [&](cudaStream_t s, int dev) {
+    dispatch_float(gx.dtype(), op, [&](auto tag) {
+      using T = decltype(tag);
+      softmax_bwd_kernel<T, kLog><<<grid_rows(rows, dev), kThreads, 0, s>>>(
+          static_cast<const T*>(y.raw_data()), static_cast<const T*>(gy.raw_data()),
+          static_cast<T*>(gx.raw_data()), rows, D);
+    });
   });
-  PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace

@@ -1,8 +1,9 @@
 // CUDA kernels of the unary functions y = f(x) and their backwards gx = gy * f'(x) (the
-// PSVAE_UNARY_OPS family of kernels/op_list.h), one functor per function holding f and f' side by
-// side, as kernels/cpu/elementwise.cpp does, with the same formulas and edge conventions: relu and
-// abs have slope 0 at 0, clamp passes the gradient on its edges (PyTorch), pow with exponent 0 has
-// slope 0 everywhere, sigmoid only ever exponentiates a negative argument.
+// PSVAE_UNARY_OPS family of kernels/op_list.h, plus add_scalar and mul_scalar, forward only), one
+// functor per function holding f and f' side by side, as kernels/cpu/elementwise.cpp does, with the
+// same formulas and edge conventions: relu and abs have slope 0 at 0, clamp passes the gradient on
+// its edges (PyTorch), pow with exponent 0 has slope 0 everywhere, sigmoid only ever exponentiates
+// a negative argument.
 //
 // Types: f32 and bf16 computed in f32, f64 in f64. CUDA's transcendental functions are within a
 // few ulp of glibc's (CUDA C Programming Guide, "Mathematical Functions"), so the results match
@@ -26,6 +27,7 @@ using detail::aligned16;
 using detail::check_same;
 using detail::dispatch_float;
 using detail::kVec;
+using detail::launch_on;
 using detail::Math;
 using detail::Pack;
 
@@ -176,6 +178,22 @@ struct Clamp {
   }
 };
 
+// y = x + s and y = x * s with s = reals[0], rounded to f32 for f32/bf16 tensors (the tensor's
+// precision, as the CPU kernels do for f32), kept in f64 for f64 ones. One IEEE operation per
+// element: f32 results equal the CPU's bit for bit (tests/ops/test_cuda_elementwise.cpp).
+struct AddScalar {
+  template <class A>
+  static __device__ A f(A x, A s, A) {
+    return x + s;
+  }
+};
+struct MulScalar {
+  template <class A>
+  static __device__ A f(A x, A s, A) {
+    return x * s;
+  }
+};
+
 template <class T, int V, class F>
 __global__ void fwd_kernel(const T* x, T* y, int64_t n_packs, typename Math<T>::Acc p,
                            typename Math<T>::Acc q) {
@@ -213,24 +231,22 @@ void unary_fwd(const OpCall& c, const char* op) {
   check_same(op, x, y);
   const int64_t n = y.numel();
   if (n == 0) return;
-  const int dev = y.device().index;
-  cudaStream_t s = rt::stream(dev);
-  rt::DeviceGuard g(dev);
-  dispatch_float(y.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    using A = typename Math<T>::Acc;
-    constexpr int V = kVec<T>;
-    const A p = static_cast<A>(c.reals[0]), q = static_cast<A>(c.reals[1]);
-    const T* px = static_cast<const T*>(x.raw_data());
-    T* py = static_cast<T*>(y.raw_data());
-    if (n % V == 0 && aligned16(px) && aligned16(py)) {
-      fwd_kernel<T, V, F>
-          <<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(px, py, n / V, p, q);
-    } else {
-      fwd_kernel<T, 1, F><<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(px, py, n, p, q);
-    }
+  launch_on(y.device(), [&](cudaStream_t s, int dev) {
+    dispatch_float(y.dtype(), op, [&](auto tag) {
+      using T = decltype(tag);
+      using A = typename Math<T>::Acc;
+      constexpr int V = kVec<T>;
+      const A p = static_cast<A>(c.reals[0]), q = static_cast<A>(c.reals[1]);
+      const T* px = static_cast<const T*>(x.raw_data());
+      T* py = static_cast<T*>(y.raw_data());
+      if (n % V == 0 && aligned16(px) && aligned16(py)) {
+        fwd_kernel<T, V, F>
+            <<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(px, py, n / V, p, q);
+      } else {
+        fwd_kernel<T, 1, F><<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(px, py, n, p, q);
+      }
+    });
   });
-  PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 
 // in: x, y, gy -> out: gx
@@ -242,27 +258,25 @@ void unary_bwd(const OpCall& c, const char* op) {
   check_same(op, x, gx);
   const int64_t n = gx.numel();
   if (n == 0) return;
-  const int dev = gx.device().index;
-  cudaStream_t s = rt::stream(dev);
-  rt::DeviceGuard g(dev);
-  dispatch_float(gx.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    using A = typename Math<T>::Acc;
-    constexpr int V = kVec<T>;
-    const A p = static_cast<A>(c.reals[0]), q = static_cast<A>(c.reals[1]);
-    const T* px = static_cast<const T*>(x.raw_data());
-    const T* py = static_cast<const T*>(y.raw_data());
-    const T* pg = static_cast<const T*>(gy.raw_data());
-    T* pgx = static_cast<T*>(gx.raw_data());
-    if (n % V == 0 && aligned16(px) && aligned16(py) && aligned16(pg) && aligned16(pgx)) {
-      bwd_kernel<T, V, F>
-          <<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(px, py, pg, pgx, n / V, p, q);
-    } else {
-      bwd_kernel<T, 1, F>
-          <<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(px, py, pg, pgx, n, p, q);
-    }
+  launch_on(gx.device(), [&](cudaStream_t s, int dev) {
+    dispatch_float(gx.dtype(), op, [&](auto tag) {
+      using T = decltype(tag);
+      using A = typename Math<T>::Acc;
+      constexpr int V = kVec<T>;
+      const A p = static_cast<A>(c.reals[0]), q = static_cast<A>(c.reals[1]);
+      const T* px = static_cast<const T*>(x.raw_data());
+      const T* py = static_cast<const T*>(y.raw_data());
+      const T* pg = static_cast<const T*>(gy.raw_data());
+      T* pgx = static_cast<T*>(gx.raw_data());
+      if (n % V == 0 && aligned16(px) && aligned16(py) && aligned16(pg) && aligned16(pgx)) {
+        bwd_kernel<T, V, F>
+            <<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(px, py, pg, pgx, n / V, p, q);
+      } else {
+        bwd_kernel<T, 1, F>
+            <<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(px, py, pg, pgx, n, p, q);
+      }
+    });
   });
-  PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -285,6 +299,8 @@ void register_unary(OpTable& t) {
   PSVAE_CUDA_UNARY(pow_scalar, Pow)
   PSVAE_CUDA_UNARY(clamp, Clamp)
 #undef PSVAE_CUDA_UNARY
+  t[Op::add_scalar].cuda = [](const OpCall& c) { unary_fwd<AddScalar>(c, "add_scalar"); };
+  t[Op::mul_scalar].cuda = [](const OpCall& c) { unary_fwd<MulScalar>(c, "mul_scalar"); };
 }
 
 }  // namespace psvae::kernels::cuda

@@ -1,7 +1,7 @@
-// The first CUDA op kernels (kernels/cuda/register.cu: add, sub, mul, div, add_scalar, mul_scalar,
-// cast) against the CPU kernels through kernels::run, outputs poisoned with NaN. Each is one IEEE
-// operation per element, so f32 and f64 must match the CPU bit for bit, and bf16 (computed in f32)
-// must equal the CPU's f32 result rounded to bf16. Skipped without a CUDA device.
+// The first CUDA op kernels (kernels/cuda/register.cu: add, sub, mul, div, cast; unary.cu:
+// add_scalar, mul_scalar) against the CPU kernels through kernels::run, outputs poisoned with NaN.
+// Each is one IEEE operation per element, so f32 and f64 must match the CPU bit for bit, and bf16
+// (computed in f32) must equal the CPU's f32 result rounded to bf16. Skipped without a CUDA device.
 // (Lives in test_ops rather than test_tensor because it needs psvae_kernels.)
 #include <doctest/doctest.h>
 

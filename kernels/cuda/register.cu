@@ -1,8 +1,9 @@
 // The CUDA column of the op table: register_all sets OpDef::cuda for every op with a CUDA kernel.
 //
 // The CUDA op kernels come family by family (kernels/cuda/<family>.cu, each with a
-// register_<family> called from here; unary.cu has the unary functions with their backwards and
-// add_scalar, mul_scalar; softmax.cu softmax and log-softmax).
+// register_<family> called from here: unary.cu has the unary functions with their backwards and
+// add_scalar, mul_scalar; softmax.cu softmax and log-softmax; the other files are named after
+// their op family in kernels/op_list.h).
 // This file holds the first elementwise kernels:
 //   add, sub, mul, div  when each input has the output's shape or is a single element (other
 //                       broadcasts throw "not yet supported on CUDA");
@@ -176,12 +177,32 @@ void cast_cuda(const OpCall& c) {
 
 }  // namespace
 
-void register_unary(OpTable& t);    // unary.cu
-void register_softmax(OpTable& t);  // softmax.cu
+void register_unary(OpTable& t);      // unary.cu
+void register_softmax(OpTable& t);    // softmax.cu
+void register_broadcast(OpTable& t);  // broadcast.cu
+void register_reduce(OpTable& t);     // reduce.cu
+void register_layout(OpTable& t);     // layout.cu
+void register_spatial(OpTable& t);    // spatial.cu
+void register_gemm(OpTable& t);       // gemm.cu
+void register_attention(OpTable& t);  // attention.cu
+void register_norm(OpTable& t);       // norm.cu
+void register_loss(OpTable& t);       // loss.cu
+void register_optim(OpTable& t);      // optim.cu
+void register_conv(OpTable& t);       // conv.cu
 
 void register_all(OpTable& t) {
   register_unary(t);
   register_softmax(t);
+  register_broadcast(t);
+  register_reduce(t);
+  register_layout(t);
+  register_spatial(t);
+  register_gemm(t);
+  register_attention(t);
+  register_norm(t);
+  register_loss(t);
+  register_optim(t);
+  register_conv(t);
   t[Op::add].cuda = &add_cuda;
   t[Op::sub].cuda = &sub_cuda;
   t[Op::mul].cuda = &mul_cuda;

@@ -1,0 +1,10 @@
+// CUDA kernels: permute, concat, slice, pad, embedding and embedding_bwd.
+// Placeholder while issue 6 is under way: registers nothing yet, so these ops still throw
+// "<op>: no CUDA kernel" on device tensors.
+#include "kernels/op_table.h"
+
+namespace psvae::kernels::cuda {
+
+void register_layout(OpTable& t) { (void)t; }
+
+}  // namespace psvae::kernels::cuda

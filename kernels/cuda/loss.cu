@@ -1,0 +1,10 @@
+// CUDA kernels: mse, l1, KL and cross-entropy losses, forward and backward.
+// Placeholder while issue 6 is under way: registers nothing yet, so these ops still throw
+// "<op>: no CUDA kernel" on device tensors.
+#include "kernels/op_table.h"
+
+namespace psvae::kernels::cuda {
+
+void register_loss(OpTable& t) { (void)t; }
+
+}  // namespace psvae::kernels::cuda

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Everything a session with the GPU machine runs, in as few device calls as possible (device time
+# is the scarce thing: 30 minutes a session, 10 a call). Run from the repository root ON THE GPU
+# MACHINE, after bench/prepare_device_deps.sh has filled .devdeps/ here and with .devdeps carried:
+#
+#   bench/gpu_session.sh build test        # call 1: configure + build (16 cores), every CUDA test
+#   bench/gpu_session.sh sanitize bench    # call 2: compute-sanitizer, then every bench_* program
+#   bench/gpu_session.sh torch             # call 3: PyTorch baselines (bench/torch_baselines.py)
+#
+# Phases: build, test, sanitize, bench, torch (any order; build is implied when the build dir is
+# missing). Logs go to $OUT/<phase>.log (the device tool brings $OUT back), or to gpu-out/ when
+# OUT is unset. The machine has no apt: header-only dependencies come from .devdeps, cuDNN from the
+# PyTorch wheel (site-packages/nvidia/cudnn), the training system (yaml-cpp, CLI11, stb) is left
+# out with -DPSVAE_TRAIN=OFF.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+BUILD=${BUILD:-build-gpu}
+export PSVAE_SHARED=${PSVAE_SHARED:-$PWD/../shared}
+
+cudnn_root() {
+  python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null
+}
+
+phase_build() {
+  local cudnn
+  cudnn=$(cudnn_root)
+  echo "cuDNN from: ${cudnn:-not found}"
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv
+  nvcc --version | tail -1
+  [ -f "$BUILD/CMakeCache.txt" ] ||
+    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPSVAE_TRAIN=OFF -DPSVAE_MPI=OFF \
+      -DPSVAE_NATIVE=OFF -DPSVAE_CUDA_ARCHS="90a-real" -DPSVAE_DEPS_DIR="$PWD/.devdeps" \
+      -DCUDNN_ROOT="$cudnn" || return 1
+  time cmake --build "$BUILD" -j 16
+}
+
+export_libs() {
+  local cudnn
+  cudnn=$(cudnn_root)
+  [ -n "$cudnn" ] && export LD_LIBRARY_PATH="$cudnn/lib:${LD_LIBRARY_PATH:-}"
+}
+
+# Every CUDA test of every suite: the cases in the files named test_cuda_*.cpp.
+phase_test() {
+  export_libs
+  local rc=0
+  for t in "$BUILD"/bin/test_*; do
+    echo "== $t"
+    "$t" --no-intro=true -sf='*test_cuda_*' --duration=true || rc=1
+  done
+  return $rc
+}
+
+# compute-sanitizer memcheck and racecheck over the CUDA kernel tests (slow: memcheck ~10-50x).
+phase_sanitize() {
+  export_libs
+  local rc=0
+  for tool in memcheck racecheck; do
+    echo "== compute-sanitizer --tool $tool"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
+      "$BUILD"/bin/test_ops --no-intro=true -sf='*test_cuda_*' || rc=1
+  done
+  return $rc
+}
+
+phase_bench() {
+  export_libs
+  local rc=0
+  for b in "$BUILD"/bin/bench_*; do
+    echo "== $b"
+    "$b" ${BENCH_ARGS:-} || rc=1
+    echo
+  done
+  return $rc
+}
+
+phase_torch() {
+  PYTHONUNBUFFERED=1 python3 bench/torch_baselines.py ${TORCH_ARGS:-}
+}
+
+status=0
+for p in "$@"; do
+  case "$p" in
+    build | test | sanitize | bench | torch) ;;
+    *) echo "gpu_session.sh: unknown phase '$p' (build, test, sanitize, bench, torch)"; exit 2 ;;
+  esac
+  if [ "$p" != build ] && [ "$p" != torch ] && [ ! -f "$BUILD/build.ninja" ]; then
+    phase_build 2>&1 | tee "$OUT/build.log"
+  fi
+  echo "#### phase $p ($(date -u +%FT%TZ))"
+  "phase_$p" 2>&1 | tee "$OUT/$p.log"
+  rc=${PIPESTATUS[0]}
+  echo "#### phase $p exit $rc"
+  [ "$rc" = 0 ] || status=1
+done
+exit $status

@@ -31,6 +31,8 @@ def parse():
     p.add_argument("--dit", default="XL", choices=["S", "B", "L", "XL"],
                    help="DiT size of the training-step benchmark")
     p.add_argument("--batch", type=int, default=256, help="DiT step batch (256 tokens each)")
+    p.add_argument("--step-dtype", default="bf16", choices=["bf16", "f32"],
+                   help="DiT step precision: bf16 autocast, or f32 throughout (as bench_dit_step)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
     p.add_argument("--only", default="", help="comma list of norm,attn,gemm,step")
     return p.parse_args()
@@ -231,7 +233,8 @@ class DiT(nn.Module):
 def bench_step(t, args, peak):
     depth, d, heads = DIT_ARCH[args.dit]
     batch = 8 if args.quick else args.batch
-    print(f"## DiT-{args.dit} training step (batch {batch}, 256 tokens, bf16 autocast, AdamW)\n")
+    mode = "bf16 autocast" if args.step_dtype == "bf16" else "f32"
+    print(f"## DiT-{args.dit} training step (batch {batch}, 256 tokens, {mode}, AdamW)\n")
     table(["variant", "batch", "step (ms)", "images/s", "TFLOP/s", "MFU vs matmul"])
     model = DiT(depth, d, heads).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -245,7 +248,7 @@ def bench_step(t, args, peak):
     target = torch.randn_like(x)
 
     def step(fwd):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.step_dtype == "bf16"):
             loss = F.mse_loss(fwd(x, tt, y).float(), target)
         loss.backward()
         opt.step()

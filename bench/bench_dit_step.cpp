@@ -1,0 +1,115 @@
+// A whole DiT training step on the GPU through the engine (forward, MSE loss, backward, AdamW),
+// the row that bench/torch_baselines.py's "DiT training step" sets beside PyTorch. DiT-S/B/L/XL in
+// the 16x16x96 latent with patch 1 (256 tokens), f32 weights and activations: the engine has no
+// bf16 autocast yet, so compare with torch_baselines.py --step-dtype f32 for a like-for-like row.
+//   bench_dit_step [--arch XL] [--batch 32] [--steps 10]
+// Prints step time (median over the timed steps after 2 warm-up steps), images/s, achieved
+// TFLOP/s (6 flops per parameter per token + attention 12 * depth * T^2 * D per image) and the
+// allocator's peak memory.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "autograd/functions.h"
+#include "dit/dit.h"
+#include "nn/optim.h"
+#include "tensor/cuda_runtime.h"
+#include "tensor/random.h"
+
+using namespace psvae;
+
+int main(int argc, char** argv) {
+  std::string arch = "XL";
+  int64_t batch = 32;
+  int steps = 10;
+  for (int i = 1; i < argc; ++i) {
+    auto next = [&](const char* flag) -> const char* {
+      if (i + 1 >= argc) {
+        fmt::print(stderr, "bench_dit_step: {} needs a value\n", flag);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (!std::strcmp(argv[i], "--arch")) {
+      arch = next("--arch");
+    } else if (!std::strcmp(argv[i], "--batch")) {
+      batch = std::atoll(next("--batch"));
+    } else if (!std::strcmp(argv[i], "--steps")) {
+      steps = std::max(1, std::atoi(next("--steps")));
+    } else if (!std::strcmp(argv[i], "--quick")) {
+      arch = "S", batch = 4, steps = 3;
+    } else {
+      fmt::print(stderr,
+                 "bench_dit_step: unknown argument '{}' (--arch, --batch, --steps, --quick)\n",
+                 argv[i]);
+      return 2;
+    }
+  }
+  if (!cuda_available()) {
+    fmt::print(stderr, "bench_dit_step: no CUDA device\n");
+    return 1;
+  }
+  const Device gpu = Device::cuda(0);
+  dit::DiTConfig c = dit::dit_arch("DiT-" + arch + "/2");
+  c.patch = 1, c.input_size = 16, c.in_channels = 96, c.learn_sigma = false, c.num_classes = 1000;
+  Generator g(0);
+  dit::DiT model(c, g);
+  model.to(gpu);
+  nn::AdamWOptions o;
+  o.lr = 1e-4;
+  nn::AdamW opt(model.named_parameters(), o);
+  const int64_t params = model.num_parameters();
+  const int64_t T = c.tokens();
+
+  Tensor x = Tensor::empty({batch, 96, 16, 16}, DType::F32, gpu);
+  Tensor target = Tensor::empty({batch, 96, 16, 16}, DType::F32, gpu);
+  g.normal_(x);
+  g.normal_(target);
+  std::vector<float> tv(static_cast<size_t>(batch));
+  std::vector<int64_t> yv(static_cast<size_t>(batch));
+  for (int64_t i = 0; i < batch; ++i) {
+    tv[static_cast<size_t>(i)] = static_cast<float>((i * 37) % 1000);
+    yv[static_cast<size_t>(i)] = (i * 13) % 1000;
+  }
+  const Tensor t = Tensor::from_vector(tv, Shape{batch}, gpu);
+  const Tensor y = Tensor::from_vector(yv, Shape{batch}, gpu);
+
+  auto step = [&] {
+    ag::Var loss = ag::mse_loss(model.forward(ag::Var(x), t, y), ag::Var(target));
+    loss.backward();
+    opt.step();
+    opt.zero_grad();
+  };
+  for (int i = 0; i < 2; ++i) step();
+  cuda::synchronize(0);
+  cuda::reset_peak_stats(0);
+  std::vector<double> ms;
+  for (int i = 0; i < steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    cuda::synchronize(0);
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
+  const double med = ms[ms.size() / 2];
+  const double flops =
+      static_cast<double>(batch) *
+      (6.0 * static_cast<double>(params) * static_cast<double>(T) +
+       12.0 * c.depth * static_cast<double>(T * T) * static_cast<double>(c.hidden));
+  fmt::print(
+      "# bench_dit_step: DiT-{} patch 1, 16x16x96 latent ({} tokens), {:.1f} M parameters, "
+      "f32\n\n",
+      arch, T, static_cast<double>(params) / 1e6);
+  fmt::print("| variant | batch | step (ms) | images/s | TFLOP/s | peak memory (GiB) |\n");
+  fmt::print("|---|---|---|---|---|---|\n");
+  fmt::print("| psvae f32 | {} | {:.1f} | {:.0f} | {:.1f} | {:.1f} |\n", batch, med,
+             static_cast<double>(batch) / (med * 1e-3), flops / (med * 1e-3) / 1e12,
+             static_cast<double>(cuda::allocator_stats(0).peak_in_use) / (1 << 30));
+  return 0;
+}

@@ -1,10 +1,183 @@
-// CUDA kernels: fused attention forward and backward (FlashAttention-2 style).
-// Placeholder while issue 6 is under way: registers nothing yet, so these ops still throw
-// "<op>: no CUDA kernel" on device tensors.
+// CUDA kernels: fused attention forward and backward (FlashAttention-2 style), the CUDA column of
+// ops attention and attention_bwd. Semantics as kernels/cpu/attention.cpp:
+//   (q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv), [key_mask i32 (B,Tk), 0 = masked]) -> (o, lse)
+//   (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv);  reals[0] = scale
+// with lse in the data's dtype, o = 0 and lse = -inf for a row whose keys are all masked (and for
+// Tk = 0), and no gradient through such a row. Self and cross attention (Tq != Tk), dv != d, any
+// sequence length, head dims up to 128.
+//
+// This file: input checks, the choice between the two implementations, the temporary D of the
+// backward, and registration. The kernels are in attention_fwd.cu and attention_bwd.cu.
+//
+// Paths (environment variable PSVAE_ATTN, read at every call):
+//   auto (default)  MMA when it applies (bf16, d and dv multiples of 8 in [8, 128], 16-byte
+//                   aligned tensors), else SIMT;
+//   simt            the SIMT kernels for every call (f32, bf16, f64);
+//   mma             the tensor-core kernels, and an error for a call they cannot take.
+// Any other value throws std::invalid_argument naming the op.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/attention_common.cuh"
 #include "kernels/op_table.h"
 
 namespace psvae::kernels::cuda {
 
-void register_attention(OpTable& t) { (void)t; }
+namespace {
+
+using attn::Dims;
+using detail::aligned16;
+using detail::launch_on;
+
+[[noreturn]] void fail(const char* op, const std::string& what) {
+  throw std::invalid_argument(std::string(op) + ": " + what);
+}
+
+// q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv) of one float dtype, mask i32 (B,Tk) or null: the
+// checks of ops::attention (kernels/ops_attention.cpp), repeated here for direct kernels::run
+// callers. Returns the dims.
+Dims check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+               const Tensor* mask) {
+  if (q.rank() != 4 || k.rank() != 4 || v.rank() != 4)
+    fail(op, "q, k, v must be (B,T,H,d), got q " + q.shape().str() + ", k " + k.shape().str() +
+                 ", v " + v.shape().str());
+  if (!is_floating(q.dtype()) || k.dtype() != q.dtype() || v.dtype() != q.dtype())
+    fail(op, std::string("q, k, v must share one float dtype, got ") + dtype_name(q.dtype()) +
+                 ", " + dtype_name(k.dtype()) + ", " + dtype_name(v.dtype()));
+  if (k.size(0) != q.size(0) || k.size(2) != q.size(2) || k.size(3) != q.size(3) ||
+      v.size(0) != q.size(0) || v.size(1) != k.size(1) || v.size(2) != q.size(2))
+    fail(op, "shapes do not fit q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv): q " + q.shape().str() +
+                 ", k " + k.shape().str() + ", v " + v.shape().str());
+  if (mask && (mask->dtype() != DType::I32 || mask->shape() != Shape({k.size(0), k.size(1)})))
+    fail(op, "key_mask must be i32 (B,Tk) = (" + std::to_string(k.size(0)) + ", " +
+                 std::to_string(k.size(1)) + "), got " + dtype_name(mask->dtype()) + " " +
+                 mask->shape().str());
+  const Dims n{q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), v.size(3)};
+  if (n.d > attn::kMaxHeadDim || n.dv > attn::kMaxHeadDim)
+    detail::unsupported(op, "head dim d = " + std::to_string(n.d) +
+                                ", dv = " + std::to_string(n.dv) + " (at most " +
+                                std::to_string(attn::kMaxHeadDim) + ")");
+  return n;
+}
+
+void check_tensor(const char* op, const char* name, const Tensor& t, const Shape& shape, DType dt) {
+  if (t.shape() != shape || t.dtype() != dt)
+    fail(op, std::string(name) + " must be " + dtype_name(dt) + " " + shape.str() + ", got " +
+                 dtype_name(t.dtype()) + " " + t.shape().str());
+}
+
+enum class Path { kSimt, kMma };
+
+// The path for this call: PSVAE_ATTN (see the top of the file) and whether the MMA kernels can
+// take it. `tensors` are all the call's float tensors (inputs and outputs).
+Path choose_path(const char* op, DType dt, const Dims& n,
+                 std::initializer_list<const Tensor*> tensors) {
+  const char* env = std::getenv("PSVAE_ATTN");
+  const std::string mode = env ? env : "";
+  if (!mode.empty() && mode != "auto" && mode != "simt" && mode != "mma")
+    fail(op, "PSVAE_ATTN must be auto, simt or mma, got '" + mode + "'");
+  if (mode == "simt") return Path::kSimt;
+  bool aligned = true;
+  for (const Tensor* t : tensors) aligned = aligned && aligned16(t->raw_data());
+  const bool mma_ok = dt == DType::BF16 && n.d % 8 == 0 && n.dv % 8 == 0 && n.d >= 8 && n.dv >= 8 &&
+                      aligned;  // d, dv <= 128 checked in check_qkv
+  if (mode == "mma" && !mma_ok)
+    fail(op, std::string("PSVAE_ATTN=mma, but the tensor-core path needs bf16, d and dv "
+                         "multiples of 8 in [8, 128] and 16-byte aligned tensors; got ") +
+                 dtype_name(dt) + ", d = " + std::to_string(n.d) +
+                 ", dv = " + std::to_string(n.dv) + (aligned ? "" : ", unaligned data"));
+  return mma_ok ? Path::kMma : Path::kSimt;
+}
+
+// (q, k, v, [key_mask]) -> (o, lse); reals: scale.
+void attention_cuda(const OpCall& c) {
+  const char* op = "attention";
+  if (c.in.size() < 3 || c.in.size() > 4 || c.out.size() != 2)
+    fail(op, "expects (q, k, v, [key_mask]) -> (o, lse), got " + std::to_string(c.in.size()) +
+                 " inputs and " + std::to_string(c.out.size()) + " outputs");
+  const Tensor &q = c.in[0], &k = c.in[1], &v = c.in[2];
+  const Tensor* mask = c.in.size() > 3 ? &c.in[3] : nullptr;
+  const Dims n = check_qkv(op, q, k, v, mask);
+  const DType dt = q.dtype();
+  check_tensor(op, "o", c.out[0], Shape({n.B, n.Tq, n.H, n.dv}), dt);
+  check_tensor(op, "lse", c.out[1], Shape({n.B, n.H, n.Tq}), dt);
+  const Path path = choose_path(op, dt, n, {&q, &k, &v, &c.out[0], &c.out[1]});
+  if (n.B * n.H * n.Tq == 0) return;  // o and lse are empty
+
+  attn::FwdArgs a{};
+  a.q = q.raw_data();
+  a.k = k.raw_data();
+  a.v = v.raw_data();
+  a.mask = mask ? mask->data<int32_t>() : nullptr;
+  a.o = c.out[0].raw_data();
+  a.lse = c.out[1].raw_data();
+  a.n = n;
+  a.scale = c.reals[0];
+  launch_on(q.device(), [&](cudaStream_t s, int) {
+    if (path == Path::kMma)
+      attn::launch_fwd_mma(a, s);
+    else
+      attn::launch_fwd_simt(a, dt, s);
+  });
+}
+
+// (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv); reals: scale.
+void attention_bwd_cuda(const OpCall& c) {
+  const char* op = "attention_bwd";
+  if (c.in.size() < 6 || c.in.size() > 7 || c.out.size() != 3)
+    fail(op, "expects (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv), got " +
+                 std::to_string(c.in.size()) + " inputs and " + std::to_string(c.out.size()) +
+                 " outputs");
+  const Tensor &go = c.in[0], &q = c.in[1], &k = c.in[2], &v = c.in[3], &o = c.in[4];
+  const Tensor& lse = c.in[5];
+  const Tensor* mask = c.in.size() > 6 ? &c.in[6] : nullptr;
+  const Dims n = check_qkv(op, q, k, v, mask);
+  const DType dt = q.dtype();
+  const Shape o_shape({n.B, n.Tq, n.H, n.dv});
+  check_tensor(op, "gout", go, o_shape, dt);
+  check_tensor(op, "out", o, o_shape, dt);
+  check_tensor(op, "lse", lse, Shape({n.B, n.H, n.Tq}), dt);
+  check_tensor(op, "gq", c.out[0], q.shape(), dt);
+  check_tensor(op, "gk", c.out[1], k.shape(), dt);
+  check_tensor(op, "gv", c.out[2], v.shape(), dt);
+  const Path path =
+      choose_path(op, dt, n, {&go, &q, &k, &v, &o, &lse, &c.out[0], &c.out[1], &c.out[2]});
+  if (n.B * n.H == 0) return;  // every output is empty
+
+  // D = rowsum(go * o), (B, H, Tq) in the math type: 4 (f64: 8) bytes per query row.
+  Tensor D =
+      Tensor::empty({n.B * n.H * n.Tq}, dt == DType::F64 ? DType::F64 : DType::F32, q.device());
+  attn::BwdArgs a{};
+  a.go = go.raw_data();
+  a.q = q.raw_data();
+  a.k = k.raw_data();
+  a.v = v.raw_data();
+  a.o = o.raw_data();
+  a.lse = lse.raw_data();
+  a.mask = mask ? mask->data<int32_t>() : nullptr;
+  a.gq = c.out[0].raw_data();
+  a.gk = c.out[1].raw_data();
+  a.gv = c.out[2].raw_data();
+  a.D = D.raw_data();
+  a.n = n;
+  a.scale = c.reals[0];
+  launch_on(q.device(), [&](cudaStream_t s, int dev) {
+    attn::launch_rowdot(a, dt, s, dev);
+    if (path == Path::kMma)
+      attn::launch_bwd_mma(a, s);
+    else
+      attn::launch_bwd_simt(a, dt, s);
+  });
+}
+
+}  // namespace
+
+void register_attention(OpTable& t) {
+  t[Op::attention].cuda = &attention_cuda;
+  t[Op::attention_bwd].cuda = &attention_bwd_cuda;
+}
 
 }  // namespace psvae::kernels::cuda

@@ -1,0 +1,103 @@
+// Fused attention (kernels/cuda/attention*.cu), forward and backward, against the cuBLAS bf16 GEMM
+// ceiling. Rows: bf16 on the tensor-core path at head dims 64 and 128 and 256 to 4096 tokens,
+// with batch x heads such that B * T * H = 1M token-heads (B*H = 4096 at 256 tokens, 256 at 4096);
+// then, for reference, the SIMT path (f32 and bf16) at 1024 tokens with B*H = 256.
+// FLOPs as FlashAttention-2 counts them: forward 4 B H T^2 d (Q K^T and P V), backward 2.5x the
+// forward (5 GEMMs of the same size; our backward does 7, rebuilding S and dP in the dq kernel
+// for determinism, but is credited with 5 so the figures compare with other implementations).
+// No key mask, self attention, scale 1/sqrt(d).
+//
+// The PyTorch SDPA comparison is taken by a separate script; rows carry stable keys (op,
+// direction, dtype, path, B, H, T, d). cuDNN's fused attention is not measured here: it needs the
+// cuDNN graph (frontend) API, which this project does not use.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "bench/bench_common.cuh"
+#include "kernels/op_table.h"
+#include "tensor/cuda/launch.cuh"
+#include "tensor/random.h"
+
+using namespace psvae;
+using kernels::Op;
+
+namespace {
+
+struct Run {
+  DType dt;
+  const char* path;  // PSVAE_ATTN value
+  int64_t B, H, T, d;
+};
+
+struct Buffers {
+  kernels::OpCall fwd, bwd;
+};
+
+// Inputs, outputs and one forward (the backward's o and lse) for run r.
+Buffers make_buffers(Generator& g, const Run& r) {
+  const Device gpu = Device::cuda(0);
+  auto randn = [&](const Shape& s) {
+    Tensor t = Tensor::empty(s, r.dt, gpu);
+    g.normal_(t, 0.0, 1.0);
+    return t;
+  };
+  const Shape s{r.B, r.T, r.H, r.d};
+  Buffers b;
+  b.fwd.in = {randn(s), randn(s), randn(s)};
+  b.fwd.out = {Tensor::empty(s, r.dt, gpu), Tensor::empty({r.B, r.H, r.T}, r.dt, gpu)};
+  b.fwd.reals[0] = 1.0 / std::sqrt(static_cast<double>(r.d));
+  kernels::run(Op::attention, b.fwd);
+  b.bwd.in = {randn(s), b.fwd.in[0], b.fwd.in[1], b.fwd.in[2], b.fwd.out[0], b.fwd.out[1]};
+  b.bwd.out = {Tensor::empty(s, r.dt, gpu), Tensor::empty(s, r.dt, gpu),
+               Tensor::empty(s, r.dt, gpu)};
+  b.bwd.reals[0] = b.fwd.reals[0];
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bench::Options opt = bench::Options::parse(argc, argv);
+  cudaStream_t s = ::psvae::cuda::stream(0);
+  bench::Timer timer(s, opt);
+  // The SIMT rows are 10-20x slower: fewer runs keep the whole bench under a minute.
+  bench::Options slow_opt = opt;
+  slow_opt.warmup = std::min(opt.warmup, 2);
+  slow_opt.iters = std::min(opt.iters, 10);
+  bench::Timer slow_timer(s, slow_opt);
+  const bench::Ceilings ceil = bench::print_header("bench_attention", timer, s, true);
+  bench::Table table({"op", "direction", "dtype", "path", "B", "H", "T", "d", "time (ms)",
+                      "TFLOP/s", "% of cuBLAS"});
+
+  std::vector<Run> runs;
+  const std::vector<int64_t> lengths =
+      opt.quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{256, 1024, 2048, 4096};
+  for (int64_t d : {64, 128})
+    for (int64_t T : lengths) runs.push_back({DType::BF16, "mma", 65536 / T, 16, T, d});
+  for (int64_t d : {64, 128})
+    for (DType dt : {DType::BF16, DType::F32}) runs.push_back({dt, "simt", 16, 16, 1024, d});
+
+  Generator g(1);
+  for (const Run& r : runs) {
+    ::setenv("PSVAE_ATTN", r.path, 1);
+    Buffers b = make_buffers(g, r);
+    bench::Timer& t = std::string(r.path) == "simt" ? slow_timer : timer;
+    const double fwd_flops = 4.0 * static_cast<double>(r.B * r.H) * static_cast<double>(r.T) *
+                             static_cast<double>(r.T) * static_cast<double>(r.d);
+    for (const char* dir : {"fwd", "bwd"}) {
+      const bool fwd = dir[0] == 'f';
+      const double ms = t.median_ms(
+          [&] { kernels::run(fwd ? Op::attention : Op::attention_bwd, fwd ? b.fwd : b.bwd); });
+      const double tflops = (fwd ? 1.0 : 2.5) * fwd_flops / (ms * 1e-3) / 1e12;
+      table.row({"attention", dir, dtype_name(r.dt), r.path, std::to_string(r.B),
+                 std::to_string(r.H), std::to_string(r.T), std::to_string(r.d), bench::fmt(ms, 3),
+                 bench::fmt(tflops, 1), bench::pct(tflops, ceil.gemm_tflops)});
+    }
+  }
+  ::unsetenv("PSVAE_ATTN");
+  return 0;
+}

@@ -1,0 +1,339 @@
+// Shared pieces of the CUDA attention kernels (attention.cu: checks, path choice, registration;
+// attention_fwd.cu: forward kernels; attention_bwd.cu: backward kernels).
+//
+// Layout (as kernels/cpu/attention.cpp): q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv), o (B,Tq,H,dv),
+// lse (B,H,Tq), key_mask i32 (B,Tk) with 0 = masked. Row t of the (b, h) pair of q starts at
+// ((b*Tq + t)*H + h)*d: the (T, d) matrix of one pair is a strided view with row stride H*d.
+//
+// Two implementations of each op:
+//   SIMT  any float dtype (f32, bf16 computed in f32, f64 in f64), head dims up to 128: tiles in
+//         shared memory in the math type, 16x16 threads, each thread a 4x2 (f64: 2x2) score tile.
+//   MMA   bf16 only, head dims multiples of 8 up to 128 (padded to 32/64/80/96/128 in shared
+//         memory): mma.sync m16n8k16 (fp32 accumulation) fed by ldmatrix, K/V (or Q/dO) tiles
+//         double-buffered with cp.async. One warp owns 16 rows.
+// Both keep the softmax statistics in fp32 (f64 for f64) and never hold a (Tq, Tk) matrix.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cuda/elementwise_common.cuh"
+#include "tensor/tensor.h"
+
+namespace psvae::kernels::cuda::attn {
+
+// ---- arguments ---------------------------------------------------------------------------------
+struct Dims {
+  int64_t B, Tq, Tk, H, d, dv;
+};
+
+// (q, k, v, [mask]) -> (o, lse). Pointers are to the storage type of the dtype.
+struct FwdArgs {
+  const void *q, *k, *v;
+  const int32_t* mask;  // (B, Tk) or nullptr
+  void *o, *lse;
+  Dims n;
+  double scale;
+};
+
+// (go, q, k, v, o, lse, [mask]) -> (gq, gk, gv). D = rowsum(go * o) per query row, (B, H, Tq) in
+// the math type (f32 for f32/bf16, f64 for f64), computed by launch_rowdot first.
+struct BwdArgs {
+  const void *go, *q, *k, *v, *o, *lse;
+  const int32_t* mask;
+  void *gq, *gk, *gv;
+  void* D;
+  Dims n;
+  double scale;
+};
+
+constexpr double kLog2e = 1.4426950408889634074;
+constexpr double kLn2 = 0.69314718055994530942;
+
+// Largest head dim (d and dv) either path takes; larger ones throw "not yet supported".
+constexpr int64_t kMaxHeadDim = 128;
+
+// ---- host launchers (attention_fwd.cu, attention_bwd.cu) ---------------------------------------
+void launch_fwd_simt(const FwdArgs& a, DType dt, cudaStream_t s);
+void launch_fwd_mma(const FwdArgs& a, cudaStream_t s);  // bf16
+void launch_rowdot(const BwdArgs& a, DType dt, cudaStream_t s, int dev);
+void launch_bwd_simt(const BwdArgs& a, DType dt, cudaStream_t s);
+void launch_bwd_mma(const BwdArgs& a, cudaStream_t s);  // bf16
+
+// Head-dim capacity (compile-time tile width) of each path for a runtime max(d, dv).
+inline int simt_capacity(int64_t dmax) { return dmax <= 32 ? 32 : dmax <= 64 ? 64 : 128; }
+inline int mma_capacity(int64_t dmax) {
+  return dmax <= 32 ? 32 : dmax <= 64 ? 64 : dmax <= 80 ? 80 : dmax <= 96 ? 96 : 128;
+}
+
+// Opts a kernel into more than the default 48 KB of dynamic shared memory (up to 227 KB on
+// sm_90), then launches it.
+template <class Kernel, class Args>
+void launch_big_smem(Kernel kernel, unsigned blocks, int threads, size_t smem, cudaStream_t s,
+                     const Args& a) {
+  if (smem > 48 * 1024)
+    PSVAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+  kernel<<<blocks, threads, smem, s>>>(a);
+  PSVAE_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- device helpers shared by both paths -------------------------------------------------------
+extern __shared__ __align__(16) unsigned char attn_smem[];
+
+template <class A>
+__device__ __forceinline__ A ex2(A x);
+template <>
+__device__ __forceinline__ float ex2<float>(float x) {
+  return exp2f(x);
+}
+template <>
+__device__ __forceinline__ double ex2<double>(double x) {
+  return exp2(x);
+}
+template <class A>
+__device__ __forceinline__ A lg2(A x);
+template <>
+__device__ __forceinline__ float lg2<float>(float x) {
+  return log2f(x);
+}
+template <>
+__device__ __forceinline__ double lg2<double>(double x) {
+  return log2(x);
+}
+template <class A>
+__device__ __forceinline__ A inf() {
+  return static_cast<A>(INFINITY);
+}
+
+// Additive score bias of key j of batch b: 0 when it takes part, -inf when masked (mask 0) or past
+// the end (j >= Tk; those rows of a tile are zero-filled), so exp2 of the biased score is 0.
+template <class A>
+__device__ __forceinline__ A key_bias(const int32_t* mask, int64_t b, int64_t Tk, int64_t j) {
+  if (j >= Tk) return -inf<A>();
+  if (mask != nullptr && mask[b * Tk + j] == 0) return -inf<A>();
+  return A(0);
+}
+
+// The log2-domain lse of query row i as the backward uses it: P = exp2(s*scale*log2e - lse2).
+// Rows past the end and rows whose lse is -inf (every key masked: the CPU gives them no gradient)
+// get +inf, so their P is exp2(-inf) = 0 and they add nothing anywhere. A biased score (finite,
+// or -inf for a masked key) minus a finite or +inf lse2 is never NaN: -inf - (+inf) = -inf.
+template <class A>
+__device__ __forceinline__ A lse2_of(A lse, bool valid) {
+  return (!valid || lse == -inf<A>()) ? inf<A>() : lse * static_cast<A>(kLog2e);
+}
+
+// Butterfly reductions over xor offsets first, first/2, ..., 1: first = 16 spans the warp, 8 a
+// half-warp (the 16 tx lanes of a SIMT row), 2 a quad (the 4 lanes of an MMA fragment row).
+// Every lane must take part (full mask).
+template <class A>
+__device__ __forceinline__ A shfl_max(A v, int first) {
+  for (int o = first; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+template <class A>
+__device__ __forceinline__ A shfl_sum(A v, int first) {
+  for (int o = first; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// ---- SIMT path ---------------------------------------------------------------------------------
+// 256 threads as a 16 x 16 grid: ty = threadIdx.x / 16 picks kRpt stationary rows, tx the columns
+// tx and tx + 16 of a 32-wide streamed tile (and tx + 16 j of a head-dim row). 16 consecutive
+// lanes share ty, so row reductions are xor-shuffles over offsets 8, 4, 2, 1.
+constexpr int kSimtThreads = 256;
+constexpr int kSimtC = 32;  // rows of a streamed tile
+// Stationary rows per thread: 4 (64 rows per block) in f32, 2 (32 rows) in f64 so that the f64
+// tiles fit in shared memory at head dim 128.
+template <class A>
+constexpr int kSimtRpt = sizeof(A) == 4 ? 4 : 2;
+
+// Rows [row0, row0 + rows) of the (nrows, width) matrix whose row r starts at base + r * stride,
+// converted to the math type A, into dst (row stride kD + 1: the odd stride puts the 16 rows that
+// the 16 tx threads read at once into 16 different banks). Rows >= nrows and columns in
+// [width, kD) are written as 0, so dot products over the width rounded up to 4 add nothing.
+template <int kD, class T, class A>
+__device__ __forceinline__ void simt_load_rows(A* dst, const T* base, int64_t stride, int64_t row0,
+                                               int64_t nrows, int64_t width, int rows) {
+  for (int idx = threadIdx.x; idx < rows * kD; idx += blockDim.x) {
+    const int r = idx / kD, c = idx % kD;
+    const int64_t gr = row0 + r;
+    A v = A(0);
+    if (gr < nrows && c < width) v = detail::Math<T>::load(base[gr * stride + c]);
+    dst[r * (kD + 1) + c] = v;
+  }
+}
+
+// ---- MMA path (bf16 tensor cores, sm_80+) ------------------------------------------------------
+using bf16_t = __nv_bfloat16;
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy that bypasses L1; with valid == false nothing is read and the 16
+// bytes are zero-filled (src-size 0), which pads tile tails and head-dim columns past d.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits for all of this thread's cp.async groups; a __syncthreads after it makes every thread's
+// copies visible to the block.
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i. Without .trans lane l
+// receives of each matrix row l/4, columns 2(l%4) and 2(l%4)+1; with .trans row and column swap
+// (rows 2(l%4), 2(l%4)+1 of column l/4).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16_t* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const bf16_t* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+// c (16x8 f32) += a (16x16 bf16, row-major) * b (16x8 bf16, "col": k-major per column).
+// Fragments, with g = lane / 4 and t = lane % 4:
+//   a[0] = A(g, 2t..2t+1)  a[1] = A(g+8, 2t..2t+1)  a[2] = A(g, 2t+8..+9)  a[3] = A(g+8, 2t+8..+9)
+//   b0 = B(2t..2t+1, g)    b1 = B(2t+8..2t+9, g)
+//   c[0..1] = C(g, 2t..2t+1)   c[2..3] = C(g+8, 2t..2t+1)
+// (the lower column/row index in the low 16 bits of each register).
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  uint32_t u;
+  memcpy(&u, &v, sizeof u);
+  return u;
+}
+
+// Shared-memory row stride of a bf16 tile of head-dim capacity kD: kD + 8 elements. The extra 16
+// bytes shift consecutive rows by 4 banks, so the 8 row addresses of one ldmatrix matrix (16
+// bytes each) fall in 8 disjoint bank groups for kD = 32, 64, 80, 96, 128 (row strides of 20, 36,
+// 44, 52, 68 words). Row starts stay 16-byte aligned for cp.async and ldmatrix.
+template <int kD>
+constexpr int kLds = kD + 8;
+
+// Rows [row0, row0 + kRows) x columns [0, kD) of the (nrows, width) bf16 matrix whose row r
+// starts at base + r * stride, into dst (row stride kLds<kD>), 16 bytes (8 elements) per cp.async.
+// Rows >= nrows and 8-column chunks >= width are zero-filled; width is a multiple of 8 (the MMA
+// path's precondition), so a chunk is either wholly inside or wholly outside. base (a valid
+// address of the tensor) stands in as the unread source of zero-filled chunks.
+template <int kRows, int kD, int kThreads>
+__device__ __forceinline__ void mma_load_tile(bf16_t* dst, const bf16_t* base, int64_t stride,
+                                              int64_t row0, int64_t nrows, int64_t width) {
+  constexpr int kChunks = kD / 8;
+  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const int64_t gr = row0 + r;
+    const bool valid = gr < nrows && c * 8 < width;
+    const bf16_t* src = valid ? base + gr * stride + c * 8 : base;
+    cp_async16(dst + r * kLds<kD> + c * 8, src, valid);
+  }
+}
+
+// A-operand fragment of the 16x16 block (rows 0..15, columns k0..k0+15) of a row-major smem tile
+// whose row 0 is at `rows`: matrices (rows 0-7, k0), (rows 8-15, k0), (rows 0-7, k0+8),
+// (rows 8-15, k0+8) give a[0], a[1], a[2], a[3]; lane l addresses row l % 16, column k0 + 8 (l/16).
+template <int kD>
+__device__ __forceinline__ void load_a_frag(uint32_t (&a)[4], const bf16_t* rows, int k0,
+                                            int lane) {
+  ldsm_x4(a, rows + (lane & 15) * kLds<kD> + k0 + (lane >> 4) * 8);
+}
+
+// Warp GEMM "NT": acc (16 x kN) += A (16 x kK) * Bt^T, Bt a row-major smem tile [kN][kLds<kD>]
+// (B(k, n) = Bt[n][k], as K for S = Q K^T). A comes from a(kk, frag). For each 16-column pair of
+// n8 tiles one ldmatrix.x4 (no trans) loads matrices (n0, k0), (n0, k0+8), (n0+8, k0),
+// (n0+8, k0+8): b0, b1 of tile n0 and b0, b1 of tile n0+8 (lane l addresses row n0 + l%8 +
+// 8 (l/16), column k0 + 8 ((l/8)%2)).
+template <int kK, int kN, int kD, class AFrag>
+__device__ __forceinline__ void warp_gemm_nt(float (&acc)[kN / 8][4], AFrag a_frag,
+                                             const bf16_t* bt, int lane) {
+  static_assert(kK % 16 == 0 && kN % 16 == 0, "MMA tiles are 16 wide");
+#pragma unroll
+  for (int kk = 0; kk < kK / 16; ++kk) {
+    uint32_t a[4];
+    a_frag(kk, a);
+#pragma unroll
+    for (int np = 0; np < kN / 16; ++np) {
+      uint32_t b[4];
+      ldsm_x4(b, bt + (np * 16 + (lane & 7) + (lane >> 4) * 8) * kLds<kD> + kk * 16 +
+                     ((lane >> 3) & 1) * 8);
+      mma_bf16(acc[2 * np], a, b[0], b[1]);
+      mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Warp GEMM "NN" with A in registers: acc (16 x kN) += A (16 x kK) * Bm, A the fp32 accumulator
+// fragments p of a 16 x kK product rounded to bf16 (the accumulator layout of n8 tiles 2kk and
+// 2kk+1 is exactly the A layout of k-block kk: FlashAttention-2's register reuse), Bm a
+// row-major smem tile [kK][kLds<kD>] (B(k, n) = Bm[k][n], as V for O = P V). ldmatrix.x4.trans
+// loads matrices (k0, n0), (k0+8, n0), (k0, n0+8), (k0+8, n0+8): b0, b1 of tile n0, b0, b1 of
+// tile n0+8 (lane l addresses row k0 + l%16, column n0 + 8 (l/16)).
+template <int kK, int kN, int kD>
+__device__ __forceinline__ void warp_gemm_nn_regs(float (&acc)[kN / 8][4],
+                                                  const float (&p)[kK / 8][4], const bf16_t* bm,
+                                                  int lane) {
+  static_assert(kK % 16 == 0 && kN % 16 == 0, "MMA tiles are 16 wide");
+#pragma unroll
+  for (int kk = 0; kk < kK / 16; ++kk) {
+    const uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]),
+                           pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                           pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                           pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int np = 0; np < kN / 16; ++np) {
+      uint32_t b[4];
+      ldsm_x4_trans(b, bm + (kk * 16 + (lane & 15)) * kLds<kD> + np * 16 + (lane >> 4) * 8);
+      mma_bf16(acc[2 * np], a, b[0], b[1]);
+      mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Stores the fp32 accumulator fragments of a warp's 16 x kD tile (rows row0 + g and row0 + g + 8)
+// as bf16 pairs into rows < nrows, columns < width (a multiple of 8, so a pair never straddles
+// it) of the matrix whose row r starts at base + r * stride, times mul[0] / mul[1] per row half.
+template <int kD>
+__device__ __forceinline__ void mma_store_rows(bf16_t* base, int64_t stride, int64_t row0,
+                                               int64_t nrows, int64_t width,
+                                               const float (&acc)[kD / 8][4], const float (&mul)[2],
+                                               int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = row0 + g + 8 * r;
+    if (row >= nrows) continue;
+    bf16_t* out = base + row * stride;
+#pragma unroll
+    for (int c = 0; c < kD / 8; ++c) {
+      const int col = c * 8 + 2 * t;
+      if (col < width)
+        *reinterpret_cast<__nv_bfloat162*>(out + col) =
+            __floats2bfloat162_rn(acc[c][2 * r] * mul[r], acc[c][2 * r + 1] * mul[r]);
+    }
+  }
+}
+
+}  // namespace psvae::kernels::cuda::attn

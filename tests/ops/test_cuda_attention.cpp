@@ -1,0 +1,294 @@
+// The CUDA attention kernels (kernels/cuda/attention*.cu), forward (o, lse) and backward (gq, gk,
+// gv), against the CPU kernel run in f64 on the same dtype-rounded inputs, every output element
+// compared by the relative norm error (test::compare): under 1e-5 in f32, 1e-2 in bf16, 1e-12 in
+// f64; a -inf lse (a row whose keys are all masked) must be matched exactly, a NaN never passes.
+// Outputs are poisoned with NaN, so an unwritten element fails.
+//
+// Both implementations are run where they apply, forced through PSVAE_ATTN: the SIMT kernels
+// (every dtype) and the bf16 tensor-core kernels (head dims multiples of 8). The cases cover
+// sequence lengths 1 to 4096, head dims 8 to 128 (32, 64, 72, 96, 128 and odd ones), self and
+// cross attention (Tq != Tk both ways), dv != d, no mask, random holes, a batch entry with every
+// key masked and one with nearly every key masked, and the empty edges (Tk = 0, d = 0). The
+// backward of each case is fed o and lse of the f64 reference rounded to the dtype, so both
+// sides differentiate the same forward. Determinism: the backward run twice gives the same bits.
+// Skipped without a CUDA device.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/test_util.h"
+#include "kernels/op_table.h"
+
+using namespace psvae;
+using kernels::Op;
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+// Sets PSVAE_ATTN (the CUDA attention path: auto, simt, mma) for the scope and restores the
+// previous value after.
+class AttnPath {
+ public:
+  explicit AttnPath(const char* value) {
+    const char* prev = std::getenv("PSVAE_ATTN");
+    had_ = prev != nullptr;
+    if (had_) prev_ = prev;
+    ::setenv("PSVAE_ATTN", value, 1);
+  }
+  ~AttnPath() {
+    if (had_)
+      ::setenv("PSVAE_ATTN", prev_.c_str(), 1);
+    else
+      ::unsetenv("PSVAE_ATTN");
+  }
+  AttnPath(const AttnPath&) = delete;
+  AttnPath& operator=(const AttnPath&) = delete;
+
+ private:
+  bool had_ = false;
+  std::string prev_;
+};
+
+// Values of t rounded to dtype dt (through f32 for bf16, as psvae::bf16 does); -inf stays -inf.
+Tensor as_dtype(const Tensor& t, DType dt) {
+  std::vector<double> v = test::as_doubles(t);
+  if (dt == DType::F64) return Tensor::from_vector(v, t.shape());
+  std::vector<float> f(v.begin(), v.end());
+  if (dt == DType::F32) return Tensor::from_vector(f, t.shape());
+  std::vector<bf16> b;
+  b.reserve(f.size());
+  for (float x : f) b.emplace_back(x);
+  return Tensor::from_vector(b, t.shape());
+}
+Tensor widen(const Tensor& t) { return Tensor::from_vector(test::as_doubles(t), t.shape()); }
+
+double tolerance(DType dt) { return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2; }
+
+// Key mask (B, Tk) i32, 0 = masked. kind 0: none (undefined tensor); 1: ~35% random holes, key
+// b % Tk always kept; 2: as 1, and batch entry B-1 fully masked (its rows: o = 0, lse = -inf, no
+// gradient); 3: as 1, and batch entry 0 keeps only keys 0 and Tk-1.
+Tensor make_mask(Generator& g, int64_t B, int64_t Tk, int kind) {
+  if (kind == 0) return Tensor();
+  std::vector<double> u = test::as_doubles(test::uniform(g, {B, Tk}, 0.0, 1.0));
+  std::vector<int32_t> m(u.size());
+  for (int64_t b = 0; b < B; ++b) {
+    auto at = [&](int64_t j) -> int32_t& { return m[static_cast<size_t>(b * Tk + j)]; };
+    for (int64_t j = 0; j < Tk; ++j) at(j) = u[static_cast<size_t>(b * Tk + j)] < 0.35 ? 0 : 1;
+    if (Tk > 0) at(b % Tk) = 1;
+    if (kind == 2 && b == B - 1)
+      for (int64_t j = 0; j < Tk; ++j) at(j) = 0;
+    if (kind == 3 && b == 0)
+      for (int64_t j = 0; j < Tk; ++j) at(j) = (j == 0 || j == Tk - 1) ? 1 : 0;
+  }
+  return Tensor::from_vector(m, {B, Tk});
+}
+
+struct Cfg {
+  int64_t B, Tq, Tk, H, d, dv;
+  int mask;      // make_mask kind
+  double sharp;  // scale = sharp / sqrt(d)
+  std::vector<DType> dtypes;
+};
+
+std::string label(const Cfg& c) {
+  return fmt::format("B={} Tq={} Tk={} H={} d={} dv={} mask={} sharp={}", c.B, c.Tq, c.Tk, c.H, c.d,
+                     c.dv, c.mask, c.sharp);
+}
+
+// Does the bf16 tensor-core path take these head dims (the dispatcher's rule in attention.cu)?
+bool mma_applies(const Cfg& c) {
+  return c.d % 8 == 0 && c.dv % 8 == 0 && c.d >= 8 && c.dv >= 8 && c.d <= 128 && c.dv <= 128;
+}
+
+std::vector<const char*> paths_for(const Cfg& c, DType dt) {
+  if (dt == DType::BF16 && mma_applies(c)) return {"simt", "mma"};
+  return {"simt"};
+}
+
+// (q, k, v, [mask]) -> {o, lse} on the inputs' device, outputs of dtype dt.
+std::vector<Tensor> run_fwd(const std::vector<Tensor>& in, double scale, DType dt) {
+  const Shape &qs = in[0].shape(), &vs = in[2].shape();
+  const Device dev = in[0].device();
+  kernels::OpCall c;
+  c.in = in;
+  c.out = {Tensor::empty({qs[0], qs[1], qs[2], vs[3]}, dt, dev),
+           Tensor::empty({qs[0], qs[2], qs[1]}, dt, dev)};
+  c.reals[0] = scale;
+  kernels::run(Op::attention, c);
+  return c.out;
+}
+
+// (go, q, k, v, o, lse, [mask]) -> {gq, gk, gv}.
+std::vector<Tensor> run_bwd(const std::vector<Tensor>& in, double scale, DType dt) {
+  const Device dev = in[0].device();
+  kernels::OpCall c;
+  c.in = in;
+  c.out = {Tensor::empty(in[1].shape(), dt, dev), Tensor::empty(in[2].shape(), dt, dev),
+           Tensor::empty(in[3].shape(), dt, dev)};
+  c.reals[0] = scale;
+  kernels::run(Op::attention_bwd, c);
+  return c.out;
+}
+
+std::vector<Tensor> to_gpu(const std::vector<Tensor>& ts) {
+  std::vector<Tensor> r;
+  for (const Tensor& t : ts) r.push_back(t.to(kGpu));
+  return r;
+}
+
+void expect_close(const char* what, const Tensor& got, const Tensor& ref, DType dt) {
+  const test::Comparison cmp = test::compare(got.to(Device::cpu()), ref, tolerance(dt));
+  CHECK_MESSAGE(cmp.ok, what, ": ", cmp.why);
+}
+
+// Forward and backward of one configuration in one dtype, on every path that applies.
+void check_case(Generator& g, const Cfg& c, DType dt) {
+  CAPTURE(label(c));
+  CAPTURE(dtype_name(dt));
+  const double scale = c.sharp / std::sqrt(static_cast<double>(std::max<int64_t>(c.d, 1)));
+  const Tensor q = as_dtype(test::normal(g, {c.B, c.Tq, c.H, c.d}), dt);
+  const Tensor k = as_dtype(test::normal(g, {c.B, c.Tk, c.H, c.d}), dt);
+  const Tensor v = as_dtype(test::normal(g, {c.B, c.Tk, c.H, c.dv}), dt);
+  const Tensor go = as_dtype(test::normal(g, {c.B, c.Tq, c.H, c.dv}), dt);
+  const Tensor mask = make_mask(g, c.B, c.Tk, c.mask);
+
+  std::vector<Tensor> ref_in = {widen(q), widen(k), widen(v)}, in = {q, k, v};
+  if (mask.defined()) {
+    ref_in.push_back(mask);
+    in.push_back(mask);
+  }
+  const std::vector<Tensor> ref = run_fwd(ref_in, scale, DType::F64);
+  // The backward's o and lse: the reference's, rounded to the dtype, on both sides.
+  const Tensor o_d = as_dtype(ref[0], dt), lse_d = as_dtype(ref[1], dt);
+  std::vector<Tensor> ref_bin = {widen(go), widen(q), widen(k), widen(v), widen(o_d), widen(lse_d)};
+  std::vector<Tensor> bin = {go, q, k, v, o_d, lse_d};
+  if (mask.defined()) {
+    ref_bin.push_back(mask);
+    bin.push_back(mask);
+  }
+  const std::vector<Tensor> ref_g = run_bwd(ref_bin, scale, DType::F64);
+  const std::vector<Tensor> gin = to_gpu(in), gbin = to_gpu(bin);
+
+  for (const char* path : paths_for(c, dt)) {
+    CAPTURE(path);
+    AttnPath force(path);
+    const std::vector<Tensor> out = run_fwd(gin, scale, dt);
+    expect_close("o", out[0], ref[0], dt);
+    expect_close("lse", out[1], ref[1], dt);
+    const std::vector<Tensor> gr = run_bwd(gbin, scale, dt);
+    expect_close("gq", gr[0], ref_g[0], dt);
+    expect_close("gk", gr[1], ref_g[1], dt);
+    expect_close("gv", gr[2], ref_g[2], dt);
+  }
+}
+
+const std::vector<DType> kF32Bf16 = {DType::F32, DType::BF16};
+const std::vector<DType> kAll = {DType::F32, DType::BF16, DType::F64};
+
+}  // namespace
+
+TEST_CASE("cuda attention: forward and backward match the CPU on both paths") {
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
+  Generator g(41);
+  // Tile sizes: SIMT 64 (f64: 32) stationary rows x 32 streamed; MMA 64 rows x 64 keys (dkdv
+  // query tiles of 64 or 32). The lengths below end mid-tile on both.
+  const std::vector<Cfg> cases = {
+      {1, 1, 1, 1, 32, 32, 0, 1.0, kAll},                 // one query, one key
+      {2, 77, 77, 3, 64, 64, 1, 1.0, kAll},               // holes
+      {1, 256, 256, 2, 128, 128, 0, 2.0, kF32Bf16},       // whole tiles, sharper softmax
+      {2, 77, 1000, 2, 72, 72, 2, 1.0, kF32Bf16},         // cross, Tk > Tq, a masked-out batch
+      {1, 1000, 77, 2, 96, 96, 0, 1.0, kF32Bf16},         // cross, Tq > Tk
+      {2, 256, 256, 1, 32, 32, 3, 1.0, kF32Bf16},         // batch 0 keeps 2 keys of 256
+      {2, 130, 130, 2, 128, 128, 2, 1.0, kF32Bf16},       // d = 128 with a masked-out batch
+      {2, 33, 45, 3, 64, 32, 1, 1.0, kAll},               // dv < d
+      {1, 40, 70, 2, 8, 24, 0, 1.0, kF32Bf16},            // small head dims, dv > d
+      {1, 50, 61, 2, 20, 12, 1, 1.0, kAll},               // head dims not multiples of 8
+      {1, 4096, 4096, 1, 64, 64, 1, 1.0, {DType::BF16}},  // the long sequence
+  };
+  for (const Cfg& c : cases)
+    for (DType dt : c.dtypes) check_case(g, c, dt);
+}
+
+TEST_CASE("cuda attention: empty edges (no keys, head dim 0) match the CPU") {
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
+  Generator g(43);
+  // Tk = 0: o = 0, lse = -inf, gq = 0. d = 0: uniform weights over the kept keys, gq and gk
+  // empty. dv = 0: o empty, lse still written, gq = gk = 0.
+  const std::vector<Cfg> cases = {
+      {1, 9, 0, 2, 16, 16, 0, 1.0, kAll},
+      {2, 5, 7, 2, 0, 8, 1, 1.0, kAll},
+      {2, 5, 7, 2, 8, 0, 1, 1.0, kAll},
+  };
+  for (const Cfg& c : cases)
+    for (DType dt : c.dtypes) check_case(g, c, dt);
+}
+
+TEST_CASE("cuda attention: forward and backward are bit-identical run to run") {
+  PSVAE_REQUIRE_CUDA();
+  Generator g(47);
+  const int64_t B = 2, Tq = 300, Tk = 333, H = 2, d = 64;
+  for (DType dt : {DType::BF16, DType::F32}) {
+    for (const char* path : {"simt", "mma"}) {
+      if (dt != DType::BF16 && std::string(path) == "mma") continue;
+      CAPTURE(dtype_name(dt));
+      CAPTURE(path);
+      AttnPath force(path);
+      const Tensor mask = make_mask(g, B, Tk, 1).to(kGpu);
+      std::vector<Tensor> in = {as_dtype(test::normal(g, {B, Tq, H, d}), dt).to(kGpu),
+                                as_dtype(test::normal(g, {B, Tk, H, d}), dt).to(kGpu),
+                                as_dtype(test::normal(g, {B, Tk, H, d}), dt).to(kGpu), mask};
+      const Tensor go = as_dtype(test::normal(g, {B, Tq, H, d}), dt).to(kGpu);
+      const std::vector<Tensor> f1 = run_fwd(in, 0.125, dt), f2 = run_fwd(in, 0.125, dt);
+      const std::vector<Tensor> bin = {go, in[0], in[1], in[2], f1[0], f1[1], mask};
+      const std::vector<Tensor> b1 = run_bwd(bin, 0.125, dt), b2 = run_bwd(bin, 0.125, dt);
+      const std::vector<std::pair<Tensor, Tensor>> pairs = {
+          {f1[0], f2[0]}, {f1[1], f2[1]}, {b1[0], b2[0]}, {b1[1], b2[1]}, {b1[2], b2[2]}};
+      for (size_t i = 0; i < pairs.size(); ++i) {
+        CAPTURE(i);
+        CHECK(test::bit_mismatches_host(pairs[i].first.to(Device::cpu()),
+                                        pairs[i].second.to(Device::cpu())) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda attention: bad input and a bad PSVAE_ATTN throw naming the op") {
+  PSVAE_REQUIRE_CUDA();
+  auto gpu = [](const Shape& s, DType dt) { return Tensor::zeros(s, dt, kGpu); };
+  const std::vector<Tensor> ok = {gpu({1, 4, 2, 8}, DType::F32), gpu({1, 5, 2, 8}, DType::F32),
+                                  gpu({1, 5, 2, 8}, DType::F32)};
+  {
+    AttnPath force("fastest");
+    CHECK_THROWS_WITH_AS(run_fwd(ok, 1.0, DType::F32),
+                         doctest::Contains("attention: PSVAE_ATTN must be auto, simt or mma"),
+                         std::invalid_argument);
+  }
+  {
+    AttnPath force("mma");  // f32 has no tensor-core path
+    CHECK_THROWS_WITH_AS(run_fwd(ok, 1.0, DType::F32),
+                         doctest::Contains("attention: PSVAE_ATTN=mma"), std::invalid_argument);
+  }
+  AttnPath force("auto");
+  CHECK_THROWS_WITH_AS(run_fwd({ok[0], gpu({1, 5, 2, 4}, DType::F32), ok[2]}, 1.0, DType::F32),
+                       doctest::Contains("attention: shapes do not fit"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(run_fwd({ok[0], ok[1], ok[2], gpu({1, 4}, DType::I32)}, 1.0, DType::F32),
+                       doctest::Contains("attention: key_mask must be i32 (B,Tk) = (1, 5)"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(run_fwd({gpu({1, 4, 1, 160}, DType::BF16), gpu({1, 4, 1, 160}, DType::BF16),
+                                gpu({1, 4, 1, 160}, DType::BF16)},
+                               1.0, DType::BF16),
+                       doctest::Contains("attention: head dim"), std::runtime_error);
+  // The backward checks its extra inputs: lse of the wrong shape.
+  const std::vector<Tensor> f = run_fwd(ok, 1.0, DType::F32);
+  CHECK_THROWS_WITH_AS(
+      run_bwd({f[0], ok[0], ok[1], ok[2], f[0], gpu({1, 2, 5}, DType::F32)}, 1.0, DType::F32),
+      doctest::Contains("attention_bwd: lse must be"), std::invalid_argument);
+}

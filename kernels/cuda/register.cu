@@ -189,6 +189,7 @@ void register_norm(OpTable& t);       // norm.cu
 void register_loss(OpTable& t);       // loss.cu
 void register_optim(OpTable& t);      // optim.cu
 void register_conv(OpTable& t);       // conv.cu
+void register_lpips(OpTable& t);      // lpips.cu
 
 void register_all(OpTable& t) {
   register_unary(t);
@@ -203,6 +204,7 @@ void register_all(OpTable& t) {
   register_loss(t);
   register_optim(t);
   register_conv(t);
+  register_lpips(t);
   t[Op::add].cuda = &add_cuda;
   t[Op::sub].cuda = &sub_cuda;
   t[Op::mul].cuda = &mul_cuda;

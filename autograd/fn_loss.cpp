@@ -52,6 +52,16 @@ struct CrossEntropyNode : Node {
   }
 };
 
+struct LpipsTapNode : Node {
+  Tensor f0, f1, w;
+  double norm_eps = 0, sqrt_floor = 0;
+  const char* name() const override { return "lpips_tap"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    auto [g0, g1] = ops::lpips_tap_bwd(g[0], f0, f1, w, norm_eps, sqrt_floor);
+    return {g0, g1};
+  }
+};
+
 }  // namespace
 
 Var mse_loss(const Var& a, const Var& b) {
@@ -80,6 +90,18 @@ Var cross_entropy(const Var& logits, const Tensor& target) {
   n->target = target;
   n->lse = out.lse;
   return attach(n, {logits}, out.loss);
+}
+
+Var lpips_tap(const Var& f0, const Var& f1, const Tensor& w, double norm_eps, double sqrt_floor) {
+  Tensor out = ops::lpips_tap(f0.data(), f1.data(), w, norm_eps, sqrt_floor);
+  if (!any_requires_grad({f0, f1})) return Var(out);
+  auto n = std::make_shared<LpipsTapNode>();
+  n->f0 = f0.data();
+  n->f1 = f1.data();
+  n->w = w;
+  n->norm_eps = norm_eps;
+  n->sqrt_floor = sqrt_floor;
+  return attach(n, {f0, f1}, out);
 }
 
 }  // namespace psvae::ag

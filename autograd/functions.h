@@ -97,5 +97,8 @@ Var mse_loss(const Var& a, const Var& b);
 Var l1_loss(const Var& a, const Var& b);
 Var kl_gauss(const Var& mu, const Var& logvar, double normaliser);
 Var cross_entropy(const Var& logits, const Tensor& target);
+// LPIPS v0.1 distance at one tap, fused (ops::lpips_tap): f0, f1 (N,C,H,W) -> (N). w (C), the
+// tap's lin weights, is a constant (LPIPS ships it), so it is a Tensor and gets no gradient.
+Var lpips_tap(const Var& f0, const Var& f1, const Tensor& w, double norm_eps, double sqrt_floor);
 
 }  // namespace psvae::ag

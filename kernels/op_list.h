@@ -110,6 +110,11 @@
   X(kl_gauss_bwd, loss, "(gy, mu, logvar) -> (gmu, glogvar); reals: normaliser")                 \
   X(cross_entropy, loss, "(logits (N,C), target i64 (N)) -> (mean NLL, lse (N))")                \
   X(cross_entropy_bwd, loss, "(gy, logits, target, lse) -> glogits")                             \
+  X(lpips_tap, loss,                                                                             \
+    "(f0 (N,C,H,W), f1, w (C)) -> d (N): LPIPS v0.1 at one tap, the mean over H,W of "           \
+    "sum_c w_c (f0_c/n0 - f1_c/n1)^2, n = sqrt(sum_c f_c^2 + reals[1]) + reals[0]; "             \
+    "reals: norm_eps, sqrt_floor")                                                               \
+  X(lpips_tap_bwd, loss, "(gd (N), f0, f1, w) -> (g0, g1); reals as lpips_tap; w gets none")     \
   /* ---- optimiser ---- */                                                                      \
   X(adamw_step, optim,                                                                           \
     "(grad) -> in place (param, m, v); reals: lr, beta1, beta2, eps, weight_decay; ints: step")  \

@@ -27,6 +27,7 @@ const OpTable& op_table() {
     cpu::register_attention(t);
     cpu::register_loss(t);
     cpu::register_optim(t);
+    cpu::register_lpips(t);
 #ifdef PSVAE_WITH_CUDA
     cuda::register_all(t);
 #endif

@@ -158,6 +158,14 @@ struct CrossEntropyOut {
 CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& target);
 Tensor cross_entropy_bwd(const Tensor& gy, const Tensor& logits, const Tensor& target,
                          const Tensor& lse);
+// LPIPS v0.1 at one tap, fused (kernels/cpu/lpips.cpp): f0, f1 (N,C,H,W) feature maps of the two
+// images, w (C) the tap's lin weights -> d (N), the mean over positions of the w-weighted squared
+// difference of the channel-normalised features; norm = sqrt(sum_c f^2 + sqrt_floor) + norm_eps.
+// The backward gives the gradients of f0 and f1 (w is fixed).
+Tensor lpips_tap(const Tensor& f0, const Tensor& f1, const Tensor& w, double norm_eps,
+                 double sqrt_floor);
+std::pair<Tensor, Tensor> lpips_tap_bwd(const Tensor& gd, const Tensor& f0, const Tensor& f1,
+                                        const Tensor& w, double norm_eps, double sqrt_floor);
 
 // ---- optimiser (kernels/ops_optim.cpp), in place ------------------------------------------------
 struct AdamWParams {

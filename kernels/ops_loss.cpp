@@ -142,4 +142,50 @@ Tensor cross_entropy_bwd(const Tensor& gy, const Tensor& logits, const Tensor& t
   return gx;
 }
 
+namespace {
+
+// f0, f1 (N,C,H,W) floating, same shape and dtype, N and H*W > 0; w (C) of their dtype.
+void check_lpips(const char* op, const Tensor& f0, const Tensor& f1, const Tensor& w,
+                 double norm_eps, double sqrt_floor) {
+  check_defined(op, f0, f1, w);
+  check(f0.rank() == 4, fmt::format("{}: f0 must be (N, C, H, W), got {}", op, f0.shape().str()));
+  check_pair(op, f0, f1);
+  check(w.dtype() == f0.dtype() && w.shape() == Shape{f0.size(1)},
+        fmt::format("{}: w must be ({}) {} for features {}, got {}", op, f0.size(1),
+                    dtype_name(f0.dtype()), f0.str(), w.str()));
+  check(norm_eps >= 0 && sqrt_floor >= 0 && norm_eps + sqrt_floor > 0,
+        fmt::format("{}: norm_eps {} and sqrt_floor {} must be >= 0, not both 0", op, norm_eps,
+                    sqrt_floor));
+}
+
+kernels::OpCall lpips_call(std::vector<Tensor> in, std::vector<Tensor> out, double norm_eps,
+                           double sqrt_floor) {
+  kernels::OpCall c = call_of(std::move(in), std::move(out));
+  c.reals[0] = norm_eps;
+  c.reals[1] = sqrt_floor;
+  return c;
+}
+
+}  // namespace
+
+Tensor lpips_tap(const Tensor& f0, const Tensor& f1, const Tensor& w, double norm_eps,
+                 double sqrt_floor) {
+  check_lpips("lpips_tap", f0, f1, w, norm_eps, sqrt_floor);
+  Tensor d = Tensor::empty(Shape{f0.size(0)}, f0.dtype(), f0.device());
+  kernels::run(Op::lpips_tap, lpips_call({f0, f1, w}, {d}, norm_eps, sqrt_floor));
+  return d;
+}
+
+std::pair<Tensor, Tensor> lpips_tap_bwd(const Tensor& gd, const Tensor& f0, const Tensor& f1,
+                                        const Tensor& w, double norm_eps, double sqrt_floor) {
+  check_lpips("lpips_tap_bwd", f0, f1, w, norm_eps, sqrt_floor);
+  check(gd.defined() && gd.shape() == Shape{f0.size(0)} && gd.dtype() == f0.dtype(),
+        fmt::format("lpips_tap_bwd: gd must be ({}) {}, got {}", f0.size(0), dtype_name(f0.dtype()),
+                    gd.defined() ? gd.str() : "undefined"));
+  Tensor g0 = Tensor::empty(f0.shape(), f0.dtype(), f0.device());
+  Tensor g1 = Tensor::empty(f0.shape(), f0.dtype(), f0.device());
+  kernels::run(Op::lpips_tap_bwd, lpips_call({gd, f0, f1, w}, {g0, g1}, norm_eps, sqrt_floor));
+  return {g0, g1};
+}
+
 }  // namespace psvae::ops

@@ -38,15 +38,9 @@ constexpr double kShift[3] = {-0.030, -0.088, -0.188};
 constexpr double kScale[3] = {0.458, 0.448, 0.450};
 constexpr double kNormEps = 1e-10;  // normalize_tensor's eps, added to the norm
 // Added under the square root so a dead feature vector (all channels 0 after ReLU) has a finite
-// gradient: upstream's sqrt(0) backward is inf * 0 = NaN. sum + 1e-20 rounds to sum in f32 for any
-// sum above ~1e-12, so the forward values are unchanged.
+// gradient: upstream's sqrt(0) backward is inf * 0 = NaN. It moves the norm of any live vector
+// (sum above ~1e-12) by less than one f32 rounding, so the forward values are upstream's.
 constexpr double kSqrtFloor = 1e-20;
-
-// f / (||f||_channels + 1e-10): (N,C,H,W) -> (N,C,H,W), each spatial position a unit vector.
-ag::Var unit_normalize(const ag::Var& f) {
-  ag::Var norm = ag::sqrt(ag::add_scalar(ag::sum(ag::square(f), 1, true), kSqrtFloor));  // N,1,H,W
-  return ag::div(f, ag::add_scalar(norm, kNormEps));
-}
 
 ag::Var channel_constant(const double (&v)[3], const ag::Var& like) {
   Tensor t = Tensor::from_vector<double>({v[0], v[1], v[2]}, Shape{1, 3, 1, 1});
@@ -213,7 +207,6 @@ ag::Var LPIPS::forward(const ag::Var& x0, const ag::Var& x1,
   check(x0.rank() == 4 && x0.size(1) == 3 && x0.shape() == x1.shape(),
         fmt::format("LPIPS: expected two (N,3,H,W) images of the same shape, got {} and {}",
                     x0.shape().str(), x1.shape().str()));
-  const int64_t n = x0.size(0);
   ag::Var shift = channel_constant(kShift, x0), scale = channel_constant(kScale, x0);
   // The two images go through the backbone separately (not as one 2N batch), so identical images
   // take bit-identical paths and d(x, x) is exactly 0.
@@ -224,9 +217,12 @@ ag::Var LPIPS::forward(const ag::Var& x0, const ag::Var& x1,
   for (int k = 0; k < kTaps; ++k) {
     h0 = backbone_tap(h0, k);  // (N,C_k,H_k,W_k)
     h1 = backbone_tap(h1, k);
-    ag::Var diff = ag::square(ag::sub(unit_normalize(h0), unit_normalize(h1)));
-    ag::Var w = ag::conv2d(diff, lin_[static_cast<size_t>(k)]->weight(), ag::Var(), {});  // N,1,.
-    ag::Var term = ag::mean(ag::reshape(w, {n, -1}), 1);                                  // (N)
+    // normalize_tensor, squared difference, 1x1 lin and spatial mean in one fused op
+    // (kernels/cpu/lpips.cpp). The lin weights are constants of the metric: frozen here always.
+    const ag::Var& lin = lin_[static_cast<size_t>(k)]->weight();  // (1, C, 1, 1)
+    check(!lin.requires_grad(),
+          fmt::format("LPIPS: lin{}.model.1.weight requires grad; the lin weights are fixed", k));
+    ag::Var term = ag::lpips_tap(h0, h1, lin.data().reshape({lin.size(1)}), kNormEps, kSqrtFloor);
     if (per_layer) per_layer->push_back(term);
     d = k == 0 ? term : ag::add(d, term);
   }

@@ -93,6 +93,7 @@ void register_norm(OpTable& t);       // norm.cu
 void register_loss(OpTable& t);       // loss.cu
 void register_optim(OpTable& t);      // optim.cu
 void register_conv(OpTable& t);       // conv.cu
+void register_lpips(OpTable& t);      // lpips.cu
 
 void register_all(OpTable& t) {
   register_unary(t);
@@ -107,6 +108,7 @@ void register_all(OpTable& t) {
   register_loss(t);
   register_optim(t);
   register_conv(t);
+  register_lpips(t);
   t[Op::cast].cuda = &cast_cuda;
 }
 

@@ -49,7 +49,45 @@ struct ModulateNode : Node {
   }
 };
 
+struct LayerNormModulateNode : Node {
+  Tensor x, scale, mean, rstd;
+  const char* name() const override { return "layernorm_modulate"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    ops::ModulateGrads d = ops::layernorm_modulate_bwd(g[0], x, mean, rstd, scale);
+    return {d.gx, d.gshift, d.gscale};
+  }
+};
+
+struct GatedResidualNode : Node {
+  Tensor gate, h;
+  const char* name() const override { return "gated_residual"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    ops::GatedResidualGrads d = ops::gated_residual_bwd(g[0], gate, h);
+    return {g[0], d.ggate, d.gh};
+  }
+};
+
 }  // namespace
+
+Var layernorm_modulate(const Var& x, const Var& shift, const Var& scale, double eps) {
+  ops::NormOut o = ops::layernorm_modulate(x.data(), shift.data(), scale.data(), eps);
+  if (!any_requires_grad({x, shift, scale})) return Var(o.y);
+  auto n = std::make_shared<LayerNormModulateNode>();
+  n->x = x.data();
+  n->scale = scale.data();
+  n->mean = o.mean;
+  n->rstd = o.rstd;
+  return attach(n, {x, shift, scale}, o.y);
+}
+
+Var gated_residual(const Var& x, const Var& gate, const Var& h) {
+  Tensor out = ops::gated_residual(x.data(), gate.data(), h.data());
+  if (!any_requires_grad({x, gate, h})) return Var(out);
+  auto n = std::make_shared<GatedResidualNode>();
+  n->gate = gate.data();
+  n->h = h.data();
+  return attach(n, {x, gate, h}, out);
+}
 
 Var layer_norm(const Var& x, const Var& w, const Var& b, double eps) {
   ops::NormOut o = ops::layernorm(x.data(), data_or_empty(w), data_or_empty(b), eps);

@@ -65,6 +65,10 @@ Var linear(const Var& x, const Var& w, const Var& b);  // b may be an undefined 
 // ---- normalisation (fn_norm.cpp) ----------------------------------------------------------------
 Var layer_norm(const Var& x, const Var& w, const Var& b, double eps);  // w, b may be undefined
 Var modulate(const Var& x, const Var& shift, const Var& scale);        // adaLN, see ops::modulate
+// The DiT's adaLN-Zero path fused: LN(x) (1 + scale) + shift without affine weights, and the
+// gated residual x + gate h; x, h (N, T, D), shift, scale, gate (N, D).
+Var layernorm_modulate(const Var& x, const Var& shift, const Var& scale, double eps);
+Var gated_residual(const Var& x, const Var& gate, const Var& h);
 Var group_norm(const Var& x, int groups, const Var& w, const Var& b, double eps);
 
 // ---- convolution, pooling, resampling (fn_spatial.cpp) -----------------------------------------

@@ -141,9 +141,10 @@ Var PoolEmbedder::forward(const Var& pooled) const {
 
 // ---- blocks -------------------------------------------------------------------------------------
 namespace {
-Var norm(const Var& x) { return ag::layer_norm(x, Var(), Var(), 1e-6); }  // no affine
-Var per_sample(const Var& v) {                                            // (N, D) -> (N, 1, D)
-  return ag::reshape(v, Shape{v.size(0), 1, v.size(1)});
+// LayerNorm without affine weights (eps 1e-6) then x (1 + scale) + shift per sample: one fused op
+// (kernels/cpu/adaln.cpp, kernels/cuda/norm.cu).
+Var norm_modulate(const Var& x, const Var& shift, const Var& scale) {
+  return ag::layernorm_modulate(x, shift, scale, 1e-6);
 }
 }  // namespace
 
@@ -167,10 +168,11 @@ Var DiTBlock::forward(const Var& x, const Var& c, const Var& context,
   const int64_t D = cfg_.dim;
   // (N, 6D) -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, each (N, D).
   auto m = ag::split(adaLN->forward(ag::silu(c)), {D, D, D, D, D, D}, 1);
-  Var h = x + per_sample(m[2]) * attn->forward(ag::modulate(norm(x), m[0], m[1]));
+  // x + gate * f(modulate(LN(x))) for f = attention, then the MLP: the gated residual is fused too.
+  Var h = ag::gated_residual(x, m[2], attn->forward(norm_modulate(x, m[0], m[1])));
   // PixArt-alpha: the text enters through a plain residual cross-attention (no norm, no gate).
   if (cross_attn) h = h + cross_attn->forward(h, context, context_mask);
-  return h + per_sample(m[5]) * mlp->forward(ag::modulate(norm(h), m[3], m[4]));
+  return ag::gated_residual(h, m[5], mlp->forward(norm_modulate(h, m[3], m[4])));
 }
 
 FinalLayer::FinalLayer(const Config& c, Generator& g) : cfg_(c) {
@@ -183,7 +185,7 @@ FinalLayer::FinalLayer(const Config& c, Generator& g) : cfg_(c) {
 
 Var FinalLayer::forward(const Var& x, const Var& c) const {
   auto m = ag::split(adaLN->forward(ag::silu(c)), {cfg_.dim, cfg_.dim}, 1);  // shift, scale
-  return linear->forward(ag::modulate(norm(x), m[0], m[1]));
+  return linear->forward(norm_modulate(x, m[0], m[1]));
 }
 
 // ---- the model ----------------------------------------------------------------------------------

@@ -72,6 +72,12 @@
   X(layernorm_bwd, norm, "(gy, x, mean, rstd, [w]) -> (gx, [gw, gb])")                           \
   X(modulate, norm, "(x (N,T,D), shift (N,D), scale (N,D)) -> x*(1+scale)+shift (adaLN)")        \
   X(modulate_bwd, norm, "(gy, x, scale) -> (gx, gshift, gscale)")                                \
+  X(layernorm_modulate, norm,                                                                    \
+    "(x (N,T,D), shift (N,D), scale (N,D)) -> (y = LN(x)(1+scale)+shift, mean, rstd (N,T)); "    \
+    "reals: eps (the DiT's adaLN: layernorm without affine weights, fused)")                     \
+  X(layernorm_modulate_bwd, norm, "(gy, x, mean, rstd, scale) -> (gx, gshift, gscale)")          \
+  X(gated_residual, norm, "(x (N,T,D), gate (N,D), h (N,T,D)) -> x + gate*h (adaLN-Zero)")       \
+  X(gated_residual_bwd, norm, "(gout, gate, h) -> (gh, ggate); the gradient of x is gout")       \
   X(groupnorm, norm,                                                                             \
     "(x (N,C,...), [w (C), b (C)]) -> (y, mean (N,G), rstd (N,G)); ints: groups; reals: eps")    \
   X(groupnorm_bwd, norm, "(gy, x, mean, rstd, [w]) -> (gx, [gw, gb]); ints: groups")             \

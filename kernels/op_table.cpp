@@ -28,6 +28,7 @@ const OpTable& op_table() {
     cpu::register_loss(t);
     cpu::register_optim(t);
     cpu::register_lpips(t);
+    cpu::register_adaln(t);
 #ifdef PSVAE_WITH_CUDA
     cuda::register_all(t);
 #endif

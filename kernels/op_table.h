@@ -75,6 +75,7 @@ void register_attention(OpTable& t);
 void register_loss(OpTable& t);
 void register_optim(OpTable& t);
 void register_lpips(OpTable& t);
+void register_adaln(OpTable& t);
 }  // namespace cpu
 namespace cuda {
 void register_all(OpTable& t);  // kernels/cuda/register.cu; absent in a CPU-only build

@@ -85,6 +85,17 @@ struct ModulateGrads {
   Tensor gx, gshift, gscale;
 };
 ModulateGrads modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& scale);
+// The DiT block's adaLN-Zero path fused (kernels/cpu/adaln.cpp): layernorm without affine weights
+// then the modulation, y = LN(x) (1 + scale) + shift; mean and rstd (N, T) as layernorm's.
+NormOut layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, double eps);
+ModulateGrads layernorm_modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean,
+                                     const Tensor& rstd, const Tensor& scale);
+// The gated residual add x + gate * h, gate (N, D) per sample, x and h (N, T, D).
+Tensor gated_residual(const Tensor& x, const Tensor& gate, const Tensor& h);
+struct GatedResidualGrads {
+  Tensor gh, ggate;  // the gradient of x is the incoming gradient itself
+};
+GatedResidualGrads gated_residual_bwd(const Tensor& gout, const Tensor& gate, const Tensor& h);
 // x (N, C, ...): statistics over each group of C/groups channels and all spatial positions.
 NormOut groupnorm(const Tensor& x, int groups, const Tensor& w, const Tensor& b, double eps);
 NormGrads groupnorm_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tensor& rstd,

@@ -1,5 +1,5 @@
 // Typed wrappers of the norm family: shape checks and output allocation for layernorm, modulate,
-// groupnorm and their backward entries.
+// the fused adaLN pair (layernorm_modulate, gated_residual), groupnorm and their backward entries.
 #include <fmt/format.h>
 
 #include "kernels/ops.h"
@@ -123,6 +123,65 @@ ModulateGrads modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& scal
            Tensor::empty(nd, x.dtype(), x.device()), Tensor::empty(nd, x.dtype(), x.device())};
   kernels::run(Op::modulate_bwd, c);
   return {c.out[0], c.out[1], c.out[2]};
+}
+
+// ---- the fused adaLN path -----------------------------------------------------------------------
+namespace {
+// x must be a floating (N, T, D) tensor; returns (N, D), the shape of its per-sample operands.
+Shape check_ntd(const char* op, const Tensor& x) {
+  check(x.defined() && x.rank() == 3 && is_floating(x.dtype()),
+        fmt::format("{}: x must be a floating (N, T, D) tensor, got {}", op,
+                    x.defined() ? x.str() : "undefined"));
+  return Shape{x.size(0), x.size(2)};
+}
+}  // namespace
+
+NormOut layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, double eps) {
+  const Shape nd = check_ntd("layernorm_modulate", x);
+  check_same("layernorm_modulate", "shift", shift, nd, x.dtype());
+  check_same("layernorm_modulate", "scale", scale, nd, x.dtype());
+  const Shape rows{x.size(0), x.size(1)};
+  kernels::OpCall c = call_of({x, shift, scale}, {Tensor::empty(x.shape(), x.dtype(), x.device()),
+                                                  Tensor::empty(rows, x.dtype(), x.device()),
+                                                  Tensor::empty(rows, x.dtype(), x.device())});
+  c.reals[0] = eps;
+  kernels::run(Op::layernorm_modulate, c);
+  return {c.out[0], c.out[1], c.out[2]};
+}
+
+ModulateGrads layernorm_modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean,
+                                     const Tensor& rstd, const Tensor& scale) {
+  const Shape nd = check_ntd("layernorm_modulate_bwd", x);
+  const Shape rows{x.size(0), x.size(1)};
+  check_same("layernorm_modulate_bwd", "gy", gy, x.shape(), x.dtype());
+  check_same("layernorm_modulate_bwd", "mean", mean, rows, x.dtype());
+  check_same("layernorm_modulate_bwd", "rstd", rstd, rows, x.dtype());
+  check_same("layernorm_modulate_bwd", "scale", scale, nd, x.dtype());
+  kernels::OpCall c =
+      call_of({gy, x, mean, rstd, scale},
+              {Tensor::empty(x.shape(), x.dtype(), x.device()),
+               Tensor::empty(nd, x.dtype(), x.device()), Tensor::empty(nd, x.dtype(), x.device())});
+  kernels::run(Op::layernorm_modulate_bwd, c);
+  return {c.out[0], c.out[1], c.out[2]};
+}
+
+Tensor gated_residual(const Tensor& x, const Tensor& gate, const Tensor& h) {
+  const Shape nd = check_ntd("gated_residual", x);
+  check_same("gated_residual", "gate", gate, nd, x.dtype());
+  check_same("gated_residual", "h", h, x.shape(), x.dtype());
+  kernels::OpCall c = call_of({x, gate, h}, {Tensor::empty(x.shape(), x.dtype(), x.device())});
+  kernels::run(Op::gated_residual, c);
+  return c.out[0];
+}
+
+GatedResidualGrads gated_residual_bwd(const Tensor& gout, const Tensor& gate, const Tensor& h) {
+  const Shape nd = check_ntd("gated_residual_bwd", h);
+  check_same("gated_residual_bwd", "gout", gout, h.shape(), h.dtype());
+  check_same("gated_residual_bwd", "gate", gate, nd, h.dtype());
+  kernels::OpCall c = call_of({gout, gate, h}, {Tensor::empty(h.shape(), h.dtype(), h.device()),
+                                                Tensor::empty(nd, h.dtype(), h.device())});
+  kernels::run(Op::gated_residual_bwd, c);
+  return {c.out[0], c.out[1]};
 }
 
 // ---- groupnorm --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #pragma once
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 
@@ -33,6 +34,22 @@ constexpr int64_t kParallelGrain = 1 << 14;
 // Integer id tensors (embedding, cross-entropy targets) may be i32 or i64.
 inline int64_t id_at(const Tensor& ids, int64_t i) {
   return ids.dtype() == DType::I64 ? ids.data<int64_t>()[i] : ids.data<int32_t>()[i];
+}
+
+// mean and 1/sqrt(biased var + eps) of n contiguous values, in double, two passes (mean, then the
+// sum of squared deviations): the one-pass E[x^2] - E[x]^2 loses all digits when |mean| >> std.
+// Shared by layernorm, groupnorm and the fused adaLN kernels.
+template <class T>
+void row_moments(const T* x, int64_t n, double eps, double& mean, double& rstd) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += x[i];
+  mean = s / static_cast<double>(n);
+  double v = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = x[i] - mean;
+    v += d * d;
+  }
+  rstd = 1.0 / std::sqrt(v / static_cast<double>(n) + eps);
 }
 
 }  // namespace psvae::kernels::cpu

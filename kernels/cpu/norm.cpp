@@ -19,20 +19,6 @@ namespace {
 // each input row, which keeps the row-strided walk cache friendly.
 constexpr int64_t kColBlock = 64;
 
-// mean and 1/sqrt(biased var + eps) of n contiguous values, in double.
-template <class T>
-void moments(const T* x, int64_t n, double eps, double& mean, double& rstd) {
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += x[i];
-  mean = s / static_cast<double>(n);
-  double v = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    double d = x[i] - mean;
-    v += d * d;
-  }
-  rstd = 1.0 / std::sqrt(v / static_cast<double>(n) + eps);
-}
-
 // ---- layernorm ------------------------------------------------------------------------------
 // in: x (R, D) (leading dims flattened), optional w (D), b (D). out: y, mean (R), rstd (R).
 void layernorm_cpu(const OpCall& c) {
@@ -53,7 +39,7 @@ void layernorm_cpu(const OpCall& c) {
       const T* xr = x + r * D;
       T* yr = y + r * D;
       double mu, rs;
-      moments(xr, D, eps, mu, rs);
+      row_moments(xr, D, eps, mu, rs);
       for (int64_t d = 0; d < D; ++d) {
         double xhat = (xr[d] - mu) * rs;
         yr[d] = static_cast<T>(affine ? xhat * w[d] + b[d] : xhat);
@@ -215,7 +201,7 @@ void groupnorm_cpu(const OpCall& c) {
       const T* xg = x + ng * L;
       T* yg = y + ng * L;
       double mu, rs;
-      moments(xg, L, eps, mu, rs);
+      row_moments(xg, L, eps, mu, rs);
       int64_t c0 = (ng % gd.G) * gd.Cg;
       for (int64_t ci = 0; ci < gd.Cg; ++ci) {
         double a = affine ? rs * w[c0 + ci] : rs;  // y = (x - mu) a + b per channel

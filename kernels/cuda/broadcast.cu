@@ -39,15 +39,7 @@ namespace {
 
 namespace rt = ::psvae::cuda;
 
-using detail::aligned16;
-using detail::dispatch_float;
-using detail::Div64;
-using detail::FastDiv32;
-using detail::kVec;
-using detail::launch_on;
-using detail::Math;
-using detail::Pack;
-using detail::unsupported;
+using namespace detail;  // the shared helpers of elementwise_common.cuh
 
 // ---- the operations --------------------------------------------------------------------------
 struct AddOp {

@@ -40,47 +40,13 @@ namespace psvae::kernels::cuda {
 namespace {
 
 namespace rt = ::psvae::cuda;
-using detail::dispatch_float;
-using detail::launch_on;
-using detail::Math;
-using detail::unsupported;
+using namespace detail;  // the shared helpers of elementwise_common.cuh
 
 constexpr int kR = kMaxRank;
 
-// ---- integer division
-// -------------------------------------------------------------------------- n / d for n, d <
-// 2^31 by a multiply-high, an add and a shift (Granlund-Montgomery; the magic number as PyTorch's
-// IntDivider). A 64-bit division is a software routine of dozens of instructions on the GPU, and a
-// generic strided element decodes up to 5 coordinates, so this keeps the index math below the
-// memory time.
-struct FastDiv {
-  uint32_t magic = 1, shift = 0;
-  FastDiv() = default;
-  explicit FastDiv(int64_t div) {  // 1 <= div <= INT32_MAX
-    const uint64_t d = static_cast<uint64_t>(div);
-    while ((uint64_t{1} << shift) < d) ++shift;
-    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
-  }
-  __device__ __forceinline__ uint32_t div(uint32_t n) const {
-    return (__umulhi(n, magic) + n) >> shift;
-  }
-};
-
-// A divisor with both forms; `divide` picks the 32-bit one when the launch's flag k32 (uniform over
-// the grid) says every dividend is below 2^31.
-struct Div {
-  int64_t d = 1;
-  FastDiv f;
-};
-Div make_div(int64_t d) {
-  Div r;
-  r.d = std::max<int64_t>(d, 1);
-  if (r.d <= INT32_MAX) r.f = FastDiv(r.d);
-  return r;
-}
-__device__ __forceinline__ int64_t divide(int64_t n, const Div& D, bool k32) {
-  return k32 ? static_cast<int64_t>(D.f.div(static_cast<uint32_t>(n))) : n / D.d;
-}
+// Index division: detail::Div, make_div and divide (elementwise_common.cuh), FastDiv32's multiply-
+// high and shift when the launch's k32 says every dividend is below 2^31. A generic strided element
+// decodes up to 5 coordinates, which in 64-bit divisions would cost more than its memory time.
 
 // ---- raw units ----------------------------------------------------------------------------------
 // Data movement copies bytes: a unit of 2, 4, 8 or 16 bytes is one load/store instruction.

@@ -45,14 +45,7 @@ namespace psvae::kernels::cuda {
 namespace {
 
 namespace rt = ::psvae::cuda;
-using detail::aligned16;
-using detail::check_same;
-using detail::dispatch_float;
-using detail::kVec;
-using detail::launch_on;
-using detail::Math;
-using detail::Pack;
-using detail::unsupported;
+using namespace detail;  // the shared helpers of elementwise_common.cuh
 
 constexpr int kThreads = 256;  // 8 warps per block, every kernel of this file
 // Pass-1 blocks at most: 4 per SM of an H200 (132 SMs). With __launch_bounds__(256, 4) and the
@@ -68,75 +61,8 @@ __device__ __forceinline__ double to_double(T x) {
   return static_cast<double>(Math<T>::load(x));
 }
 
-// double -> storage type, rounded once (bf16 through f32, as psvae::bf16 and register.cu's cast).
-template <class T>
-__device__ __forceinline__ T from_double(double v);
-template <>
-__device__ __forceinline__ float from_double<float>(double v) {
-  return __double2float_rn(v);
-}
-template <>
-__device__ __forceinline__ double from_double<double>(double v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_double<__nv_bfloat16>(double v) {
-  return __float2bfloat16_rn(__double2float_rn(v));
-}
-
 __device__ __forceinline__ float expm1_of(float x) { return expm1f(x); }
 __device__ __forceinline__ double expm1_of(double x) { return expm1(x); }
-
-// Elements [base, base + V) of p that lie below n, as Acc, into v (zeros past n); returns how many
-// are valid. One 16-byte load when `vec` (p 16-byte aligned; base is a multiple of V, so p + base
-// is too) and the pack is whole, else one load per valid element: same values either way.
-template <class T, int V>
-__device__ __forceinline__ int load_pack(const T* p, int64_t base, int64_t n, bool vec,
-                                         typename Math<T>::Acc (&v)[V]) {
-  using A = typename Math<T>::Acc;
-  if (vec && base + V <= n) {
-    const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p + base);
-#pragma unroll
-    for (int k = 0; k < V; ++k) v[k] = Math<T>::load(pk.v[k]);
-    return V;
-  }
-  const int cnt = n - base < V ? static_cast<int>(n - base) : V;
-#pragma unroll
-  for (int k = 0; k < V; ++k) v[k] = k < cnt ? Math<T>::load(p[base + k]) : A(0);
-  return cnt;
-}
-
-// Stores the elements of v that lie below n at p + base (the mirror of load_pack).
-template <class T, int V>
-__device__ __forceinline__ void store_pack(T* p, int64_t base, int64_t n, bool vec,
-                                           const typename Math<T>::Acc (&v)[V]) {
-  if (vec && base + V <= n) {
-    Pack<T, V> pk;
-#pragma unroll
-    for (int k = 0; k < V; ++k) pk.v[k] = Math<T>::store(v[k]);
-    *reinterpret_cast<Pack<T, V>*>(p + base) = pk;
-    return;
-  }
-#pragma unroll
-  for (int k = 0; k < V; ++k)
-    if (base + k < n) p[base + k] = Math<T>::store(v[k]);
-}
-
-// Sum over the block of v; the result is valid in thread 0 only. sh: 32 doubles of shared memory,
-// used once (callers do not loop). The butterfly order is fixed, so the sum is deterministic.
-__device__ double block_sum_to_thread0(double v, double* sh) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();  // every warp's total is in sh before warp 0 reads them
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : 0.0;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  }
-  return v;
-}
 
 // ---- the reduction's terms: each sums one pack (in index order) and may write outputs ---------
 // The sums use __dadd_rn/__dmul_rn: no multiply-add is ever contracted into an fma, so every

@@ -48,11 +48,7 @@ namespace psvae::kernels::cuda {
 namespace {
 
 namespace rt = ::psvae::cuda;
-using detail::kVec;
-using detail::launch_on;
-using detail::Math;
-using detail::Pack;
-using detail::unsupported;
+using namespace detail;  // the shared helpers of elementwise_common.cuh
 
 constexpr int kThreads = 256;
 // Elements per multi-tensor chunk: 65536 = 256 threads x 64 packs of 4 (256 KiB of f32 param per
@@ -125,56 +121,6 @@ __device__ __forceinline__ void adam_update(T& p, T g, T& m, T& v, const AdamSca
   p = R::add(R::mul(p, decay), R::div(R::mul(s.neg_step_size, mi), denom));
   m = mi;
   v = vi;
-}
-
-// ---- pack loads and stores (as in loss.cu) ------------------------------------------------------
-// Elements [base, base + V) of p below n into v as Acc (zeros past n); one V-element vector access
-// when `vec` (p aligned to the pack size; base is a multiple of V) and the pack is whole.
-template <class T, int V>
-__device__ __forceinline__ int load_pack(const T* p, int64_t base, int64_t n, bool vec,
-                                         typename Math<T>::Acc (&v)[V]) {
-  using A = typename Math<T>::Acc;
-  if (vec && base + V <= n) {
-    const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p + base);
-#pragma unroll
-    for (int k = 0; k < V; ++k) v[k] = Math<T>::load(pk.v[k]);
-    return V;
-  }
-  const int cnt = n - base < V ? static_cast<int>(n - base) : V;
-#pragma unroll
-  for (int k = 0; k < V; ++k) v[k] = k < cnt ? Math<T>::load(p[base + k]) : A(0);
-  return cnt;
-}
-
-template <class T, int V>
-__device__ __forceinline__ void store_pack(T* p, int64_t base, int64_t n, bool vec,
-                                           const typename Math<T>::Acc (&v)[V]) {
-  if (vec && base + V <= n) {
-    Pack<T, V> pk;
-#pragma unroll
-    for (int k = 0; k < V; ++k) pk.v[k] = Math<T>::store(v[k]);
-    *reinterpret_cast<Pack<T, V>*>(p + base) = pk;
-    return;
-  }
-#pragma unroll
-  for (int k = 0; k < V; ++k)
-    if (base + k < n) p[base + k] = Math<T>::store(v[k]);
-}
-
-// Sum over the block (blockDim a multiple of 32, at most 1024); valid in thread 0 only; sh: 32
-// doubles, used once. Fixed butterfly: deterministic.
-__device__ double block_sum_to_thread0(double v, double* sh) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();  // all warp sums are in sh before warp 0 reads them
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : 0.0;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  }
-  return v;
 }
 
 // ---- per-tensor kernels (the op table's adamw_step and ema_update) -----------------------------
@@ -415,17 +361,6 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
-template <class O>
-__device__ __forceinline__ O norm_as(double v);
-template <>
-__device__ __forceinline__ float norm_as<float>(double v) {
-  return __double2float_rn(v);
-}
-template <>
-__device__ __forceinline__ double norm_as<double>(double v) {
-  return v;
-}
-
 // Pass 2, one block: the partials in a fixed order (thread t: t, t + 256, ...; then the tree),
 // norm = sqrt(total), and optionally the clip factor min(1, max_norm / (norm + 1e-6)).
 template <class O>
@@ -438,7 +373,7 @@ __global__ void __launch_bounds__(kThreads)
   acc = block_sum_to_thread0(acc, sh);
   if (threadIdx.x == 0) {
     const double norm = sqrt(acc);
-    norm_out[0] = norm_as<O>(norm);
+    norm_out[0] = from_double<O>(norm);
     if (clip_out) clip_out[0] = __double2float_rn(fmin(1.0, max_norm / (norm + 1e-6)));
   }
 }
@@ -501,8 +436,8 @@ void adamw_step_cuda(const OpCall& c) {
       using T = decltype(tag);
       constexpr int V = kVec<T>;
       const AdamScalars<T> s = adam_scalars<T>(lr, beta1, beta2, eps, c.ints[0]);
-      const bool vec = detail::aligned16(param.raw_data()) && detail::aligned16(grad.raw_data()) &&
-                       detail::aligned16(m.raw_data()) && detail::aligned16(v.raw_data());
+      const bool vec = aligned16(param.raw_data()) && aligned16(grad.raw_data()) &&
+                       aligned16(m.raw_data()) && aligned16(v.raw_data());
       adamw_kernel<T><<<resident_grid<adamw_kernel<T>>((n + V - 1) / V, dev), kThreads, 0, st>>>(
           static_cast<T*>(param.raw_data()), static_cast<const T*>(grad.raw_data()),
           static_cast<T*>(m.raw_data()), static_cast<T*>(v.raw_data()), n, vec, s, lr, wd);
@@ -523,7 +458,7 @@ void ema_update_cuda(const OpCall& c) {
     dispatch_f32_f64(ema.dtype(), op, [&](auto tag) {
       using T = decltype(tag);
       constexpr int V = kVec<T>;
-      const bool vec = detail::aligned16(param.raw_data()) && detail::aligned16(ema.raw_data());
+      const bool vec = aligned16(param.raw_data()) && aligned16(ema.raw_data());
       ema_kernel<T><<<resident_grid<ema_kernel<T>>((n + V - 1) / V, dev), kThreads, 0, st>>>(
           static_cast<T*>(ema.raw_data()), static_cast<const T*>(param.raw_data()), n, vec,
           static_cast<T>(decay), static_cast<T>(1.0 - decay));

@@ -47,14 +47,7 @@ namespace {
 
 namespace rt = ::psvae::cuda;
 
-using detail::aligned16;
-using detail::dispatch_float;
-using detail::Div64;
-using detail::FastDiv32;
-using detail::kVec;
-using detail::launch_on;
-using detail::Math;
-using detail::Pack;
+using namespace detail;  // the shared helpers of elementwise_common.cuh
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;  // loads issued per thread before their results are combined
@@ -558,7 +551,7 @@ void var_dim_bwd_cuda(const OpCall& c) {
   const Geometry g = geometry_of("var_dim_bwd", x.shape(), c.ints[0]);
   check_out("var_dim_bwd", gy, g, x.dtype());
   check_out("var_dim_bwd", mean, g, x.dtype());
-  detail::check_same("var_dim_bwd", x, gx);
+  check_same("var_dim_bwd", x, gx);
   const int64_t n = gx.numel();
   if (n == 0) return;
   const double scale = 2.0 / static_cast<double>(g.R - c.ints[1]);

@@ -40,41 +40,11 @@ namespace psvae::kernels::cuda {
 namespace {
 
 namespace rt = ::psvae::cuda;
-using detail::dispatch_float;
-using detail::launch_on;
-using detail::Math;
-using detail::unsupported;
+using namespace detail;  // the shared helpers of elementwise_common.cuh
 
-// ---- integer division (as in layout.cu)
-// -------------------------------------------------------- n / d for n, d < 2^31 by multiply-high
-// and shift (PyTorch's IntDivider magic): every element decodes (plane, row, column) with two
-// divisions, which in 64 bits would cost more than the element's memory time.
-struct FastDiv {
-  uint32_t magic = 1, shift = 0;
-  FastDiv() = default;
-  explicit FastDiv(int64_t div) {  // 1 <= div <= INT32_MAX
-    const uint64_t d = static_cast<uint64_t>(div);
-    while ((uint64_t{1} << shift) < d) ++shift;
-    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
-  }
-  __device__ __forceinline__ uint32_t div(uint32_t n) const {
-    return (__umulhi(n, magic) + n) >> shift;
-  }
-};
-struct Div {
-  int64_t d = 1;
-  FastDiv f;
-};
-Div make_div(int64_t d) {
-  Div r;
-  r.d = std::max<int64_t>(d, 1);
-  if (r.d <= INT32_MAX) r.f = FastDiv(r.d);
-  return r;
-}
-// k32 (uniform over a launch): every dividend is below 2^31.
-__device__ __forceinline__ int64_t divide(int64_t n, const Div& D, bool k32) {
-  return k32 ? static_cast<int64_t>(D.f.div(static_cast<uint32_t>(n))) : n / D.d;
-}
+// Index division: detail::Div, make_div and divide (elementwise_common.cuh), FastDiv32's multiply-
+// high and shift when the launch's k32 says every dividend is below 2^31.
+
 // u -> (plane p, row a, column b) of a (planes, A, B) tensor.
 __device__ __forceinline__ void decode(int64_t u, const Div& A, const Div& B, bool k32, int64_t& p,
                                        int64_t& a, int64_t& b) {
@@ -91,15 +61,6 @@ __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, 
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 __device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
 __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-
-// A double rounded to the storage type T (bf16 through f32, as everywhere in the project).
-template <class T>
-__device__ __forceinline__ T from_double(double v) {
-  if constexpr (std::is_same_v<T, double>)
-    return v;
-  else
-    return Math<T>::store(static_cast<float>(v));
-}
 
 void check_nchw(const char* op, const char* what, const Tensor& t) {
   if (t.rank() != 4)

@@ -23,13 +23,7 @@ namespace psvae::kernels::cuda {
 namespace {
 
 namespace rt = ::psvae::cuda;
-using detail::aligned16;
-using detail::check_same;
-using detail::dispatch_float;
-using detail::kVec;
-using detail::launch_on;
-using detail::Math;
-using detail::Pack;
+using namespace detail;  // the shared helpers of elementwise_common.cuh
 
 template <class A>
 __device__ __forceinline__ A sigmoid_of(A x) {

@@ -21,11 +21,16 @@
 #include <utility>
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/op_table.h"
 
 using namespace psvae;
 using kernels::Op;
+using test::as_dtype;
+using test::check_close;
+using test::on_gpu;
+using test::widen;
 
 namespace {
 
@@ -54,21 +59,6 @@ class AttnPath {
   bool had_ = false;
   std::string prev_;
 };
-
-// Values of t rounded to dtype dt (through f32 for bf16, as psvae::bf16 does); -inf stays -inf.
-Tensor as_dtype(const Tensor& t, DType dt) {
-  std::vector<double> v = test::as_doubles(t);
-  if (dt == DType::F64) return Tensor::from_vector(v, t.shape());
-  std::vector<float> f(v.begin(), v.end());
-  if (dt == DType::F32) return Tensor::from_vector(f, t.shape());
-  std::vector<bf16> b;
-  b.reserve(f.size());
-  for (float x : f) b.emplace_back(x);
-  return Tensor::from_vector(b, t.shape());
-}
-Tensor widen(const Tensor& t) { return Tensor::from_vector(test::as_doubles(t), t.shape()); }
-
-double tolerance(DType dt) { return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2; }
 
 // Key mask (B, Tk) i32, 0 = masked. kind 0: none (undefined tensor); 1: ~35% random holes, key
 // b % Tk always kept; 2: as 1, and batch entry B-1 fully masked (its rows: o = 0, lse = -inf, no
@@ -114,37 +104,15 @@ std::vector<const char*> paths_for(const Cfg& c, DType dt) {
 // (q, k, v, [mask]) -> {o, lse} on the inputs' device, outputs of dtype dt.
 std::vector<Tensor> run_fwd(const std::vector<Tensor>& in, double scale, DType dt) {
   const Shape &qs = in[0].shape(), &vs = in[2].shape();
-  const Device dev = in[0].device();
-  kernels::OpCall c;
-  c.in = in;
-  c.out = {Tensor::empty({qs[0], qs[1], qs[2], vs[3]}, dt, dev),
-           Tensor::empty({qs[0], qs[2], qs[1]}, dt, dev)};
-  c.reals[0] = scale;
-  kernels::run(Op::attention, c);
-  return c.out;
+  return test::run_op(Op::attention, in,
+                      {Shape{qs[0], qs[1], qs[2], vs[3]}, Shape{qs[0], qs[2], qs[1]}}, dt,
+                      in[0].device(), {}, {scale});
 }
 
 // (go, q, k, v, o, lse, [mask]) -> {gq, gk, gv}.
 std::vector<Tensor> run_bwd(const std::vector<Tensor>& in, double scale, DType dt) {
-  const Device dev = in[0].device();
-  kernels::OpCall c;
-  c.in = in;
-  c.out = {Tensor::empty(in[1].shape(), dt, dev), Tensor::empty(in[2].shape(), dt, dev),
-           Tensor::empty(in[3].shape(), dt, dev)};
-  c.reals[0] = scale;
-  kernels::run(Op::attention_bwd, c);
-  return c.out;
-}
-
-std::vector<Tensor> to_gpu(const std::vector<Tensor>& ts) {
-  std::vector<Tensor> r;
-  for (const Tensor& t : ts) r.push_back(t.to(kGpu));
-  return r;
-}
-
-void expect_close(const char* what, const Tensor& got, const Tensor& ref, DType dt) {
-  const test::Comparison cmp = test::compare(got.to(Device::cpu()), ref, tolerance(dt));
-  CHECK_MESSAGE(cmp.ok, what, ": ", cmp.why);
+  return test::run_op(Op::attention_bwd, in, {in[1].shape(), in[2].shape(), in[3].shape()}, dt,
+                      in[0].device(), {}, {scale});
 }
 
 // Forward and backward of one configuration in one dtype, on every path that applies.
@@ -173,18 +141,18 @@ void check_case(Generator& g, const Cfg& c, DType dt) {
     bin.push_back(mask);
   }
   const std::vector<Tensor> ref_g = run_bwd(ref_bin, scale, DType::F64);
-  const std::vector<Tensor> gin = to_gpu(in), gbin = to_gpu(bin);
+  const std::vector<Tensor> gin = on_gpu(in), gbin = on_gpu(bin);
 
   for (const char* path : paths_for(c, dt)) {
     CAPTURE(path);
     AttnPath force(path);
     const std::vector<Tensor> out = run_fwd(gin, scale, dt);
-    expect_close("o", out[0], ref[0], dt);
-    expect_close("lse", out[1], ref[1], dt);
+    check_close(out[0], ref[0], dt, "o");
+    check_close(out[1], ref[1], dt, "lse");
     const std::vector<Tensor> gr = run_bwd(gbin, scale, dt);
-    expect_close("gq", gr[0], ref_g[0], dt);
-    expect_close("gk", gr[1], ref_g[1], dt);
-    expect_close("gv", gr[2], ref_g[2], dt);
+    check_close(gr[0], ref_g[0], dt, "gq");
+    check_close(gr[1], ref_g[1], dt, "gk");
+    check_close(gr[2], ref_g[2], dt, "gv");
   }
 }
 

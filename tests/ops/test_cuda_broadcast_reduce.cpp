@@ -14,79 +14,23 @@
 #include <limits>
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/op_table.h"
 #include "kernels/ops.h"
 
 using namespace psvae;
 using kernels::Op;
+using test::as_dtype;
+using test::check_bitwise_equal;
+using test::check_close;
+using test::on_gpu;
+using test::tolerance;
+using test::widen;
 
 namespace {
 
 const Device kGpu = Device::cuda(0);
-
-struct Out {
-  Shape shape;
-  DType dtype;
-};
-
-// Runs op on device d with freshly allocated (poisoned) outputs; ints fill OpCall::ints.
-std::vector<Tensor> run(Op op, const std::vector<Tensor>& in, const std::vector<Out>& outs,
-                        Device d, const std::vector<int64_t>& ints = {}) {
-  kernels::OpCall c;
-  c.in = in;
-  for (const Out& o : outs) c.out.push_back(Tensor::empty(o.shape, o.dtype, d));
-  for (size_t i = 0; i < ints.size(); ++i) c.ints[i] = ints[i];
-  kernels::run(op, c);
-  return c.out;
-}
-
-std::vector<Tensor> on_gpu(const std::vector<Tensor>& ts) {
-  std::vector<Tensor> r;
-  for (const Tensor& t : ts) r.push_back(t.to(kGpu));
-  return r;
-}
-
-// Values of t rounded to dtype dt (through f32 for bf16, as psvae::bf16 does; NaN stays NaN).
-Tensor as_dtype(const Tensor& t, DType dt) {
-  std::vector<double> v = test::as_doubles(t);
-  switch (dt) {
-    case DType::F64: return Tensor::from_vector(v, t.shape());
-    case DType::F32: return Tensor::from_vector(std::vector<float>(v.begin(), v.end()), t.shape());
-    case DType::BF16: {
-      std::vector<bf16> b;
-      for (double x : v) b.emplace_back(static_cast<float>(x));
-      return Tensor::from_vector(b, t.shape());
-    }
-    case DType::I32: {
-      std::vector<int32_t> b;
-      for (double x : v) b.push_back(static_cast<int32_t>(x));
-      return Tensor::from_vector(b, t.shape());
-    }
-    case DType::I64: {
-      std::vector<int64_t> b;
-      for (double x : v) b.push_back(static_cast<int64_t>(x));
-      return Tensor::from_vector(b, t.shape());
-    }
-  }
-  return t;
-}
-Tensor widen(const Tensor& t) { return Tensor::from_vector(test::as_doubles(t), t.shape()); }
-
-double tolerance(DType dt) { return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2; }
-
-void check_close(const Tensor& got, const Tensor& ref, double tol) {
-  const test::Comparison cmp = test::compare(got, ref, tol);
-  CHECK_MESSAGE(cmp.ok, cmp.why);
-}
-
-// Bit-for-bit equality (same dtype and shape).
-void check_exact(const Tensor& got, const Tensor& ref) {
-  Tensor a = got.to(Device::cpu()), b = ref.to(Device::cpu());
-  REQUIRE(a.dtype() == b.dtype());
-  REQUIRE(a.shape() == b.shape());
-  CHECK(test::bit_mismatches_host(a, b) == 0);
-}
 
 std::vector<int64_t> i64s(const Tensor& t) { return t.to(Device::cpu()).to_vector<int64_t>(); }
 
@@ -159,8 +103,9 @@ TEST_CASE("cuda broadcast: add, sub, mul, div with NumPy broadcasting match the 
         CAPTURE(dtype_name(dt));
         // b (a divisor for div) stays in [0.5, 2]; a may be anything.
         const Tensor a = random(g, k.a, dt, -2, 2), b = random(g, k.b, dt, 0.5, 2);
-        const Tensor ref = run(op, {widen(a), widen(b)}, {{ys, DType::F64}}, Device::cpu())[0];
-        const Tensor got = run(op, on_gpu({a, b}), {{ys, dt}}, kGpu)[0];
+        const Tensor ref =
+            test::run_op(op, {widen(a), widen(b)}, {{ys, DType::F64}}, Device::cpu())[0];
+        const Tensor got = test::run_op(op, on_gpu({a, b}), {{ys, dt}}, kGpu)[0];
         check_close(got, ref, tolerance(dt));
       }
     }
@@ -173,8 +118,8 @@ TEST_CASE("cuda broadcast: add, sub, mul, div with NumPy broadcasting match the 
     const Tensor a = a_all.to(kGpu).slice0(1, 1 + 4 * 16 * 64).reshape({4, 16, 64});
     const Tensor b = b_all.to(kGpu).slice0(1, 1 + 4 * 64).reshape({4, 1, 64});
     const Tensor ref =
-        run(Op::mul, {widen(a), widen(b)}, {{{4, 16, 64}, DType::F64}}, Device::cpu())[0];
-    check_close(run(Op::mul, {a, b}, {{{4, 16, 64}, dt}}, kGpu)[0], ref, tolerance(dt));
+        test::run_op(Op::mul, {widen(a), widen(b)}, {{{4, 16, 64}, DType::F64}}, Device::cpu())[0];
+    check_close(test::run_op(Op::mul, {a, b}, {{{4, 16, 64}, dt}}, kGpu)[0], ref, tolerance(dt));
   }
   // Through the typed wrapper: the whole dispatch path.
   const Tensor x = random(g, {3, 7}, DType::F32, -1, 1), bias = random(g, {7}, DType::F32, -1, 1);
@@ -182,10 +127,10 @@ TEST_CASE("cuda broadcast: add, sub, mul, div with NumPy broadcasting match the 
   // Bad input is refused naming the op.
   const Tensor x35 = Tensor::zeros({3, 5}, DType::F32, kGpu);
   const Tensor x45 = Tensor::zeros({4, 5}, DType::F32, kGpu);
-  CHECK_THROWS_WITH_AS(run(Op::add, {x35, x45}, {{{4, 5}, DType::F32}}, kGpu),
+  CHECK_THROWS_WITH_AS(test::run_op(Op::add, {x35, x45}, {{{4, 5}, DType::F32}}, kGpu),
                        doctest::Contains("add"), std::invalid_argument);
   const Tensor x5d = Tensor::zeros({5}, DType::F64, kGpu);
-  CHECK_THROWS_WITH_AS(run(Op::mul, {x35, x5d}, {{{3, 5}, DType::F32}}, kGpu),
+  CHECK_THROWS_WITH_AS(test::run_op(Op::mul, {x35, x5d}, {{{3, 5}, DType::F32}}, kGpu),
                        doctest::Contains("mul"), std::exception);
 }
 
@@ -220,16 +165,16 @@ TEST_CASE("cuda broadcast: where with a condition of every dtype matches the CPU
             if (cv[i] == 0) cv[i] = -0.0;
         const Tensor cond = as_dtype(Tensor::from_vector(cv, k.cond), ct);
         const Tensor a = random(g, k.a, dt, -2, 2), b = random(g, k.b, dt, -2, 2);
-        const Tensor ref =
-            run(Op::where, {cond, widen(a), widen(b)}, {{ys, DType::F64}}, Device::cpu())[0];
-        const Tensor got = run(Op::where, on_gpu({cond, a, b}), {{ys, dt}}, kGpu)[0];
+        const Tensor ref = test::run_op(Op::where, {cond, widen(a), widen(b)}, {{ys, DType::F64}},
+                                        Device::cpu())[0];
+        const Tensor got = test::run_op(Op::where, on_gpu({cond, a, b}), {{ys, dt}}, kGpu)[0];
         check_close(got, ref, 0.0);  // a copy of one branch: exact
       }
     }
   }
   const Tensor c = Tensor::zeros({3}, DType::I32, kGpu), a = Tensor::zeros({3}, DType::F32, kGpu);
   const Tensor b = Tensor::zeros({4}, DType::F32, kGpu);
-  CHECK_THROWS_WITH_AS(run(Op::where, {c, a, b}, {{{3}, DType::F32}}, kGpu),
+  CHECK_THROWS_WITH_AS(test::run_op(Op::where, {c, a, b}, {{{3}, DType::F32}}, kGpu),
                        doctest::Contains("where"), std::invalid_argument);
 }
 
@@ -256,12 +201,12 @@ TEST_CASE("cuda broadcast: expand of every dtype matches the CPU bit for bit") {
       CAPTURE(k.y.str());
       CAPTURE(dtype_name(dt));
       const Tensor x = random(g, k.x, dt, -100, 100);
-      const Tensor ref = run(Op::expand, {x}, {{k.y, dt}}, Device::cpu())[0];
-      check_exact(run(Op::expand, {x.to(kGpu)}, {{k.y, dt}}, kGpu)[0], ref);
+      const Tensor ref = test::run_op(Op::expand, {x}, {{k.y, dt}}, Device::cpu())[0];
+      check_bitwise_equal(test::run_op(Op::expand, {x.to(kGpu)}, {{k.y, dt}}, kGpu)[0], ref);
     }
   }
   CHECK_THROWS_WITH_AS(
-      run(Op::expand, {Tensor::zeros({3}, DType::F32, kGpu)}, {{{4}, DType::F32}}, kGpu),
+      test::run_op(Op::expand, {Tensor::zeros({3}, DType::F32, kGpu)}, {{{4}, DType::F32}}, kGpu),
       doctest::Contains("expand"), std::invalid_argument);
 }
 
@@ -296,16 +241,17 @@ TEST_CASE("cuda reduce: sum_to matches the CPU and is deterministic") {
       CAPTURE(k.y.str());
       CAPTURE(dtype_name(dt));
       const Tensor x = random(g, k.x, dt, kSumLo, kSumHi);
-      const Tensor ref = run(Op::sum_to, {widen(x)}, {{k.y, DType::F64}}, Device::cpu())[0];
-      const Tensor got = run(Op::sum_to, {x.to(kGpu)}, {{k.y, dt}}, kGpu)[0];
+      const Tensor ref =
+          test::run_op(Op::sum_to, {widen(x)}, {{k.y, DType::F64}}, Device::cpu())[0];
+      const Tensor got = test::run_op(Op::sum_to, {x.to(kGpu)}, {{k.y, dt}}, kGpu)[0];
       check_close(got, ref, tolerance(dt));
     }
   }
   // Run twice: bit-identical (fixed-order reduction, no atomics).
   const Tensor x = random(g, {4097, 96}, DType::F32, -1, 1).to(kGpu);
-  check_exact(run(Op::sum_to, {x}, {{{96}, DType::F32}}, kGpu)[0],
-              run(Op::sum_to, {x}, {{{96}, DType::F32}}, kGpu)[0]);
-  CHECK_THROWS_WITH_AS(run(Op::sum_to, {x}, {{{95}, DType::F32}}, kGpu),
+  check_bitwise_equal(test::run_op(Op::sum_to, {x}, {{{96}, DType::F32}}, kGpu)[0],
+                      test::run_op(Op::sum_to, {x}, {{{96}, DType::F32}}, kGpu)[0]);
+  CHECK_THROWS_WITH_AS(test::run_op(Op::sum_to, {x}, {{{95}, DType::F32}}, kGpu),
                        doctest::Contains("sum_to"), std::invalid_argument);
 }
 
@@ -330,8 +276,9 @@ TEST_CASE("cuda reduce: sum_dim over every dim matches the CPU") {
         const Shape ys = reduced(s, dim, dim % 2 == 0);
         const Tensor x = random(g, s, dt, kSumLo, kSumHi);
         const Tensor ref =
-            run(Op::sum_dim, {widen(x)}, {{ys, DType::F64}}, Device::cpu(), {dim})[0];
-        check_close(run(Op::sum_dim, {x.to(kGpu)}, {{ys, dt}}, kGpu, {dim})[0], ref, tolerance(dt));
+            test::run_op(Op::sum_dim, {widen(x)}, {{ys, DType::F64}}, Device::cpu(), {dim})[0];
+        check_close(test::run_op(Op::sum_dim, {x.to(kGpu)}, {{ys, dt}}, kGpu, {dim})[0], ref,
+                    tolerance(dt));
       }
     }
   }
@@ -339,9 +286,9 @@ TEST_CASE("cuda reduce: sum_dim over every dim matches the CPU") {
   const Tensor x = random(g, {3, 4, 5}, DType::F32, -1, 1);
   check_close(ops::sum(x.to(kGpu), 1, false), ops::sum(widen(x), 1, false), 1e-5);
   const Tensor e = Tensor::zeros({3, 0, 2}, DType::F32, kGpu);
-  check_close(run(Op::sum_dim, {e}, {{{3, 2}, DType::F32}}, kGpu, {1})[0],
+  check_close(test::run_op(Op::sum_dim, {e}, {{{3, 2}, DType::F32}}, kGpu, {1})[0],
               Tensor::zeros({3, 2}, DType::F64), 0.0);
-  CHECK_THROWS_WITH_AS(run(Op::sum_dim, {e}, {{{3, 2}, DType::F32}}, kGpu, {3}),
+  CHECK_THROWS_WITH_AS(test::run_op(Op::sum_dim, {e}, {{{3, 2}, DType::F32}}, kGpu, {3}),
                        doctest::Contains("sum_dim"), std::invalid_argument);
 }
 
@@ -361,18 +308,18 @@ TEST_CASE("cuda reduce: max_dim and max_dim_bwd match the CPU, argmax exactly") 
           const Shape ys = reduced(s, dim, dim % 2 == 1);
           Tensor x = random(g, s, dt, -3, 3);
           if (ties) x = as_dtype(random(g, s, DType::I32, -2, 2), dt);
-          const std::vector<Tensor> ref = run(
+          const std::vector<Tensor> ref = test::run_op(
               Op::max_dim, {widen(x)}, {{ys, DType::F64}, {ys, DType::I64}}, Device::cpu(), {dim});
           const std::vector<Tensor> got =
-              run(Op::max_dim, {x.to(kGpu)}, {{ys, dt}, {ys, DType::I64}}, kGpu, {dim});
+              test::run_op(Op::max_dim, {x.to(kGpu)}, {{ys, dt}, {ys, DType::I64}}, kGpu, {dim});
           check_close(got[0], ref[0], 0.0);  // the max is an element: exact
           CHECK(i64s(got[1]) == i64s(ref[1]));
           // Backward: gy routed to the argmax.
           const Tensor gy = random(g, ys, dt, -1, 1);
-          const Tensor gx_ref =
-              run(Op::max_dim_bwd, {widen(gy), ref[1]}, {{s, DType::F64}}, Device::cpu(), {dim})[0];
-          const Tensor gx =
-              run(Op::max_dim_bwd, {gy.to(kGpu), ref[1].to(kGpu)}, {{s, dt}}, kGpu, {dim})[0];
+          const Tensor gx_ref = test::run_op(Op::max_dim_bwd, {widen(gy), ref[1]},
+                                             {{s, DType::F64}}, Device::cpu(), {dim})[0];
+          const Tensor gx = test::run_op(Op::max_dim_bwd, {gy.to(kGpu), ref[1].to(kGpu)}, {{s, dt}},
+                                         kGpu, {dim})[0];
           check_close(gx, gx_ref, 0.0);
         }
       }
@@ -395,10 +342,10 @@ TEST_CASE("cuda reduce: max_dim and max_dim_bwd match the CPU, argmax exactly") 
         }
         const Tensor x = as_dtype(Tensor::from_vector(v, s), dt);
         const Shape ys = reduced(s, dim, false);
-        const std::vector<Tensor> ref = run(
+        const std::vector<Tensor> ref = test::run_op(
             Op::max_dim, {widen(x)}, {{ys, DType::F64}, {ys, DType::I64}}, Device::cpu(), {dim});
         const std::vector<Tensor> got =
-            run(Op::max_dim, {x.to(kGpu)}, {{ys, dt}, {ys, DType::I64}}, kGpu, {dim});
+            test::run_op(Op::max_dim, {x.to(kGpu)}, {{ys, dt}, {ys, DType::I64}}, kGpu, {dim});
         check_close(got[0], ref[0], 0.0);
         CHECK(i64s(got[1]) == i64s(ref[1]));
       }
@@ -407,15 +354,15 @@ TEST_CASE("cuda reduce: max_dim and max_dim_bwd match the CPU, argmax exactly") 
     const std::vector<double> v = {-inf, -inf, -inf, -0.0, 0.0, -0.0, nan, nan, nan};
     const Tensor x = as_dtype(Tensor::from_vector(v, {3, 3}), dt);
     const std::vector<Tensor> got =
-        run(Op::max_dim, {x.to(kGpu)}, {{{3}, dt}, {{3}, DType::I64}}, kGpu, {1});
+        test::run_op(Op::max_dim, {x.to(kGpu)}, {{{3}, dt}, {{3}, DType::I64}}, kGpu, {1});
     CHECK(i64s(got[1]) == std::vector<int64_t>{0, 0, 0});
     const std::vector<double> vals = test::as_doubles(got[0]);
     CHECK(vals[0] == -inf);
     CHECK((vals[1] == 0 && std::signbit(vals[1])));  // -0 first: it wins the tie
     CHECK(std::isnan(vals[2]));
   }
-  CHECK_THROWS_WITH_AS(run(Op::max_dim, {Tensor::zeros({3, 0}, DType::F32, kGpu)},
-                           {{{3}, DType::F32}, {{3}, DType::I64}}, kGpu, {1}),
+  CHECK_THROWS_WITH_AS(test::run_op(Op::max_dim, {Tensor::zeros({3, 0}, DType::F32, kGpu)},
+                                    {{{3}, DType::F32}, {{3}, DType::I64}}, kGpu, {1}),
                        doctest::Contains("max_dim"), std::invalid_argument);
 }
 
@@ -435,26 +382,27 @@ TEST_CASE("cuda reduce: var_dim (correction 0 and 1) and var_dim_bwd match the C
           // Offset 10: |mean| >> std, where a one-pass E[x^2] - E[x]^2 would cancel.
           const Tensor x = random(g, s, dt, 9, 11);
           const std::vector<Tensor> ref =
-              run(Op::var_dim, {widen(x)}, {{ys, DType::F64}, {ys, DType::F64}}, Device::cpu(),
-                  {dim, corr});
+              test::run_op(Op::var_dim, {widen(x)}, {{ys, DType::F64}, {ys, DType::F64}},
+                           Device::cpu(), {dim, corr});
           const std::vector<Tensor> got =
-              run(Op::var_dim, {x.to(kGpu)}, {{ys, dt}, {ys, dt}}, kGpu, {dim, corr});
+              test::run_op(Op::var_dim, {x.to(kGpu)}, {{ys, dt}, {ys, dt}}, kGpu, {dim, corr});
           // R = 1 with correction 1 is 0 / 0: NaN on both sides, which compare() accepts.
           check_close(got[0], ref[0], tolerance(dt));
           check_close(got[1], ref[1], tolerance(dt));
           // Backward, fed the mean rounded to the dtype on both sides.
           const Tensor gy = random(g, ys, dt, -1, 1);
           const Tensor mean = as_dtype(ref[1], dt);
-          const Tensor gx_ref = run(Op::var_dim_bwd, {widen(gy), widen(x), widen(mean)},
-                                    {{s, DType::F64}}, Device::cpu(), {dim, corr})[0];
+          const Tensor gx_ref = test::run_op(Op::var_dim_bwd, {widen(gy), widen(x), widen(mean)},
+                                             {{s, DType::F64}}, Device::cpu(), {dim, corr})[0];
           const Tensor gx =
-              run(Op::var_dim_bwd, on_gpu({gy, x, mean}), {{s, dt}}, kGpu, {dim, corr})[0];
+              test::run_op(Op::var_dim_bwd, on_gpu({gy, x, mean}), {{s, dt}}, kGpu, {dim, corr})[0];
           check_close(gx, gx_ref, tolerance(dt));
         }
       }
     }
   }
   const Tensor x = Tensor::zeros({3, 4}, DType::F32, kGpu);
-  CHECK_THROWS_WITH_AS(run(Op::var_dim, {x}, {{{3}, DType::F32}, {{3}, DType::F32}}, kGpu, {1, 2}),
-                       doctest::Contains("var_dim"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      test::run_op(Op::var_dim, {x}, {{{3}, DType::F32}, {{3}, DType::F32}}, kGpu, {1, 2}),
+      doctest::Contains("var_dim"), std::invalid_argument);
 }

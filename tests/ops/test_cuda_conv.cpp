@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/op_table.h"
 #include "kernels/ops.h"
@@ -27,6 +28,11 @@
 
 using namespace psvae;
 using kernels::cuda::ConvPath;
+using test::as_dtype;
+using test::check_bitwise_equal;
+using test::check_close;
+using test::on_gpu;
+using test::widen;
 
 namespace {
 
@@ -38,36 +44,6 @@ struct ConvCase {
   ops::Conv2dParams p;
   const char* what;
 };
-
-// Values of t (f64 CPU) rounded to dtype dt, as a CPU tensor of dtype dt.
-Tensor rounded_to(const Tensor& t, DType dt) {
-  std::vector<double> v = test::as_doubles(t);
-  if (dt == DType::F64) return Tensor::from_vector(v, t.shape());
-  std::vector<float> f(v.begin(), v.end());
-  if (dt == DType::F32) return Tensor::from_vector(f, t.shape());
-  std::vector<bf16> b(f.begin(), f.end());
-  return Tensor::from_vector(b, t.shape());
-}
-// The same values as an f64 CPU tensor (exact: f32 and bf16 widen without rounding).
-Tensor as_f64(const Tensor& t) { return Tensor::from_vector(test::as_doubles(t), t.shape()); }
-Tensor on_gpu(const Tensor& t) { return t.defined() ? t.to(kGpu) : Tensor(); }
-Tensor f64_or_none(const Tensor& t) { return t.defined() ? as_f64(t) : Tensor(); }
-
-double tol_of(DType dt) { return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2; }
-
-void expect_close(const char* what, const Tensor& got, const Tensor& ref, DType dt) {
-  CAPTURE(what);
-  const test::Comparison c = test::compare(got.to(Device::cpu()), ref, tol_of(dt));
-  CHECK_MESSAGE(c.ok, c.why);
-}
-
-void expect_bitwise_equal(const char* what, const Tensor& a, const Tensor& b) {
-  CAPTURE(what);
-  const Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
-  REQUIRE(ha.shape() == hb.shape());
-  REQUIRE(ha.dtype() == hb.dtype());
-  CHECK(test::bit_mismatches_host(ha, hb) == 0);
-}
 
 int64_t out_extent(int64_t in, int64_t k, int s, int pad) { return (in + 2 * pad - k) / s + 1; }
 
@@ -139,16 +115,17 @@ TEST_CASE("cuda kernels: conv2d and conv2d_bwd match the CPU, own kernels and cu
     for (DType dt : {DType::F32, DType::BF16, DType::F64}) {
       // Weights scaled by 1/sqrt(fan-in) keep y and gx of order 1 whatever the kernel size.
       const double wscale = 1.0 / std::sqrt(static_cast<double>(C * k.kh * k.kw));
-      const Tensor x = rounded_to(test::uniform(g, k.x, -1, 1), dt);
-      const Tensor w = rounded_to(test::uniform(g, ws, -wscale, wscale), dt);
-      const Tensor b = rounded_to(test::uniform(g, Shape{k.O}, -1, 1), dt);
-      const Tensor gy = rounded_to(test::uniform(g, ys, -1, 1), dt);
+      const Tensor x = as_dtype(test::uniform(g, k.x, -1, 1), dt);
+      const Tensor w = as_dtype(test::uniform(g, ws, -wscale, wscale), dt);
+      const Tensor b = as_dtype(test::uniform(g, Shape{k.O}, -1, 1), dt);
+      const Tensor gy = as_dtype(test::uniform(g, ys, -1, 1), dt);
       for (bool with_bias : {true, false}) {
         const Tensor bias = with_bias ? b : Tensor();
         // The f64 CPU result of the same inputs.
-        const Tensor y_ref = ops::conv2d(as_f64(x), as_f64(w), f64_or_none(bias), k.p);
+        const Tensor y_ref =
+            ops::conv2d(widen(x), widen(w), bias.defined() ? widen(bias) : Tensor(), k.p);
         const ops::Conv2dGrads g_ref =
-            ops::conv2d_bwd(as_f64(gy), as_f64(x), as_f64(w), k.p, with_bias);
+            ops::conv2d_bwd(widen(gy), widen(x), widen(w), k.p, with_bias);
         for (ConvPath path : paths) {
           if (path == ConvPath::kCudnn && dt == DType::F64) continue;  // f64 runs ours anyway
           CAPTURE(k.what);
@@ -161,18 +138,18 @@ TEST_CASE("cuda kernels: conv2d and conv2d_bwd match the CPU, own kernels and cu
           const Tensor xg = on_gpu(x), wg = on_gpu(w), bg = on_gpu(bias), gyg = on_gpu(gy);
 
           const Tensor y = ops::conv2d(xg, wg, bg, k.p);
-          expect_close("y", y, y_ref, dt);
-          expect_bitwise_equal("y, second run", y, ops::conv2d(xg, wg, bg, k.p));
+          check_close(y, y_ref, dt, "y");
+          check_bitwise_equal(y, ops::conv2d(xg, wg, bg, k.p), "y, second run");
 
           const ops::Conv2dGrads gr = ops::conv2d_bwd(gyg, xg, wg, k.p, with_bias);
-          expect_close("gx", gr.gx, g_ref.gx, dt);
-          expect_close("gw", gr.gw, g_ref.gw, dt);
-          if (with_bias) expect_close("gb", gr.gb, g_ref.gb, dt);
+          check_close(gr.gx, g_ref.gx, dt, "gx");
+          check_close(gr.gw, g_ref.gw, dt, "gw");
+          if (with_bias) check_close(gr.gb, g_ref.gb, dt, "gb");
           // Determinism: the same call again gives the same bits.
           const ops::Conv2dGrads g2 = ops::conv2d_bwd(gyg, xg, wg, k.p, with_bias);
-          expect_bitwise_equal("gx, second run", gr.gx, g2.gx);
-          expect_bitwise_equal("gw, second run", gr.gw, g2.gw);
-          if (with_bias) expect_bitwise_equal("gb, second run", gr.gb, g2.gb);
+          check_bitwise_equal(gr.gx, g2.gx, "gx, second run");
+          check_bitwise_equal(gr.gw, g2.gw, "gw, second run");
+          if (with_bias) check_bitwise_equal(gr.gb, g2.gb, "gb, second run");
         }
       }
     }
@@ -185,9 +162,9 @@ TEST_CASE("cuda kernels: conv2d path switch and bad input") {
   Generator g(47);
   ops::Conv2dParams p;
   p.pad_h = p.pad_w = 1;
-  const Tensor x = rounded_to(test::uniform(g, Shape{2, 3, 7, 9}), DType::F32);
-  const Tensor w = rounded_to(test::uniform(g, Shape{4, 3, 3, 3}, -0.3, 0.3), DType::F32);
-  const Tensor y_ref = ops::conv2d(as_f64(x), as_f64(w), Tensor(), p);
+  const Tensor x = as_dtype(test::uniform(g, Shape{2, 3, 7, 9}), DType::F32);
+  const Tensor w = as_dtype(test::uniform(g, Shape{4, 3, 3, 3}, -0.3, 0.3), DType::F32);
+  const Tensor y_ref = ops::conv2d(widen(x), widen(w), Tensor(), p);
   kernels::cuda::reset_conv_path();
 
   SUBCASE("PSVAE_CONV selects the path; auto is the default") {
@@ -196,12 +173,12 @@ TEST_CASE("cuda kernels: conv2d path switch and bad input") {
       EnvScope env("PSVAE_CONV", v);
       CHECK(kernels::cuda::conv_path() ==
             (std::string(v) == "own" ? ConvPath::kOwn : ConvPath::kAuto));
-      expect_close("y", ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p), y_ref, DType::F32);
+      check_close(ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p), y_ref, DType::F32, "y");
     }
     {
       EnvScope env("PSVAE_CONV", "cudnn");
       if (kernels::cuda::conv_has_cudnn()) {
-        expect_close("y", ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p), y_ref, DType::F32);
+        check_close(ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p), y_ref, DType::F32, "y");
       } else {
         CHECK_THROWS_WITH_AS(ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p),
                              doctest::Contains("no cuDNN"), std::exception);
@@ -217,7 +194,7 @@ TEST_CASE("cuda kernels: conv2d path switch and bad input") {
                          doctest::Contains("conv2d: PSVAE_CONV"), std::exception);
     // The setter overrides the environment.
     PathScope scope(ConvPath::kOwn);
-    expect_close("y", ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p), y_ref, DType::F32);
+    check_close(ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p), y_ref, DType::F32, "y");
   }
 
   SUBCASE("shape errors name the op") {

@@ -8,12 +8,17 @@
 
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/op_table.h"
 #include "kernels/ops.h"
 
 using namespace psvae;
 using kernels::Op;
+using test::as_dtype;
+using test::bit_mismatches;
+using test::on_gpu;
+using test::uniform_as;
 
 namespace {
 
@@ -21,45 +26,7 @@ const Device kGpu = Device::cuda(0);
 
 Tensor run1(Op op, const std::vector<Tensor>& in, const Shape& s, DType dt, Device d,
             double r0 = 0) {
-  kernels::OpCall c;
-  c.in = in;
-  c.out = {Tensor::empty(s, dt, d)};
-  c.reals[0] = r0;
-  kernels::run(op, c);
-  return c.out[0];
-}
-
-std::vector<Tensor> to_gpu(const std::vector<Tensor>& ts) {
-  std::vector<Tensor> r;
-  for (const Tensor& t : ts) r.push_back(t.to(kGpu));
-  return r;
-}
-
-int64_t bit_mismatches(const Tensor& a, const Tensor& b) {
-  Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
-  REQUIRE(ha.dtype() == hb.dtype());
-  REQUIRE(ha.shape() == hb.shape());
-  return test::bit_mismatches_host(ha, hb);
-}
-
-// Host conversions, as psvae::bf16 defines them.
-Tensor host_to_bf16(const Tensor& t) {
-  std::vector<double> v = test::as_doubles(t);
-  std::vector<bf16> b;
-  for (double x : v) b.emplace_back(static_cast<float>(x));
-  return Tensor::from_vector(b, t.shape());
-}
-Tensor host_to_f32(const Tensor& t) {
-  std::vector<double> v = test::as_doubles(t);
-  std::vector<float> f(v.begin(), v.end());
-  return Tensor::from_vector(f, t.shape());
-}
-
-Tensor random(Generator& g, const Shape& s, DType dt, double lo, double hi) {
-  Tensor t = test::uniform(g, s, lo, hi);
-  if (dt == DType::F64) return t;
-  Tensor f = host_to_f32(t);
-  return dt == DType::F32 ? f : host_to_bf16(f);
+  return test::run_op(op, in, {s}, dt, d, {}, {r0})[0];
 }
 
 }  // namespace
@@ -84,22 +51,23 @@ TEST_CASE("cuda kernels: add, sub, mul, div match the CPU") {
       CAPTURE(c.b.str());
       for (DType dt : {DType::F32, DType::F64}) {
         CAPTURE(dtype_name(dt));
-        std::vector<Tensor> in = {random(g, c.a, dt, -2, 2), random(g, c.b, dt, 0.5, 2)};
+        std::vector<Tensor> in = {uniform_as(g, c.a, dt, -2, 2), uniform_as(g, c.b, dt, 0.5, 2)};
         Tensor ref = run1(op, in, c.y, dt, Device::cpu());
-        Tensor got = run1(op, to_gpu(in), c.y, dt, kGpu);
+        Tensor got = run1(op, on_gpu(in), c.y, dt, kGpu);
         CHECK(bit_mismatches(got, ref) == 0);
       }
       // bf16: the f32 CPU result of the same (bf16-exact) inputs, rounded to bf16.
-      std::vector<Tensor> in = {random(g, c.a, DType::BF16, -2, 2),
-                                random(g, c.b, DType::BF16, 0.5, 2)};
-      Tensor ref = host_to_bf16(
-          run1(op, {host_to_f32(in[0]), host_to_f32(in[1])}, c.y, DType::F32, Device::cpu()));
-      Tensor got = run1(op, to_gpu(in), c.y, DType::BF16, kGpu);
+      std::vector<Tensor> in = {uniform_as(g, c.a, DType::BF16, -2, 2),
+                                uniform_as(g, c.b, DType::BF16, 0.5, 2)};
+      Tensor ref = as_dtype(run1(op, {as_dtype(in[0], DType::F32), as_dtype(in[1], DType::F32)},
+                                 c.y, DType::F32, Device::cpu()),
+                            DType::BF16);
+      Tensor got = run1(op, on_gpu(in), c.y, DType::BF16, kGpu);
       CHECK(bit_mismatches(got, ref) == 0);
     }
   }
   // Through the typed wrapper: the whole dispatch path.
-  Tensor a = random(g, {3, 7}, DType::F32, -1, 1), b = random(g, {3, 7}, DType::F32, -1, 1);
+  Tensor a = uniform_as(g, {3, 7}, DType::F32, -1, 1), b = uniform_as(g, {3, 7}, DType::F32, -1, 1);
   CHECK(bit_mismatches(ops::add(a.to(kGpu), b.to(kGpu)), ops::add(a, b)) == 0);
 }
 
@@ -114,12 +82,13 @@ TEST_CASE("cuda kernels: add_scalar, mul_scalar match the CPU") {
         CAPTURE(kernels::op_name(op));
         CAPTURE(s.str());
         for (DType dt : {DType::F32, DType::F64}) {
-          Tensor x = random(g, s, dt, -3, 3);
+          Tensor x = uniform_as(g, s, dt, -3, 3);
           CHECK(bit_mismatches(run1(op, {x.to(kGpu)}, s, dt, kGpu, sc),
                                run1(op, {x}, s, dt, Device::cpu(), sc)) == 0);
         }
-        Tensor x = random(g, s, DType::BF16, -3, 3);
-        Tensor ref = host_to_bf16(run1(op, {host_to_f32(x)}, s, DType::F32, Device::cpu(), sc));
+        Tensor x = uniform_as(g, s, DType::BF16, -3, 3);
+        Tensor ref = as_dtype(run1(op, {as_dtype(x, DType::F32)}, s, DType::F32, Device::cpu(), sc),
+                              DType::BF16);
         CHECK(bit_mismatches(run1(op, {x.to(kGpu)}, s, DType::BF16, kGpu, sc), ref) == 0);
       }
     }
@@ -132,8 +101,8 @@ TEST_CASE("cuda kernels: cast between f32, bf16 and f64") {
   Generator g(11);
   const Shape s{33, 65};
   Tensor x64 = test::uniform(g, s, -100, 100);  // f64 values that are not exact in f32
-  Tensor x32 = host_to_f32(x64);
-  Tensor xb = host_to_bf16(x32);
+  Tensor x32 = as_dtype(x64, DType::F32);
+  Tensor xb = as_dtype(x32, DType::BF16);
   // Against the CPU kernel where it has one (f32 <-> f64).
   CHECK(bit_mismatches(run1(Op::cast, {x64.to(kGpu)}, s, DType::F32, kGpu),
                        run1(Op::cast, {x64}, s, DType::F32, Device::cpu())) == 0);
@@ -142,7 +111,8 @@ TEST_CASE("cuda kernels: cast between f32, bf16 and f64") {
   // bf16 against the host conversions of psvae::bf16.
   CHECK(bit_mismatches(run1(Op::cast, {x32.to(kGpu)}, s, DType::BF16, kGpu), xb) == 0);
   CHECK(bit_mismatches(run1(Op::cast, {x64.to(kGpu)}, s, DType::BF16, kGpu), xb) == 0);
-  CHECK(bit_mismatches(run1(Op::cast, {xb.to(kGpu)}, s, DType::F32, kGpu), host_to_f32(xb)) == 0);
+  CHECK(bit_mismatches(run1(Op::cast, {xb.to(kGpu)}, s, DType::F32, kGpu),
+                       as_dtype(xb, DType::F32)) == 0);
   Tensor xb64 = Tensor::from_vector(test::as_doubles(xb), s);
   CHECK(bit_mismatches(run1(Op::cast, {xb.to(kGpu)}, s, DType::F64, kGpu), xb64) == 0);
 }

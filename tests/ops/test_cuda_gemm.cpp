@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/op_table.h"
@@ -35,24 +36,16 @@ using kernels::Op;
 using kernels::cuda::Epilogue;
 using kernels::cuda::GemmBackend;
 using kernels::cuda::GemmDesc;
+using test::as_dtype;
+using test::check_close;
+using test::rel_norm_error;
+using test::tolerance;
+using test::widen;
 
 namespace {
 
 const Device kGpu = Device::cuda(0);
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-double tolerance(DType dt) { return dt == DType::F32 ? 1e-5 : 1e-2; }
-
-// Values of t rounded to dtype dt (through f32 for bf16, as psvae::bf16 does), on the CPU.
-Tensor as_dtype(const Tensor& t, DType dt) {
-  std::vector<double> v = test::as_doubles(t);
-  if (dt == DType::F64) return Tensor::from_vector(v, t.shape());
-  std::vector<float> f(v.begin(), v.end());
-  if (dt == DType::F32) return Tensor::from_vector(f, t.shape());
-  std::vector<bf16> b(f.begin(), f.end());
-  return Tensor::from_vector(b, t.shape());
-}
-Tensor widen(const Tensor& t) { return Tensor::from_vector(test::as_doubles(t), t.shape()); }
 
 // Sets the backend for a scope and restores the previous one.
 struct BackendScope {
@@ -72,21 +65,11 @@ struct MatmulCase {
 
 Tensor run_matmul(const Tensor& a, const Tensor& b, bool ta, bool tb, const Shape& out, DType dt,
                   Device dev) {
-  kernels::OpCall c;
-  c.in = {a, b};
-  c.out = {Tensor::empty(out, dt, dev)};
-  c.ints[0] = ta;
-  c.ints[1] = tb;
-  kernels::run(Op::matmul, c);
-  return c.out[0];
+  return test::run_op(Op::matmul, {a, b}, {out}, dt, dev, {ta, tb})[0];
 }
 
 Tensor run_linear(const std::vector<Tensor>& in, const Shape& out, DType dt, Device dev) {
-  kernels::OpCall c;
-  c.in = in;
-  c.out = {Tensor::empty(out, dt, dev)};
-  kernels::run(Op::linear, c);
-  return c.out[0];
+  return test::run_op(Op::linear, in, {out}, dt, dev)[0];
 }
 
 // ---- gemm() directly ---------------------------------------------------------------------------
@@ -126,15 +109,6 @@ double dgelu(double x) {
   const double t = std::tanh(k * (x + 0.044715 * x * x * x));
   const double du = k * (1 + 3 * 0.044715 * x * x);
   return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du;
-}
-
-double rel_error(const std::vector<double>& got, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);  // NaN anywhere gives NaN: fails
 }
 
 struct Outcome {
@@ -262,8 +236,8 @@ Outcome check_scenario(const Scenario& s, bool ta, bool tb, DType dt, Generator&
     for (int64_t n = 0; n < N; ++n)
       for (int64_t k = 0; k < K; ++k) grad_ref[static_cast<size_t>(n)] += opb(0, k, n);
 
-  CHECK(rel_error(c_got_valid, c_ref) < tolerance(dt));
-  if (aux_out) CHECK(rel_error(aux_got_valid, aux_ref) < tolerance(dt));
+  CHECK(rel_norm_error(c_got_valid, c_ref) < tolerance(dt));
+  if (aux_out) CHECK(rel_norm_error(aux_got_valid, aux_ref) < tolerance(dt));
   // Nothing outside C's (and aux's) valid elements was written: the padding is still NaN.
   int64_t stray = 0;
   for (size_t i = 0; i < c_got.size(); ++i)
@@ -272,7 +246,7 @@ Outcome check_scenario(const Scenario& s, bool ta, bool tb, DType dt, Generator&
   if (d.bias_grad && grad_len > 0) {
     std::vector<double> got = test::as_doubles(grad);
     got.resize(static_cast<size_t>(grad_len));
-    CHECK(rel_error(got, grad_ref) < tolerance(dt));
+    CHECK(rel_norm_error(got, grad_ref) < tolerance(dt));
   }
   return out;
 }
@@ -314,8 +288,7 @@ TEST_CASE("cuda gemm: matmul matches the CPU for every transpose, both backends"
             CAPTURE(kernels::cuda::gemm_backend_name(be));
             BackendScope scope(be);
             const Tensor c = run_matmul(a.to(kGpu), b.to(kGpu), ta, tb, sc, dt, kGpu);
-            const test::Comparison cmp = test::compare(c, ref, tolerance(dt));
-            CHECK_MESSAGE(cmp.ok, cmp.why);
+            check_close(c, ref, dt);
             // The forced backend is the one that ran: cuBLASLt takes every plain non-empty
             // product (empty ones always go to our kernel); a shared B under a transposed A is a
             // batch with B's stride 0, which cuBLASLt may decline (then ours runs, correctly).
@@ -360,9 +333,7 @@ TEST_CASE("cuda gemm: linear (x W^T + b) matches the CPU, both backends") {
         CAPTURE(dtype_name(dt));
         CAPTURE(kernels::cuda::gemm_backend_name(be));
         BackendScope scope(be);
-        const test::Comparison cmp =
-            test::compare(run_linear(gpu_in, so, dt, kGpu), ref, tolerance(dt));
-        CHECK_MESSAGE(cmp.ok, cmp.why);
+        check_close(run_linear(gpu_in, so, dt, kGpu), ref, dt);
       }
     }
   }

@@ -23,11 +23,15 @@
 #include <string>
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/op_table.h"
 
 using namespace psvae;
 using kernels::Op;
+using test::bit_mismatches;
+using test::from_doubles;
+using test::widen;
 
 namespace {
 
@@ -37,64 +41,27 @@ const std::vector<DType> kFloatTypes = {DType::F32, DType::BF16, DType::F64};
 
 bool is_float(DType dt) { return dt == DType::F32 || dt == DType::BF16 || dt == DType::F64; }
 
-// f64 CPU values (integral ones for integer dtypes) as a CPU tensor of dtype dt; bf16 rounds
-// through f32 as psvae::bf16 does.
-Tensor make(const std::vector<double>& v, const Shape& s, DType dt) {
-  switch (dt) {
-    case DType::F64: return Tensor::from_vector(v, s);
-    case DType::F32: return Tensor::from_vector(std::vector<float>(v.begin(), v.end()), s);
-    case DType::BF16: {
-      std::vector<bf16> b;
-      for (double x : v) b.emplace_back(static_cast<float>(x));
-      return Tensor::from_vector(b, s);
-    }
-    case DType::I32: {
-      std::vector<int32_t> i;
-      for (double x : v) i.push_back(static_cast<int32_t>(std::lround(x)));
-      return Tensor::from_vector(i, s);
-    }
-    case DType::I64: {
-      std::vector<int64_t> i;
-      for (double x : v) i.push_back(static_cast<int64_t>(std::llround(x)));
-      return Tensor::from_vector(i, s);
-    }
-  }
-  return {};
-}
-
 // Random CPU tensor of dtype dt: floats in (-2/3, 4/3) with every mantissa bit used (x (1 + x / 3)
 // of a uniform x, so a sum of f64 values depends on its order), integers in [-1000, 1000].
 Tensor random(Generator& g, const Shape& s, DType dt) {
   std::vector<double> v = test::as_doubles(test::uniform(g, s, -1, 1));
   for (double& x : v) x = is_float(dt) ? x * (1 + x / 3) : std::round(x * 1000);
-  return make(v, s, dt);
+  return from_doubles(v, s, dt);
 }
 
 // The tensor the CPU reference runs on: floats widened to f64 (exact), integers as they are.
-Tensor ref_input(const Tensor& t) {
-  return is_float(t.dtype()) ? Tensor::from_vector(test::as_doubles(t), t.shape()) : t;
-}
+Tensor ref_input(const Tensor& t) { return is_float(t.dtype()) ? widen(t) : t; }
 
 kernels::OpCall call(const std::vector<Tensor>& in, const std::vector<Tensor>& out,
                      const std::vector<int64_t>& ints = {}, double real = 0) {
-  kernels::OpCall c;
-  c.in = in;
-  c.out = out;
-  for (size_t i = 0; i < ints.size(); ++i) c.ints[i] = ints[i];
-  c.reals[0] = real;
-  return c;
+  return test::op_call(in, out, ints, {real});
 }
 
 // Runs op on device d: inputs moved there, outputs allocated as given.
 std::vector<Tensor> run(Op op, const std::vector<Tensor>& in,
-                        const std::vector<std::pair<Shape, DType>>& outs, Device d,
+                        const std::vector<test::OutSpec>& outs, Device d,
                         const std::vector<int64_t>& ints = {}, double real = 0) {
-  std::vector<Tensor> ins, os;
-  for (const Tensor& t : in) ins.push_back(t.to(d));
-  for (const auto& [s, dt] : outs) os.push_back(Tensor::empty(s, dt, d));
-  kernels::OpCall c = call(ins, os, ints, real);
-  kernels::run(op, c);
-  return c.out;
+  return test::run_op(op, test::to_device(in, d), outs, d, ints, {real});
 }
 Tensor run1(Op op, const std::vector<Tensor>& in, const Shape& s, DType dt, Device d,
             const std::vector<int64_t>& ints = {}, double real = 0) {
@@ -112,20 +79,8 @@ int64_t mismatches(const Tensor& got, const Tensor& ref) {
   return bad;
 }
 
-int64_t bit_mismatches(const Tensor& a, const Tensor& b) {
-  Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
-  REQUIRE(ha.dtype() == hb.dtype());
-  REQUIRE(ha.shape() == hb.shape());
-  return test::bit_mismatches_host(ha, hb);
-}
-
-double tolerance(DType dt) { return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2; }
-
 // got (any device, dtype dt) against the f64 reference, by the relative norm error.
-void check_close(const Tensor& got, const Tensor& ref) {
-  const test::Comparison r = test::compare(got, ref, tolerance(got.dtype()));
-  CHECK_MESSAGE(r.ok, r.why);
-}
+void check_close(const Tensor& got, const Tensor& ref) { test::check_close(got, ref, got.dtype()); }
 
 std::string str(const std::vector<int64_t>& v) {
   std::string s = "(";
@@ -366,7 +321,7 @@ TEST_CASE("cuda layout: embedding gathers rows exactly; bad ids throw as on the 
         std::vector<double> idv;
         for (int64_t i = 0; i < is.numel(); ++i)
           idv.push_back(static_cast<double>(i % 3 == 0 ? 4 : rng() % V));  // repeats of id 4
-        const Tensor ids = make(idv, is, idt);
+        const Tensor ids = from_doubles(idv, is, idt);
         Shape os = is;
         os.push_back(D);
         for (DType dt : kAllTypes) {
@@ -387,7 +342,7 @@ TEST_CASE("cuda layout: embedding gathers rows exactly; bad ids throw as on the 
   for (DType dt : kAllTypes) {
     CAPTURE(dtype_name(dt));
     const Tensor table = random(g, {V, 8}, dt);
-    const Tensor ids = make({3, 16, 0, 3, 9}, {5}, DType::I64);
+    const Tensor ids = from_doubles({3, 16, 0, 3, 9}, {5}, DType::I64);
     kernels::OpCall c =
         call({gpu_at_offset(table, 1), ids.to(kGpu)}, {Tensor::empty({5, 8}, dt, kGpu)});
     kernels::run(Op::embedding, c);
@@ -401,8 +356,8 @@ TEST_CASE("cuda layout: embedding gathers rows exactly; bad ids throw as on the 
     for (int64_t bad : {V, int64_t{-1}}) {
       CAPTURE(D);
       CAPTURE(bad);
-      const Tensor ids =
-          make({1, 2, 3, static_cast<double>(bad), 0, static_cast<double>(bad)}, {6}, DType::I64);
+      const Tensor ids = from_doubles(
+          {1, 2, 3, static_cast<double>(bad), 0, static_cast<double>(bad)}, {6}, DType::I64);
       const Tensor table = random(g, {V, D}, DType::F32).to(kGpu);
       kernels::OpCall c = call({table, ids.to(kGpu)}, {Tensor::empty({6, D}, DType::F32, kGpu)});
       CHECK_THROWS_WITH_AS(
@@ -433,7 +388,7 @@ TEST_CASE("cuda layout: embedding_bwd sums rows in token order, deterministicall
       for (int64_t i = 0; i < p.ids.numel(); ++i)
         idv.push_back(static_cast<double>(rng() % 2 ? std::min<int64_t>(3, p.V - 1)
                                                     : static_cast<int64_t>(rng() % p.V)));
-      const Tensor ids = make(idv, p.ids, idt);
+      const Tensor ids = from_doubles(idv, p.ids, idt);
       Shape gs = p.ids;
       gs.push_back(p.D);
       const Shape ts{p.V, p.D};
@@ -459,7 +414,7 @@ TEST_CASE("cuda layout: embedding_bwd sums rows in token order, deterministicall
     }
   }
   // A bad id throws before anything is summed.
-  const Tensor ids = make({0, 1, 9, 2}, {4}, DType::I32).to(kGpu);
+  const Tensor ids = from_doubles({0, 1, 9, 2}, {4}, DType::I32).to(kGpu);
   const Tensor gy = Tensor::zeros({4, 3}, DType::F32, kGpu);
   kernels::OpCall c = call({gy, ids}, {Tensor::empty({9, 3}, DType::F32, kGpu)});
   CHECK_THROWS_WITH_AS(kernels::run(Op::embedding_bwd, c),
@@ -618,7 +573,7 @@ TEST_CASE("cuda spatial: max_pool2d values and argmax exact (ties, NaN), backwar
               if (k == 0) e = std::numeric_limits<double>::quiet_NaN();
               if (k == 1) e = -std::numeric_limits<double>::infinity();
             }
-          const Tensor x = make(v, xs, dt);
+          const Tensor x = from_doubles(v, xs, dt);
           const auto ref = run(Op::max_pool2d, {ref_input(x)}, {{ys, DType::F64}, {ys, DType::I64}},
                                Device::cpu(), ints_of(p));
           const auto got = run(Op::max_pool2d, {x}, {{ys, dt}, {ys, DType::I64}}, kGpu, ints_of(p));
@@ -647,7 +602,7 @@ TEST_CASE("cuda spatial: max_pool2d values and argmax exact (ties, NaN), backwar
       std::vector<double> a;
       for (int64_t i = 0; i < ys.numel(); ++i)
         a.push_back(variant == 0 ? static_cast<double>(rng() % 63) : 0.0);
-      const Tensor am = make(a, ys, DType::I64);
+      const Tensor am = from_doubles(a, ys, DType::I64);
       const Tensor gy = random(g, ys, dt);
       const Tensor gref =
           run1(Op::max_pool2d_bwd, {ref_input(gy), am}, xs, DType::F64, Device::cpu());

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/op_table.h"
 #include "kernels/ops.h"
@@ -31,40 +32,19 @@
 
 using namespace psvae;
 using kernels::Op;
+using test::as_dtype;
+using test::check_close;
+using test::same_bits_flat;
+using test::tolerance;
+using test::widen;
 
 namespace {
 
 const Device kGpu = Device::cuda(0);
 const Device kCpu = Device::cpu();
 
-// Values of t rounded to dtype dt (through f32 for bf16, as psvae::bf16 does), on the CPU.
-Tensor as_dtype(const Tensor& t, DType dt) {
-  std::vector<double> v = test::as_doubles(t);
-  if (dt == DType::F64) return Tensor::from_vector(v, t.shape());
-  std::vector<float> f(v.begin(), v.end());
-  if (dt == DType::F32) return Tensor::from_vector(f, t.shape());
-  std::vector<bf16> b(f.size());
-  for (size_t i = 0; i < f.size(); ++i) b[i] = bf16(f[i]);
-  return Tensor::from_vector(b, t.shape());
-}
-Tensor widen(const Tensor& t) { return Tensor::from_vector(test::as_doubles(t), t.shape()); }
-
-double tolerance(DType dt) { return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2; }
-
 Tensor rand_u(Generator& g, const Shape& s, double lo, double hi, DType dt) {
-  return as_dtype(test::uniform(g, s, lo, hi), dt);
-}
-
-void expect_close(const Tensor& got, const Tensor& ref, double tol) {
-  const test::Comparison c = test::compare(got, ref, tol);
-  INFO(c.why);
-  CHECK(c.ok);
-}
-
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.numel() != b.numel()) return false;
-  const Tensor ha = a.to(kCpu), hb = b.to(kCpu);
-  return test::bit_mismatches_host(ha, hb) == 0;
+  return test::uniform_as(g, s, dt, lo, hi);
 }
 
 // A copy of the 1-D tensor t on the GPU that starts one element into its buffer: not 16-byte
@@ -80,20 +60,13 @@ Tensor offset_empty(int64_t n, DType dt) {
 }
 
 kernels::OpCall call_of(std::vector<Tensor> in, std::vector<Tensor> out, double r0 = 0) {
-  kernels::OpCall c;
-  c.in = std::move(in);
-  c.out = std::move(out);
-  c.reals[0] = r0;
-  return c;
+  return test::op_call(std::move(in), std::move(out), {}, {r0});
 }
 
-// Runs op with fresh outputs shaped like `like` (one per entry) in dtype dt on device d.
+// Runs op with fresh outputs of the given shapes in dtype dt on device d.
 std::vector<Tensor> run(Op op, const std::vector<Tensor>& in, const std::vector<Shape>& shapes,
                         DType dt, Device d, double r0 = 0) {
-  std::vector<Tensor> out;
-  for (const Shape& s : shapes) out.push_back(Tensor::empty(s, dt, d));
-  kernels::run(op, call_of(in, out, r0));
-  return out;
+  return test::run_op(op, in, shapes, dt, d, {}, {r0});
 }
 
 // b with every fifth element set equal to a's (l1's ties: a zero gradient there).
@@ -135,11 +108,11 @@ TEST_CASE("cuda kernels: mse, l1 and KL losses, forward and backward, match the 
         // Forward: the f64 CPU result of the same inputs.
         const Tensor y_ref = run(fwd, {widen(a), widen(b)}, {Shape{}}, DType::F64, kCpu, r)[0];
         const Tensor y = run(fwd, {ag, bg}, {Shape{}}, dt, kGpu, r)[0];
-        expect_close(y, y_ref, tolerance(dt));
+        check_close(y, y_ref, tolerance(dt));
         // Deterministic: the same call again, and on unaligned views, gives the same bits.
-        CHECK(bit_equal(run(fwd, {ag, bg}, {Shape{}}, dt, kGpu, r)[0], y));
+        CHECK(same_bits_flat(run(fwd, {ag, bg}, {Shape{}}, dt, kGpu, r)[0], y));
         const Tensor ao = offset_copy(ag), bo = offset_copy(bg);
-        CHECK(bit_equal(run(fwd, {ao, bo}, {Shape{}}, dt, kGpu, r)[0], y));
+        CHECK(same_bits_flat(run(fwd, {ao, bo}, {Shape{}}, dt, kGpu, r)[0], y));
 
         // Backward with gy on the device.
         const Tensor gy = rand_u(g, Shape{}, 0.5, 2.0, dt);
@@ -147,12 +120,12 @@ TEST_CASE("cuda kernels: mse, l1 and KL losses, forward and backward, match the 
         const std::vector<Tensor> ref =
             run(bwd, {widen(gy), widen(a), widen(b)}, oshapes, DType::F64, kCpu, r);
         const std::vector<Tensor> got = run(bwd, {gy.to(kGpu), ag, bg}, oshapes, dt, kGpu, r);
-        for (int k = 0; k < nout; ++k) expect_close(got[k], ref[k], tolerance(dt));
+        for (int k = 0; k < nout; ++k) check_close(got[k], ref[k], tolerance(dt));
         // Unaligned inputs and outputs: the same bits.
         std::vector<Tensor> outs_off;
         for (int k = 0; k < nout; ++k) outs_off.push_back(offset_empty(n, dt));
         kernels::run(bwd, call_of({gy.to(kGpu), ao, bo}, outs_off, r));
-        for (int k = 0; k < nout; ++k) CHECK(bit_equal(outs_off[k], got[k]));
+        for (int k = 0; k < nout; ++k) CHECK(same_bits_flat(outs_off[k], got[k]));
       }
     }
   }
@@ -208,14 +181,14 @@ TEST_CASE("cuda kernels: cross_entropy forward and backward match the CPU") {
       kernels::OpCall cg = call_of(
           {xg, tg}, {Tensor::empty(Shape{}, dt, kGpu), Tensor::empty(Shape{k.N}, dt, kGpu)});
       kernels::run(Op::cross_entropy, cg);
-      expect_close(cg.out[0], cref.out[0], tolerance(dt));
-      expect_close(cg.out[1], cref.out[1], tolerance(dt));
+      check_close(cg.out[0], cref.out[0], tolerance(dt));
+      check_close(cg.out[1], cref.out[1], tolerance(dt));
       // The same bits the second time.
       kernels::OpCall cg2 = call_of(
           {xg, tg}, {Tensor::empty(Shape{}, dt, kGpu), Tensor::empty(Shape{k.N}, dt, kGpu)});
       kernels::run(Op::cross_entropy, cg2);
-      CHECK(bit_equal(cg2.out[0], cg.out[0]));
-      CHECK(bit_equal(cg2.out[1], cg.out[1]));
+      CHECK(same_bits_flat(cg2.out[0], cg.out[0]));
+      CHECK(same_bits_flat(cg2.out[1], cg.out[1]));
 
       // Backward, fed the reference lse rounded to the dtype on both sides.
       const Tensor gy = rand_u(g, Shape{}, 0.5, 2.0, dt);
@@ -224,7 +197,7 @@ TEST_CASE("cuda kernels: cross_entropy forward and backward match the CPU") {
                                 {Shape{k.N, k.C}}, DType::F64, kCpu)[0];
       const Tensor gx = run(Op::cross_entropy_bwd, {gy.to(kGpu), xg, tg, lse_d.to(kGpu)},
                             {Shape{k.N, k.C}}, dt, kGpu)[0];
-      expect_close(gx, gx_ref, tolerance(dt));
+      check_close(gx, gx_ref, tolerance(dt));
     }
   }
 }
@@ -303,12 +276,12 @@ TEST_CASE("cuda kernels: adamw_step over several steps matches the CPU") {
           const Tensor gg = grad.to(kGpu);
           ops::adamw_step(p, gg, m, v, hp);
           ops::adamw_step(p2, gg, m2, v2, hp);
-          expect_close(p, p64, tolerance(dt));
-          expect_close(m, m64, tolerance(dt));
-          expect_close(v, v64, tolerance(dt));
-          CHECK(bit_equal(p, p2));
-          CHECK(bit_equal(m, m2));
-          CHECK(bit_equal(v, v2));
+          check_close(p, p64, tolerance(dt));
+          check_close(m, m64, tolerance(dt));
+          check_close(v, v64, tolerance(dt));
+          CHECK(same_bits_flat(p, p2));
+          CHECK(same_bits_flat(m, m2));
+          CHECK(same_bits_flat(v, v2));
         }
       }
     }
@@ -335,9 +308,9 @@ TEST_CASE("cuda kernels: ema_update matches the CPU, exact at decay 0 and 1") {
         ops::ema_update(e64, widen(p), decay);
         Tensor e = e0.to(kGpu);
         ops::ema_update(e, p.to(kGpu), decay);
-        expect_close(e, e64, tolerance(dt));
-        if (decay == 1.0) CHECK(bit_equal(e, e0));
-        if (decay == 0.0) CHECK(bit_equal(e, p));
+        check_close(e, e64, tolerance(dt));
+        if (decay == 1.0) CHECK(same_bits_flat(e, e0));
+        if (decay == 0.0) CHECK(same_bits_flat(e, p));
       }
     }
   }
@@ -366,20 +339,20 @@ TEST_CASE("cuda kernels: kl_gauss_fused equals kl_gauss and kl_gauss_bwd, in one
       const std::vector<Tensor> gref =
           run(Op::kl_gauss_bwd, {Tensor::scalar(gscale, DType::F64), widen(mu), widen(lv)},
               {sh, sh}, DType::F64, kCpu, norm);
-      expect_close(loss, loss_ref, tolerance(dt));
-      expect_close(gmu, gref[0], tolerance(dt));
-      expect_close(glv, gref[1], tolerance(dt));
+      check_close(loss, loss_ref, tolerance(dt));
+      check_close(gmu, gref[0], tolerance(dt));
+      check_close(glv, gref[1], tolerance(dt));
       // Bit for bit the unfused CUDA ops.
-      CHECK(bit_equal(loss, run(Op::kl_gauss, {mug, lvg}, {Shape{}}, dt, kGpu, norm)[0]));
+      CHECK(same_bits_flat(loss, run(Op::kl_gauss, {mug, lvg}, {Shape{}}, dt, kGpu, norm)[0]));
       const std::vector<Tensor> gops = run(
           Op::kl_gauss_bwd, {Tensor::scalar(gscale, dt, kGpu), mug, lvg}, {sh, sh}, dt, kGpu, norm);
-      CHECK(bit_equal(gmu, gops[0]));
-      CHECK(bit_equal(glv, gops[1]));
+      CHECK(same_bits_flat(gmu, gops[0]));
+      CHECK(same_bits_flat(glv, gops[1]));
       // An f32 loss from bf16 inputs keeps f32 accuracy.
       if (dt == DType::BF16) {
         Tensor loss32 = Tensor::empty(Shape{}, DType::F32, kGpu);
         kernels::cuda::kl_gauss_fused(mug, lvg, norm, gscale, loss32, gmu, glv);
-        expect_close(loss32, loss_ref, 1e-5);
+        check_close(loss32, loss_ref, 1e-5);
       }
     }
   }
@@ -481,13 +454,13 @@ TEST_CASE("cuda kernels: adamw_multi_tensor equals adamw_step on each tensor") {
                                         scale_dev, k.per_tensor_wd ? wds : std::vector<double>{});
       for (size_t i = 0; i < params.size(); ++i) {
         CAPTURE(i);
-        CHECK(bit_equal(params[i], p1[i]));
-        CHECK(bit_equal(m[i], m1[i]));
-        CHECK(bit_equal(v[i], v1[i]));
-        expect_close(params[i], p64[i], 1e-5);
-        expect_close(m[i], m64[i], 1e-5);
-        expect_close(v[i], v64[i], 1e-5);
-        if (k.copies) CHECK(bit_equal(copies[i], as_dtype(params[i], DType::BF16)));
+        CHECK(same_bits_flat(params[i], p1[i]));
+        CHECK(same_bits_flat(m[i], m1[i]));
+        CHECK(same_bits_flat(v[i], v1[i]));
+        check_close(params[i], p64[i], 1e-5);
+        check_close(m[i], m64[i], 1e-5);
+        check_close(v[i], v64[i], 1e-5);
+        if (k.copies) CHECK(same_bits_flat(copies[i], as_dtype(params[i], DType::BF16)));
       }
     }
   }
@@ -523,8 +496,8 @@ TEST_CASE("cuda kernels: ema_multi_tensor equals ema_update on each tensor") {
     kernels::cuda::ema_multi_tensor(ema, params, 0.9999);
     for (size_t i = 0; i < params.size(); ++i) {
       CAPTURE(i);
-      CHECK(bit_equal(ema[i], ref[i]));
-      expect_close(ema[i], ref64[i], tolerance(dt));
+      CHECK(same_bits_flat(ema[i], ref[i]));
+      check_close(ema[i], ref64[i], tolerance(dt));
     }
   }
   std::vector<Tensor> e = {Tensor::zeros(Shape{3}, DType::F32, kGpu)};

@@ -7,23 +7,17 @@
 #include <cmath>
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/ops.h"
 
 using namespace psvae;
+using test::check_close;
+using test::rounded;
 
 namespace {
 
 const Device kGpu = Device::cuda(0);
-
-Tensor rounded(const Tensor& t, DType dt) { return ops::cast(ops::cast(t, dt), DType::F64); }
-
-// Relative norm error within tol; a NaN or a shape mismatch fails (test::compare's rules).
-bool close(const Tensor& got, const Tensor& ref, double tol) {
-  const test::Comparison c = test::compare(got, ref, tol);
-  if (!c.ok) MESSAGE("rel err ", c.rel_err, " ", c.why);
-  return c.ok;
-}
 
 }  // namespace
 
@@ -38,7 +32,7 @@ TEST_CASE("cuda kernels: the fused LPIPS tap, forward and backward, matches the 
     for (DType dt : {DType::F32, DType::BF16, DType::F64}) {
       CAPTURE(s.str());
       CAPTURE(dtype_name(dt));
-      const double tol = dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2;
+      const double tol = test::tolerance(dt);
       Tensor f0 = rounded(test::normal(g, s), dt), f1 = rounded(test::normal(g, s), dt);
       if (s[1] > 1) {  // a dead (all-zero) feature vector at position 0 of sample 0
         Tensor z = f0.clone();
@@ -51,10 +45,10 @@ TEST_CASE("cuda kernels: the fused LPIPS tap, forward and backward, matches the 
       auto [g0_ref, g1_ref] = ops::lpips_tap_bwd(gd, f0, f1, w, 1e-10, 1e-20);
       auto dev = [&](const Tensor& t) { return ops::cast(t, dt).to(kGpu); };
       const Tensor d = ops::lpips_tap(dev(f0), dev(f1), dev(w), 1e-10, 1e-20);
-      CHECK(close(d, d_ref, tol));
+      check_close(d, d_ref, tol, "d");
       auto [g0, g1] = ops::lpips_tap_bwd(dev(gd), dev(f0), dev(f1), dev(w), 1e-10, 1e-20);
-      CHECK(close(g0, g0_ref, tol));
-      CHECK(close(g1, g1_ref, tol));
+      check_close(g0, g0_ref, tol, "g0");
+      check_close(g1, g1_ref, tol, "g1");
       // Deterministic: a second run is bit-identical.
       const Tensor d2 = ops::lpips_tap(dev(f0), dev(f1), dev(w), 1e-10, 1e-20);
       CHECK(test::bit_mismatches_host(d.to(Device::cpu()), d2.to(Device::cpu())) == 0);

@@ -13,10 +13,10 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/op_table.h"
 #include "kernels/ops.h"
@@ -26,6 +26,11 @@
 
 using namespace psvae;
 using kernels::Op;
+using test::as_dtype;
+using test::on_gpu;
+using test::tolerance;
+using test::uniform_as;
+using test::widen;
 
 namespace {
 
@@ -34,46 +39,12 @@ constexpr double kNormEps = 1e-5;
 const std::vector<int64_t> kRowLengths = {1, 7, 32, 33, 384, 1152, 4100};
 const std::vector<DType> kDtypes = {DType::F32, DType::BF16, DType::F64};
 
-// Values of t rounded to dtype dt (through f32 for bf16, as psvae::bf16 does), on the CPU.
-Tensor as_dtype(const Tensor& t, DType dt) {
-  std::vector<double> v = test::as_doubles(t);
-  if (dt == DType::F64) return Tensor::from_vector(v, t.shape());
-  std::vector<float> f(v.begin(), v.end());
-  if (dt == DType::F32) return Tensor::from_vector(f, t.shape());
-  std::vector<bf16> b(f.begin(), f.end());
-  return Tensor::from_vector(b, t.shape());
-}
-Tensor widen(const Tensor& t) { return Tensor::from_vector(test::as_doubles(t), t.shape()); }
-std::vector<Tensor> widen(const std::vector<Tensor>& ts) {
-  std::vector<Tensor> r;
-  for (const Tensor& t : ts) r.push_back(widen(t));
-  return r;
-}
-std::vector<Tensor> on_gpu(const std::vector<Tensor>& ts) {
-  std::vector<Tensor> r;
-  for (const Tensor& t : ts) r.push_back(t.to(kGpu));
-  return r;
-}
-// Uniform values in [lo, hi) rounded to dt.
-Tensor rnd(Generator& g, const Shape& s, DType dt, double lo = -1.0, double hi = 1.0) {
-  return as_dtype(test::uniform(g, s, lo, hi), dt);
-}
-
+// A reference that is 0 up to the CPU's own rounding (the f64 kernel may fuse g - mean(g) into an
+// FMA and leave ~1e-14 where the exact answer is 0) is compared absolutely: ||ref||^2 <= 1e-20.
+constexpr double kZeroFloor = 1e-20;
 double rel_norm_error(const Tensor& got, const Tensor& ref) {
-  std::vector<double> a = test::as_doubles(got.to(Device::cpu())), b = test::as_doubles(ref);
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  // NaN anywhere fails every check. A reference that is 0 up to the CPU's own rounding (the f64
-  // kernel may fuse g - mean(g) into an FMA and leave ~1e-14 where the exact answer is 0) is
-  // compared absolutely.
-  return den > 1e-20 ? std::sqrt(num) / std::sqrt(den) : std::sqrt(num);
+  return test::rel_norm_error(got, ref, kZeroFloor);
 }
-
-double tolerance(DType dt) { return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2; }
 
 void check_close(const std::vector<Tensor>& got, const std::vector<Tensor>& ref, DType dt,
                  const std::string& what) {
@@ -86,31 +57,20 @@ void check_close(const std::vector<Tensor>& got, const std::vector<Tensor>& ref,
   }
 }
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
-  return ha.shape() == hb.shape() && ha.dtype() == hb.dtype() &&
-         std::memcmp(ha.raw_data(), hb.raw_data(), ha.nbytes()) == 0;
-}
 void check_same_bits(const std::vector<Tensor>& a, const std::vector<Tensor>& b,
                      const std::string& what) {
   REQUIRE(a.size() == b.size());
   for (size_t i = 0; i < a.size(); ++i) {
     CAPTURE(what);
     CAPTURE(i);
-    CHECK(same_bits(a[i], b[i]));
+    CHECK(test::same_bits(a[i], b[i]));
   }
 }
 
 // Runs op on `in` into fresh outputs of the given shapes (dtype dt, device d).
 std::vector<Tensor> run(Op op, const std::vector<Tensor>& in, const std::vector<Shape>& outs,
                         DType dt, Device d, int64_t groups = 0) {
-  kernels::OpCall c;
-  c.in = in;
-  for (const Shape& s : outs) c.out.push_back(Tensor::empty(s, dt, d));
-  c.ints[0] = groups;
-  c.reals[0] = kNormEps;
-  kernels::run(op, c);
-  return c.out;
+  return test::run_op(op, in, outs, dt, d, {groups}, {kNormEps});
 }
 
 Shape without_last(const Shape& s) {
@@ -126,8 +86,8 @@ void layernorm_case(Generator& g, const Tensor& x, const Tensor& x_dev, bool aff
   const int64_t D = xs[xs.rank() - 1];
   std::vector<Tensor> in = {x};
   if (affine) {
-    in.push_back(rnd(g, Shape{D}, dt, 0.5, 1.5));
-    in.push_back(rnd(g, Shape{D}, dt));
+    in.push_back(uniform_as(g, Shape{D}, dt, 0.5, 1.5));
+    in.push_back(uniform_as(g, Shape{D}, dt));
   }
   const std::vector<Tensor> ref =
       run(Op::layernorm, widen(in), {xs, rs, rs}, DType::F64, Device::cpu());
@@ -135,7 +95,7 @@ void layernorm_case(Generator& g, const Tensor& x, const Tensor& x_dev, bool aff
   in_dev[0] = x_dev;
   check_close(run(Op::layernorm, in_dev, {xs, rs, rs}, dt, kGpu), ref, dt, "layernorm");
 
-  std::vector<Tensor> bin = {rnd(g, xs, dt), x, as_dtype(ref[1], dt), as_dtype(ref[2], dt)};
+  std::vector<Tensor> bin = {uniform_as(g, xs, dt), x, as_dtype(ref[1], dt), as_dtype(ref[2], dt)};
   std::vector<Shape> outs = {xs};
   if (affine) {
     bin.push_back(in[1]);
@@ -154,11 +114,12 @@ void layernorm_case(Generator& g, const Tensor& x, const Tensor& x_dev, bool aff
 
 void modulate_case(Generator& g, const Shape& xs, DType dt) {
   const Shape nd{xs[0], xs[2]};
-  const std::vector<Tensor> in = {rnd(g, xs, dt), rnd(g, nd, dt), rnd(g, nd, dt)};
+  const std::vector<Tensor> in = {uniform_as(g, xs, dt), uniform_as(g, nd, dt),
+                                  uniform_as(g, nd, dt)};
   const std::vector<Tensor> ref = run(Op::modulate, widen(in), {xs}, DType::F64, Device::cpu());
   check_close(run(Op::modulate, on_gpu(in), {xs}, dt, kGpu), ref, dt, "modulate");
 
-  const std::vector<Tensor> bin = {rnd(g, xs, dt), in[0], in[2]};
+  const std::vector<Tensor> bin = {uniform_as(g, xs, dt), in[0], in[2]};
   const std::vector<Shape> outs = {xs, nd, nd};
   const std::vector<Tensor> bref =
       run(Op::modulate_bwd, widen(bin), outs, DType::F64, Device::cpu());
@@ -171,17 +132,19 @@ void modulate_case(Generator& g, const Shape& xs, DType dt) {
 void groupnorm_case(Generator& g, const Shape& xs, int64_t groups, bool affine, DType dt) {
   const int64_t C = xs[1];
   const Shape stats{xs[0], groups};
-  std::vector<Tensor> in = {rnd(g, xs, dt, 2.0, 4.0)};  // offset mean: no cancellation allowed
+  std::vector<Tensor> in = {
+      uniform_as(g, xs, dt, 2.0, 4.0)};  // offset mean: no cancellation allowed
   if (affine) {
-    in.push_back(rnd(g, Shape{C}, dt, 0.5, 1.5));
-    in.push_back(rnd(g, Shape{C}, dt));
+    in.push_back(uniform_as(g, Shape{C}, dt, 0.5, 1.5));
+    in.push_back(uniform_as(g, Shape{C}, dt));
   }
   const std::vector<Tensor> ref =
       run(Op::groupnorm, widen(in), {xs, stats, stats}, DType::F64, Device::cpu(), groups);
   check_close(run(Op::groupnorm, on_gpu(in), {xs, stats, stats}, dt, kGpu, groups), ref, dt,
               "groupnorm");
 
-  std::vector<Tensor> bin = {rnd(g, xs, dt), in[0], as_dtype(ref[1], dt), as_dtype(ref[2], dt)};
+  std::vector<Tensor> bin = {uniform_as(g, xs, dt), in[0], as_dtype(ref[1], dt),
+                             as_dtype(ref[2], dt)};
   std::vector<Shape> outs = {xs};
   if (affine) {
     bin.push_back(in[1]);
@@ -210,7 +173,7 @@ TEST_CASE("cuda kernels: layernorm and its backward match the CPU, bitwise repea
         CAPTURE(dtype_name(dt));
         // 3 x 77 rows; mean about 3 against a spread of about 0.6, so a variance computed as
         // E[x^2] - E[x]^2 would lose the f32 tolerance.
-        const Tensor x = rnd(g, Shape{3, 77, D}, dt, 2.0, 4.0);
+        const Tensor x = uniform_as(g, Shape{3, 77, D}, dt, 2.0, 4.0);
         layernorm_case(g, x, x.to(kGpu), affine, dt);
       }
     }
@@ -219,14 +182,14 @@ TEST_CASE("cuda kernels: layernorm and its backward match the CPU, bitwise repea
     CAPTURE(dtype_name(dt));
     // A rank-1 input (one row) and a row of 16-byte packs starting at a misaligned address (the
     // loop path must take it, not the vector path).
-    const Tensor x1 = rnd(g, Shape{384}, dt, 2.0, 4.0);
+    const Tensor x1 = uniform_as(g, Shape{384}, dt, 2.0, 4.0);
     layernorm_case(g, x1, x1.to(kGpu), true, dt);
-    const Tensor flat = rnd(g, Shape{5 * 384 + 1}, dt, 2.0, 4.0);
+    const Tensor flat = uniform_as(g, Shape{5 * 384 + 1}, dt, 2.0, 4.0);
     const Tensor x_dev = flat.to(kGpu).slice0(1, 5 * 384 + 1).reshape({5, 384});
     layernorm_case(g, x_dev.to(Device::cpu()), x_dev, true, dt);
     // No rows: nothing to normalise, and the parameter gradients are exactly 0.
     const Tensor x0 = Tensor::empty(Shape{0, 33}, dt);
-    const Tensor w = rnd(g, Shape{33}, dt);
+    const Tensor w = uniform_as(g, Shape{33}, dt);
     const std::vector<Tensor> r =
         run(Op::layernorm_bwd,
             on_gpu({x0, x0, Tensor::empty(Shape{0}, dt), Tensor::empty(Shape{0}, dt), w}),
@@ -253,8 +216,9 @@ TEST_CASE("cuda kernels: modulate and its backward match the CPU, bitwise repeat
     modulate_case(g, Shape{2, 300, 64}, dt);  // several chunks of rows per sample
     // No tokens: gshift and gscale are sums over nothing, exactly 0.
     const Tensor e = Tensor::empty(Shape{3, 0, 16}, dt);
-    const std::vector<Tensor> r = run(Op::modulate_bwd, on_gpu({e, e, rnd(g, Shape{3, 16}, dt)}),
-                                      {Shape{3, 0, 16}, Shape{3, 16}, Shape{3, 16}}, dt, kGpu);
+    const std::vector<Tensor> r =
+        run(Op::modulate_bwd, on_gpu({e, e, uniform_as(g, Shape{3, 16}, dt)}),
+            {Shape{3, 0, 16}, Shape{3, 16}, Shape{3, 16}}, dt, kGpu);
     CHECK(rel_norm_error(r[1], Tensor::zeros(Shape{3, 16}, DType::F64)) == 0.0);
     CHECK(rel_norm_error(r[2], Tensor::zeros(Shape{3, 16}, DType::F64)) == 0.0);
   }
@@ -291,8 +255,9 @@ TEST_CASE("cuda kernels: groupnorm and its backward match the CPU, bitwise repea
     // No samples: gw and gb are exactly 0.
     const Tensor e = Tensor::empty(Shape{0, 8, 3}, dt);
     const Tensor s = Tensor::empty(Shape{0, 2}, dt);
-    const std::vector<Tensor> r = run(Op::groupnorm_bwd, on_gpu({e, e, s, s, rnd(g, Shape{8}, dt)}),
-                                      {Shape{0, 8, 3}, Shape{8}, Shape{8}}, dt, kGpu, 2);
+    const std::vector<Tensor> r =
+        run(Op::groupnorm_bwd, on_gpu({e, e, s, s, uniform_as(g, Shape{8}, dt)}),
+            {Shape{0, 8, 3}, Shape{8}, Shape{8}}, dt, kGpu, 2);
     CHECK(rel_norm_error(r[1], Tensor::zeros(Shape{8}, DType::F64)) == 0.0);
     CHECK(rel_norm_error(r[2], Tensor::zeros(Shape{8}, DType::F64)) == 0.0);
   }
@@ -316,7 +281,8 @@ namespace {
 // weights, then modulate; backward modulate_bwd on xhat, then layernorm_bwd.
 void fused_layernorm_modulate_case(Generator& g, int64_t N, int64_t T, int64_t D, DType dt) {
   const Shape xs{N, T, D}, nd{N, D}, nt{N, T};
-  const Tensor x = rnd(g, xs, dt, 2.0, 4.0), shift = rnd(g, nd, dt), scale = rnd(g, nd, dt);
+  const Tensor x = uniform_as(g, xs, dt, 2.0, 4.0), shift = uniform_as(g, nd, dt),
+               scale = uniform_as(g, nd, dt);
   const Tensor x64 = widen(x), shift64 = widen(shift), scale64 = widen(scale);
   const ops::NormOut ln = ops::layernorm(x64, Tensor(), Tensor(), kNormEps);
   const Tensor y_ref = ops::modulate(ln.y, shift64, scale64);
@@ -327,7 +293,8 @@ void fused_layernorm_modulate_case(Generator& g, int64_t N, int64_t T, int64_t D
   check_close(got, {y_ref, ln.mean, ln.rstd}, dt, "layernorm_modulate_fwd");
 
   // Backward with the dtype-rounded statistics on both sides.
-  const Tensor gy = rnd(g, xs, dt), mean = as_dtype(ln.mean, dt), rstd = as_dtype(ln.rstd, dt);
+  const Tensor gy = uniform_as(g, xs, dt), mean = as_dtype(ln.mean, dt),
+               rstd = as_dtype(ln.rstd, dt);
   const Tensor mean64 = widen(mean), rstd64 = widen(rstd);
   const Tensor xhat64 =
       ops::mul(ops::sub(x64, mean64.reshape({N, T, 1})), rstd64.reshape({N, T, 1}));
@@ -348,14 +315,14 @@ void fused_layernorm_modulate_case(Generator& g, int64_t N, int64_t T, int64_t D
 // gated_residual_fwd / _bwd against mul + add (and sum over t) in f64.
 void gated_residual_case(Generator& g, int64_t N, int64_t T, int64_t D, DType dt) {
   const Shape xs{N, T, D}, nd{N, D};
-  const Tensor x = rnd(g, xs, dt), h = rnd(g, xs, dt), gate = rnd(g, nd, dt);
+  const Tensor x = uniform_as(g, xs, dt), h = uniform_as(g, xs, dt), gate = uniform_as(g, nd, dt);
   const Tensor gate64 = widen(gate).reshape({N, 1, D}), h64 = widen(h);
   const Tensor out_ref = ops::add(widen(x), ops::mul(gate64, h64));
   const Tensor out = Tensor::empty(xs, dt, kGpu);
   kernels::cuda::gated_residual_fwd(x.to(kGpu), gate.to(kGpu), h.to(kGpu), out);
   check_close({out}, {out_ref}, dt, "gated_residual_fwd");
 
-  const Tensor gout = rnd(g, xs, dt), gout64 = widen(gout);
+  const Tensor gout = uniform_as(g, xs, dt), gout64 = widen(gout);
   const Tensor gh_ref = ops::mul(gout64, gate64), ggate_ref = ops::sum(ops::mul(gout64, h64), 1);
   auto bwd = [&] {
     std::vector<Tensor> o = {Tensor::empty(xs, dt, kGpu), Tensor::empty(nd, dt, kGpu)};

@@ -9,51 +9,25 @@
 #include <cmath>
 #include <vector>
 
+#include "common/cuda_compare.h"
 #include "common/test_util.h"
 #include "kernels/op_table.h"
 
 using namespace psvae;
 using kernels::Op;
+using test::as_dtype;
+using test::rel_norm_error;
+using test::tolerance;
+using test::widen;
 
 namespace {
 
 const Device kGpu = Device::cuda(0);
 
+// One output shaped like the first input; reals p, q.
 Tensor run(Op op, const std::vector<Tensor>& in, DType dt, Device d, double p = 0, double q = 0) {
-  kernels::OpCall c;
-  c.in = in;
-  c.out = {Tensor::empty(in[0].shape(), dt, d)};
-  c.reals[0] = p;
-  c.reals[1] = q;
-  kernels::run(op, c);
-  return c.out[0];
+  return test::run_op(op, in, {in[0].shape()}, dt, d, {}, {p, q})[0];
 }
-
-// Values of t rounded to dtype dt (through f32 for bf16, as psvae::bf16 does).
-Tensor as_dtype(const Tensor& t, DType dt) {
-  std::vector<double> v = test::as_doubles(t);
-  if (dt == DType::F64) return Tensor::from_vector(v, t.shape());
-  std::vector<float> f(v.begin(), v.end());
-  if (dt == DType::F32) return Tensor::from_vector(f, t.shape());
-  std::vector<bf16> b(f.begin(), f.end());
-  return Tensor::from_vector(b, t.shape());
-}
-Tensor widen(const Tensor& t) { return Tensor::from_vector(test::as_doubles(t), t.shape()); }
-
-double rel_norm_error(const Tensor& got, const Tensor& ref) {
-  std::vector<double> a = test::as_doubles(got.to(Device::cpu())), b = test::as_doubles(ref);
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  // NaN when any element is NaN, which fails every check. An all-zero reference (the slope of
-  // pow with exponent 0, relu left of 0) asks for an exact zero.
-  return den > 0 ? std::sqrt(num) / std::sqrt(den) : std::sqrt(num);
-}
-
-double tolerance(DType dt) { return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2; }
 
 struct Case {
   Op fwd, bwd;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "kernels/broadcast_layout.h"
 #include "kernels/ops.h"
 #include "kernels/ops_common.h"
 
@@ -11,6 +12,7 @@ namespace psvae::ops {
 using detail::call_of;
 using detail::check_defined;
 using detail::check_floating;
+using kernels::broadcasts_to;
 
 namespace {
 
@@ -40,15 +42,6 @@ Tensor unary(Op op, const Tensor& x, double p0 = 0, double p1 = 0) {
   c.reals[1] = p1;
   kernels::run(op, c);
   return y;
-}
-
-// True when `from` broadcasts to exactly `to` (what expand accepts and sum_to inverts).
-bool broadcasts_to(const Shape& from, const Shape& to) {
-  if (from.rank() > to.rank()) return false;
-  const int lead = to.rank() - from.rank();
-  for (int d = 0; d < from.rank(); ++d)
-    if (from[d] != 1 && from[d] != to[d + lead]) return false;
-  return true;
 }
 
 }  // namespace

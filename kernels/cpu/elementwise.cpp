@@ -1,9 +1,10 @@
 // CPU kernels: elementwise family. Binary ops with NumPy broadcasting, where, scalar ops, expand,
 // sum_to, cast, and the unary functions with their backward entries.
 //
-// Broadcasting: every operand is addressed through its own strides over the output's index
-// space, 0 on broadcast dims. Adjacent dims are then merged wherever every operand stays
-// contiguous across them, so the common cases collapse to one or two loops:
+// Broadcasting (kernels/broadcast_layout.h, shared with the CUDA kernels): every operand is
+// addressed through its own strides over the output's index space, 0 on broadcast dims. Adjacent
+// dims are then merged wherever every operand stays contiguous across them, so the common cases
+// collapse to one or two loops:
 //   equal shapes       (N, D) + (N, D) -> one loop of N*D, all strides 1
 //   trailing suffix    (N, D) + (D)    -> N rows of D, the bias stride 0 on rows, 1 inside
 //   scalar operand     (N, D) + ()     -> one loop, scalar stride 0
@@ -14,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/broadcast_layout.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/eigen_util.h"
 
@@ -21,79 +23,9 @@ namespace psvae::kernels::cpu {
 
 namespace {
 
-constexpr int kMaxOperands = 4;  // output + up to 3 inputs (where)
-
-// Index space of the output with per-operand strides, after merging contiguous dims.
-struct Broadcast {
-  int rank = 0;
-  int nops = 0;
-  int64_t size[kMaxRank] = {};
-  int64_t stride[kMaxOperands][kMaxRank] = {};
-  int64_t rows() const {
-    int64_t r = 1;
-    for (int d = 0; d + 1 < rank; ++d) r *= size[d];
-    return r;
-  }
-  int64_t cols() const { return rank ? size[rank - 1] : 1; }
-  // Offsets of operand k at the start of row `row` (all dims but the last).
-  void row_offsets(int64_t row, int64_t* off) const {
-    for (int k = 0; k < nops; ++k) off[k] = 0;
-    for (int d = rank - 2; d >= 0; --d) {
-      int64_t i = row % size[d];
-      row /= size[d];
-      for (int k = 0; k < nops; ++k) off[k] += i * stride[k][d];
-    }
-  }
-};
-
-// Operand 0 is the output (its own shape); the rest are broadcast to it, aligned from the right.
-Broadcast make_broadcast(const Shape& out, const std::vector<Shape>& ins) {
-  Broadcast b;
-  b.nops = 1 + static_cast<int>(ins.size());
-  int r = out.rank();
-  int64_t size[kMaxRank];
-  int64_t st[kMaxOperands][kMaxRank];
-  std::array<int64_t, kMaxRank> os = out.strides();
-  for (int d = 0; d < r; ++d) {
-    size[d] = out[d];
-    st[0][d] = os[static_cast<size_t>(d)];
-  }
-  for (size_t k = 0; k < ins.size(); ++k) {
-    const Shape& s = ins[k];
-    std::array<int64_t, kMaxRank> ss = s.strides();
-    int lead = r - s.rank();
-    for (int d = 0; d < r; ++d) {
-      int sd = d - lead;
-      bool present = sd >= 0 && s[sd] != 1;
-      st[k + 1][d] = present ? ss[static_cast<size_t>(sd)] : 0;
-    }
-  }
-  // Drop size-1 dims and merge dim d into d+1 when, for every operand, stride[d] == stride[d+1] *
-  // size[d+1] (contiguous across the pair; also true for two broadcast dims, both 0).
-  for (int d = 0; d < r; ++d) {
-    if (size[d] == 1) continue;
-    int n = b.rank;
-    if (n > 0) {
-      bool merge = true;
-      for (int k = 0; k < b.nops; ++k)
-        if (b.stride[k][n - 1] != st[k][d] * size[d]) merge = false;
-      if (merge) {
-        b.size[n - 1] *= size[d];
-        for (int k = 0; k < b.nops; ++k) b.stride[k][n - 1] = st[k][d];
-        continue;
-      }
-    }
-    b.size[n] = size[d];
-    for (int k = 0; k < b.nops; ++k) b.stride[k][n] = st[k][d];
-    ++b.rank;
-  }
-  if (b.rank == 0) {  // every dim 1 (or rank 0): one element
-    b.rank = 1;
-    b.size[0] = 1;
-    for (int k = 0; k < b.nops; ++k) b.stride[k][0] = 1;
-  }
-  return b;
-}
+using kernels::Broadcast;
+using kernels::kMaxOperands;
+using kernels::make_broadcast;
 
 // out[i] = f(a[i], b[i]) over the broadcast index space. Parallel over rows, or over chunks of
 // the single row when there is only one.

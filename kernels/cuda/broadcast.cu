@@ -28,6 +28,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/broadcast_layout.h"
 #include "kernels/cuda/elementwise_common.cuh"
 #include "kernels/op_table.h"
 #include "tensor/cuda/cuda_check.cuh"
@@ -76,20 +77,12 @@ __device__ __forceinline__ bool nonzero(int32_t v) { return v != 0; }
 __device__ __forceinline__ bool nonzero(int64_t v) { return v != 0; }
 
 // ---- the merged index space --------------------------------------------------------------------
-constexpr int kMaxIn = 3;  // where: cond, a, b
-
-// Host side: y's dims after dropping 1s and merging, with each input's element strides.
-struct Layout {
-  int rank = 0;
-  int nin = 0;
-  int64_t size[kMaxRank] = {};
-  int64_t stride[kMaxIn][kMaxRank] = {};
-};
-
-// Device side: the same in reverse order (entry 0 is the innermost dim), with the dims as
-// dividers and the innermost counted in packs of V. Reversed so that the kernel's unrolled loop
-// indexes the arrays with compile-time constants: a runtime index into a kernel parameter array
-// makes nvcc copy the whole struct to local memory.
+// The host side is kernels::make_broadcast (kernels/broadcast_layout.h, shared with the CPU):
+// operand 0 the output, input k at operand k + 1. Device side: the same in reverse order (entry 0
+// is the innermost dim), inputs only, with the dims as dividers and the innermost counted in
+// packs of V. Reversed so that the kernel's unrolled loop indexes the arrays with compile-time
+// constants: a runtime index into a kernel parameter array makes nvcc copy the whole struct to
+// local memory.
 template <int N, class Div>
 struct Index {
   using DivT = Div;
@@ -98,58 +91,10 @@ struct Index {
   int64_t stride[N][kMaxRank];
 };
 
-// True when `from` broadcasts to exactly `to` (NumPy rules, aligned from the right).
-bool broadcasts_to(const Shape& from, const Shape& to) {
-  if (from.rank() > to.rank()) return false;
-  const int lead = to.rank() - from.rank();
-  for (int d = 0; d < from.rank(); ++d)
-    if (from[d] != 1 && from[d] != to[d + lead]) return false;
-  return true;
-}
-
 void check_broadcast(const char* op, const Tensor& in, const Tensor& y) {
   if (!broadcasts_to(in.shape(), y.shape()))
     throw std::invalid_argument(std::string(op) + ": input " + in.shape().str() +
                                 " does not broadcast to the output " + y.shape().str());
-}
-
-// As make_broadcast in kernels/cpu/elementwise.cpp, for a contiguous output (which never blocks a
-// merge): dim d joins the merged dim before it when, for every input, stride_before == stride_d *
-// size_d (contiguous across the pair, or both broadcast).
-Layout make_layout(const Shape& out, const std::vector<Shape>& ins) {
-  Layout L;
-  L.nin = static_cast<int>(ins.size());
-  const int r = out.rank();
-  int64_t st[kMaxIn][kMaxRank] = {};
-  for (int k = 0; k < L.nin; ++k) {
-    const Shape& s = ins[static_cast<size_t>(k)];
-    const std::array<int64_t, kMaxRank> ss = s.strides();
-    const int lead = r - s.rank();
-    for (int d = 0; d < r; ++d) {
-      const int sd = d - lead;
-      st[k][d] = sd >= 0 && s[sd] != 1 ? ss[static_cast<size_t>(sd)] : 0;
-    }
-  }
-  for (int d = 0; d < r; ++d) {
-    if (out[d] == 1) continue;
-    const int n = L.rank;
-    bool merge = n > 0;
-    for (int k = 0; k < L.nin && merge; ++k)
-      if (L.stride[k][n - 1] != st[k][d] * out[d]) merge = false;
-    if (merge) {
-      L.size[n - 1] *= out[d];
-      for (int k = 0; k < L.nin; ++k) L.stride[k][n - 1] = st[k][d];
-      continue;
-    }
-    L.size[n] = out[d];
-    for (int k = 0; k < L.nin; ++k) L.stride[k][n] = st[k][d];
-    ++L.rank;
-  }
-  if (L.rank == 0) {  // one element: every stride 0 reads element 0 of each input
-    L.rank = 1;
-    L.size[0] = 1;
-  }
-  return L;
 }
 
 // Element offsets into each input of the first element of pack p. Coordinates come from the
@@ -279,17 +224,17 @@ __global__ void expand_kernel(const W* x, W* y, Index<1, Div> ix, typename Div::
 // launch(ix, n_packs, std::integral_constant<int, width>). packed[k]: input k is read by 16-byte
 // packs (so its pointer and strides must suit them); cond is not.
 template <int V, int N, class Launch>
-void launch_broadcast(const Layout& L, int64_t numel, const std::array<const void*, N>& in,
+void launch_broadcast(const Broadcast& L, int64_t numel, const std::array<const void*, N>& in,
                       const std::array<bool, N>& packed, const void* out, Launch&& launch) {
   const int last = L.rank - 1;
   bool vec = V > 1 && aligned16(out) && L.size[last] % V == 0;
   for (int k = 0; k < N && vec; ++k) {
-    const int64_t s = L.stride[k][last];
+    const int64_t s = L.stride[k + 1][last];
     if (s != 0 && s != 1) vec = false;  // never so for contiguous inputs; checked all the same
     if (s == 1 && packed[static_cast<size_t>(k)]) {
       if (!aligned16(in[static_cast<size_t>(k)])) vec = false;
       for (int d = 0; d < L.rank; ++d)
-        if (L.stride[k][d] % V != 0) vec = false;
+        if (L.stride[k + 1][d] % V != 0) vec = false;
     }
   }
   auto go = [&](auto width) {
@@ -302,7 +247,7 @@ void launch_broadcast(const Layout& L, int64_t numel, const std::array<const voi
       for (int i = 0; i < L.rank; ++i) {  // reversed: i = 0 is the innermost dim
         const int d = last - i;
         ix.div[i] = Div::make(i == 0 ? L.size[d] / kW : L.size[d]);
-        for (int k = 0; k < N; ++k) ix.stride[k][i] = L.stride[k][d];
+        for (int k = 0; k < N; ++k) ix.stride[k][i] = L.stride[k + 1][d];
       }
       launch(ix, static_cast<typename Div::Index>(n_packs), width);
     };
@@ -349,7 +294,7 @@ void binary(const OpCall& c, const char* op, F f) {
         }
         return;
       }
-      const Layout L = make_layout(y.shape(), {a.shape(), b.shape()});
+      const Broadcast L = make_broadcast(y.shape(), {a.shape(), b.shape()});
       launch_broadcast<V, 2>(L, n, {pa, pb}, {true, true}, py,
                              [&](auto ix, auto n_packs, auto width) {
                                constexpr int kW = decltype(width)::value;
@@ -391,7 +336,7 @@ void where_cuda(const OpCall& c) {
   check_broadcast("where", b, y);
   const int64_t n = y.numel();
   if (n == 0) return;
-  const Layout L = make_layout(y.shape(), {cond.shape(), a.shape(), b.shape()});
+  const Broadcast L = make_broadcast(y.shape(), {cond.shape(), a.shape(), b.shape()});
   launch_on(y.device(), [&](cudaStream_t s, int dev) {
     dispatch_cond(cond.dtype(), [&](auto ctag) {
       using C = decltype(ctag);
@@ -421,7 +366,7 @@ void expand_cuda(const OpCall& c) {
   check_broadcast("expand", x, y);
   const int64_t n = y.numel();
   if (n == 0) return;
-  const Layout L = make_layout(y.shape(), {x.shape()});
+  const Broadcast L = make_broadcast(y.shape(), {x.shape()});
   launch_on(y.device(), [&](cudaStream_t s, int dev) {
     auto run = [&](auto word) {
       using W = decltype(word);

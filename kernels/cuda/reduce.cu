@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/broadcast_layout.h"
 #include "kernels/cuda/elementwise_common.cuh"
 #include "kernels/op_table.h"
 #include "tensor/cuda/cuda_check.cuh"
@@ -595,10 +596,7 @@ std::vector<Group> sum_groups(const Shape& xs, const Shape& ys) {
 void sum_to_cuda(const OpCall& c) {
   const Tensor &x = c.in.at(0), &y = c.out.at(0);
   const Shape &xs = x.shape(), &ys = y.shape();
-  bool ok = ys.rank() <= xs.rank() && x.dtype() == y.dtype();
-  for (int d = 0; ok && d < ys.rank(); ++d)
-    ok = ys[d] == 1 || ys[d] == xs[d + xs.rank() - ys.rank()];
-  if (!ok)
+  if (x.dtype() != y.dtype() || !broadcasts_to(ys, xs))
     throw std::invalid_argument("sum_to: " + x.str() + " cannot be summed to " + y.str() +
                                 " (not a broadcast of it)");
   if (y.numel() == 0) return;

@@ -183,6 +183,11 @@ class Table {
     }
     std::printf("%s\n%s\n", head.c_str(), rule.c_str());
   }
+  // The row's labels followed by its measured cells (e.g. bandwidth_cells).
+  void row(std::vector<std::string> labels, const std::vector<std::string>& cells) {
+    labels.insert(labels.end(), cells.begin(), cells.end());
+    row(labels);
+  }
   void row(const std::vector<std::string>& cells) {
     if (cells.size() != n_) throw std::logic_error("bench table: wrong number of cells");
     std::string line = "|";
@@ -202,5 +207,11 @@ inline std::string fmt(double v, int decimals = 1) {
   return buf;
 }
 inline std::string pct(double part, double whole) { return fmt(100.0 * part / whole, 1) + "%"; }
+
+// The cells "time (us) | GB/s | % of copy" of a memory-bound row: `bytes` moved in `ms`.
+inline std::vector<std::string> bandwidth_cells(double bytes, double ms, double copy_gbs) {
+  const double gbs = bytes / (ms * 1e-3) / 1e9;
+  return {fmt(ms * 1e3, 1), fmt(gbs, 0), pct(gbs, copy_gbs)};
+}
 
 }  // namespace psvae::bench

@@ -59,9 +59,8 @@ int main(int argc, char** argv) {
         const double ms = timer.median_ms([&] { kernels::run(c.op, call); });
         const double bytes = static_cast<double>(c.moved) * static_cast<double>(shape.numel()) *
                              static_cast<double>(dtype_size(dt));
-        const double gbs = bytes / (ms * 1e-3) / 1e9;
-        table.row({kernels::op_name(c.op), shape.str(), dtype_name(dt), bench::fmt(ms * 1e3, 1),
-                   bench::fmt(gbs, 0), bench::pct(gbs, ceil.copy_gbs)});
+        table.row({kernels::op_name(c.op), shape.str(), dtype_name(dt)},
+                  bench::bandwidth_cells(bytes, ms, ceil.copy_gbs));
       }
     }
   }

@@ -239,9 +239,8 @@ int main(int argc, char** argv) {
     for (DType dt : {DType::F32, DType::BF16}) {
       Run r = make(dt);
       const double ms = timer.median_ms([&] { kernels::run(r.op, r.call); });
-      const double gbs = r.bytes / (ms * 1e-3) / 1e9;
-      table.row({kernels::op_name(r.op), name, dtype_name(dt), bench::fmt(ms * 1e3, 1),
-                 bench::fmt(gbs, 0), bench::pct(gbs, ceil.copy_gbs)});
+      table.row({kernels::op_name(r.op), name, dtype_name(dt)},
+                bench::bandwidth_cells(r.bytes, ms, ceil.copy_gbs));
     }
   }
   return 0;

@@ -35,10 +35,8 @@ struct Bench {
   // Times fn and prints a row; bytes: what the op must move at least.
   void row(const std::string& op, const std::string& shape, const std::string& dtype,
            const std::string& variant, double bytes, const std::function<void()>& fn) {
-    const double ms = timer.median_ms(fn);
-    const double gbs = bytes / (ms * 1e-3) / 1e9;
-    table.row({op, shape, dtype, variant, bench::fmt(ms * 1e3, 1), bench::fmt(gbs, 0),
-               bench::pct(gbs, copy_gbs)});
+    table.row({op, shape, dtype, variant},
+              bench::bandwidth_cells(bytes, timer.median_ms(fn), copy_gbs));
   }
 };
 

@@ -34,10 +34,8 @@ struct Bench {
   // Times fn and prints a row; bytes is the least the call must move.
   void row(const std::string& what, const std::string& shape, DType dt, double bytes,
            const std::function<void()>& fn) {
-    const double ms = timer.median_ms(fn);
-    const double gbs = bytes / (ms * 1e-3) / 1e9;
-    table.row({what, shape, dtype_name(dt), bench::fmt(ms * 1e3, 1), bench::fmt(gbs, 0),
-               bench::pct(gbs, copy_gbs)});
+    table.row({what, shape, dtype_name(dt)},
+              bench::bandwidth_cells(bytes, timer.median_ms(fn), copy_gbs));
   }
 };
 

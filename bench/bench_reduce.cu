@@ -83,9 +83,8 @@ int main(int argc, char** argv) {
       if (c.arg_out)  // the argmax is 8 bytes an element, not dtype-sized
         bytes +=
             static_cast<double>(c.out[1].numel()) * (8.0 - static_cast<double>(dtype_size(dt)));
-      const double gbs = bytes / (ms * 1e-3) / 1e9;
-      table.row({kernels::op_name(c.op), c.shape, dtype_name(dt), bench::fmt(ms * 1e3, 1),
-                 bench::fmt(gbs, 0), bench::pct(gbs, ceil.copy_gbs)});
+      table.row({kernels::op_name(c.op), c.shape, dtype_name(dt)},
+                bench::bandwidth_cells(bytes, ms, ceil.copy_gbs));
     }
   }
   return 0;

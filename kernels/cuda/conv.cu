@@ -74,22 +74,6 @@ using detail::Math;
 
 constexpr int kThreads = 256;  // 8 warps
 
-// Sum over the block, the same shuffle tree every run; the result is valid in thread 0.
-template <class A>
-__device__ A block_sum(A v, A* sh /* 32 slots */) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();  // every warp's sum is in sh before warp 0 reads them
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : A(0);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  }
-  return v;
-}
-
 // y rows (n, o) of P elements, row r = n O + o: y[r, :] += b[r mod O]. A block per row (grid-stride
 // over rows), threads across the row, so the bias is one load per row and the accesses coalesce.
 template <class T>
@@ -119,7 +103,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t p1 = (s + 1) * kBiasSlice < P ? (s + 1) * kBiasSlice : P;
   A acc = 0;
   for (int64_t p = s * kBiasSlice + threadIdx.x; p < p1; p += blockDim.x) acc += M::load(row[p]);
-  acc = block_sum(acc, sh);
+  acc = detail::block_sum_to_thread0(acc, sh);
   if (threadIdx.x == 0) part[b] = acc;
 }
 

@@ -165,18 +165,19 @@ __device__ __forceinline__ void store_pack(T* p, int64_t base, int64_t n, bool v
     if (base + k < n) p[base + k] = Math<T>::store(v[k]);
 }
 
-// ---- deterministic block sum and the rounding of its result (loss.cu, optim.cu) ---------------
+// ---- deterministic block sum and the rounding of its result (loss.cu, optim.cu, conv.cu) -------
 // Sum over the block (blockDim a multiple of 32, at most 1024) of v; the result is valid in thread
-// 0 only. sh: 32 doubles of shared memory, used once (callers do not loop). The butterfly order is
-// fixed, so the sum is deterministic.
-__device__ inline double block_sum_to_thread0(double v, double* sh) {
+// 0 only. sh: 32 elements of shared memory, used once (callers do not loop). The butterfly order
+// is fixed, so the sum is deterministic.
+template <class A>
+__device__ inline A block_sum_to_thread0(A v, A* sh) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) sh[warp] = v;
   __syncthreads();  // every warp's total is in sh before warp 0 reads them
   if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : 0.0;
+    v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : A(0);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   }

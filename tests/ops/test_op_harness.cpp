@@ -71,6 +71,20 @@ TEST_CASE("op table: every op has a CPU kernel and is covered by a spec") {
   }
 }
 
+// In a CUDA build every op has a CUDA kernel too (registration needs no device, so this runs in
+// CI; whether the kernels are right is for the test_cuda_*.cpp files, on a GPU).
+TEST_CASE("op table: every op has a CUDA kernel in a CUDA build") {
+#ifdef PSVAE_WITH_CUDA
+  for (const kernels::OpDef& d : kernels::op_table().all()) {
+    INFO("op ", d.name);
+    const bool has_cuda = d.cuda != nullptr;
+    CHECK_MESSAGE(has_cuda, "no CUDA kernel");
+  }
+#else
+  MESSAGE("skipped: CPU-only build");
+#endif
+}
+
 TEST_CASE("op table: names are unique and round-trip") {
   std::set<std::string> names;
   for (const kernels::OpDef& d : kernels::op_table().all()) {

@@ -46,6 +46,49 @@ Op op_by_name(const std::string& name) {
   throw std::invalid_argument(fmt::format("unknown op '{}'", name));
 }
 
+namespace {
+
+bool has_bf16(const OpCall& call) {
+  auto any = [](const std::vector<Tensor>& ts) {
+    for (const Tensor& t : ts)
+      if (t.defined() && t.dtype() == DType::BF16) return true;
+    return false;
+  };
+  return any(call.in) || any(call.out);
+}
+
+// bf16 on the CPU. The CPU kernels compute in f32 and f64 only; a call with bf16 tensors runs
+// the f32 kernel on widened copies: every bf16 input and output is converted to f32 (exact), the
+// kernel runs, and every bf16 output is rounded back to nearest even. That is the contract of the
+// CUDA bf16 kernels too (f32 arithmetic inside, bf16 only where a tensor is stored), so the CPU
+// is a reference for mixed-precision runs (train.precision bf16) and can run them, slowly.
+// Outputs are widened with their contents because some ops update them in place (adamw_step's
+// param, m and v; ema_update's ema).
+void run_widened(KernelFn fn, const OpCall& call) {
+  KernelFn cast = op_def(Op::cast).cpu;
+  auto widen = [cast](const Tensor& t) {
+    if (t.dtype() != DType::BF16) return t;
+    OpCall c;
+    c.in = {t};
+    c.out = {Tensor::empty(t.shape(), DType::F32)};
+    cast(c);
+    return c.out[0];
+  };
+  OpCall wide = call;
+  for (Tensor& t : wide.in) t = widen(t);
+  for (Tensor& t : wide.out) t = widen(t);
+  fn(wide);
+  for (size_t i = 0; i < call.out.size(); ++i) {
+    if (call.out[i].dtype() != DType::BF16) continue;
+    OpCall c;
+    c.in = {wide.out[i]};
+    c.out = {call.out[i]};
+    cast(c);
+  }
+}
+
+}  // namespace
+
 void run(Op op, const OpCall& call) {
   const OpDef& def = op_def(op);
   const Tensor* first =
@@ -68,6 +111,10 @@ void run(Op op, const OpCall& call) {
   if (!fn)
     throw std::runtime_error(
         fmt::format("{}: no {} kernel", def.name, dev.is_cpu() ? "CPU" : "CUDA"));
+  if (dev.is_cpu() && op != Op::cast && has_bf16(call)) {
+    run_widened(fn, call);
+    return;
+  }
   fn(call);
 }
 

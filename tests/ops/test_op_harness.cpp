@@ -115,6 +115,27 @@ void check_case(const OpSpec& spec, const OpCase& c) {
       CHECK(cmp.ok);
     }
   }
+  // 2b. bf16 on the CPU (kernels::run widens to f32 and rounds the outputs back), against the
+  // reference evaluated on the same bf16-rounded inputs, so only the op's own rounding counts.
+  {
+    ag::NoGradGuard ng;
+    std::vector<Tensor> rounded;
+    for (const Tensor& t : c.inputs)
+      rounded.push_back(is_floating(t.dtype()) ? ops::cast(ops::cast(t, DType::BF16), DType::F64)
+                                               : t);
+    std::vector<Tensor> ref16 = spec.reference(rounded, c);
+    std::vector<ag::Var> out = spec.apply(as_vars(rounded, DType::BF16, false), c);
+    CHECK(out.size() == ref16.size());
+    if (out.size() != ref16.size()) return;
+    for (size_t k = 0; k < out.size(); ++k) {
+      const bool floating = is_floating(ref16[k].dtype());
+      if (floating) CHECK(out[k].dtype() == DType::BF16);
+      Tensor got = floating ? ops::cast(out[k].data(), DType::F64) : out[k].data();
+      Comparison cmp = compare(got, ref16[k], floating ? spec.bf16_tol : 0.0);
+      INFO("bf16 output ", k, ": ", cmp.why);
+      CHECK(cmp.ok);
+    }
+  }
   // 3. gradcheck, one output at a time.
   if (!spec.gradcheck || !c.gradcheck) return;
   std::vector<bool> wrt = default_wrt(c);
@@ -132,7 +153,7 @@ void check_case(const OpSpec& spec, const OpCase& c) {
 }
 }  // namespace
 
-TEST_CASE("op harness: forward vs f64 reference, f32 forward, gradcheck") {
+TEST_CASE("op harness: forward vs f64 reference, f32 and bf16 forwards, gradcheck") {
   PoisonScope poison;
   REQUIRE(!all_op_specs().empty());
   int cases_run = 0;

@@ -1,5 +1,6 @@
 // Differentiable attention: the forward keeps o and lse, the backward runs attention_bwd
 // (FlashAttention-2 formulas) from them. key_mask is data, not a differentiable input.
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 
 namespace psvae::ag {
@@ -16,7 +17,9 @@ struct AttentionNode : Node {
 };
 }  // namespace
 
-Var attention(const Var& q, const Var& k, const Var& v, const Tensor& key_mask, double scale) {
+Var attention(const Var& q_in, const Var& k_in, const Var& v_in, const Tensor& key_mask,
+              double scale) {
+  const auto [q, k, v] = autocast::gemm_inputs(q_in, k_in, v_in);
   ops::AttnOut r = ops::attention(q.data(), k.data(), v.data(), key_mask, scale);
   if (!any_requires_grad({q, k, v})) return Var(r.out);
   auto n = std::make_shared<AttentionNode>();

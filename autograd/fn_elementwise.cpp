@@ -1,5 +1,6 @@
 // Differentiable elementwise functions. Broadcasting ops sum each gradient back to its input's
 // shape with sum_to (the adjoint of the broadcast); unary functions call their table _bwd entry.
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 
 namespace psvae::ag {
@@ -126,7 +127,8 @@ Var unary(Op fwd, Op bwd, const Var& x, const Tensor& y, double p0 = 0, double p
 
 }  // namespace
 
-Var add(const Var& a, const Var& b) {
+Var add(const Var& a_in, const Var& b_in) {
+  const auto [a, b] = autocast::promote(a_in, b_in);
   Tensor out = ops::add(a.data(), b.data());
   if (!any_requires_grad({a, b})) return Var(out);
   auto n = std::make_shared<AddNode>();
@@ -135,7 +137,8 @@ Var add(const Var& a, const Var& b) {
   return attach(n, {a, b}, out);
 }
 
-Var sub(const Var& a, const Var& b) {
+Var sub(const Var& a_in, const Var& b_in) {
+  const auto [a, b] = autocast::promote(a_in, b_in);
   Tensor out = ops::sub(a.data(), b.data());
   if (!any_requires_grad({a, b})) return Var(out);
   auto n = std::make_shared<SubNode>();
@@ -144,7 +147,8 @@ Var sub(const Var& a, const Var& b) {
   return attach(n, {a, b}, out);
 }
 
-Var mul(const Var& a, const Var& b) {
+Var mul(const Var& a_in, const Var& b_in) {
+  const auto [a, b] = autocast::promote(a_in, b_in);
   Tensor out = ops::mul(a.data(), b.data());
   if (!any_requires_grad({a, b})) return Var(out);
   auto n = std::make_shared<MulNode>();
@@ -153,7 +157,8 @@ Var mul(const Var& a, const Var& b) {
   return attach(n, {a, b}, out);
 }
 
-Var div(const Var& a, const Var& b) {
+Var div(const Var& a_in, const Var& b_in) {
+  const auto [a, b] = autocast::promote(a_in, b_in);
   Tensor out = ops::div(a.data(), b.data());
   if (!any_requires_grad({a, b})) return Var(out);
   auto n = std::make_shared<DivNode>();
@@ -163,7 +168,8 @@ Var div(const Var& a, const Var& b) {
   return attach(n, {a, b}, out);
 }
 
-Var where(const Tensor& cond, const Var& a, const Var& b) {
+Var where(const Tensor& cond, const Var& a_in, const Var& b_in) {
+  const auto [a, b] = autocast::promote(a_in, b_in);
   Tensor out = ops::where(cond, a.data(), b.data());
   if (!any_requires_grad({a, b})) return Var(out);
   auto n = std::make_shared<WhereNode>();

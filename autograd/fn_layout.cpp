@@ -1,5 +1,6 @@
 // Differentiable data movement. Every backward is another layout op: reshape <-> reshape,
 // permute <-> inverse permute, slice <-> zero pad, concat <-> slices, embedding -> embedding_bwd.
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 
 namespace psvae::ag {
@@ -112,7 +113,8 @@ Var transpose(const Var& x, int d0, int d1) {
   return permute(x, perm);
 }
 
-Var concat(const std::vector<Var>& xs, int dim) {
+Var concat(const std::vector<Var>& xs_in, int dim) {
+  const std::vector<Var> xs = autocast::promote(xs_in);
   std::vector<Tensor> ts;
   for (const Var& x : xs) ts.push_back(x.data());
   Tensor out = ops::concat(ts, dim);  // validates shapes

@@ -3,6 +3,7 @@
 //
 // With C = op(A) op(B):  d op(A) = dC op(B)^T,  d op(B) = op(A)^T dC, and a transposed operand
 // gets the transpose of its op-gradient. Written out per flag pair in MatmulNode::backward.
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 
 namespace psvae::ag {
@@ -85,7 +86,8 @@ struct LinearNode : Node {
 
 }  // namespace
 
-Var matmul(const Var& a, const Var& b, bool trans_a, bool trans_b) {
+Var matmul(const Var& a_in, const Var& b_in, bool trans_a, bool trans_b) {
+  const auto [a, b] = autocast::gemm_inputs(a_in, b_in);
   Tensor out = ops::matmul(a.data(), b.data(), trans_a, trans_b);
   if (!any_requires_grad({a, b})) return Var(out);
   auto n = std::make_shared<MatmulNode>();
@@ -96,7 +98,8 @@ Var matmul(const Var& a, const Var& b, bool trans_a, bool trans_b) {
   return attach(n, {a, b}, out);
 }
 
-Var linear(const Var& x, const Var& w, const Var& b) {
+Var linear(const Var& x_in, const Var& w_in, const Var& b_in) {
+  const auto [x, w, b] = autocast::gemm_inputs(x_in, w_in, b_in);
   Tensor out = ops::linear(x.data(), w.data(), b.defined() ? b.data() : Tensor());
   if (!any_requires_grad({x, w, b})) return Var(out);
   auto n = std::make_shared<LinearNode>();

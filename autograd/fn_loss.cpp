@@ -1,6 +1,7 @@
 // Differentiable losses. Each backward calls its op's _bwd kernel with what forward saved. For the
 // two-input losses the gradient of b is the kernel called with a and b swapped: d/db f(a-b) =
 // -d/da f(a-b), and the kernels form the difference so that the swap negates the result exactly.
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 
 namespace psvae::ag {
@@ -24,8 +25,9 @@ struct PairLossNode : Node {
 };
 
 Var pair_loss(const char* name, Tensor (*fwd)(const Tensor&, const Tensor&),
-              Tensor (*bwd)(const Tensor&, const Tensor&, const Tensor&), const Var& a,
-              const Var& b) {
+              Tensor (*bwd)(const Tensor&, const Tensor&, const Tensor&), const Var& a_in,
+              const Var& b_in) {
+  const auto [a, b] = autocast::f32_inputs(a_in, b_in);
   Tensor out = fwd(a.data(), b.data());
   if (!any_requires_grad({a, b})) return Var(out);
   auto n = std::make_shared<PairLossNode>(name, bwd);
@@ -72,7 +74,8 @@ Var l1_loss(const Var& a, const Var& b) {
   return pair_loss("l1_loss", &ops::l1_loss, &ops::l1_loss_bwd, a, b);
 }
 
-Var kl_gauss(const Var& mu, const Var& logvar, double normaliser) {
+Var kl_gauss(const Var& mu_in, const Var& logvar_in, double normaliser) {
+  const auto [mu, logvar] = autocast::f32_inputs(mu_in, logvar_in);
   Tensor out = ops::kl_gauss(mu.data(), logvar.data(), normaliser);
   if (!any_requires_grad({mu, logvar})) return Var(out);
   auto n = std::make_shared<KlGaussNode>();
@@ -82,7 +85,8 @@ Var kl_gauss(const Var& mu, const Var& logvar, double normaliser) {
   return attach(n, {mu, logvar}, out);
 }
 
-Var cross_entropy(const Var& logits, const Tensor& target) {
+Var cross_entropy(const Var& logits_in, const Tensor& target) {
+  const auto [logits] = autocast::f32_inputs(logits_in);
   ops::CrossEntropyOut out = ops::cross_entropy(logits.data(), target);
   if (!any_requires_grad({logits})) return Var(out.loss);
   auto n = std::make_shared<CrossEntropyNode>();
@@ -92,7 +96,9 @@ Var cross_entropy(const Var& logits, const Tensor& target) {
   return attach(n, {logits}, out.loss);
 }
 
-Var lpips_tap(const Var& f0, const Var& f1, const Tensor& w, double norm_eps, double sqrt_floor) {
+Var lpips_tap(const Var& f0_in, const Var& f1_in, const Tensor& w, double norm_eps,
+              double sqrt_floor) {
+  const auto [f0, f1] = autocast::f32_inputs(f0_in, f1_in);
   Tensor out = ops::lpips_tap(f0.data(), f1.data(), w, norm_eps, sqrt_floor);
   if (!any_requires_grad({f0, f1})) return Var(out);
   auto n = std::make_shared<LpipsTapNode>();

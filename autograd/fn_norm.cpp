@@ -1,6 +1,7 @@
 // Differentiable normalisation functions. Each backward calls its fused _bwd table entry with the
 // mean and rstd that forward saved, as PyTorch's native_layer_norm does: one pass over x instead
 // of re-deriving the statistics through a dozen elementwise ops.
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 
 namespace psvae::ag {
@@ -69,7 +70,8 @@ struct GatedResidualNode : Node {
 
 }  // namespace
 
-Var layernorm_modulate(const Var& x, const Var& shift, const Var& scale, double eps) {
+Var layernorm_modulate(const Var& x_in, const Var& shift_in, const Var& scale_in, double eps) {
+  const auto [x, shift, scale] = autocast::f32_inputs(x_in, shift_in, scale_in);
   ops::NormOut o = ops::layernorm_modulate(x.data(), shift.data(), scale.data(), eps);
   if (!any_requires_grad({x, shift, scale})) return Var(o.y);
   auto n = std::make_shared<LayerNormModulateNode>();
@@ -80,7 +82,8 @@ Var layernorm_modulate(const Var& x, const Var& shift, const Var& scale, double 
   return attach(n, {x, shift, scale}, o.y);
 }
 
-Var gated_residual(const Var& x, const Var& gate, const Var& h) {
+Var gated_residual(const Var& x_in, const Var& gate_in, const Var& h_in) {
+  const auto [x, gate, h] = autocast::promote(x_in, gate_in, h_in);
   Tensor out = ops::gated_residual(x.data(), gate.data(), h.data());
   if (!any_requires_grad({x, gate, h})) return Var(out);
   auto n = std::make_shared<GatedResidualNode>();
@@ -89,7 +92,8 @@ Var gated_residual(const Var& x, const Var& gate, const Var& h) {
   return attach(n, {x, gate, h}, out);
 }
 
-Var layer_norm(const Var& x, const Var& w, const Var& b, double eps) {
+Var layer_norm(const Var& x_in, const Var& w_in, const Var& b_in, double eps) {
+  const auto [x, w, b] = autocast::f32_inputs(x_in, w_in, b_in);
   ops::NormOut o = ops::layernorm(x.data(), data_or_empty(w), data_or_empty(b), eps);
   if (!any_requires_grad({x, w, b})) return Var(o.y);
   auto n = std::make_shared<LayerNormNode>();
@@ -101,7 +105,8 @@ Var layer_norm(const Var& x, const Var& w, const Var& b, double eps) {
   return attach(n, {x, w, b}, o.y);
 }
 
-Var modulate(const Var& x, const Var& shift, const Var& scale) {
+Var modulate(const Var& x_in, const Var& shift_in, const Var& scale_in) {
+  const auto [x, shift, scale] = autocast::promote(x_in, shift_in, scale_in);
   Tensor out = ops::modulate(x.data(), shift.data(), scale.data());
   if (!any_requires_grad({x, shift, scale})) return Var(out);
   auto n = std::make_shared<ModulateNode>();
@@ -110,7 +115,8 @@ Var modulate(const Var& x, const Var& shift, const Var& scale) {
   return attach(n, {x, shift, scale}, out);
 }
 
-Var group_norm(const Var& x, int groups, const Var& w, const Var& b, double eps) {
+Var group_norm(const Var& x_in, int groups, const Var& w_in, const Var& b_in, double eps) {
+  const auto [x, w, b] = autocast::f32_inputs(x_in, w_in, b_in);
   ops::NormOut o = ops::groupnorm(x.data(), groups, data_or_empty(w), data_or_empty(b), eps);
   if (!any_requires_grad({x, w, b})) return Var(o.y);
   auto n = std::make_shared<GroupNormNode>();

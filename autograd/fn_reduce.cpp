@@ -1,6 +1,7 @@
 // Differentiable reductions. sum/mean spread the gradient back with expand; max routes it to the
 // argmax (max_dim_bwd); var, softmax and log_softmax call their table _bwd entries with what the
 // forward saved (mean, y).
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 
 namespace psvae::ag {
@@ -82,7 +83,8 @@ Var sum_all_like(const Var& x, bool is_mean) {
   return attach(n, {x}, out);
 }
 
-Var softmax_like(const Var& x, bool log) {
+Var softmax_like(const Var& x_in, bool log) {
+  const auto [x] = autocast::f32_inputs(x_in);
   Tensor out = log ? ops::log_softmax(x.data()) : ops::softmax(x.data());
   if (!any_requires_grad({x})) return Var(out);
   auto n = std::make_shared<SoftmaxNode>();

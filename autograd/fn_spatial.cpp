@@ -1,5 +1,6 @@
 // Differentiable spatial ops (NCHW): conv2d, nearest / bilinear upsampling, average and max
 // pooling. Each backward calls the op's _bwd table entry.
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 #include "autograd/node.h"
 #include "kernels/ops.h"
@@ -61,7 +62,8 @@ struct MaxPool2dNode : Node {
 
 }  // namespace
 
-Var conv2d(const Var& x, const Var& w, const Var& b, const ops::Conv2dParams& p) {
+Var conv2d(const Var& x_in, const Var& w_in, const Var& b_in, const ops::Conv2dParams& p) {
+  const auto [x, w, b] = autocast::gemm_inputs(x_in, w_in, b_in);
   Tensor out = ops::conv2d(x.data(), w.data(), b.defined() ? b.data() : Tensor(), p);
   if (!any_requires_grad({x, w, b})) return Var(out);
   auto n = std::make_shared<Conv2dNode>();

@@ -1,11 +1,14 @@
 // A whole DiT training step on the GPU through the engine (forward, MSE loss, backward, AdamW),
 // the row that bench/torch_baselines.py's "DiT training step" sets beside PyTorch. DiT-S/B/L/XL in
-// the 16x16x96 latent with patch 1 (256 tokens), f32 weights and activations: the engine has no
-// bf16 autocast yet, so compare with torch_baselines.py --step-dtype f32 for a like-for-like row.
-//   bench_dit_step [--arch XL] [--batch 32] [--steps 10]
+// the 16x16x96 latent with patch 1 (256 tokens), in f32 and in bf16 mixed precision
+// (ag::AutocastGuard, what train.bf16 runs: GEMMs and attention in bf16, f32 weights, norms and
+// loss), the same split as torch.autocast in torch_baselines.py (--step-dtype bf16 | f32).
+//   bench_dit_step [--arch XL] [--batch 256] [--steps 10] [--precision both|bf16|f32]
 // Prints step time (median over the timed steps after 2 warm-up steps), images/s, achieved
-// TFLOP/s (6 flops per parameter per token + attention 12 * depth * T^2 * D per image) and the
-// allocator's peak memory.
+// TFLOP/s (6 flops per parameter per token + attention 12 * depth * T^2 * D per image), MFU
+// against the H200's 989 TFLOP/s dense bf16 datasheet peak (bench_gemm measures the cuBLAS
+// ceiling in the same session), and the allocator's peak memory. A variant that runs out of
+// memory prints its error in its row.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -15,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 #include "dit/dit.h"
 #include "nn/optim.h"
@@ -25,7 +29,8 @@ using namespace psvae;
 
 int main(int argc, char** argv) {
   std::string arch = "XL";
-  int64_t batch = 32;
+  int64_t batch = 256;
+  std::string precision = "both";
   int steps = 10;
   for (int i = 1; i < argc; ++i) {
     auto next = [&](const char* flag) -> const char* {
@@ -41,11 +46,19 @@ int main(int argc, char** argv) {
       batch = std::atoll(next("--batch"));
     } else if (!std::strcmp(argv[i], "--steps")) {
       steps = std::max(1, std::atoi(next("--steps")));
+    } else if (!std::strcmp(argv[i], "--precision")) {
+      precision = next("--precision");
+      if (precision != "both" && precision != "bf16" && precision != "f32") {
+        fmt::print(stderr, "bench_dit_step: --precision must be both, bf16 or f32, got '{}'\n",
+                   precision);
+        return 2;
+      }
     } else if (!std::strcmp(argv[i], "--quick")) {
       arch = "S", batch = 4, steps = 3;
     } else {
       fmt::print(stderr,
-                 "bench_dit_step: unknown argument '{}' (--arch, --batch, --steps, --quick)\n",
+                 "bench_dit_step: unknown argument '{}' (--arch, --batch, --steps, --precision, "
+                 "--quick)\n",
                  argv[i]);
       return 2;
     }
@@ -79,37 +92,56 @@ int main(int argc, char** argv) {
   const Tensor t = Tensor::from_vector(tv, Shape{batch}, gpu);
   const Tensor y = Tensor::from_vector(yv, Shape{batch}, gpu);
 
-  auto step = [&] {
-    ag::Var loss = ag::mse_loss(model.forward(ag::Var(x), t, y), ag::Var(target));
-    loss.backward();
-    opt.step();
-    opt.zero_grad();
-  };
-  for (int i = 0; i < 2; ++i) step();
-  cuda::synchronize(0);
-  cuda::reset_peak_stats(0);
-  std::vector<double> ms;
-  for (int i = 0; i < steps; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    step();
-    cuda::synchronize(0);
-    ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
-  const double med = ms[ms.size() / 2];
   const double flops =
       static_cast<double>(batch) *
       (6.0 * static_cast<double>(params) * static_cast<double>(T) +
        12.0 * c.depth * static_cast<double>(T * T) * static_cast<double>(c.hidden));
   fmt::print(
       "# bench_dit_step: DiT-{} patch 1, 16x16x96 latent ({} tokens), {:.1f} M parameters, "
-      "f32\n\n",
-      arch, T, static_cast<double>(params) / 1e6);
-  fmt::print("| variant | batch | step (ms) | images/s | TFLOP/s | peak memory (GiB) |\n");
-  fmt::print("|---|---|---|---|---|---|\n");
-  fmt::print("| psvae f32 | {} | {:.1f} | {:.0f} | {:.1f} | {:.1f} |\n", batch, med,
-             static_cast<double>(batch) / (med * 1e-3), flops / (med * 1e-3) / 1e12,
-             static_cast<double>(cuda::allocator_stats(0).peak_in_use) / (1 << 30));
+      "{:.2f} TFLOP per step\n\n",
+      arch, T, static_cast<double>(params) / 1e6, flops / 1e12);
+  fmt::print(
+      "| variant | batch | step (ms) | images/s | TFLOP/s | MFU (989 bf16) | peak memory (GiB) "
+      "|\n");
+  fmt::print("|---|---|---|---|---|---|---|\n");
+
+  for (const DType compute : {DType::BF16, DType::F32}) {
+    if (precision != "both" && precision != dtype_name(compute)) continue;
+    const std::string label = compute == DType::BF16 ? "psvae bf16 autocast" : "psvae f32";
+    auto step = [&] {
+      ag::Var loss;
+      {
+        ag::AutocastGuard autocast(compute);
+        loss = ag::mse_loss(model.forward(ag::Var(x), t, y), ag::Var(target));
+      }
+      loss.backward();
+      opt.step();
+      opt.zero_grad();
+    };
+    try {
+      for (int i = 0; i < 2; ++i) step();
+      cuda::synchronize(0);
+      cuda::reset_peak_stats(0);
+      std::vector<double> ms;
+      for (int i = 0; i < steps; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        step();
+        cuda::synchronize(0);
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count());
+      }
+      std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
+      const double med = ms[ms.size() / 2];
+      const double tflops = flops / (med * 1e-3) / 1e12;
+      fmt::print("| {} | {} | {:.1f} | {:.0f} | {:.1f} | {:.1f}% | {:.1f} |\n", label, batch, med,
+                 static_cast<double>(batch) / (med * 1e-3), tflops, 100.0 * tflops / 989.0,
+                 static_cast<double>(cuda::allocator_stats(0).peak_in_use) / (1 << 30));
+    } catch (const std::exception& e) {
+      opt.zero_grad();
+      fmt::print("| {} | {} | failed: {} | - | - | - | - |\n", label, batch, e.what());
+    }
+    std::fflush(stdout);
+  }
   return 0;
 }

@@ -8,6 +8,9 @@
 
 #include "autograd/grad_mode.h"
 #include "kernels/ops.h"
+#ifdef PSVAE_WITH_CUDA
+#include "kernels/cuda/optim_fused.h"
+#endif
 
 namespace psvae::nn {
 
@@ -58,6 +61,33 @@ void AdamW::step() {
   hp.eps = opt_.eps;
   hp.weight_decay = opt_.weight_decay;
   hp.step = step_;
+#ifdef PSVAE_WITH_CUDA
+  // On a GPU every parameter is updated in one launch (kernels/cuda/optim_fused.h): the same
+  // arithmetic as ops::adamw_step per tensor, bit for bit, without a launch per parameter (a
+  // DiT-XL has 400 of them).
+  std::vector<Tensor> ps, gs, ms, vs;
+  bool fused = true;
+  for (Slot& s : slots_) {
+    if (!s.param.grad().defined()) continue;
+    const Tensor& p = s.param.data();
+    fused = fused && p.device().is_cuda() && p.dtype() == DType::F32 &&
+            s.param.grad().dtype() == DType::F32 && p.device() == slots_.front().m.device();
+    ps.push_back(p);
+    gs.push_back(s.param.grad());
+    ms.push_back(s.m);
+    vs.push_back(s.v);
+  }
+  if (fused && !ps.empty()) {
+    kernels::cuda::AdamWHyper h;
+    h.lr = hp.lr;
+    h.beta1 = hp.beta1;
+    h.beta2 = hp.beta2;
+    h.eps = hp.eps;
+    h.weight_decay = hp.weight_decay;
+    kernels::cuda::adamw_multi_tensor(ps, gs, ms, vs, {}, h, step_);
+    return;
+  }
+#endif
   for (Slot& s : slots_) {
     if (!s.param.grad().defined()) continue;
     Tensor p = s.param.data();  // shares storage: updated in place
@@ -96,15 +126,33 @@ void AdamW::load_state_dict(const NamedTensors& sd) {
 
 // ---- gradient clipping
 // ---------------------------------------------------------------------------
+namespace {
+// sqrt of the sum of squares of every gradient, accumulated in f64 and deterministic.
+double global_norm(const std::vector<Var>& params) {
+  std::vector<Tensor> grads;
+  for (const Var& p : params)
+    if (p.defined() && p.grad().defined()) grads.push_back(p.grad());
+#ifdef PSVAE_WITH_CUDA
+  // On a GPU: one pass over all gradients and one read-back (kernels/cuda/optim_fused.h), instead
+  // of three ops and a read-back per parameter.
+  bool all_cuda = !grads.empty();
+  for (const Tensor& g : grads)
+    all_cuda = all_cuda && g.device().is_cuda() && g.device() == grads.front().device();
+  if (all_cuda) return kernels::cuda::global_grad_norm(grads);
+#endif
+  // Per gradient in f64 with ops, combined on the host in parameter order.
+  double total_sq = 0;
+  for (const Tensor& g : grads) {
+    Tensor d = ops::cast(g, DType::F64);
+    total_sq += ops::sum_all(ops::mul(d, d)).item();
+  }
+  return std::sqrt(total_sq);
+}
+}  // namespace
+
 double clip_grad_norm(const std::vector<Var>& params, double max_norm) {
   ag::NoGradGuard no_grad;
-  double total_sq = 0;
-  for (const Var& p : params) {
-    if (!p.defined() || !p.grad().defined()) continue;
-    Tensor g = ops::cast(p.grad(), DType::F64);
-    total_sq += ops::sum_all(ops::mul(g, g)).item();
-  }
-  double norm = std::sqrt(total_sq);
+  double norm = global_norm(params);
   double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0) {
     for (const Var& p : params) {
@@ -143,6 +191,23 @@ EMA::EMA(const Module& model) : params_(model.named_parameters()) {
 
 void EMA::update(double decay) {
   ag::NoGradGuard no_grad;
+#ifdef PSVAE_WITH_CUDA
+  // One launch for every shadow on a GPU (the same bits as ops::ema_update per tensor).
+  std::vector<Tensor> shadows, params;
+  bool fused = !params_.empty();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& p = params_[i].second.data();
+    fused = fused && p.device().is_cuda() && p.device() == params_.front().second.device() &&
+            (p.dtype() == DType::F32 || p.dtype() == DType::F64) &&
+            p.dtype() == params_.front().second.dtype();
+    shadows.push_back(shadows_[i].second);
+    params.push_back(p);
+  }
+  if (fused) {
+    kernels::cuda::ema_multi_tensor(shadows, params, decay);
+    return;
+  }
+#endif
   for (size_t i = 0; i < params_.size(); ++i)
     ops::ema_update(shadows_[i].second, params_[i].second.data(), decay);
 }

@@ -19,7 +19,8 @@ struct AdamWOptions {
 // m and v live on the parameter's device in its dtype (f32 for our f32 master weights), created
 // at construction, so a checkpoint can be loaded before the first step; build the optimiser after
 // Module::to(device). One step counter t for all parameters (1-based at the first step), as every
-// parameter of our models gets a gradient every step.
+// parameter of our models gets a gradient every step. On a GPU (f32 parameters and gradients) the
+// whole step is one multi-tensor launch, bit-identical to ops::adamw_step per tensor.
 class AdamW {
  public:
   AdamW(NamedVars params, const AdamWOptions& opt);
@@ -49,8 +50,9 @@ class AdamW {
 
 // Scales all gradients so their global L2 norm is at most max_norm (coefficient
 // max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_) and returns the norm before
-// clipping. Each gradient's sum of squares is computed in f64 with ops (device-side), and the
-// per-parameter sums are combined on the host in parameter order, so the result is deterministic.
+// clipping. Deterministic either way: on the CPU each gradient's sum of squares is computed in f64
+// with ops and the sums are combined on the host in parameter order; on a GPU one multi-tensor
+// pass (kernels/cuda/optim_fused.h) sums fixed chunks in f64 and adds the partials in order.
 double clip_grad_norm(const std::vector<Var>& params, double max_norm);
 double clip_grad_norm(const NamedVars& params, double max_norm);
 

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "autograd/autocast.h"
+
 namespace psvae {
 
 using ag::Var;
@@ -72,7 +74,9 @@ Var SVAE::decode(const Var& z) const {
 }
 
 Var SVAE::reparameterize(const Var& mu, const Var& logvar, const Tensor& eps) {
-  check(eps.shape() == mu.shape() && eps.dtype() == mu.dtype(),
+  // Under bf16 autocast mu is bf16 and eps f32: the sum is formed in f32 (autograd/autocast.h).
+  check(eps.shape() == mu.shape() &&
+            (eps.dtype() == mu.dtype() || (ag::autocast_enabled() && is_floating(eps.dtype()))),
         fmt::format("svae: eps must match mu {} {}, got {} {}", mu.shape().str(),
                     dtype_name(mu.dtype()), eps.shape().str(), dtype_name(eps.dtype())));
   return ag::add(mu, ag::mul(ag::exp(ag::mul_scalar(logvar, 0.5)), Var(eps.to(mu.device()))));
@@ -90,7 +94,10 @@ SVAEOutput SVAE::decode_all(const SVAEPosterior& post, const Var& z) const {
 SVAEOutput SVAE::forward(const Var& tokens, Generator* rng) const {
   SVAEPosterior post = encode(tokens);
   if (!rng) return decode_all(post, post.mu);
-  Tensor eps = Tensor::empty(post.mu.shape(), post.mu.dtype(), post.mu.device());
+  // The noise never in bf16: under autocast mu is bf16 but z = mu + sigma eps is formed in f32
+  // (and a bf16 run draws the same numbers as an f32 one).
+  const DType dt = post.mu.dtype() == DType::BF16 ? DType::F32 : post.mu.dtype();
+  Tensor eps = Tensor::empty(post.mu.shape(), dt, post.mu.device());
   rng->normal_(eps);
   return decode_all(post, reparameterize(post.mu, post.logvar, eps));
 }

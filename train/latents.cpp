@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "autograd/autocast.h"
 #include "autograd/grad_mode.h"
 #include "kernels/ops.h"
 
@@ -38,6 +39,9 @@ Tensor encode_latents(const PSVAE& model, const LatentStats& stats, const Tensor
     throw std::invalid_argument(
         fmt::format("encode_latents: expected images (N,3,H,W), got {}", images.str()));
   ag::NoGradGuard no_grad;
+  // The latents are the DiT's data: f32 under train.bf16 too, so that a run with the latent cache
+  // (encoded once, outside any step) and one without see the same numbers.
+  ag::AutocastGuard f32(DType::F32);
   const Device dev = model_device(model);
   // The evaluation path of PSVAE::forward up to the posterior: z = mu.
   ag::Var x = imagenet_normalize(ag::Var(ops::cast(images, DType::F32).to(dev)));
@@ -53,6 +57,7 @@ Tensor decode_latents(const PSVAE& model, const LatentStats& stats, const Tensor
     throw std::invalid_argument(
         fmt::format("decode_latents: expected latents (N,{},h,w), got {}", L, latents.str()));
   ag::NoGradGuard no_grad;
+  ag::AutocastGuard f32(DType::F32);  // decoded images in f32, whoever calls
   const Device dev = model_device(model);
   Tensor z =
       ops::add(ops::mul(ops::cast(latents, DType::F32).to(dev), channel_view(stats.std, dev)),

@@ -44,6 +44,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "kernels/ops.h"
@@ -86,7 +87,9 @@ void add_trainer_keys(ConfigSchema& s) {
               "saved in checkpoints (0 = off)",
               0, 1);
   s.add_bool("train.bf16", false,
-             "run the task's matmuls in bf16 with fp32 master weights (requires CUDA)");
+             "mixed precision: the forward's matmuls, convolutions and attention in bf16, norms, "
+             "losses, weights and optimiser in f32 (fast on CUDA; the CPU widens every bf16 op "
+             "to f32, so it is slower there than f32)");
   s.add_int("train.max_nonfinite", 5,
             "stop after this many consecutive non-finite losses (each one skips its step)", 1);
   s.add_int("train.log_every", 10, "steps between progress lines and metrics.jsonl entries", 1);
@@ -239,13 +242,9 @@ struct Trainer::Impl {
       throw std::runtime_error(
           fmt::format("task '{}': the model has no trainable parameters", task.name()));
     device = trainable.front().second.device();
-    if (bf16 && !device.is_cuda())
-      throw std::runtime_error(fmt::format(
-          "train.bf16 = true requires a CUDA device, but the model is on {}", device.str()));
     if (bf16 && !task.supports_bf16())
       throw std::runtime_error(fmt::format(
-          "train.bf16 = true: task '{}' has no bf16 autocast path yet (it lands with the CUDA "
-          "kernels); set train.bf16=false",
+          "train.bf16 = true: task '{}' has no bf16 mixed-precision path; set train.bf16=false",
           task.name()));
 
     nn::AdamWOptions o;
@@ -484,7 +483,7 @@ struct Trainer::Impl {
       Generator sample_rng(seed ^ 0x9E3779B97F4A7C15ull, 0);
       StepContext ctx;
       ctx.step = step;
-      ctx.autocast_bf16 = bf16;
+      ctx.autocast_bf16 = false;  // sample grids run in f32 (autocast covers the loss only)
       ctx.device = device;
       ctx.rng = &sample_rng;
       Tensor imgs = task.samples(*m, fixed_batch, ctx);
@@ -594,7 +593,13 @@ struct Trainer::Impl {
         ctx.autocast_bf16 = bf16;
         ctx.device = device;
         ctx.rng = distributed ? &rank_rng : &rng;
-        LossOutput out = task.loss(batch, ctx);
+        LossOutput out;
+        {
+          // Mixed precision (autograd/autocast.h): the forward's GEMMs in bf16, the parameters,
+          // their gradients and everything after (clipping, AdamW, EMA, checkpoints) in f32.
+          ag::AutocastGuard autocast(bf16 ? DType::BF16 : DType::F32);
+          out = task.loss(batch, ctx);
+        }
         double v = out.loss.data().item();
         if (!std::isfinite(v)) {
           bad = true;

@@ -27,9 +27,11 @@
 namespace psvae::train {
 
 struct StepContext {
-  int64_t step = 0;            // 0-based optimiser step being computed
-  int micro = 0;               // micro-batch index within the step (gradient accumulation)
-  bool autocast_bf16 = false;  // the task should run its matmuls in bf16 (CUDA path)
+  int64_t step = 0;  // 0-based optimiser step being computed
+  int micro = 0;     // micro-batch index within the step (gradient accumulation)
+  // train.bf16: loss() runs under ag::AutocastGuard(BF16), set by the trainer; a task reads
+  // this only where it must bring a bf16 result back to f32 itself.
+  bool autocast_bf16 = false;
   Device device;
   Generator* rng = nullptr;  // checkpointed: draw all training randomness from it
 };
@@ -60,9 +62,9 @@ class TrainTask {
   // the file's metadata. load_extra_metadata receives them back with the prefix removed.
   virtual safetensors::Metadata extra_metadata() { return {}; }
   virtual void load_extra_metadata(const safetensors::Metadata& m) {}
-  // Whether loss() honours ctx.autocast_bf16 (runs its matmuls in bf16 with fp32 master
-  // weights). The trainer refuses train.bf16 = true for a task that does not, rather than
-  // silently training in f32.
+  // Whether loss() runs under bf16 autocast (train.bf16): every raw ops:: call it makes on
+  // model outputs must accept the dtypes autocast produces. The trainer refuses train.bf16 = true
+  // for a task that has not been checked, rather than fail mid-step.
   virtual bool supports_bf16() const { return false; }
 };
 

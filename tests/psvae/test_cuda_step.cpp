@@ -3,6 +3,7 @@
 // against the same step on the CPU, for two steps. Skipped without a CUDA device.
 #include <doctest/doctest.h>
 
+#include "autograd/autocast.h"
 #include "common/cuda_step.h"
 #include "psvae/losses.h"
 #include "psvae/lpips.h"
@@ -10,7 +11,9 @@
 
 using namespace psvae;
 
-TEST_CASE("cuda training step: a small PS-VAE (stage 2, with LPIPS) matches the CPU step") {
+namespace {
+// f32 (tol 1e-4) or bf16 mixed precision (tol 1e-2; see tests/dit/test_cuda_step.cpp).
+void psvae_step(DType compute, double tol) {
   PSVAE_REQUIRE_CUDA();
   // 16x16 images -> 4x4 tokens of width 16 -> latent 4 -> two upsamples -> 16x16 pixels.
   PSVAEConfig c;
@@ -32,10 +35,20 @@ TEST_CASE("cuda training step: a small PS-VAE (stage 2, with LPIPS) matches the 
   test::check_cuda_step<PSVAE>(
       model,
       [&](PSVAE& m, Device d) {
+        ag::AutocastGuard autocast(compute);
         ag::Var img(image.to(d));
         PSVAEOutput o = m.forward_eps(img, eps.to(d));
         const LPIPS* lp = d.is_cpu() ? &lpips_cpu : lpips_gpu.get();
         return psvae_loss(o, img, PsvaeLossWeights{}, lp).total;
       },
-      /*steps=*/2, /*tol=*/1e-4);
+      /*steps=*/2, tol);
+}
+}  // namespace
+
+TEST_CASE("cuda training step: a small PS-VAE (stage 2, with LPIPS) matches the CPU step") {
+  psvae_step(DType::F32, 1e-4);
+}
+
+TEST_CASE("cuda training step: a small PS-VAE in bf16 mixed precision matches the CPU bf16 step") {
+  psvae_step(DType::BF16, 1e-2);
 }

@@ -104,9 +104,17 @@ std::vector<std::string> operator+(std::vector<std::string> a, const std::vector
 
 }  // namespace
 
-TEST_CASE("stages 0 -> 1 -> 2 on tiny synthetic data: losses fall, latent statistics saved") {
-  TempDir tmp("stages_pipeline");
+namespace {
+// The whole pipeline, in f32 or with train.bf16 (mixed precision) at every stage: the same
+// thresholds hold for both.
+void run_stages(bool bf16) {
+  TempDir tmp(bf16 ? "stages_pipeline_bf16" : "stages_pipeline");
   const std::string enc = tmp / "encoder", svae = tmp / "svae", ps = tmp / "psvae";
+  const std::vector<std::string> precision = {"--set",
+                                              bf16 ? "train.bf16=true" : "train.bf16=false"};
+  auto common = [&](const std::string& cmd, const std::string& out_dir, int steps = 40) {
+    return ::common(cmd, out_dir, steps) + precision;
+  };
 
   // Stage 0: the architecture is set here only; later stages inherit it through init.from.
   REQUIRE(run(common("train-encoder", enc, 100) +
@@ -176,6 +184,18 @@ TEST_CASE("stages 0 -> 1 -> 2 on tiny synthetic data: losses fall, latent statis
   CHECK(c.get_int("model.latent_dim") == 8);
   CHECK(c.get_int("model.svae.width") == 32);
   CHECK(c.get_int("model.encoder.dim") == 32);
+  // Mixed precision keeps f32 master weights: every floating tensor of the checkpoint is f32.
+  for (const auto& [n, x] : t)
+    if (is_floating(x.dtype())) CHECK_MESSAGE(x.dtype() == DType::F32, n);
+}
+}  // namespace
+
+TEST_CASE("stages 0 -> 1 -> 2 on tiny synthetic data: losses fall, latent statistics saved") {
+  run_stages(false);
+}
+
+TEST_CASE("stages 0 -> 1 -> 2 with train.bf16: the same thresholds in mixed precision") {
+  run_stages(true);
 }
 
 TEST_CASE("init.from: missing, wrong stage or conflicting keys are errors naming the key") {

@@ -52,6 +52,10 @@ class TinyTask : public TrainTask {
   nn::Module& model() override { return *model_; }
   TinyMlp& mlp() { return *model_; }
 
+  // train.bf16 is accepted only when this is set (the refusal of an unchecked task is tested too).
+  bool bf16_ok = false;
+  bool supports_bf16() const override { return bf16_ok; }
+
   // Steps (0-based) whose loss is made NaN; nan_always makes every step NaN.
   std::set<int64_t> nan_steps;
   bool nan_always = false;

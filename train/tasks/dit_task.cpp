@@ -12,6 +12,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "kernels/ops.h"
@@ -697,8 +698,11 @@ LossOutput DiTTask::loss(const Batch& batch, const StepContext& ctx) {
   }
 
   dit::DiTCond c = model_->encode(cond, ctx.device);
-  ag::Var out = model_->forward(
-      ag::Var(pair.x_t), dit::model_time(im.setup, dit::time_tensor(t_model, ctx.device)), c);
+  // Under train.bf16 the final linear returns bf16; the loss and the vb term take it in f32.
+  ag::Var out = ag::autocast::to(
+      model_->forward(ag::Var(pair.x_t),
+                      dit::model_time(im.setup, dit::time_tensor(t_model, ctx.device)), c),
+      DType::F32);
   const int64_t C = im.latent_shape[0];
   ag::Var pred = im.learn_sigma ? ag::narrow(out, 1, 0, C) : out;
   ag::Var mse = ag::mse_loss(pred, ag::Var(pair.target));

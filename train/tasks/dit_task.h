@@ -95,6 +95,7 @@ class DiTTask : public TrainTask {
   // captions (kind text), builds the model; prepares the latent cache when configured.
   DiTTask(Config& cfg, std::shared_ptr<const Dataset> data, Device device);
   std::string name() const override { return "dit"; }
+  bool supports_bf16() const override { return true; }  // train.bf16: tests/train
   nn::Module& model() override { return *model_; }
   LossOutput loss(const Batch& batch, const StepContext& ctx) override;
   // A grid of generations for the fixed batch's conditions (DDIM 25 steps, CFG 4).

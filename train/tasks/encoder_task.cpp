@@ -42,7 +42,9 @@ LossOutput EncoderTask::loss(const Batch& batch, const StepContext& ctx) {
   out.loss = ag::cross_entropy(logits, labels);
   out.terms["ce"] = out.loss.data().item();
   // Accuracy on the host: a handful of logits, logged so a run shows when the classes separate.
-  Tensor l = logits.data().to(Device::cpu()), y = batch.labels.to(Device::cpu());
+  // (f32 whatever the logits' dtype: under train.bf16 the classifier head returns bf16.)
+  Tensor l = ops::cast(logits.data(), DType::F32).to(Device::cpu());
+  Tensor y = batch.labels.to(Device::cpu());
   const int64_t n = l.size(0), k = l.size(1);
   int64_t right = 0;
   for (int64_t i = 0; i < n; ++i) {

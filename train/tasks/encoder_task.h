@@ -43,6 +43,7 @@ class EncoderTask : public TrainTask {
   // Reads model.encoder.*, weights.encoder (optional initial weights) and train.seed (init).
   EncoderTask(const Config& cfg, int64_t num_classes, Device device);
   std::string name() const override { return "encoder"; }
+  bool supports_bf16() const override { return true; }  // train.bf16: tests/train
   nn::Module& model() override { return *model_; }
   // Terms: "ce" (cross-entropy) and "acc" (batch accuracy, logged only).
   LossOutput loss(const Batch& batch, const StepContext& ctx) override;

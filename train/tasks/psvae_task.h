@@ -37,6 +37,7 @@ class PSVAETask : public TrainTask {
   // `cfg`; model.pixdec.*, loss.*, weights.lpips; pixels are decoded to image_size.
   PSVAETask(Config& cfg, int image_size, Device device);
   std::string name() const override { return "psvae"; }
+  bool supports_bf16() const override { return true; }  // train.bf16: tests/train
   nn::Module& model() override { return *model_; }
   LossOutput loss(const Batch& batch, const StepContext& ctx) override;
   // Each fixed image beside its reconstruction: (N,3,H,2W), pixels clamped to [-1,1].

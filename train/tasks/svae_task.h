@@ -28,6 +28,7 @@ class SVAETask : public TrainTask {
   // weights.encoder when neither (or both) is given.
   SVAETask(Config& cfg, Device device);
   std::string name() const override { return "svae"; }
+  bool supports_bf16() const override { return true; }  // train.bf16: tests/train
   nn::Module& model() override { return *model_; }
   LossOutput loss(const Batch& batch, const StepContext& ctx) override;
 

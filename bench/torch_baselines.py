@@ -5,7 +5,9 @@ Prints markdown tables whose rows carry the same names and shapes as the C++ ben
 two can be set side by side in docs/kernels.md:
   - ceilings: device-to-device copy (GB/s) and an 8192^3 bf16 matmul (TFLOP/s);
   - layernorm + adaLN modulate, forward and backward (GB/s), eager and torch.compile;
-  - scaled_dot_product_attention, forward and backward (TFLOP/s), bf16, head dims 64 and 128;
+  - scaled_dot_product_attention, forward and backward (TFLOP/s), bf16, head dims 64, 72 and 128:
+    PyTorch's default dispatch and each fused backend on its own (FlashAttention-2,
+    memory-efficient, cuDNN: the cuDNN SDPA baseline);
   - the DiT linear layers' GEMMs (TFLOP/s);
   - a whole DiT training step (forward, backward, AdamW), bf16 autocast, eager and torch.compile:
     images/s, and MFU against the measured bf16 matmul ceiling.
@@ -135,6 +137,23 @@ def attn_shapes(quick):
     out = []
     for d in (64, 128):
         out += [(256, 16, 256, d), (16, 16, 1024, d), (8, 16, 2048, d), (4, 16, 4096, d)]
+    return out + [(256, 16, 256, 72)]  # DiT-XL: 1152 / 16 heads
+
+
+def sdpa_backends():
+    """(label, context manager factory) for PyTorch's default dispatch and each fused backend:
+    FlashAttention-2, memory-efficient, and cuDNN's fused attention (the cuDNN SDPA baseline)."""
+    import contextlib
+    out = [("torch sdpa", contextlib.nullcontext)]
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return out
+    for label, name in (("sdpa flash", "FLASH_ATTENTION"), ("sdpa mem-efficient",
+                        "EFFICIENT_ATTENTION"), ("cudnn sdpa", "CUDNN_ATTENTION")):
+        backend = getattr(SDPBackend, name, None)
+        if backend is not None:
+            out.append((label, lambda b=backend: sdpa_kernel(b)))
     return out
 
 
@@ -146,15 +165,22 @@ def bench_attention(t, args, peak):
                                requires_grad=True) for _ in range(3))
         go = torch.randn(b, h, tok, d, device="cuda", dtype=torch.bfloat16)
         fwd_flops = 4 * b * h * tok * tok * d
-        ms = t.median_ms(lambda: F.scaled_dot_product_attention(q, k, v))
-        tf = fwd_flops / (ms * 1e-3) / 1e12
-        row(["torch sdpa", b, h, tok, d, "fwd", f"{ms*1e3:.1f}", f"{tf:.1f}",
-             f"{100*tf/peak:.1f}%"])
-        o = F.scaled_dot_product_attention(q, k, v)
-        ms = t.median_ms(lambda: torch.autograd.grad(o, (q, k, v), go, retain_graph=True))
-        tf = 2.5 * fwd_flops / (ms * 1e-3) / 1e12
-        row(["torch sdpa", b, h, tok, d, "bwd", f"{ms*1e3:.1f}", f"{tf:.1f}",
-             f"{100*tf/peak:.1f}%"])
+        for label, ctx in sdpa_backends():
+            try:
+                with ctx():
+                    ms = t.median_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+                    tf = fwd_flops / (ms * 1e-3) / 1e12
+                    row([label, b, h, tok, d, "fwd", f"{ms*1e3:.1f}", f"{tf:.1f}",
+                         f"{100*tf/peak:.1f}%"])
+                    o = F.scaled_dot_product_attention(q, k, v)
+                    ms = t.median_ms(
+                        lambda: torch.autograd.grad(o, (q, k, v), go, retain_graph=True))
+                    tf = 2.5 * fwd_flops / (ms * 1e-3) / 1e12
+                    row([label, b, h, tok, d, "bwd", f"{ms*1e3:.1f}", f"{tf:.1f}",
+                         f"{100*tf/peak:.1f}%"])
+            except RuntimeError as e:  # a backend that does not take this shape
+                row([label, b, h, tok, d, "-", f"unsupported: {str(e).splitlines()[0][:60]}",
+                     "-", "-"])
     print()
 
 

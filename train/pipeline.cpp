@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "autograd/autocast.h"
 #include "autograd/grad_mode.h"
 #include "kernels/ops.h"
 #include "train/tasks/dit_task.h"
@@ -247,8 +248,10 @@ dit::Denoiser make_denoiser(const Pipeline& p, const dit::Condition& cond,
     }
     return [&p, C, k](const Tensor& x, const Tensor& t) {
       ag::NoGradGuard no_grad;
+      ag::AutocastGuard autocast(p.compute);
       p.evaluations += x.size(0);
-      Tensor out = p.model->forward(ag::Var(x), dit::model_time(p.setup, t), k).data();
+      Tensor out = ops::cast(p.model->forward(ag::Var(x), dit::model_time(p.setup, t), k).data(),
+                             DType::F32);
       return out.size(1) == C ? out : ops::narrow(out, 1, 0, C);  // learn_sigma: [eps, var]
     };
   };

@@ -27,6 +27,9 @@ struct Pipeline {
   std::string dit_path, psvae_path;
   Config dit_config;  // the DiT run's saved config
   Device device;
+  // The DiT's compute dtype: F32, or BF16 for bf16 autocast (--bf16; autograd/autocast.h). The
+  // sampler's arithmetic, the latents and the PS-VAE decode stay f32 either way.
+  DType compute = DType::F32;
   // DiT evaluations so far, one per image per model call (a guided step counts two): what the
   // commands report and what the tests count (CFG scale 1 must not run the unconditional model).
   mutable int64_t evaluations = 0;

@@ -329,6 +329,29 @@ TEST_CASE("generate: image i depends on (seed, i) only, not on the batch size") 
           read_file(s.tmp / fmt::format("seeds/b16_{:03d}.png", i)));
 }
 
+TEST_CASE("generate --bf16: the DiT in bf16 autocast gives images within bf16 rounding of f32") {
+  const Stack& s = stack();
+  Pipeline p = Pipeline::load(s.text_run, "", Device::cpu());
+  perturb(p);  // a DiT whose output is not ~0, so bf16 rounding has something to round
+  GenerateRequest r = text_request({"a red circle", "a blue square"});
+  const Tensor f32 = generate(p, r);
+  p.compute = DType::BF16;
+  const Tensor b16 = generate(p, r);
+  CHECK(b16.dtype() == f32.dtype());
+  // Images in [-1, 1]: a few bf16 roundings per step through 4 steps move pixels by 1e-3 to
+  // 1e-2; a broken cast path (wrong dtype, f32 weights mixed in) fails or moves them by O(1).
+  const double rms = rms_diff(b16, f32);
+  MESSAGE("bf16 vs f32 images: rms " << rms << ", max " << max_abs_diff(b16, f32));
+  CHECK(rms > 0);
+  CHECK(rms < 2e-2);
+  // The command takes the flag and says so.
+  Run c = run_psvae({"generate", "--dit", s.text_run, "--prompt", "a red circle", "--num", "1",
+                     "--steps", "2", "--bf16", "--device", "cpu", "--out", s.tmp / "gen/bf16.png"});
+  INFO(c.err);
+  REQUIRE(c.rc == 0);
+  CHECK(has(c.out, "| bf16 autocast |"));
+}
+
 TEST_CASE("guidance: scale 1 never runs the unconditional model; an interval runs it inside") {
   const Stack& s = stack();
   Pipeline p = Pipeline::load(s.text_run, "", Device::cpu());

@@ -67,14 +67,14 @@ __global__ void __launch_bounds__(kSimtThreads) dq_simt_kernel(BwdArgs a) {
   const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
   const int64_t ntiles = (n.Tq + R - 1) / R;
   const int64_t bh = blockIdx.x / ntiles, q0 = (blockIdx.x % ntiles) * R;
-  const int64_t b = bh / n.H, h = bh % n.H;
-  const int64_t sqk = n.H * n.d, sv = n.H * n.dv;
-  const T* qb = static_cast<const T*>(a.q) + (b * n.Tq * n.H + h) * n.d;
-  const T* gob = static_cast<const T*>(a.go) + (b * n.Tq * n.H + h) * n.dv;
-  const T* kb = static_cast<const T*>(a.k) + (b * n.Tk * n.H + h) * n.d;
-  const T* vb = static_cast<const T*>(a.v) + (b * n.Tk * n.H + h) * n.dv;
-  const T* lse = static_cast<const T*>(a.lse) + bh * n.Tq;
-  const A* D = static_cast<const A*>(a.D) + bh * n.Tq;
+  const HeadAt at = head_at(n, bh);
+  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const T* qb = elem<T>(a.q, at.q);
+  const T* gob = elem<T>(a.go, at.o);
+  const T* kb = elem<T>(a.k, at.k);
+  const T* vb = elem<T>(a.v, at.v);
+  const T* lse = elem<T>(a.lse, at.row);
+  const A* D = elem<A>(a.D, at.row);
 
   simt_load_rows<kD>(Qs, qb, sqk, q0, n.Tq, n.d, R);
   simt_load_rows<kD>(dOs, gob, sv, q0, n.Tq, n.dv, R);
@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(kSimtThreads) dq_simt_kernel(BwdArgs a) {
     }
   }
 
-  T* gqb = static_cast<T*>(a.gq) + (b * n.Tq * n.H + h) * n.d;
+  T* gqb = elem<T>(a.gq, at.q);
 #pragma unroll
   for (int i = 0; i < kRpt; ++i) {
     const int64_t row = q0 + ty * kRpt + i;
@@ -183,14 +183,14 @@ __global__ void __launch_bounds__(kSimtThreads) dkdv_simt_kernel(BwdArgs a) {
   const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
   const int64_t ntiles = (n.Tk + R - 1) / R;
   const int64_t bh = blockIdx.x / ntiles, k0 = (blockIdx.x % ntiles) * R;
-  const int64_t b = bh / n.H, h = bh % n.H;
-  const int64_t sqk = n.H * n.d, sv = n.H * n.dv;
-  const T* qb = static_cast<const T*>(a.q) + (b * n.Tq * n.H + h) * n.d;
-  const T* gob = static_cast<const T*>(a.go) + (b * n.Tq * n.H + h) * n.dv;
-  const T* kb = static_cast<const T*>(a.k) + (b * n.Tk * n.H + h) * n.d;
-  const T* vb = static_cast<const T*>(a.v) + (b * n.Tk * n.H + h) * n.dv;
-  const T* lse = static_cast<const T*>(a.lse) + bh * n.Tq;
-  const A* D = static_cast<const A*>(a.D) + bh * n.Tq;
+  const HeadAt at = head_at(n, bh);
+  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const T* qb = elem<T>(a.q, at.q);
+  const T* gob = elem<T>(a.go, at.o);
+  const T* kb = elem<T>(a.k, at.k);
+  const T* vb = elem<T>(a.v, at.v);
+  const T* lse = elem<T>(a.lse, at.row);
+  const A* D = elem<A>(a.D, at.row);
 
   simt_load_rows<kD>(Ks, kb, sqk, k0, n.Tk, n.d, R);
   simt_load_rows<kD>(Vs, vb, sv, k0, n.Tk, n.dv, R);
@@ -268,8 +268,8 @@ __global__ void __launch_bounds__(kSimtThreads) dkdv_simt_kernel(BwdArgs a) {
     }
   }
 
-  T* gkb = static_cast<T*>(a.gk) + (b * n.Tk * n.H + h) * n.d;
-  T* gvb = static_cast<T*>(a.gv) + (b * n.Tk * n.H + h) * n.dv;
+  T* gkb = elem<T>(a.gk, at.k);
+  T* gvb = elem<T>(a.gv, at.v);
 #pragma unroll
   for (int i = 0; i < kRpt; ++i) {
     const int64_t row = k0 + ty * kRpt + i;
@@ -339,19 +339,19 @@ __global__ void __launch_bounds__(kWarps * 32) dq_mma_kernel(BwdArgs a) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int64_t ntiles = (n.Tq + kBQ - 1) / kBQ;
   const int64_t bh = blockIdx.x / ntiles, q0 = (blockIdx.x % ntiles) * kBQ;
-  const int64_t b = bh / n.H, h = bh % n.H;
-  const int64_t sqk = n.H * n.d, sv = n.H * n.dv;
-  const bf16_t* qb = static_cast<const bf16_t*>(a.q) + (b * n.Tq * n.H + h) * n.d;
-  const bf16_t* gob = static_cast<const bf16_t*>(a.go) + (b * n.Tq * n.H + h) * n.dv;
-  const bf16_t* kb = static_cast<const bf16_t*>(a.k) + (b * n.Tk * n.H + h) * n.d;
-  const bf16_t* vb = static_cast<const bf16_t*>(a.v) + (b * n.Tk * n.H + h) * n.dv;
+  const HeadAt at = head_at(n, bh);
+  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const bf16_t* qb = elem<bf16_t>(a.q, at.q);
+  const bf16_t* gob = elem<bf16_t>(a.go, at.o);
+  const bf16_t* kb = elem<bf16_t>(a.k, at.k);
+  const bf16_t* vb = elem<bf16_t>(a.v, at.v);
   const int64_t nkt = (n.Tk + kBK - 1) / kBK;
 
   // This lane's two query rows (g and g + 8 of the warp): log2-domain lse and D.
   float lse2[2], Dr[2];
   {
-    const bf16_t* lse = static_cast<const bf16_t*>(a.lse) + bh * n.Tq;
-    const float* D = static_cast<const float*>(a.D) + bh * n.Tq;
+    const bf16_t* lse = elem<bf16_t>(a.lse, at.row);
+    const float* D = elem<float>(a.D, at.row);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t row = q0 + warp * 16 + g + 8 * r;
@@ -411,7 +411,7 @@ __global__ void __launch_bounds__(kWarps * 32) dq_mma_kernel(BwdArgs a) {
   cp_async_wait_all();  // with Tk = 0 the Q, dO copies are still outstanding
 
   const float one[2] = {1.f, 1.f};
-  bf16_t* gqb = static_cast<bf16_t*>(a.gq) + (b * n.Tq * n.H + h) * n.d;
+  bf16_t* gqb = elem<bf16_t>(a.gq, at.q);
   mma_store_rows<kD>(gqb, sqk, q0 + warp * 16, n.Tq, n.d, dq, one, lane);
 }
 
@@ -436,14 +436,14 @@ __global__ void __launch_bounds__(kWarps * 32) dkdv_mma_kernel(BwdArgs a) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int64_t ntiles = (n.Tk + kBKeys - 1) / kBKeys;
   const int64_t bh = blockIdx.x / ntiles, k0 = (blockIdx.x % ntiles) * kBKeys;
-  const int64_t b = bh / n.H, h = bh % n.H;
-  const int64_t sqk = n.H * n.d, sv = n.H * n.dv;
-  const bf16_t* qb = static_cast<const bf16_t*>(a.q) + (b * n.Tq * n.H + h) * n.d;
-  const bf16_t* gob = static_cast<const bf16_t*>(a.go) + (b * n.Tq * n.H + h) * n.dv;
-  const bf16_t* kb = static_cast<const bf16_t*>(a.k) + (b * n.Tk * n.H + h) * n.d;
-  const bf16_t* vb = static_cast<const bf16_t*>(a.v) + (b * n.Tk * n.H + h) * n.dv;
-  const bf16_t* lse = static_cast<const bf16_t*>(a.lse) + bh * n.Tq;
-  const float* D = static_cast<const float*>(a.D) + bh * n.Tq;
+  const HeadAt at = head_at(n, bh);
+  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const bf16_t* qb = elem<bf16_t>(a.q, at.q);
+  const bf16_t* gob = elem<bf16_t>(a.go, at.o);
+  const bf16_t* kb = elem<bf16_t>(a.k, at.k);
+  const bf16_t* vb = elem<bf16_t>(a.v, at.v);
+  const bf16_t* lse = elem<bf16_t>(a.lse, at.row);
+  const float* D = elem<float>(a.D, at.row);
   const int64_t nqt = (n.Tq + kBQ - 1) / kBQ;
 
   // This lane's two key rows (g and g + 8 of the warp): 0 or -inf.
@@ -512,8 +512,8 @@ __global__ void __launch_bounds__(kWarps * 32) dkdv_mma_kernel(BwdArgs a) {
   cp_async_wait_all();  // with Tq = 0 the K, V copies are still outstanding
 
   const float one[2] = {1.f, 1.f};
-  bf16_t* gkb = static_cast<bf16_t*>(a.gk) + (b * n.Tk * n.H + h) * n.d;
-  bf16_t* gvb = static_cast<bf16_t*>(a.gv) + (b * n.Tk * n.H + h) * n.dv;
+  bf16_t* gkb = elem<bf16_t>(a.gk, at.k);
+  bf16_t* gvb = elem<bf16_t>(a.gv, at.v);
   mma_store_rows<kD>(gkb, sqk, k0 + warp * 16, n.Tk, n.d, dk, one, lane);
   mma_store_rows<kD>(gvb, sv, k0 + warp * 16, n.Tk, n.dv, dv, one, lane);
 }

@@ -50,6 +50,40 @@ struct BwdArgs {
   double scale;
 };
 
+// Where the pair bh = b * H + h starts in each tensor, for every kernel of both directions:
+// q, gq and k, gk are (B, T, H, d), o, go and v, gv are (B, T, H, dv), with T = Tq for the query
+// side and Tk for the key side, so a row of one head is H * d (or H * dv) elements after the
+// previous; lse and D are (B, H, Tq).
+struct HeadAt {
+  int64_t b;                // batch index (the key mask's row)
+  int64_t q, o, k, v, row;  // element offsets of q/gq, o/go, k/gk, v/gv and of lse/D
+  int64_t sqk, sv;          // row strides of q/k and of v/o
+};
+
+__device__ __forceinline__ HeadAt head_at(const Dims& n, int64_t bh) {
+  const int64_t b = bh / n.H, h = bh % n.H;
+  HeadAt at;
+  at.b = b;
+  at.q = (b * n.Tq * n.H + h) * n.d;
+  at.o = (b * n.Tq * n.H + h) * n.dv;
+  at.k = (b * n.Tk * n.H + h) * n.d;
+  at.v = (b * n.Tk * n.H + h) * n.dv;
+  at.row = bh * n.Tq;
+  at.sqk = n.H * n.d;
+  at.sv = n.H * n.dv;
+  return at;
+}
+
+// A type-erased argument pointer as T*, moved on by `offset` elements.
+template <class T>
+__device__ __forceinline__ const T* elem(const void* p, int64_t offset) {
+  return static_cast<const T*>(p) + offset;
+}
+template <class T>
+__device__ __forceinline__ T* elem(void* p, int64_t offset) {
+  return static_cast<T*>(p) + offset;
+}
+
 constexpr double kLog2e = 1.4426950408889634074;
 constexpr double kLn2 = 0.69314718055994530942;
 

@@ -40,13 +40,13 @@ __global__ void __launch_bounds__(kSimtThreads) fwd_simt_kernel(FwdArgs a) {
   const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
   const int64_t ntiles = (n.Tq + R - 1) / R;
   const int64_t bh = blockIdx.x / ntiles, q0 = (blockIdx.x % ntiles) * R;
-  const int64_t b = bh / n.H, h = bh % n.H;
-  const int64_t sqk = n.H * n.d, sv = n.H * n.dv;  // row strides of q/k and v/o
-  const T* qb = static_cast<const T*>(a.q) + (b * n.Tq * n.H + h) * n.d;
-  const T* kb = static_cast<const T*>(a.k) + (b * n.Tk * n.H + h) * n.d;
-  const T* vb = static_cast<const T*>(a.v) + (b * n.Tk * n.H + h) * n.dv;
-  T* ob = static_cast<T*>(a.o) + (b * n.Tq * n.H + h) * n.dv;
-  T* lse = static_cast<T*>(a.lse) + bh * n.Tq;
+  const HeadAt at = head_at(n, bh);
+  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const T* qb = elem<T>(a.q, at.q);
+  const T* kb = elem<T>(a.k, at.k);
+  const T* vb = elem<T>(a.v, at.v);
+  T* ob = elem<T>(a.o, at.o);
+  T* lse = elem<T>(a.lse, at.row);
 
   simt_load_rows<kD>(Qs, qb, sqk, q0, n.Tq, n.d, R);
   const A sl2 = static_cast<A>(a.scale * kLog2e);            // scores to the log2 domain
@@ -178,11 +178,11 @@ __global__ void __launch_bounds__(kWarps * 32) fwd_mma_kernel(FwdArgs a) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, t = lane & 3;
   const int64_t ntiles = (n.Tq + kBQ - 1) / kBQ;
   const int64_t bh = blockIdx.x / ntiles, q0 = (blockIdx.x % ntiles) * kBQ;
-  const int64_t b = bh / n.H, h = bh % n.H;
-  const int64_t sqk = n.H * n.d, sv = n.H * n.dv;
-  const bf16_t* qb = static_cast<const bf16_t*>(a.q) + (b * n.Tq * n.H + h) * n.d;
-  const bf16_t* kb = static_cast<const bf16_t*>(a.k) + (b * n.Tk * n.H + h) * n.d;
-  const bf16_t* vb = static_cast<const bf16_t*>(a.v) + (b * n.Tk * n.H + h) * n.dv;
+  const HeadAt at = head_at(n, bh);
+  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const bf16_t* qb = elem<bf16_t>(a.q, at.q);
+  const bf16_t* kb = elem<bf16_t>(a.k, at.k);
+  const bf16_t* vb = elem<bf16_t>(a.v, at.v);
   const int64_t nkt = (n.Tk + kBK - 1) / kBK;
 
   auto load_kv = [&](int64_t j, int st) {
@@ -274,10 +274,10 @@ __global__ void __launch_bounds__(kWarps * 32) fwd_mma_kernel(FwdArgs a) {
     inv[r] = any[r] ? 1.f / l[r] : 0.f;
   }
   const int64_t row0 = q0 + warp * 16;
-  bf16_t* ob = static_cast<bf16_t*>(a.o) + (b * n.Tq * n.H + h) * n.dv;
+  bf16_t* ob = elem<bf16_t>(a.o, at.o);
   mma_store_rows<kD>(ob, sv, row0, n.Tq, n.dv, o, inv, lane);
   if (t == 0) {
-    bf16_t* lse = static_cast<bf16_t*>(a.lse) + bh * n.Tq;
+    bf16_t* lse = elem<bf16_t>(a.lse, at.row);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t row = row0 + (lane >> 2) + 8 * r;

@@ -61,30 +61,27 @@ bool has_bf16(const OpCall& call) {
 // the f32 kernel on widened copies: every bf16 input and output is converted to f32 (exact), the
 // kernel runs, and every bf16 output is rounded back to nearest even. That is the contract of the
 // CUDA bf16 kernels too (f32 arithmetic inside, bf16 only where a tensor is stored), so the CPU
-// is a reference for mixed-precision runs (train.precision bf16) and can run them, slowly.
+// is a reference for mixed-precision runs (train.bf16) and can run them, slowly.
 // Outputs are widened with their contents because some ops update them in place (adamw_step's
 // param, m and v; ema_update's ema).
 void run_widened(KernelFn fn, const OpCall& call) {
-  KernelFn cast = op_def(Op::cast).cpu;
-  auto widen = [cast](const Tensor& t) {
-    if (t.dtype() != DType::BF16) return t;
+  auto cast_into = [cast = op_def(Op::cast).cpu](const Tensor& src, const Tensor& dst) {
     OpCall c;
-    c.in = {t};
-    c.out = {Tensor::empty(t.shape(), DType::F32)};
+    c.in = {src};
+    c.out = {dst};
     cast(c);
-    return c.out[0];
   };
   OpCall wide = call;
-  for (Tensor& t : wide.in) t = widen(t);
-  for (Tensor& t : wide.out) t = widen(t);
+  for (std::vector<Tensor>* ts : {&wide.in, &wide.out})
+    for (Tensor& t : *ts) {
+      if (t.dtype() != DType::BF16) continue;
+      Tensor f32 = Tensor::empty(t.shape(), DType::F32);
+      cast_into(t, f32);
+      t = f32;
+    }
   fn(wide);
-  for (size_t i = 0; i < call.out.size(); ++i) {
-    if (call.out[i].dtype() != DType::BF16) continue;
-    OpCall c;
-    c.in = {wide.out[i]};
-    c.out = {call.out[i]};
-    cast(c);
-  }
+  for (size_t i = 0; i < call.out.size(); ++i)
+    if (call.out[i].dtype() == DType::BF16) cast_into(wide.out[i], call.out[i]);
 }
 
 }  // namespace

@@ -70,9 +70,9 @@ void AdamW::step() {
   for (Slot& s : slots_) {
     if (!s.param.grad().defined()) continue;
     const Tensor& p = s.param.data();
-    fused = fused && p.device().is_cuda() && p.dtype() == DType::F32 &&
-            s.param.grad().dtype() == DType::F32 && p.device() == slots_.front().m.device();
     ps.push_back(p);
+    fused = fused && p.device().is_cuda() && p.device() == ps.front().device() &&
+            p.dtype() == DType::F32 && s.param.grad().dtype() == DType::F32;
     gs.push_back(s.param.grad());
     ms.push_back(s.m);
     vs.push_back(s.v);

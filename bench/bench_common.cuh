@@ -24,6 +24,9 @@
 #include <string>
 #include <vector>
 
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
 namespace psvae::bench {
 
 #define PSVAE_BENCH_CHECK(call)                                                       \
@@ -207,6 +210,14 @@ inline std::string fmt(double v, int decimals = 1) {
   return buf;
 }
 inline std::string pct(double part, double whole) { return fmt(100.0 * part / whole, 1) + "%"; }
+
+// An input on CUDA device 0, uniform in [lo, hi), drawn from g (so a bench's inputs are seeded).
+inline Tensor uniform_gpu(Generator& g, const Shape& s, DType dt, double lo = -1.0,
+                          double hi = 1.0) {
+  Tensor t = Tensor::empty(s, dt, Device::cuda(0));
+  g.uniform_(t, lo, hi);
+  return t;
+}
 
 // The cells "time (us) | GB/s | % of copy" of a memory-bound row: `bytes` moved in `ms`.
 inline std::vector<std::string> bandwidth_cells(double bytes, double ms, double copy_gbs) {

@@ -35,17 +35,11 @@ struct Run {
   double bytes;  // minimum bytes moved
 };
 
-Tensor rand_gpu(Generator& g, const Shape& s, DType dt) {
-  Tensor t = Tensor::empty(s, dt, kGpu);
-  g.uniform_(t, -1, 1);
-  return t;
-}
-
 double nbytes(const Tensor& t) { return static_cast<double>(t.nbytes()); }
 
 Run permute_run(Generator& g, const Shape& s, const std::vector<int64_t>& perm, DType dt) {
   Run r{Op::permute, {}, 0};
-  Tensor x = rand_gpu(g, s, dt);
+  Tensor x = bench::uniform_gpu(g, s, dt);
   std::vector<int64_t> od;
   for (size_t i = 0; i < perm.size(); ++i) {
     od.push_back(s[static_cast<int>(perm[i])]);
@@ -62,7 +56,7 @@ Run concat_run(Generator& g, const std::vector<Shape>& shapes, int dim, DType dt
   Shape os = shapes[0];
   os[dim] = 0;
   for (const Shape& s : shapes) {
-    r.call.in.push_back(rand_gpu(g, s, dt));
+    r.call.in.push_back(bench::uniform_gpu(g, s, dt));
     os[dim] += s[dim];
   }
   r.call.out = {Tensor::empty(os, dt, kGpu)};
@@ -73,7 +67,7 @@ Run concat_run(Generator& g, const std::vector<Shape>& shapes, int dim, DType dt
 
 Run pad_run(Generator& g, const Shape& s, DType dt) {
   Run r{Op::pad, {}, 0};
-  Tensor x = rand_gpu(g, s, dt);
+  Tensor x = bench::uniform_gpu(g, s, dt);
   r.call.in = {x};
   r.call.out = {Tensor::empty({s[0], s[1], s[2] + 2, s[3] + 2}, dt, kGpu)};
   r.call.ints = {0, 0, 1, 1};
@@ -92,13 +86,13 @@ Run embedding_run(Generator& g, int64_t n, int64_t V, int64_t D, DType dt, bool 
   Tensor ids = random_ids(n, V);
   if (!bwd) {
     Run r{Op::embedding, {}, 0};
-    r.call.in = {rand_gpu(g, {V, D}, dt), ids};
+    r.call.in = {bench::uniform_gpu(g, {V, D}, dt), ids};
     r.call.out = {Tensor::empty({n, D}, dt, kGpu)};
     r.bytes = 2 * nbytes(r.call.out[0]) + nbytes(ids);
     return r;
   }
   Run r{Op::embedding_bwd, {}, 0};
-  r.call.in = {rand_gpu(g, {n, D}, dt), ids};
+  r.call.in = {bench::uniform_gpu(g, {n, D}, dt), ids};
   r.call.out = {Tensor::empty({V, D}, dt, kGpu)};
   r.bytes = nbytes(r.call.in[0]) + nbytes(ids) + nbytes(r.call.out[0]);
   return r;
@@ -109,7 +103,7 @@ Run upsample_run(Generator& g, Op op, const Shape& s, int64_t f, DType dt, int64
   const bool bwd = op == Op::upsample_nearest_bwd || op == Op::upsample_bilinear_bwd;
   const Shape big{s[0], s[1], s[2] * f, s[3] * f};
   Run r{op, {}, 0};
-  r.call.in = {rand_gpu(g, bwd ? big : s, dt)};
+  r.call.in = {bench::uniform_gpu(g, bwd ? big : s, dt)};
   r.call.out = {Tensor::empty(bwd ? s : big, dt, kGpu)};
   r.call.ints[0] = align;
   r.bytes = nbytes(r.call.in[0]) + nbytes(r.call.out[0]);
@@ -128,24 +122,24 @@ Run pool_run(Generator& g, Op op, const Shape& s, PoolP pp, DType dt) {
   r.call.ints = {pp.k, pp.k, pp.st, pp.st, pp.p, pp.p};
   switch (op) {
     case Op::avg_pool2d:
-      r.call.in = {rand_gpu(g, s, dt)};
+      r.call.in = {bench::uniform_gpu(g, s, dt)};
       r.call.out = {Tensor::empty(ys, dt, kGpu)};
       break;
     case Op::avg_pool2d_bwd:
-      r.call.in = {rand_gpu(g, ys, dt)};
+      r.call.in = {bench::uniform_gpu(g, ys, dt)};
       r.call.out = {Tensor::empty(s, dt, kGpu)};
       break;
     case Op::max_pool2d:
-      r.call.in = {rand_gpu(g, s, dt)};
+      r.call.in = {bench::uniform_gpu(g, s, dt)};
       r.call.out = {Tensor::empty(ys, dt, kGpu), Tensor::empty(ys, DType::I64, kGpu)};
       break;
     default: {  // max_pool2d_bwd with the argmax of a real forward
       kernels::OpCall f;
-      f.in = {rand_gpu(g, s, dt)};
+      f.in = {bench::uniform_gpu(g, s, dt)};
       f.out = {Tensor::empty(ys, dt, kGpu), Tensor::empty(ys, DType::I64, kGpu)};
       f.ints = r.call.ints;
       kernels::run(Op::max_pool2d, f);
-      r.call.in = {rand_gpu(g, ys, dt), f.out[1]};
+      r.call.in = {bench::uniform_gpu(g, ys, dt), f.out[1]};
       r.call.out = {Tensor::empty(s, dt, kGpu)};
     }
   }

@@ -40,12 +40,6 @@ struct Bench {
   }
 };
 
-Tensor rand_gpu(Generator& g, const Shape& s, DType dt, double lo, double hi) {
-  Tensor t = Tensor::empty(s, dt, Device::cuda(0));
-  g.uniform_(t, lo, hi);
-  return t;
-}
-
 kernels::OpCall call_of(std::vector<Tensor> in, std::vector<Tensor> out, double r0 = 0) {
   kernels::OpCall c;
   c.in = std::move(in);
@@ -61,7 +55,7 @@ void bench_losses(Bench& b, Generator& g, bool quick) {
   for (const Shape& s : shapes) {
     for (DType dt : {DType::F32, DType::BF16}) {
       const double n = static_cast<double>(s.numel()), es = static_cast<double>(dtype_size(dt));
-      const Tensor a = rand_gpu(g, s, dt, -2, 2), c = rand_gpu(g, s, dt, -2, 2);
+      const Tensor a = bench::uniform_gpu(g, s, dt, -2, 2), c = bench::uniform_gpu(g, s, dt, -2, 2);
       const Tensor y = Tensor::empty(Shape{}, dt, gpu), gy = Tensor::full(Shape{}, 1.0, dt, gpu);
       const Tensor ga = Tensor::empty(s, dt, gpu), gb = Tensor::empty(s, dt, gpu);
       const std::string sh = s.str(), dn = dtype_name(dt);
@@ -93,7 +87,7 @@ void bench_losses(Bench& b, Generator& g, bool quick) {
   const Shape xs{4096, 32000};
   for (DType dt : {DType::F32, DType::BF16}) {
     const double n = static_cast<double>(xs.numel()), es = static_cast<double>(dtype_size(dt));
-    const Tensor x = rand_gpu(g, xs, dt, -10, 10);
+    const Tensor x = bench::uniform_gpu(g, xs, dt, -10, 10);
     std::vector<int64_t> ids(4096);
     for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>((i * 7919) % 32000);
     const Tensor t = Tensor::from_vector(ids, Shape{4096}, gpu);
@@ -129,9 +123,9 @@ void bench_optim(Bench& b, Generator& g, bool quick) {
   std::vector<Tensor> p, gf, gh, m, v, copy, ema;
   double numel = 0;
   for (const Shape& s : shapes) {
-    p.push_back(rand_gpu(g, s, DType::F32, -0.05, 0.05));
-    gf.push_back(rand_gpu(g, s, DType::F32, -0.01, 0.01));
-    gh.push_back(rand_gpu(g, s, DType::BF16, -0.01, 0.01));
+    p.push_back(bench::uniform_gpu(g, s, DType::F32, -0.05, 0.05));
+    gf.push_back(bench::uniform_gpu(g, s, DType::F32, -0.01, 0.01));
+    gh.push_back(bench::uniform_gpu(g, s, DType::BF16, -0.01, 0.01));
     m.push_back(Tensor::zeros(s, DType::F32, gpu));
     v.push_back(Tensor::zeros(s, DType::F32, gpu));
     copy.push_back(Tensor::empty(s, DType::BF16, gpu));

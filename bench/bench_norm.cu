@@ -39,13 +39,6 @@ struct Bench {
   }
 };
 
-Tensor rand_on(Generator& g, const Shape& s, DType dt, Device d, double lo = -1.0,
-               double hi = 1.0) {
-  Tensor t = Tensor::empty(s, dt, d);
-  g.uniform_(t, lo, hi);
-  return t;
-}
-
 kernels::OpCall call(std::vector<Tensor> in, std::vector<Tensor> out, int64_t groups = 0) {
   kernels::OpCall c;
   c.in = std::move(in);
@@ -66,12 +59,12 @@ void dit_rows(Bench& b, Generator& g, int64_t N, int64_t T, int64_t D, DType dt)
   const double per_n = static_cast<double>(N * D) * es;    // one (N, D) operand
   const double vec = static_cast<double>(D) * es;          // one (D) parameter
 
-  Tensor x = rand_on(g, xs, dt, gpu, 2.0, 4.0), gy = rand_on(g, xs, dt, gpu);
-  Tensor h = rand_on(g, xs, dt, gpu), y = Tensor::empty(xs, dt, gpu),
+  Tensor x = bench::uniform_gpu(g, xs, dt, 2.0, 4.0), gy = bench::uniform_gpu(g, xs, dt);
+  Tensor h = bench::uniform_gpu(g, xs, dt), y = Tensor::empty(xs, dt, gpu),
          gx = Tensor::empty(xs, dt, gpu);
-  Tensor shift = rand_on(g, nd, dt, gpu), scale = rand_on(g, nd, dt, gpu);
+  Tensor shift = bench::uniform_gpu(g, nd, dt), scale = bench::uniform_gpu(g, nd, dt);
   Tensor gshift = Tensor::empty(nd, dt, gpu), gscale = Tensor::empty(nd, dt, gpu);
-  Tensor w = rand_on(g, d1, dt, gpu, 0.5, 1.5), bias = rand_on(g, d1, dt, gpu);
+  Tensor w = bench::uniform_gpu(g, d1, dt, 0.5, 1.5), bias = bench::uniform_gpu(g, d1, dt);
   Tensor gw = Tensor::empty(d1, dt, gpu), gb = Tensor::empty(d1, dt, gpu);
   Tensor mean = Tensor::empty(nt, dt, gpu), rstd = Tensor::empty(nt, dt, gpu);
   Tensor xhat = Tensor::empty(xs, dt, gpu);
@@ -120,9 +113,9 @@ void groupnorm_rows(Bench& b, Generator& g, const Shape& xs, int64_t groups, DTy
   const double big = static_cast<double>(xs.numel()) * es;
   const double stats = static_cast<double>(ng.numel()) * es;
   const double ch = static_cast<double>(xs[1]) * es;
-  Tensor x = rand_on(g, xs, dt, gpu, 2.0, 4.0), gy = rand_on(g, xs, dt, gpu);
+  Tensor x = bench::uniform_gpu(g, xs, dt, 2.0, 4.0), gy = bench::uniform_gpu(g, xs, dt);
   Tensor y = Tensor::empty(xs, dt, gpu), gx = Tensor::empty(xs, dt, gpu);
-  Tensor w = rand_on(g, c1, dt, gpu, 0.5, 1.5), bias = rand_on(g, c1, dt, gpu);
+  Tensor w = bench::uniform_gpu(g, c1, dt, 0.5, 1.5), bias = bench::uniform_gpu(g, c1, dt);
   Tensor gw = Tensor::empty(c1, dt, gpu), gb = Tensor::empty(c1, dt, gpu);
   Tensor mean = Tensor::empty(ng, dt, gpu), rstd = Tensor::empty(ng, dt, gpu);
   const std::string shape = xs.str() + " G=" + std::to_string(groups);

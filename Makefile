@@ -14,7 +14,7 @@ GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
 DEB_PACKAGES := cmake ninja-build ccache g++ libeigen3-dev libfmt-dev doctest-dev nlohmann-json3-dev \
   libyaml-cpp-dev libcli11-dev libstb-dev libopenmpi-dev openmpi-bin
 
-.PHONY: all deps configure build test asan-tensor test-asan demo clean format
+.PHONY: all deps configure build test asan-tensor test-emu test-asan demo clean format
 
 all: build
 
@@ -44,6 +44,19 @@ build: configure
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 	@$(MAKE) --no-print-directory asan-tensor
+	@$(MAKE) --no-print-directory test-emu
+
+# The CUDA kernel tests on the host emulator (cuda_emu/, docs/kernels.md "The emulator"): the CUDA
+# sources compiled as C++ and every kernel run against the CPU, so a machine without a GPU still
+# runs them. Needs the CUDA headers only; skipped with a message when there are none.
+CUDA_INCLUDE ?= /usr/local/cuda/include
+test-emu: deps
+	@if [ ! -f $(CUDA_INCLUDE)/cuda_runtime.h ]; then echo "test-emu: no CUDA headers in $(CUDA_INCLUDE); skipped"; exit 0; fi; \
+	[ -f $(BUILD)-emu/CMakeCache.txt ] || cmake -S . -B $(BUILD)-emu $(GENERATOR) -DCMAKE_BUILD_TYPE=Release \
+	  -DPSVAE_CUDA_EMU=ON -DPSVAE_TRAIN=OFF -DPSVAE_MPI=OFF > /dev/null && \
+	cmake --build $(BUILD)-emu -j $(JOBS) --target test_tensor test_ops && \
+	$(BUILD)-emu/bin/test_tensor --no-intro=true -tc="*cuda*" && \
+	$(BUILD)-emu/bin/test_ops --no-intro=true -tc="*cuda*"
 
 asan-tensor: deps
 	@[ -f $(BUILD)-asan/CMakeCache.txt ] || cmake -S . -B $(BUILD)-asan $(GENERATOR) \
@@ -72,4 +85,4 @@ format:
 	  | xargs clang-format -i
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-emu

@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -67,6 +69,12 @@ void binary_loop(const Broadcast& bc, T* out, const T* a, const T* b, F f) {
 template <class F>
 void binary_kernel(const OpCall& c, const char* name, F f) {
   const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
+  // NumPy broadcasting, checked as the CUDA kernels check it (make_broadcast alone would take a
+  // (1, 1) operand for a (5) output).
+  for (const Tensor* in : {&a, &b})
+    if (!kernels::broadcasts_to(in->shape(), y.shape()))
+      throw std::invalid_argument(std::string(name) + ": input " + in->shape().str() +
+                                  " does not broadcast to the output " + y.shape().str());
   Broadcast bc = make_broadcast(y.shape(), {a.shape(), b.shape()});
   dispatch_float(y.dtype(), name, [&](auto tag) {
     using T = decltype(tag);

@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kSimtThreads) dq_simt_kernel(BwdArgs a) {
   using A = typename Math<T>::Acc;
   constexpr int kRpt = kSimtRpt<A>, R = 16 * kRpt, C = kSimtC, LD = kD + 1, LDP = C + 1;
   constexpr int NJ = kD / 16;
-  A* Qs = reinterpret_cast<A*>(attn_smem);
+  A* Qs = reinterpret_cast<A*>(attn_smem());
   A* dOs = Qs + R * LD;
   A* Ks = dOs + R * LD;
   A* Vs = Ks + C * LD;
@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(kSimtThreads) dkdv_simt_kernel(BwdArgs a) {
   using A = typename Math<T>::Acc;
   constexpr int kRpt = kSimtRpt<A>, R = 16 * kRpt, C = kSimtC, LD = kD + 1, LDP = C + 1;
   constexpr int NJ = kD / 16;
-  A* Ks = reinterpret_cast<A*>(attn_smem);
+  A* Ks = reinterpret_cast<A*>(attn_smem());
   A* Vs = Ks + R * LD;
   A* Qs = Vs + R * LD;
   A* dOs = Qs + C * LD;
@@ -329,7 +329,7 @@ constexpr int kDqBK = 64;
 template <int kD, int kWarps, int kBK>
 __global__ void __launch_bounds__(kWarps * 32) dq_mma_kernel(BwdArgs a) {
   constexpr int kThreads = kWarps * 32, kBQ = 16 * kWarps, LDS = kLds<kD>;
-  bf16_t* Qs = reinterpret_cast<bf16_t*>(attn_smem);
+  bf16_t* Qs = reinterpret_cast<bf16_t*>(attn_smem());
   bf16_t* dOs = Qs + kBQ * LDS;
   bf16_t* Ks = dOs + kBQ * LDS;
   bf16_t* Vs = Ks + 2 * kBK * LDS;
@@ -425,7 +425,7 @@ __global__ void __launch_bounds__(kWarps * 32) dq_mma_kernel(BwdArgs a) {
 template <int kD, int kWarps, int kBQ>
 __global__ void __launch_bounds__(kWarps * 32) dkdv_mma_kernel(BwdArgs a) {
   constexpr int kThreads = kWarps * 32, kBKeys = 16 * kWarps, LDS = kLds<kD>;
-  bf16_t* Ks = reinterpret_cast<bf16_t*>(attn_smem);
+  bf16_t* Ks = reinterpret_cast<bf16_t*>(attn_smem());
   bf16_t* Vs = Ks + kBKeys * LDS;
   bf16_t* Qs = Vs + kBKeys * LDS;
   bf16_t* dOs = Qs + 2 * kBQ * LDS;
@@ -547,9 +547,9 @@ void launch_rowdot(const BwdArgs& a, DType dt, cudaStream_t s, int dev) {
   detail::dispatch_float(dt, "attention_bwd", [&](auto tag) {
     using T = decltype(tag);
     using A = typename Math<T>::Acc;
-    rowdot_kernel<T><<<::psvae::cuda::grid_for(rows * 32, dev), 256, 0, s>>>(
-        static_cast<const T*>(a.go), static_cast<const T*>(a.o), static_cast<A*>(a.D), rows, a.n.dv,
-        a.n.Tq, a.n.H);
+    PSVAE_LAUNCH(::psvae::cuda::grid_for(rows * 32, dev), 256, 0, s, rowdot_kernel<T>)
+    (static_cast<const T*>(a.go), static_cast<const T*>(a.o), static_cast<A*>(a.D), rows, a.n.dv,
+     a.n.Tq, a.n.H);
     PSVAE_CUDA_CHECK(cudaGetLastError());
   });
 }

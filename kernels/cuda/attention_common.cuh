@@ -21,6 +21,8 @@
 #include <cstring>
 
 #include "kernels/cuda/elementwise_common.cuh"
+#include "kernels/cuda/mma_sm80.cuh"
+#include "tensor/cuda/launch.cuh"
 #include "tensor/tensor.h"
 
 namespace psvae::kernels::cuda::attn {
@@ -111,12 +113,16 @@ void launch_big_smem(Kernel kernel, unsigned blocks, int threads, size_t smem, c
   if (smem > 48 * 1024)
     PSVAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
-  kernel<<<blocks, threads, smem, s>>>(a);
+  PSVAE_LAUNCH(blocks, threads, smem, s, kernel)(a);
   PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 
 // ---- device helpers shared by both paths -------------------------------------------------------
-extern __shared__ __align__(16) unsigned char attn_smem[];
+// The block's dynamic shared memory (one declaration for every attention kernel).
+__device__ __forceinline__ unsigned char* attn_smem() {
+  PSVAE_DYNAMIC_SMEM(smem);
+  return smem;
+}
 
 template <class A>
 __device__ __forceinline__ A ex2(A x);
@@ -205,60 +211,26 @@ __device__ __forceinline__ void simt_load_rows(A* dst, const T* base, int64_t st
 // ---- MMA path (bf16 tensor cores, sm_80+) ------------------------------------------------------
 using bf16_t = __nv_bfloat16;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy that bypasses L1; with valid == false nothing is read and the 16
-// bytes are zero-filled (src-size 0), which pads tile tails and head-dim columns past d.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
+// The PTX wrappers (kernels/cuda/mma_sm80.cuh) under the short names these kernels use.
+using sm80::cp_async_commit;
+using sm80::pack_bf16;
 // Waits for all of this thread's cp.async groups; a __syncthreads after it makes every thread's
 // copies visible to the block.
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+__device__ __forceinline__ void cp_async_wait_all() { sm80::cp_async_wait<0>(); }
+// A 16-byte copy, or with valid == false 16 zero bytes (nothing read): pads tile tails and
+// head-dim columns past d.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  sm80::cp_async16(dst, src, valid ? 16 : 0);
 }
-
-// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i. Without .trans lane l
-// receives of each matrix row l/4, columns 2(l%4) and 2(l%4)+1; with .trans row and column swap
-// (rows 2(l%4), 2(l%4)+1 of column l/4).
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16_t* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
+  sm80::ldmatrix_x4(r, p);
 }
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const bf16_t* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
+  sm80::ldmatrix_x4_trans(r, p);
 }
-
-// c (16x8 f32) += a (16x16 bf16, row-major) * b (16x8 bf16, "col": k-major per column).
-// Fragments, with g = lane / 4 and t = lane % 4:
-//   a[0] = A(g, 2t..2t+1)  a[1] = A(g+8, 2t..2t+1)  a[2] = A(g, 2t+8..+9)  a[3] = A(g+8, 2t+8..+9)
-//   b0 = B(2t..2t+1, g)    b1 = B(2t+8..2t+9, g)
-//   c[0..1] = C(g, 2t..2t+1)   c[2..3] = C(g+8, 2t..2t+1)
-// (the lower column/row index in the low 16 bits of each register).
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-  uint32_t u;
-  memcpy(&u, &v, sizeof u);
-  return u;
+  sm80::mma_bf16_16816(c, a, b0, b1);
 }
 
 // Shared-memory row stride of a bf16 tile of head-dim capacity kD: kD + 8 elements. The extra 16

@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kSimtThreads) fwd_simt_kernel(FwdArgs a) {
   using A = typename Math<T>::Acc;
   constexpr int kRpt = kSimtRpt<A>, R = 16 * kRpt, C = kSimtC, LD = kD + 1, LDP = C + 1;
   constexpr int NJ = kD / 16;  // head-dim columns per thread
-  A* Qs = reinterpret_cast<A*>(attn_smem);
+  A* Qs = reinterpret_cast<A*>(attn_smem());
   A* Ks = Qs + R * LD;
   A* Vs = Ks + C * LD;
   A* Ps = Vs + C * LD;
@@ -169,7 +169,7 @@ constexpr int kFwdBK = 64;
 template <int kD, int kWarps, int kBK>
 __global__ void __launch_bounds__(kWarps * 32) fwd_mma_kernel(FwdArgs a) {
   constexpr int kThreads = kWarps * 32, kBQ = 16 * kWarps, LDS = kLds<kD>;
-  bf16_t* Qs = reinterpret_cast<bf16_t*>(attn_smem);
+  bf16_t* Qs = reinterpret_cast<bf16_t*>(attn_smem());
   bf16_t* Ks = Qs + kBQ * LDS;
   bf16_t* Vs = Ks + 2 * kBK * LDS;
   float* bias = reinterpret_cast<float*>(Vs + 2 * kBK * LDS);  // byte offset a multiple of 16

@@ -286,11 +286,11 @@ void binary(const OpCall& c, const char* op, F f) {
         const bool vec =
             n % V == 0 && aligned16(py) && (a_bcast || aligned16(pa)) && (b_bcast || aligned16(pb));
         if (vec) {
-          binary_kernel<T, V><<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(
-              pa, pb, py, n / V, a_bcast, b_bcast, f);
+          PSVAE_LAUNCH(rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s, binary_kernel<T, V, F>)
+          (pa, pb, py, n / V, a_bcast, b_bcast, f);
         } else {
-          binary_kernel<T, 1><<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(
-              pa, pb, py, n, a_bcast, b_bcast, f);
+          PSVAE_LAUNCH(rt::grid_for(n, dev), rt::kBlockThreads, 0, s, binary_kernel<T, 1, F>)
+          (pa, pb, py, n, a_bcast, b_bcast, f);
         }
         return;
       }
@@ -299,9 +299,9 @@ void binary(const OpCall& c, const char* op, F f) {
                              [&](auto ix, auto n_packs, auto width) {
                                constexpr int kW = decltype(width)::value;
                                using Div = typename decltype(ix)::DivT;
-                               binary_bcast_kernel<T, kW, Div>
-                                   <<<rt::grid_for(n_packs, dev), rt::kBlockThreads, 0, s>>>(
-                                       pa, pb, py, ix, n_packs, f);
+                               PSVAE_LAUNCH(rt::grid_for(n_packs, dev), rt::kBlockThreads, 0, s,
+                                            binary_bcast_kernel<T, kW, Div, F>)
+                               (pa, pb, py, ix, n_packs, f);
                              });
     });
   });
@@ -346,13 +346,14 @@ void where_cuda(const OpCall& c) {
         const T* pa = static_cast<const T*>(a.raw_data());
         const T* pb = static_cast<const T*>(b.raw_data());
         T* py = static_cast<T*>(y.raw_data());
-        launch_broadcast<kVec<T>, 3>(
-            L, n, {pc, pa, pb}, {false, true, true}, py, [&](auto ix, auto n_packs, auto width) {
-              constexpr int kW = decltype(width)::value;
-              using Div = typename decltype(ix)::DivT;
-              where_kernel<C, T, kW, Div><<<rt::grid_for(n_packs, dev), rt::kBlockThreads, 0, s>>>(
-                  pc, pa, pb, py, ix, n_packs);
-            });
+        launch_broadcast<kVec<T>, 3>(L, n, {pc, pa, pb}, {false, true, true}, py,
+                                     [&](auto ix, auto n_packs, auto width) {
+                                       constexpr int kW = decltype(width)::value;
+                                       using Div = typename decltype(ix)::DivT;
+                                       PSVAE_LAUNCH(rt::grid_for(n_packs, dev), rt::kBlockThreads,
+                                                    0, s, where_kernel<C, T, kW, Div>)
+                                       (pc, pa, pb, py, ix, n_packs);
+                                     });
       });
     });
   });
@@ -375,8 +376,8 @@ void expand_cuda(const OpCall& c) {
       launch_broadcast<kVec<W>, 1>(L, n, {px}, {true}, py, [&](auto ix, auto n_packs, auto width) {
         constexpr int kW = decltype(width)::value;
         using Div = typename decltype(ix)::DivT;
-        expand_kernel<W, kW, Div>
-            <<<rt::grid_for(n_packs, dev), rt::kBlockThreads, 0, s>>>(px, py, ix, n_packs);
+        PSVAE_LAUNCH(rt::grid_for(n_packs, dev), rt::kBlockThreads, 0, s, expand_kernel<W, kW, Div>)
+        (px, py, ix, n_packs);
       });
     };
     switch (dtype_size(x.dtype())) {

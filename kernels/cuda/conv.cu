@@ -128,8 +128,8 @@ void add_bias(const Dims& d, const Tensor& b, const Tensor& y) {
       using T = decltype(tag);
       const auto grid = static_cast<unsigned>(
           std::min<int64_t>(rows, static_cast<int64_t>(rt::sm_count(dev)) * 8));
-      add_bias_kernel<T><<<grid, kThreads, 0, s>>>(
-          static_cast<T*>(y.raw_data()), static_cast<const T*>(b.raw_data()), rows, d.O, P);
+      PSVAE_LAUNCH(grid, kThreads, 0, s, add_bias_kernel<T>)
+      (static_cast<T*>(y.raw_data()), static_cast<const T*>(b.raw_data()), rows, d.O, P);
     });
   });
 }
@@ -152,10 +152,10 @@ void bias_grad(const Dims& d, const Tensor& gy, const Tensor& gb) {
       const DType acc_dt = sizeof(A) == 8 ? DType::F64 : DType::F32;
       Tensor part = Tensor::empty(Shape{blocks}, acc_dt, gb.device());
       A* pp = static_cast<A*>(part.raw_data());
-      bias_grad_partial_kernel<T, A><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
-          static_cast<const T*>(gy.raw_data()), pp, d.N, d.O, P, S);
-      bias_grad_final_kernel<T, A><<<rt::grid_for(d.O, dev), kThreads, 0, s>>>(
-          pp, static_cast<T*>(gb.raw_data()), d.O, d.N * S);
+      PSVAE_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, s, bias_grad_partial_kernel<T, A>)
+      (static_cast<const T*>(gy.raw_data()), pp, d.N, d.O, P, S);
+      PSVAE_LAUNCH(rt::grid_for(d.O, dev), kThreads, 0, s, bias_grad_final_kernel<T, A>)
+      (pp, static_cast<T*>(gb.raw_data()), d.O, d.N * S);
     });
   });
 }

@@ -44,6 +44,7 @@
 
 #include "kernels/cuda/conv.h"
 #include "kernels/cuda/elementwise_common.cuh"
+#include "kernels/cuda/mma_sm80.cuh"
 #include "tensor/cuda/cuda_check.cuh"
 #include "tensor/cuda/launch.cuh"
 
@@ -145,19 +146,8 @@ struct SimtCore {
 // a row is 80 bytes = 20 words, and the 8 row groups g of a fragment load start at words 20 g mod
 // 32 = 0, 20, 8, 28, 16, 4, 24, 12, each followed by the 4 words of q, so a warp's 32-bit fragment
 // loads hit 32 different banks (BK = 16: 12 words a row, starts 0, 12, 24, 4, 16, 28, 8, 20: the
-// same). Fragments (PTX ISA, "Matrix fragments for mma.m16n8k16", g = lane / 4,
-// q = lane % 4; a register holds two bf16, the lower k in the low half):
-//   A (16 x 16, row-major)  a0 = (g, 2q..2q+1)  a1 = (g+8, 2q..)  a2 = (g, 2q+8..)  a3 = (g+8,
-//   2q+8..) B (16 x 8, by column)   b0 = (k 2q..2q+1, n g)  b1 = (k 2q+8.., n g) C (16 x 8, f32)
-//   c0, c1 = (g, 2q), (g, 2q+1)  c2, c3 = (g+8, 2q), (g+8, 2q+1)
-__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4],
-                                               const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+// same). The fragment layouts are mma_bf16_16816's (kernels/cuda/mma_sm80.cuh).
+
 // The two bf16 at p, p + 1 (4-byte aligned) as one register.
 __device__ __forceinline__ uint32_t ld_pair(const __nv_bfloat16* p) {
   return *reinterpret_cast<const uint32_t*>(p);
@@ -216,7 +206,7 @@ struct MmaCore {
 #pragma unroll
       for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int j = 0; j < NT; ++j) mma_bf16_16816(acc[i][j], af[i], bf[j]);
+        for (int j = 0; j < NT; ++j) sm80::mma_bf16_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
     }
   }
   template <class F>
@@ -672,7 +662,7 @@ void launch_gather(const char* op, GatherArgs ga, int64_t M, int64_t cols, int p
   const int64_t tiles_m = ceil_div(M, C::BM), tiles_n = ceil_div(cols, C::BN);
   ga.tiles_n = static_cast<int>(tiles_n);
   const dim3 grid(grid_x(op, tiles_m, tiles_n), 1, static_cast<unsigned>(phases));
-  gather_gemm_kernel<T, C, kDataGrad><<<grid, kThreads, 0, stream>>>(ga);
+  PSVAE_LAUNCH(grid, kThreads, 0, stream, gather_gemm_kernel<T, C, kDataGrad>)(ga);
 }
 
 }  // namespace
@@ -754,10 +744,10 @@ void own_filter_grad(const Dims& d, const Tensor& gy, const Tensor& x, const Ten
         wa.tiles_n = static_cast<int>(tiles_n);
         wa.chunk = static_cast<int>(chunk);
         const dim3 grid(grid_x("conv2d_bwd", tiles_m, tiles_n), 1, static_cast<unsigned>(S));
-        wgrad_kernel<T, C><<<grid, kThreads, 0, s>>>(wa);
-        reduce_splits_kernel<T, A><<<rt::grid_for(OK, dev), kThreads, 0, s>>>(
-            static_cast<const A*>(part.raw_data()), static_cast<T*>(gw.raw_data()), OK,
-            static_cast<int>(S));
+        PSVAE_LAUNCH(grid, kThreads, 0, s, wgrad_kernel<T, C>)(wa);
+        PSVAE_LAUNCH(rt::grid_for(OK, dev), kThreads, 0, s, reduce_splits_kernel<T, A>)
+        (static_cast<const A*>(part.raw_data()), static_cast<T*>(gw.raw_data()), OK,
+         static_cast<int>(S));
       };
       if (d.O <= kNarrowCols)
         run(typename Cores<T>::WgradNarrow{});

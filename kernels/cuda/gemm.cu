@@ -209,8 +209,8 @@ void linear_cuda(const OpCall& c) {
   const bool has_bias = c.in.size() > 2;
   if (W.rank() != 2 || X.rank() < 1 || X.size(-1) != W.size(1) || Y.rank() != X.rank() ||
       Y.size(-1) != W.size(0) ||
-      Y.numel() / std::max<int64_t>(1, Y.size(-1)) !=
-          X.numel() / std::max<int64_t>(1, X.size(-1)) ||
+      // Leading dims by product, not numel / last: with K == 0, x has no elements but M rows.
+      Y.shape().prod(0, Y.rank() - 1) != X.shape().prod(0, X.rank() - 1) ||
       (has_bias && (c.in[2].rank() != 1 || c.in[2].size(0) != W.size(0))))
     throw std::invalid_argument("linear: x " + X.shape().str() + ", W " + W.shape().str() +
                                 (has_bias ? ", b " + c.in[2].shape().str() : std::string()) +

@@ -40,6 +40,7 @@
 
 #include "kernels/cuda/elementwise_common.cuh"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/mma_sm80.cuh"
 #include "tensor/cuda/cuda_check.cuh"
 #include "tensor/cuda/launch.cuh"
 #include "tensor/tensor.h"
@@ -138,54 +139,13 @@ __device__ __forceinline__ void store_partial(float* w, int64_t M, int64_t N, in
   if (col + 1 < N) w[row * N + col + 1] = v1;
 }
 
-// ---- PTX wrappers (sm_80+) ---------------------------------------------------------------------
-// The "memory" clobbers keep the compiler from moving ordinary shared-memory accesses (the
-// unaligned loader's stores) across these asm statements.
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16-byte async copy global -> shared; bytes past src_bytes (0..16) are filled with zeros and
-// not read. dst and src must be 16-byte aligned.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-// Waits until at most N of this thread's committed groups are still pending.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-// Four 8x8 b16 matrices; lanes 8i..8i+7 give the 8 row addresses (16 bytes each) of matrix i.
-// Lane l receives in r[i] the elements (row l/4, cols 2(l%4), 2(l%4)+1) of matrix i; with .trans
-// the elements (rows 2(l%4), 2(l%4)+1, col l/4).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-// D = A B + D for one 16x8x16 tile. With g = lane/4, q = lane%4 (PTX ISA, "mma.m16n8k16"):
-// A regs a0..a3 hold A[g][2q..2q+1], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..];
-// B regs b0, b1 hold B[2q..2q+1][g], B[2q+8..2q+9][g]; C/D c0..c3 hold C[g][2q], C[g][2q+1],
-// C[g+8][2q], C[g+8][2q+1].
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                               uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// ---- PTX (kernels/cuda/mma_sm80.cuh) ----------------------------------------------------------
+using sm80::cp_async16;
+using sm80::cp_async_commit;
+using sm80::cp_async_wait;
+using sm80::ldmatrix_x4;
+using sm80::ldmatrix_x4_trans;
+using sm80::mma_bf16_16816;
 
 // ---- bf16 tensor-core kernel -------------------------------------------------------------------
 constexpr int kBM = 128, kBN = 128, kBK = 32;
@@ -238,7 +198,7 @@ __device__ __forceinline__ void load_slab(bf16_t* s, const bf16_t* g, const bf16
     }
     bf16_t* dst = s + row * pitch + col;
     if (kAligned) {
-      cp_async16(smem_u32(dst), valid > 0 ? static_cast<const void*>(g + goff) : base,
+      cp_async16(dst, valid > 0 ? static_cast<const void*>(g + goff) : base,
                  static_cast<int>(valid) * 2);
     } else {
       const unsigned short* src = reinterpret_cast<const unsigned short*>(g + goff);
@@ -258,7 +218,7 @@ __device__ __forceinline__ void load_slab(bf16_t* s, const bf16_t* g, const bf16
 // One block computes the 128 x 128 tile (blockIdx.y, blockIdx.x) of batch entry blockIdx.z.
 template <bool kTransA, bool kTransB, bool kAligned>
 __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_mma_kernel(GemmParams<bf16_t> p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  PSVAE_DYNAMIC_SMEM(smem_raw);
   bf16_t* smem = reinterpret_cast<bf16_t*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp >> 2;  // 0..1: rows 64 warp_m .. +63 of the tile
@@ -333,11 +293,9 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_mma_kernel(GemmParams<b
         // Matrices 0..3 = (rows m..m+7, k kk..), (m+8.., kk..), (m.., kk+8..), (m+8.., kk+8..),
         // the order of a0..a3.
         if (!kTransA) {  // shared [m][k]: rows are m
-          ldmatrix_x4(af[mt],
-                      smem_u32(sa + (m + lr + (li & 1) * 8) * kPitchK + kk + (li >> 1) * 8));
+          ldmatrix_x4(af[mt], sa + (m + lr + (li & 1) * 8) * kPitchK + kk + (li >> 1) * 8);
         } else {  // shared [k][m]: rows are k; .trans turns each 8x8 (k, m) block into (m, k)
-          ldmatrix_x4_trans(af[mt],
-                            smem_u32(sa + (kk + lr + (li >> 1) * 8) * kPitchMN + m + (li & 1) * 8));
+          ldmatrix_x4_trans(af[mt], sa + (kk + lr + (li >> 1) * 8) * kPitchMN + m + (li & 1) * 8);
         }
       }
       uint32_t bfr[4][2];
@@ -348,10 +306,9 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_mma_kernel(GemmParams<b
         // n8 tile 2pq, then b0, b1 of tile 2pq + 1.
         uint32_t r[4];
         if (kTransB) {  // shared [n][k]: the "col" operand as mma wants it
-          ldmatrix_x4(r, smem_u32(sb + (n + lr + (li >> 1) * 8) * kPitchK + kk + (li & 1) * 8));
+          ldmatrix_x4(r, sb + (n + lr + (li >> 1) * 8) * kPitchK + kk + (li & 1) * 8);
         } else {  // shared [k][n]: rows are k
-          ldmatrix_x4_trans(r,
-                            smem_u32(sb + (kk + lr + (li & 1) * 8) * kPitchMN + n + (li >> 1) * 8));
+          ldmatrix_x4_trans(r, sb + (kk + lr + (li & 1) * 8) * kPitchMN + n + (li >> 1) * 8);
         }
         bfr[2 * pq][0] = r[0];
         bfr[2 * pq][1] = r[1];
@@ -557,9 +514,9 @@ void column_sums(const T* x, int64_t L, int64_t J, int64_t si, int64_t sj, T* ou
   Tensor partial = Tensor::empty({P, J}, DType::F32, Device::cuda(device));
   float* pp = partial.data<float>();
   const dim3 grid(static_cast<unsigned>((J + 31) / 32), static_cast<unsigned>(P));
-  colsum_partial_kernel<T><<<grid, dim3(32, 8), 0, s>>>(x, L, J, si, sj, R, pp);
+  PSVAE_LAUNCH(grid, dim3(32, 8), 0, s, colsum_partial_kernel<T>)(x, L, J, si, sj, R, pp);
   const unsigned blocks = static_cast<unsigned>((J + rt::kBlockThreads - 1) / rt::kBlockThreads);
-  colsum_final_kernel<T><<<blocks, rt::kBlockThreads, 0, s>>>(pp, P, J, out);
+  PSVAE_LAUNCH(blocks, rt::kBlockThreads, 0, s, colsum_final_kernel<T>)(pp, P, J, out);
 }
 
 // ---- host side ---------------------------------------------------------------------------------
@@ -589,7 +546,7 @@ void launch_mma(const GemmParams<bf16_t>& p, dim3 grid, int device, cudaStream_t
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
     done.fetch_or(bit);
   }
-  kernel<<<grid, kThreads, kSmemBytes, s>>>(p);
+  PSVAE_LAUNCH(grid, kThreads, kSmemBytes, s, kernel)(p);
 }
 
 template <bool kTA, bool kTB>
@@ -610,10 +567,10 @@ void launch_tile_kernel(const GemmParams<bf16_t>& p, bool ta, bool tb, bool alig
 }
 void launch_tile_kernel(const GemmParams<float>& p, bool ta, bool tb, bool, dim3 grid, int,
                         cudaStream_t s) {
-  if (!ta && !tb) gemm_f32_simt_kernel<false, false><<<grid, kThreads, 0, s>>>(p);
-  if (!ta && tb) gemm_f32_simt_kernel<false, true><<<grid, kThreads, 0, s>>>(p);
-  if (ta && !tb) gemm_f32_simt_kernel<true, false><<<grid, kThreads, 0, s>>>(p);
-  if (ta && tb) gemm_f32_simt_kernel<true, true><<<grid, kThreads, 0, s>>>(p);
+  if (!ta && !tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<false, false>)(p);
+  if (!ta && tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<false, true>)(p);
+  if (ta && !tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<true, false>)(p);
+  if (ta && tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<true, true>)(p);
 }
 
 // Launches the tile kernel over the whole problem: grid x over N tiles (so consecutive blocks
@@ -654,8 +611,8 @@ bool run_split_k<bf16_t>(const GemmParams<bf16_t>& p, const GemmDesc& d, int64_t
   const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(m_tiles),
                   static_cast<unsigned>(splits));
   launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, grid, device, s);
-  splitk_reduce_kernel<<<rt::grid_for(d.M * d.N, device), rt::kBlockThreads, 0, s>>>(
-      q, static_cast<int>(splits));
+  PSVAE_LAUNCH(rt::grid_for(d.M * d.N, device), rt::kBlockThreads, 0, s, splitk_reduce_kernel)
+  (q, static_cast<int>(splits));
   return true;
 }
 

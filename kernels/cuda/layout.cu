@@ -191,8 +191,8 @@ void strided_copy(const char* src, char* dst, const Strided& view, size_t es, co
   const bool k32 = c.n <= INT32_MAX;
   by_unit(U, op, [&](auto tag) {
     using Unit = decltype(tag);
-    strided_copy_kernel<Unit><<<rt::grid_for(c.n, dev), rt::kBlockThreads, 0, st>>>(
-        reinterpret_cast<const Unit*>(src), reinterpret_cast<Unit*>(dst), c, k32);
+    PSVAE_LAUNCH(rt::grid_for(c.n, dev), rt::kBlockThreads, 0, st, strided_copy_kernel<Unit>)
+    (reinterpret_cast<const Unit*>(src), reinterpret_cast<Unit*>(dst), c, k32);
   });
 }
 
@@ -371,8 +371,8 @@ void permute_cuda(const OpCall& c) {
     by_unit(es, "permute", [&](auto tag) {
       using E = decltype(tag);
       if constexpr (sizeof(E) <= 8) {
-        transpose_tile_kernel<E>
-            <<<grid, block, 0, s>>>(reinterpret_cast<const E*>(src), reinterpret_cast<E*>(dst), t);
+        PSVAE_LAUNCH(grid, block, 0, s, transpose_tile_kernel<E>)
+        (reinterpret_cast<const E*>(src), reinterpret_cast<E*>(dst), t);
       }
     });
   });
@@ -592,8 +592,8 @@ void pad_cuda(const OpCall& c) {
       using Unit = decltype(tag);
       Unit v;
       std::memcpy(&v, pattern, sizeof(Unit));
-      pad_kernel<Unit><<<rt::grid_for(p.n, dev), rt::kBlockThreads, 0, s>>>(
-          reinterpret_cast<const Unit*>(src), reinterpret_cast<Unit*>(dst), p, v, k32);
+      PSVAE_LAUNCH(rt::grid_for(p.n, dev), rt::kBlockThreads, 0, s, pad_kernel<Unit>)
+      (reinterpret_cast<const Unit*>(src), reinterpret_cast<Unit*>(dst), p, v, k32);
     });
   });
 }
@@ -692,7 +692,8 @@ void embedding_cuda(const OpCall& c) {
       using Id = decltype(idtag);
       const Id* idp = static_cast<const Id*>(ids.raw_data());
       if (D == 0) {  // nothing to copy; ids are still checked
-        check_ids_kernel<Id><<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(idp, n, rows, badp);
+        PSVAE_LAUNCH(rt::grid_for(n, dev), rt::kBlockThreads, 0, s, check_ids_kernel<Id>)
+        (idp, n, rows, badp);
         return;
       }
       size_t U = es;
@@ -708,9 +709,9 @@ void embedding_cuda(const OpCall& c) {
       const int64_t units = n * row_units;
       by_unit(U, "embedding", [&](auto tag) {
         using Unit = decltype(tag);
-        embedding_kernel<Unit, Id><<<rt::grid_for(units, dev), rt::kBlockThreads, 0, s>>>(
-            reinterpret_cast<const Unit*>(src), idp, reinterpret_cast<Unit*>(dst), units,
-            make_div(row_units), rows, badp, units <= INT32_MAX);
+        PSVAE_LAUNCH(rt::grid_for(units, dev), rt::kBlockThreads, 0, s, embedding_kernel<Unit, Id>)
+        (reinterpret_cast<const Unit*>(src), idp, reinterpret_cast<Unit*>(dst), units,
+         make_div(row_units), rows, badp, units <= INT32_MAX);
       });
     });
     PSVAE_CUDA_CHECK(cudaGetLastError());
@@ -854,8 +855,8 @@ void embedding_bwd_cuda(const OpCall& c) {
         Word* badp = static_cast<Word*>(bad.raw_data());
         if (n == 0 || gt.numel() == 0) {
           if (n > 0)
-            check_ids_kernel<Id>
-                <<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(idp, n, rows, badp);
+            PSVAE_LAUNCH(rt::grid_for(n, dev), rt::kBlockThreads, 0, s, check_ids_kernel<Id>)
+          (idp, n, rows, badp);
           PSVAE_CUDA_CHECK(cudaGetLastError());
           throw_if_bad_id("embedding_bwd", bad, ids, rows, s);
           if (gt.numel() > 0) PSVAE_CUDA_CHECK(cudaMemsetAsync(gt.raw_data(), 0, gt.nbytes(), s));
@@ -865,33 +866,34 @@ void embedding_bwd_cuda(const OpCall& c) {
         const uint64_t npad = std::max<uint64_t>(kSeg, next_pow2(static_cast<uint64_t>(n)));
         Tensor keyt = Tensor::empty({static_cast<int64_t>(npad)}, DType::I64, gt.device());
         Word* keys = static_cast<Word*>(keyt.raw_data());
-        embedding_keys_kernel<Id>
-            <<<rt::grid_for(static_cast<int64_t>(npad), dev), rt::kBlockThreads, 0, s>>>(
-                idp, n, static_cast<int64_t>(npad), rows, keys, badp);
+        PSVAE_LAUNCH(rt::grid_for(static_cast<int64_t>(npad), dev), rt::kBlockThreads, 0, s,
+                     embedding_keys_kernel<Id>)
+        (idp, n, static_cast<int64_t>(npad), rows, keys, badp);
         PSVAE_CUDA_CHECK(cudaGetLastError());
         throw_if_bad_id("embedding_bwd", bad, ids, rows, s);
         // 2. sort.
         const unsigned segs = static_cast<unsigned>(npad / kSeg);
-        bitonic_local_kernel<<<segs, kSortThreads, 0, s>>>(keys, 2, kSeg);
+        PSVAE_LAUNCH(segs, kSortThreads, 0, s, bitonic_local_kernel)(keys, 2, kSeg);
         for (uint64_t k = 2 * static_cast<uint64_t>(kSeg); k <= npad; k <<= 1) {
           for (uint64_t j = k >> 1; j >= static_cast<uint64_t>(kSeg); j >>= 1)
-            bitonic_global_kernel<<<rt::grid_for(static_cast<int64_t>(npad / 2), dev),
-                                    rt::kBlockThreads, 0, s>>>(keys, npad, k, j);
-          bitonic_local_kernel<<<segs, kSortThreads, 0, s>>>(keys, k, k);
+            PSVAE_LAUNCH(rt::grid_for(static_cast<int64_t>(npad / 2), dev), rt::kBlockThreads, 0, s,
+                         bitonic_global_kernel)
+          (keys, npad, k, j);
+          PSVAE_LAUNCH(segs, kSortThreads, 0, s, bitonic_local_kernel)(keys, k, k);
         }
         // 3. runs.
         Tensor runs = Tensor::empty({2, rows}, DType::I64, gt.device());
         int64_t* first = static_cast<int64_t*>(runs.raw_data());
         int64_t* end = first + rows;
         PSVAE_CUDA_CHECK(cudaMemsetAsync(first, 0, runs.nbytes(), s));
-        embedding_runs_kernel<<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(keys, n, first,
-                                                                                 end);
+        PSVAE_LAUNCH(rt::grid_for(n, dev), rt::kBlockThreads, 0, s, embedding_runs_kernel)
+        (keys, n, first, end);
         // 4. sums.
         const dim3 grid(static_cast<unsigned>((D + kSumThreads - 1) / kSumThreads),
                         static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-        embedding_sum_kernel<T>
-            <<<grid, kSumThreads, 0, s>>>(static_cast<const T*>(gy.raw_data()), keys, first, end,
-                                          static_cast<T*>(gt.raw_data()), rows, D);
+        PSVAE_LAUNCH(grid, kSumThreads, 0, s, embedding_sum_kernel<T>)
+        (static_cast<const T*>(gy.raw_data()), keys, first, end, static_cast<T*>(gt.raw_data()),
+         rows, D);
       });
     });
   });

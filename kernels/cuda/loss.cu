@@ -191,8 +191,9 @@ void reduce_to_scalar(const Term& term, int64_t n, bool vec, O* out, double mul,
   const int blocks = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(kMaxPartials, (npacks + kThreads - 1) / kThreads)));
   Tensor partial = Tensor::empty(Shape{blocks}, DType::F64, Device::cuda(dev));
-  partial_sums_kernel<Term><<<blocks, kThreads, 0, s>>>(term, n, vec, partial.data<double>());
-  finish_kernel<O><<<1, kThreads, 0, s>>>(partial.data<double>(), blocks, out, mul, div);
+  PSVAE_LAUNCH(blocks, kThreads, 0, s, partial_sums_kernel<Term>)
+  (term, n, vec, partial.data<double>());
+  PSVAE_LAUNCH(1, kThreads, 0, s, finish_kernel<O>)(partial.data<double>(), blocks, out, mul, div);
 }
 
 // ---- elementwise backwards ---------------------------------------------------------------------
@@ -450,9 +451,9 @@ void pair_bwd(const OpCall& c, const char* op) {
       constexpr int V = kVec<T>;
       const bool vec =
           aligned16(a.raw_data()) && aligned16(b.raw_data()) && aligned16(ga.raw_data());
-      pair_bwd_kernel<T, kL1><<<grid_for_packs(n, V, dev), rt::kBlockThreads, 0, s>>>(
-          cptr<T>(gy), cptr<T>(a), cptr<T>(b), mptr<T>(ga), n, vec, kL1 ? 1.0 : 2.0,
-          static_cast<double>(n));
+      PSVAE_LAUNCH(grid_for_packs(n, V, dev), rt::kBlockThreads, 0, s, pair_bwd_kernel<T, kL1>)
+      (cptr<T>(gy), cptr<T>(a), cptr<T>(b), mptr<T>(ga), n, vec, kL1 ? 1.0 : 2.0,
+       static_cast<double>(n));
     });
   });
 }
@@ -506,8 +507,8 @@ void kl_gauss_bwd_cuda(const OpCall& c) {
       constexpr int V = kVec<T>;
       const bool vec = aligned16(mu.raw_data()) && aligned16(lv.raw_data()) &&
                        aligned16(gmu.raw_data()) && aligned16(glv.raw_data());
-      kl_bwd_kernel<T><<<grid_for_packs(n, V, dev), rt::kBlockThreads, 0, s>>>(
-          cptr<T>(gy), 0.0, cptr<T>(mu), cptr<T>(lv), mptr<T>(gmu), mptr<T>(glv), n, vec, norm);
+      PSVAE_LAUNCH(grid_for_packs(n, V, dev), rt::kBlockThreads, 0, s, kl_bwd_kernel<T>)
+      (cptr<T>(gy), 0.0, cptr<T>(mu), cptr<T>(lv), mptr<T>(gmu), mptr<T>(glv), n, vec, norm);
     });
   });
 }
@@ -572,9 +573,9 @@ void cross_entropy_cuda(const OpCall& c) {
         using I = decltype(itag);
         if (N > 0) {
           const bool vec = aligned16(x.raw_data()) && C % V == 0;
-          ce_fwd_kernel<T, I><<<ce_blocks(N), ce_threads(C, V), 0, s>>>(
-              cptr<T>(x), cptr<I>(target), mptr<T>(lse), nll.data<double>(),
-              reinterpret_cast<unsigned long long*>(bad.raw_data()), N, C, vec);
+          PSVAE_LAUNCH(ce_blocks(N), ce_threads(C, V), 0, s, ce_fwd_kernel<T, I>)
+          (cptr<T>(x), cptr<I>(target), mptr<T>(lse), nll.data<double>(),
+           reinterpret_cast<unsigned long long*>(bad.raw_data()), N, C, vec);
         }
         reduce_to_scalar(SumTerm{nll.data<double>()}, N, aligned16(nll.raw_data()), mptr<T>(y), 1.0,
                          static_cast<double>(N), s, dev);
@@ -603,9 +604,9 @@ void cross_entropy_bwd_cuda(const OpCall& c) {
       dispatch_index(target.dtype(), op, [&](auto itag) {
         using I = decltype(itag);
         const bool vec = aligned16(x.raw_data()) && aligned16(gx.raw_data()) && C % V == 0;
-        ce_bwd_kernel<T, I><<<ce_blocks(N), ce_threads(C, V), 0, s>>>(
-            cptr<T>(gy), cptr<T>(x), cptr<I>(target), cptr<T>(lse), mptr<T>(gx),
-            reinterpret_cast<unsigned long long*>(bad.raw_data()), N, C, vec);
+        PSVAE_LAUNCH(ce_blocks(N), ce_threads(C, V), 0, s, ce_bwd_kernel<T, I>)
+        (cptr<T>(gy), cptr<T>(x), cptr<I>(target), cptr<T>(lse), mptr<T>(gx),
+         reinterpret_cast<unsigned long long*>(bad.raw_data()), N, C, vec);
       });
     });
   });

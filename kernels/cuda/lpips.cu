@@ -138,12 +138,12 @@ void lpips_tap_cuda(const OpCall& c) {
       using A = typename Math<T>::Acc;
       const DType acc = sizeof(A) == 8 ? DType::F64 : DType::F32;
       Tensor vals = Tensor::empty(Shape{d.n * d.hw}, acc, out.device());
-      lpips_positions<T><<<rt::grid_for(d.n * d.hw, dev), rt::kBlockThreads, 0, s>>>(
-          static_cast<const T*>(f0.raw_data()), static_cast<const T*>(f1.raw_data()),
-          static_cast<const T*>(w.raw_data()), static_cast<A*>(vals.raw_data()), d,
-          static_cast<A>(c.reals[0]), static_cast<A>(c.reals[1]));
-      lpips_mean<T><<<static_cast<unsigned>(d.n), kReduceThreads, 0, s>>>(
-          static_cast<const A*>(vals.raw_data()), static_cast<T*>(out.raw_data()), d.hw);
+      PSVAE_LAUNCH(rt::grid_for(d.n * d.hw, dev), rt::kBlockThreads, 0, s, lpips_positions<T>)
+      (static_cast<const T*>(f0.raw_data()), static_cast<const T*>(f1.raw_data()),
+       static_cast<const T*>(w.raw_data()), static_cast<A*>(vals.raw_data()), d,
+       static_cast<A>(c.reals[0]), static_cast<A>(c.reals[1]));
+      PSVAE_LAUNCH(static_cast<unsigned>(d.n), kReduceThreads, 0, s, lpips_mean<T>)
+      (static_cast<const A*>(vals.raw_data()), static_cast<T*>(out.raw_data()), d.hw);
     });
   });
 }
@@ -156,11 +156,11 @@ void lpips_tap_bwd_cuda(const OpCall& c) {
     dispatch_float(f0.dtype(), "lpips_tap_bwd", [&](auto tag) {
       using T = decltype(tag);
       using A = typename Math<T>::Acc;
-      lpips_backward<T><<<rt::grid_for(d.n * d.hw, dev), rt::kBlockThreads, 0, s>>>(
-          static_cast<const T*>(gd.raw_data()), static_cast<const T*>(f0.raw_data()),
-          static_cast<const T*>(f1.raw_data()), static_cast<const T*>(w.raw_data()),
-          static_cast<T*>(g0.raw_data()), static_cast<T*>(g1.raw_data()), d,
-          static_cast<A>(c.reals[0]), static_cast<A>(c.reals[1]));
+      PSVAE_LAUNCH(rt::grid_for(d.n * d.hw, dev), rt::kBlockThreads, 0, s, lpips_backward<T>)
+      (static_cast<const T*>(gd.raw_data()), static_cast<const T*>(f0.raw_data()),
+       static_cast<const T*>(f1.raw_data()), static_cast<const T*>(w.raw_data()),
+       static_cast<T*>(g0.raw_data()), static_cast<T*>(g1.raw_data()), d,
+       static_cast<A>(c.reals[0]), static_cast<A>(c.reals[1]));
     });
   });
 }

@@ -372,7 +372,7 @@ __device__ __forceinline__ void ln_factor(const LnBwd<T>& a, int64_t soff, int c
 // aligned) for every kernel, as CUDA requires of extern __shared__ arrays.
 template <class A>
 __device__ __forceinline__ A* dyn_smem() {
-  extern __shared__ __align__(16) unsigned char norm_dyn_smem[];
+  PSVAE_DYNAMIC_SMEM(norm_dyn_smem);
   return reinterpret_cast<A*>(norm_dyn_smem);
 }
 
@@ -977,8 +977,8 @@ template <class T>
 void reduce_partials(const AccOf<T>* p, T* out, int64_t nseg, int K, int64_t D, cudaStream_t s,
                      int dev) {
   if (nseg * D == 0) return;
-  reduce_partials_kernel<T>
-      <<<rt::grid_for(nseg * D, dev), rt::kBlockThreads, 0, s>>>(p, out, nseg, K, D);
+  PSVAE_LAUNCH(rt::grid_for(nseg * D, dev), rt::kBlockThreads, 0, s, reduce_partials_kernel<T>)
+  (p, out, nseg, K, D);
 }
 
 // ---- host side: layernorm (also the fused layernorm + modulate) ------------------------------
@@ -1059,12 +1059,12 @@ void ln_forward(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
         done = with_chunks<T, kFwdMaxE<T>>(D, [&](auto cc) {
           constexpr int C = decltype(cc)::value;
           auto* k = &ln_fwd_reg_kernel<T, C>;
-          k<<<row_grid(k, rows, dev), kThreads, 0, s>>>(a);
+          PSVAE_LAUNCH(row_grid(k, rows, dev), kThreads, 0, s, k)(a);
         });
       }
       if (!done) {
         auto* k = vec ? &ln_fwd_loop_kernel<T, V> : &ln_fwd_loop_kernel<T, 1>;
-        k<<<row_grid(k, rows, dev), kThreads, 0, s>>>(a);
+        PSVAE_LAUNCH(row_grid(k, rows, dev), kThreads, 0, s, k)(a);
       }
     });
   });
@@ -1126,20 +1126,20 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
             a.pb = a.pw + nseg * K * D64;
             a.rpc = ch.rpc;
             a.K = K;
-            k<<<static_cast<unsigned>(nseg * K), kThreads, smem, s>>>(a);
+            PSVAE_LAUNCH(static_cast<unsigned>(nseg * K), kThreads, smem, s, k)(a);
           } else {
             auto* k = &ln_bwd_reg_kernel<T, C, false>;
             const Chunks ch = make_chunks(op, 1, rows, resident_blocks(k, kThreads, dev), kWarps);
             a.seg_len = rows;
             a.rpc = ch.rpc;
             a.K = ch.K;
-            k<<<static_cast<unsigned>(ch.K), kThreads, 0, s>>>(a);
+            PSVAE_LAUNCH(static_cast<unsigned>(ch.K), kThreads, 0, s, k)(a);
           }
         });
       }
       if (!done) {
         auto* k = vec ? &ln_bwd_loop_kernel<T, V> : &ln_bwd_loop_kernel<T, 1>;
-        k<<<row_grid(k, rows, dev), kThreads, 0, s>>>(a);
+        PSVAE_LAUNCH(row_grid(k, rows, dev), kThreads, 0, s, k)(a);
         if (acc) {
           ColArgs<T> c{};
           c.gy = a.gy;
@@ -1161,7 +1161,7 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
           c.K = K;
           a.pw = c.pw;
           a.pb = c.pb;
-          ck<<<static_cast<unsigned>(nseg * K), threads, 0, s>>>(c);
+          PSVAE_LAUNCH(static_cast<unsigned>(nseg * K), threads, 0, s, ck)(c);
         }
       }
       if (acc) {
@@ -1248,7 +1248,7 @@ void bcast_forward(const char* op, int kind, const Tensor& x, const Tensor& h, c
       a.kind = kind;
       const bool vec = D % V == 0 && all_aligned({a.x, a.h, a.p0, a.p1, a.y});
       auto* k = vec ? &bcast_fwd_kernel<T_, V> : &bcast_fwd_kernel<T_, 1>;
-      k<<<row_grid(k, rows, dev), kThreads, 0, s>>>(a);
+      PSVAE_LAUNCH(row_grid(k, rows, dev), kThreads, 0, s, k)(a);
     });
   });
 }
@@ -1291,7 +1291,7 @@ void col_backward(const char* op, int kind, const Tensor& gy, const Tensor& x, c
       c.pb = with_b ? c.pw + plane : nullptr;
       c.rpc = ch.rpc;
       c.K = ch.K;
-      k<<<static_cast<unsigned>(N * ch.K), threads, 0, s>>>(c);
+      PSVAE_LAUNCH(static_cast<unsigned>(N * ch.K), threads, 0, s, k)(c);
       reduce_partials<T_>(c.pw, ptr<T_>(sum_w), N, ch.K, D64, s, dev);
       if (with_b) reduce_partials<T_>(c.pb, ptr<T_>(sum_b), N, ch.K, D64, s, dev);
     });
@@ -1391,7 +1391,7 @@ void groupnorm_cuda(const OpCall& c) {
       const bool vec = g.S % V == 0 && all_aligned({a.x, a.y});
       auto* k = vec ? &gn_fwd_kernel<T, V> : &gn_fwd_kernel<T, 1>;
       const auto grid = static_cast<unsigned>(std::min(g.NG, resident_blocks(k, kThreads, dev)));
-      k<<<grid, kThreads, 0, s>>>(a);
+      PSVAE_LAUNCH(grid, kThreads, 0, s, k)(a);
     });
   });
 }
@@ -1440,7 +1440,7 @@ void groupnorm_bwd_cuda(const OpCall& c) {
       const bool vec = g.S % V == 0 && all_aligned({a.gy, a.x, a.y});
       auto* k = vec ? &gn_bwd_kernel<T, V> : &gn_bwd_kernel<T, 1>;
       const auto grid = static_cast<unsigned>(std::min(g.NG, resident_blocks(k, kThreads, dev)));
-      k<<<grid, kThreads, 0, s>>>(a);
+      PSVAE_LAUNCH(grid, kThreads, 0, s, k)(a);
       if (affine) {
         reduce_partials<T>(a.pw, ptr<T>(c.out[1]), 1, K, g.C, s, dev);
         reduce_partials<T>(a.pb, ptr<T>(c.out[2]), 1, K, g.C, s, dev);

@@ -438,9 +438,10 @@ void adamw_step_cuda(const OpCall& c) {
       const AdamScalars<T> s = adam_scalars<T>(lr, beta1, beta2, eps, c.ints[0]);
       const bool vec = aligned16(param.raw_data()) && aligned16(grad.raw_data()) &&
                        aligned16(m.raw_data()) && aligned16(v.raw_data());
-      adamw_kernel<T><<<resident_grid<adamw_kernel<T>>((n + V - 1) / V, dev), kThreads, 0, st>>>(
-          static_cast<T*>(param.raw_data()), static_cast<const T*>(grad.raw_data()),
-          static_cast<T*>(m.raw_data()), static_cast<T*>(v.raw_data()), n, vec, s, lr, wd);
+      PSVAE_LAUNCH(resident_grid<adamw_kernel<T>>((n + V - 1) / V, dev), kThreads, 0, st,
+                   adamw_kernel<T>)
+      (static_cast<T*>(param.raw_data()), static_cast<const T*>(grad.raw_data()),
+       static_cast<T*>(m.raw_data()), static_cast<T*>(v.raw_data()), n, vec, s, lr, wd);
     });
   });
 }
@@ -459,9 +460,10 @@ void ema_update_cuda(const OpCall& c) {
       using T = decltype(tag);
       constexpr int V = kVec<T>;
       const bool vec = aligned16(param.raw_data()) && aligned16(ema.raw_data());
-      ema_kernel<T><<<resident_grid<ema_kernel<T>>((n + V - 1) / V, dev), kThreads, 0, st>>>(
-          static_cast<T*>(ema.raw_data()), static_cast<const T*>(param.raw_data()), n, vec,
-          static_cast<T>(decay), static_cast<T>(1.0 - decay));
+      PSVAE_LAUNCH(resident_grid<ema_kernel<T>>((n + V - 1) / V, dev), kThreads, 0, st,
+                   ema_kernel<T>)
+      (static_cast<T*>(ema.raw_data()), static_cast<const T*>(param.raw_data()), n, vec,
+       static_cast<T>(decay), static_cast<T>(1.0 - decay));
     });
   });
 }
@@ -511,13 +513,13 @@ void grad_norm_launch(const std::vector<Tensor>& grads, int dev, O* norm_out, fl
     if (nchunks > 0) {
       table = table_cache().get(dev, table_words(entries, chunks));
       const char* base = static_cast<const char*>(table.raw_data());
-      sumsq_mt_kernel<<<nchunks, kThreads, 0, st>>>(
-          reinterpret_cast<const NormEntry*>(base),
-          reinterpret_cast<const ChunkRef*>(base + entries.size() * sizeof(NormEntry)),
-          partial.data<double>());
+      PSVAE_LAUNCH(nchunks, kThreads, 0, st, sumsq_mt_kernel)
+      (reinterpret_cast<const NormEntry*>(base),
+       reinterpret_cast<const ChunkRef*>(base + entries.size() * sizeof(NormEntry)),
+       partial.data<double>());
     }
-    norm_finish_kernel<O>
-        <<<1, kThreads, 0, st>>>(partial.data<double>(), nchunks, norm_out, clip_out, max_norm);
+    PSVAE_LAUNCH(1, kThreads, 0, st, norm_finish_kernel<O>)
+    (partial.data<double>(), nchunks, norm_out, clip_out, max_norm);
   });
 }
 
@@ -650,11 +652,10 @@ void adamw_multi_tensor(const std::vector<Tensor>& params, const std::vector<Ten
     const ChunkRef* tc =
         reinterpret_cast<const ChunkRef*>(base + entries.size() * sizeof(AdamEntry));
     const unsigned blocks = static_cast<unsigned>(chunks.size());
-    if (gdt == DType::F32)
-      adamw_mt_kernel<float><<<blocks, kThreads, 0, st>>>(te, tc, s, hp.lr, host_scale, dev_scale);
-    else
-      adamw_mt_kernel<__nv_bfloat16>
-          <<<blocks, kThreads, 0, st>>>(te, tc, s, hp.lr, host_scale, dev_scale);
+    if (gdt == DType::F32) PSVAE_LAUNCH(blocks, kThreads, 0, st, adamw_mt_kernel<float>)
+    (te, tc, s, hp.lr, host_scale, dev_scale);
+    else PSVAE_LAUNCH(blocks, kThreads, 0, st, adamw_mt_kernel<__nv_bfloat16>)(
+        te, tc, s, hp.lr, host_scale, dev_scale);
   });
 }
 
@@ -701,8 +702,8 @@ void ema_multi_tensor(const std::vector<Tensor>& ema, const std::vector<Tensor>&
     const unsigned blocks = static_cast<unsigned>(chunks.size());
     dispatch_f32_f64(dt, op, [&](auto tag) {
       using T = decltype(tag);
-      ema_mt_kernel<T>
-          <<<blocks, kThreads, 0, st>>>(te, tc, static_cast<T>(decay), static_cast<T>(1.0 - decay));
+      PSVAE_LAUNCH(blocks, kThreads, 0, st, ema_mt_kernel<T>)
+      (te, tc, static_cast<T>(decay), static_cast<T>(1.0 - decay));
     });
   });
 }

@@ -362,23 +362,21 @@ void launch_pass(Src src, Sink sink, const Geometry& g, const Plan& p, cudaStrea
   const unsigned grid = static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>(p.tasks, int64_t(rt::sm_count(dev)) * 32)));
   if (p.rows) {
-    if (p.vec == kV && kV > 1)
-      row_kernel<P, kV>
-          <<<grid, kThreads, 0, s>>>(src, sink, g.outer, g.R, p.chunk, p.nsplit, p.width);
-    else
-      row_kernel<P, 1>
-          <<<grid, kThreads, 0, s>>>(src, sink, g.outer, g.R, p.chunk, p.nsplit, p.width);
+    if (p.vec == kV && kV > 1) PSVAE_LAUNCH(grid, kThreads, 0, s, row_kernel<P, kV, Src, Sink>)
+    (src, sink, g.outer, g.R, p.chunk, p.nsplit, p.width);
+    else PSVAE_LAUNCH(grid, kThreads, 0, s, row_kernel<P, 1, Src, Sink>)(
+        src, sink, g.outer, g.R, p.chunk, p.nsplit, p.width);
     return;
   }
   if constexpr (P::kWideColumns && kV > 1) {
     if (p.vec == kV) {
-      col_kernel<P, kV>
-          <<<grid, kThreads, 0, s>>>(src, sink, g.outer, g.R, g.inner, p.chunk, p.nsplit, p.width);
+      PSVAE_LAUNCH(grid, kThreads, 0, s, col_kernel<P, kV, Src, Sink>)
+      (src, sink, g.outer, g.R, g.inner, p.chunk, p.nsplit, p.width);
       return;
     }
   }
-  col_kernel<P, 1>
-      <<<grid, kThreads, 0, s>>>(src, sink, g.outer, g.R, g.inner, p.chunk, p.nsplit, p.width);
+  PSVAE_LAUNCH(grid, kThreads, 0, s, col_kernel<P, 1, Src, Sink>)
+  (src, sink, g.outer, g.R, g.inner, p.chunk, p.nsplit, p.width);
 }
 
 // Reduces x (outer, R, inner) to sink, in one pass or (R split) two.
@@ -539,9 +537,10 @@ void max_dim_bwd_cuda(const OpCall& c) {
     dispatch_float(gx.dtype(), "max_dim_bwd", [&](auto tag) {
       using T = decltype(tag);
       with_dividers(g, n, [&](auto inner, auto R, auto count) {
-        max_bwd_kernel<<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(
-            static_cast<const T*>(gy.raw_data()), static_cast<const int64_t*>(arg.raw_data()),
-            static_cast<T*>(gx.raw_data()), inner, R, count);
+        PSVAE_LAUNCH(rt::grid_for(n, dev), rt::kBlockThreads, 0, s,
+                     max_bwd_kernel<T, decltype(inner)>)
+        (static_cast<const T*>(gy.raw_data()), static_cast<const int64_t*>(arg.raw_data()),
+         static_cast<T*>(gx.raw_data()), inner, R, count);
       });
     });
   });
@@ -560,10 +559,11 @@ void var_dim_bwd_cuda(const OpCall& c) {
     dispatch_float(gx.dtype(), "var_dim_bwd", [&](auto tag) {
       using T = decltype(tag);
       with_dividers(g, n, [&](auto inner, auto R, auto count) {
-        var_bwd_kernel<<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(
-            static_cast<const T*>(gy.raw_data()), static_cast<const T*>(x.raw_data()),
-            static_cast<const T*>(mean.raw_data()), static_cast<T*>(gx.raw_data()),
-            static_cast<AccOf<T>>(scale), inner, R, count);
+        PSVAE_LAUNCH(rt::grid_for(n, dev), rt::kBlockThreads, 0, s,
+                     var_bwd_kernel<T, decltype(inner)>)
+        (static_cast<const T*>(gy.raw_data()), static_cast<const T*>(x.raw_data()),
+         static_cast<const T*>(mean.raw_data()), static_cast<T*>(gx.raw_data()),
+         static_cast<AccOf<T>>(scale), inner, R, count);
       });
     });
   });

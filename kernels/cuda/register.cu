@@ -72,8 +72,8 @@ void cast_cuda(const OpCall& c) {
       using S = decltype(stag);
       dispatch_float(y.dtype(), "cast", [&](auto dtag) {
         using D = decltype(dtag);
-        cast_kernel<S, D><<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(
-            static_cast<const S*>(x.raw_data()), static_cast<D*>(y.raw_data()), n);
+        PSVAE_LAUNCH(rt::grid_for(n, dev), rt::kBlockThreads, 0, s, cast_kernel<S, D>)
+        (static_cast<const S*>(x.raw_data()), static_cast<D*>(y.raw_data()), n);
       });
     });
   });

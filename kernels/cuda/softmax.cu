@@ -140,8 +140,8 @@ void softmax_fwd(const OpCall& c, const char* op) {
   launch_on(y.device(), [&](cudaStream_t s, int dev) {
     dispatch_float(y.dtype(), op, [&](auto tag) {
       using T = decltype(tag);
-      softmax_fwd_kernel<T, kLog><<<grid_rows(rows, dev), kThreads, 0, s>>>(
-          static_cast<const T*>(x.raw_data()), static_cast<T*>(y.raw_data()), rows, D);
+      PSVAE_LAUNCH(grid_rows(rows, dev), kThreads, 0, s, softmax_fwd_kernel<T, kLog>)
+      (static_cast<const T*>(x.raw_data()), static_cast<T*>(y.raw_data()), rows, D);
     });
   });
 }
@@ -158,9 +158,9 @@ void softmax_bwd(const OpCall& c, const char* op) {
   launch_on(gx.device(), [&](cudaStream_t s, int dev) {
     dispatch_float(gx.dtype(), op, [&](auto tag) {
       using T = decltype(tag);
-      softmax_bwd_kernel<T, kLog><<<grid_rows(rows, dev), kThreads, 0, s>>>(
-          static_cast<const T*>(y.raw_data()), static_cast<const T*>(gy.raw_data()),
-          static_cast<T*>(gx.raw_data()), rows, D);
+      PSVAE_LAUNCH(grid_rows(rows, dev), kThreads, 0, s, softmax_bwd_kernel<T, kLog>)
+      (static_cast<const T*>(y.raw_data()), static_cast<const T*>(gy.raw_data()),
+       static_cast<T*>(gx.raw_data()), rows, D);
     });
   });
 }

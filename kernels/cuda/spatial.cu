@@ -213,10 +213,10 @@ Axes<A> make_axes(int64_t H, int64_t Ho, int64_t W, int64_t Wo, bool align, cons
   PSVAE_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, s));  // the runs' "no reader" default
   ax.h = carve_axis<A>(p, H, Ho);
   ax.w = carve_axis<A>(p, W, Wo);
-  axis_kernel<M, A>
-      <<<grid_of(Ho, dev), rt::kBlockThreads, 0, s>>>(tap_params<A>(H, Ho, align), ax.h);
-  axis_kernel<M, A>
-      <<<grid_of(Wo, dev), rt::kBlockThreads, 0, s>>>(tap_params<A>(W, Wo, align), ax.w);
+  PSVAE_LAUNCH(grid_of(Ho, dev), rt::kBlockThreads, 0, s, axis_kernel<M, A>)
+  (tap_params<A>(H, Ho, align), ax.h);
+  PSVAE_LAUNCH(grid_of(Wo, dev), rt::kBlockThreads, 0, s, axis_kernel<M, A>)
+  (tap_params<A>(W, Wo, align), ax.w);
   return ax;
 }
 
@@ -312,11 +312,10 @@ void upsample_cuda(const OpCall& c, const char* op) {
       const T* src = static_cast<const T*>(in.raw_data());
       T* dst = static_cast<T*>(out.raw_data());
       if constexpr (kBwd)
-        upsample_bwd_kernel<M, T><<<grid_of(n, dev), rt::kBlockThreads, 0, s>>>(
-            src, dst, ax.h, ax.w, Ho, Wo, make_div(H), make_div(W), n, k32);
-      else
-        upsample_fwd_kernel<M, T><<<grid_of(n, dev), rt::kBlockThreads, 0, s>>>(
-            src, dst, ax.h, ax.w, H, W, make_div(Ho), make_div(Wo), n, k32);
+        PSVAE_LAUNCH(grid_of(n, dev), rt::kBlockThreads, 0, s, upsample_bwd_kernel<M, T>)
+      (src, dst, ax.h, ax.w, Ho, Wo, make_div(H), make_div(W), n, k32);
+      else PSVAE_LAUNCH(grid_of(n, dev), rt::kBlockThreads, 0, s, upsample_fwd_kernel<M, T>)(
+          src, dst, ax.h, ax.w, H, W, make_div(Ho), make_div(Wo), n, k32);
     });
   });
 }
@@ -461,13 +460,12 @@ void pool_fwd_cuda(const OpCall& c, const char* op) {
       const T* px = static_cast<const T*>(x.raw_data());
       T* py = static_cast<T*>(y.raw_data());
       if constexpr (kMax)
-        max_pool_fwd_kernel<T><<<grid_of(n, dev), rt::kBlockThreads, 0, s>>>(
-            px, py, static_cast<int64_t*>(c.out.at(1).raw_data()), g, make_div(g.Ho),
-            make_div(g.Wo), n, k32);
-      else
-        avg_pool_fwd_kernel<T><<<grid_of(n, dev), rt::kBlockThreads, 0, s>>>(
-            px, py, g, make_div(g.Ho), make_div(g.Wo), n, k32,
-            1.0 / static_cast<double>(g.kh * g.kw));
+        PSVAE_LAUNCH(grid_of(n, dev), rt::kBlockThreads, 0, s, max_pool_fwd_kernel<T>)
+      (px, py, static_cast<int64_t*>(c.out.at(1).raw_data()), g, make_div(g.Ho), make_div(g.Wo), n,
+       k32);
+      else PSVAE_LAUNCH(grid_of(n, dev), rt::kBlockThreads, 0, s, avg_pool_fwd_kernel<T>)(
+          px, py, g, make_div(g.Ho), make_div(g.Wo), n, k32,
+          1.0 / static_cast<double>(g.kh * g.kw));
     });
   });
 }
@@ -484,9 +482,9 @@ void avg_pool2d_bwd_cuda(const OpCall& c) {
     using T = decltype(tag);
     using A = typename Math<T>::Acc;
     launch_on(gx.device(), [&](cudaStream_t s, int dev) {
-      avg_pool_bwd_kernel<T><<<grid_of(n, dev), rt::kBlockThreads, 0, s>>>(
-          static_cast<const T*>(gy.raw_data()), static_cast<T*>(gx.raw_data()), g, make_div(g.H),
-          make_div(g.W), n, n <= INT32_MAX, A(1) / static_cast<A>(g.kh * g.kw));
+      PSVAE_LAUNCH(grid_of(n, dev), rt::kBlockThreads, 0, s, avg_pool_bwd_kernel<T>)
+      (static_cast<const T*>(gy.raw_data()), static_cast<T*>(gx.raw_data()), g, make_div(g.H),
+       make_div(g.W), n, n <= INT32_MAX, A(1) / static_cast<A>(g.kh * g.kw));
     });
   });
 }
@@ -515,7 +513,8 @@ __global__ void __launch_bounds__(rt::kBlockThreads)
 __global__ void __launch_bounds__(rt::kBlockThreads)
     argmax_bounds_kernel(const int64_t* __restrict__ am, int64_t n, Div Ho, Div Wo, int64_t W,
                          int64_t HW, int* __restrict__ gb, bool k32) {
-  extern __shared__ int sb[];
+  PSVAE_DYNAMIC_SMEM(sb_raw);
+  int* sb = reinterpret_cast<int*>(sb_raw);
   const int rows = static_cast<int>(Ho.d), cols = static_cast<int>(Wo.d);
   int *rmin = sb, *rmax = sb + rows, *cmin = sb + 2 * rows, *cmax = sb + 2 * rows + cols;
   for (int i = threadIdx.x; i < rows; i += blockDim.x) {
@@ -667,20 +666,19 @@ void max_pool2d_bwd_cuda(const OpCall& c) {
         PSVAE_CUDA_CHECK(cudaFuncSetAttribute(argmax_bounds_kernel,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(smem)));
-      bounds_init_kernel<<<grid_of(nb, dev), rt::kBlockThreads, 0, s>>>(bounds, Ho, Wo);
+      PSVAE_LAUNCH(grid_of(nb, dev), rt::kBlockThreads, 0, s, bounds_init_kernel)(bounds, Ho, Wo);
       // Each block pays 2 (Ho + Wo) shared slots to set and flush: a few blocks per SM suffice
       // for the single read of argmax.
       const unsigned gridb = static_cast<unsigned>(std::min<int64_t>(
           (n_out + rt::kBlockThreads - 1) / rt::kBlockThreads, rt::sm_count(dev) * 2));
-      argmax_bounds_kernel<<<gridb, rt::kBlockThreads, smem, s>>>(
-          static_cast<const int64_t*>(am.raw_data()), n_out, make_div(Ho), make_div(Wo), W, H * W,
-          bounds, n_out <= INT32_MAX);
-      argmax_runs_kernel<<<grid_of(H + W, dev), rt::kBlockThreads, 0, s>>>(bounds, Ho, Wo, H, W,
-                                                                           runs);
-      max_pool_bwd_kernel<T><<<grid_of(n, dev), rt::kBlockThreads, 0, s>>>(
-          static_cast<const T*>(gy.raw_data()), static_cast<const int64_t*>(am.raw_data()),
-          static_cast<T*>(gx.raw_data()), runs, Ho, Wo, make_div(H), make_div(W), n,
-          n <= INT32_MAX);
+      PSVAE_LAUNCH(gridb, rt::kBlockThreads, smem, s, argmax_bounds_kernel)
+      (static_cast<const int64_t*>(am.raw_data()), n_out, make_div(Ho), make_div(Wo), W, H * W,
+       bounds, n_out <= INT32_MAX);
+      PSVAE_LAUNCH(grid_of(H + W, dev), rt::kBlockThreads, 0, s, argmax_runs_kernel)
+      (bounds, Ho, Wo, H, W, runs);
+      PSVAE_LAUNCH(grid_of(n, dev), rt::kBlockThreads, 0, s, max_pool_bwd_kernel<T>)
+      (static_cast<const T*>(gy.raw_data()), static_cast<const int64_t*>(am.raw_data()),
+       static_cast<T*>(gx.raw_data()), runs, Ho, Wo, make_div(H), make_div(W), n, n <= INT32_MAX);
     });
   });
 }

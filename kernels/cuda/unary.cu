@@ -234,10 +234,11 @@ void unary_fwd(const OpCall& c, const char* op) {
       const T* px = static_cast<const T*>(x.raw_data());
       T* py = static_cast<T*>(y.raw_data());
       if (n % V == 0 && aligned16(px) && aligned16(py)) {
-        fwd_kernel<T, V, F>
-            <<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(px, py, n / V, p, q);
+        PSVAE_LAUNCH(rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s, fwd_kernel<T, V, F>)
+        (px, py, n / V, p, q);
       } else {
-        fwd_kernel<T, 1, F><<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(px, py, n, p, q);
+        PSVAE_LAUNCH(rt::grid_for(n, dev), rt::kBlockThreads, 0, s, fwd_kernel<T, 1, F>)
+        (px, py, n, p, q);
       }
     });
   });
@@ -263,11 +264,11 @@ void unary_bwd(const OpCall& c, const char* op) {
       const T* pg = static_cast<const T*>(gy.raw_data());
       T* pgx = static_cast<T*>(gx.raw_data());
       if (n % V == 0 && aligned16(px) && aligned16(py) && aligned16(pg) && aligned16(pgx)) {
-        bwd_kernel<T, V, F>
-            <<<rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s>>>(px, py, pg, pgx, n / V, p, q);
+        PSVAE_LAUNCH(rt::grid_for(n / V, dev), rt::kBlockThreads, 0, s, bwd_kernel<T, V, F>)
+        (px, py, pg, pgx, n / V, p, q);
       } else {
-        bwd_kernel<T, 1, F>
-            <<<rt::grid_for(n, dev), rt::kBlockThreads, 0, s>>>(px, py, pg, pgx, n, p, q);
+        PSVAE_LAUNCH(rt::grid_for(n, dev), rt::kBlockThreads, 0, s, bwd_kernel<T, 1, F>)
+        (px, py, pg, pgx, n, p, q);
       }
     });
   });

@@ -21,8 +21,8 @@ template <class T>
 void launch_fill(void* dst, int64_t n, uint64_t pattern, int device) {
   cudaStream_t s = stream(device);
   DeviceGuard g(device);
-  fill_kernel<T><<<grid_for(n, device), kBlockThreads, 0, s>>>(static_cast<T*>(dst), n,
-                                                               static_cast<T>(pattern));
+  PSVAE_LAUNCH(grid_for(n, device), kBlockThreads, 0, s, fill_kernel<T>)
+  (static_cast<T*>(dst), n, static_cast<T>(pattern));
   PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 

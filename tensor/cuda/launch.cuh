@@ -8,6 +8,24 @@
 #include <algorithm>
 #include <cstdint>
 
+// kernel<<<grid, block, smem, stream>>>(args...) is written
+//   PSVAE_LAUNCH(grid, block, smem, stream, kernel)(args...)
+// so that an emulation build (cuda_emu/cuda_emu.h, which defines its own PSVAE_LAUNCH) can run the
+// same launch on the host. The kernel comes last because a template-id's commas would otherwise
+// split the macro's arguments.
+#ifndef PSVAE_CUDA_EMULATION
+#define PSVAE_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
+// The block's dynamic shared memory as `unsigned char* name` (16-byte aligned), for use inside a
+// kernel or device function. CUDA wants one extern __shared__ array; the emulator hands out its
+// own buffer.
+#ifdef PSVAE_CUDA_EMULATION
+#define PSVAE_DYNAMIC_SMEM(name) unsigned char* const name = ::cuda_emu::dynamic_smem()
+#else
+#define PSVAE_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 namespace psvae::cuda {
 
 // Throws std::invalid_argument naming the device and the visible count when out of range.

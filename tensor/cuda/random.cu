@@ -86,14 +86,14 @@ template <class T>
 struct Uniform {
   static void launch(unsigned grid, cudaStream_t s, T* out, int64_t n, uint64_t seed,
                      uint64_t offset, double lo, double span) {
-    uniform_kernel<T><<<grid, kBlockThreads, 0, s>>>(out, n, seed, offset, lo, span);
+    PSVAE_LAUNCH(grid, kBlockThreads, 0, s, uniform_kernel<T>)(out, n, seed, offset, lo, span);
   }
 };
 template <class T>
 struct Normal {
   static void launch(unsigned grid, cudaStream_t s, T* out, int64_t n, uint64_t seed,
                      uint64_t offset, double mean, double stdev) {
-    normal_kernel<T><<<grid, kBlockThreads, 0, s>>>(out, n, seed, offset, mean, stdev);
+    PSVAE_LAUNCH(grid, kBlockThreads, 0, s, normal_kernel<T>)(out, n, seed, offset, mean, stdev);
   }
 };
 

@@ -156,7 +156,7 @@ inline double rel_norm_error(const Tensor& got, const Tensor& ref, double zero_f
 inline void check_close(const Tensor& got, const Tensor& ref, double tol,
                         const std::string& what = "") {
   const Comparison c = compare(got, ref, tol);
-  CHECK_MESSAGE(c.ok, what, (what.empty() ? "" : ": "), c.why);
+  CHECK_MESSAGE(c.ok, (what + (what.empty() ? "" : ": ") + c.why));
 }
 
 // The same with the tolerance of dtype dt (see tolerance()).

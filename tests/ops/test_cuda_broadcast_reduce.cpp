@@ -97,10 +97,10 @@ TEST_CASE("cuda broadcast: add, sub, mul, div with NumPy broadcasting match the 
     for (const Case& k : cases) {
       const Shape ys = ops::broadcast_shapes(k.a, k.b);
       for (DType dt : kFloatTypes) {
-        CAPTURE(kernels::op_name(op));
+        CAPTURE(std::string(kernels::op_name(op)));
         CAPTURE(k.a.str());
         CAPTURE(k.b.str());
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(dt)));
         // b (a divisor for div) stays in [0.5, 2]; a may be anything.
         const Tensor a = random(g, k.a, dt, -2, 2), b = random(g, k.b, dt, 0.5, 2);
         const Tensor ref =
@@ -112,7 +112,7 @@ TEST_CASE("cuda broadcast: add, sub, mul, div with NumPy broadcasting match the 
   }
   // Misaligned views (one element into their storage) on a shape that would take 16-byte packs.
   for (DType dt : kFloatTypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     const Tensor a_all = random(g, {1 + 4 * 16 * 64}, dt, -2, 2);
     const Tensor b_all = random(g, {1 + 4 * 64}, dt, 0.5, 2);
     const Tensor a = a_all.to(kGpu).slice0(1, 1 + 4 * 16 * 64).reshape({4, 16, 64});
@@ -156,8 +156,8 @@ TEST_CASE("cuda broadcast: where with a condition of every dtype matches the CPU
         CAPTURE(k.cond.str());
         CAPTURE(k.a.str());
         CAPTURE(k.b.str());
-        CAPTURE(dtype_name(ct));
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(ct)));
+        CAPTURE(std::string(dtype_name(dt)));
         // Conditions -1, 0, 1, 2 and, for floats, -0 (false: bf16 is read by its bits).
         std::vector<double> cv = test::as_doubles(random(g, k.cond, DType::I32, -1, 2));
         if (is_floating(ct))
@@ -199,7 +199,7 @@ TEST_CASE("cuda broadcast: expand of every dtype matches the CPU bit for bit") {
     for (DType dt : {DType::F32, DType::BF16, DType::F64, DType::I32, DType::I64}) {
       CAPTURE(k.x.str());
       CAPTURE(k.y.str());
-      CAPTURE(dtype_name(dt));
+      CAPTURE(std::string(dtype_name(dt)));
       const Tensor x = random(g, k.x, dt, -100, 100);
       const Tensor ref = test::run_op(Op::expand, {x}, {{k.y, dt}}, Device::cpu())[0];
       check_bitwise_equal(test::run_op(Op::expand, {x.to(kGpu)}, {{k.y, dt}}, kGpu)[0], ref);
@@ -239,7 +239,7 @@ TEST_CASE("cuda reduce: sum_to matches the CPU and is deterministic") {
     for (DType dt : kFloatTypes) {
       CAPTURE(k.x.str());
       CAPTURE(k.y.str());
-      CAPTURE(dtype_name(dt));
+      CAPTURE(std::string(dtype_name(dt)));
       const Tensor x = random(g, k.x, dt, kSumLo, kSumHi);
       const Tensor ref =
           test::run_op(Op::sum_to, {widen(x)}, {{k.y, DType::F64}}, Device::cpu())[0];
@@ -272,7 +272,7 @@ TEST_CASE("cuda reduce: sum_dim over every dim matches the CPU") {
       for (DType dt : kFloatTypes) {
         CAPTURE(s.str());
         CAPTURE(dim);
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(dt)));
         const Shape ys = reduced(s, dim, dim % 2 == 0);
         const Tensor x = random(g, s, dt, kSumLo, kSumHi);
         const Tensor ref =
@@ -304,7 +304,7 @@ TEST_CASE("cuda reduce: max_dim and max_dim_bwd match the CPU, argmax exactly") 
           CAPTURE(ties);
           CAPTURE(s.str());
           CAPTURE(dim);
-          CAPTURE(dtype_name(dt));
+          CAPTURE(std::string(dtype_name(dt)));
           const Shape ys = reduced(s, dim, dim % 2 == 1);
           Tensor x = random(g, s, dt, -3, 3);
           if (ties) x = as_dtype(random(g, s, DType::I32, -2, 2), dt);
@@ -329,7 +329,7 @@ TEST_CASE("cuda reduce: max_dim and max_dim_bwd match the CPU, argmax exactly") 
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double inf = std::numeric_limits<double>::infinity();
   for (DType dt : kFloatTypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     for (const Shape& s : {Shape{3, 4999, 5}, Shape{6, 300}, Shape{300, 6}}) {
       for (int dim = 0; dim < s.rank(); ++dim) {
         CAPTURE(s.str());
@@ -377,7 +377,7 @@ TEST_CASE("cuda reduce: var_dim (correction 0 and 1) and var_dim_bwd match the C
           CAPTURE(corr);
           CAPTURE(s.str());
           CAPTURE(dim);
-          CAPTURE(dtype_name(dt));
+          CAPTURE(std::string(dtype_name(dt)));
           const Shape ys = reduced(s, dim, dim % 2 == 0);
           // Offset 10: |mean| >> std, where a one-pass E[x^2] - E[x]^2 would cancel.
           const Tensor x = random(g, s, dt, 9, 11);

@@ -131,7 +131,7 @@ TEST_CASE("cuda kernels: conv2d and conv2d_bwd match the CPU, own kernels and cu
           CAPTURE(k.what);
           CAPTURE(k.x.str());
           CAPTURE(ws.str());
-          CAPTURE(dtype_name(dt));
+          CAPTURE(std::string(dtype_name(dt)));
           CAPTURE(with_bias);
           CAPTURE(kernels::cuda::conv_path_name(path));
           PathScope scope(path);

@@ -151,7 +151,7 @@ TEST_CASE("cuda layout: permute of rank 0-6, every dtype, matches the CPU exactl
       for (DType dt : kAllTypes) {
         CAPTURE(p.shape.str());
         CAPTURE(str(perm));
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(dt)));
         const Tensor x = random(g, p.shape, dt);
         const Shape os = permuted(p.shape, perm);
         const Tensor ref =
@@ -164,7 +164,7 @@ TEST_CASE("cuda layout: permute of rank 0-6, every dtype, matches the CPU exactl
   // An input at an address that is not 16-byte aligned (the run-copy path falls back to smaller
   // units).
   for (DType dt : kAllTypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     const Tensor x = random(g, {3, 4, 2, 8}, dt);
     const std::vector<int64_t> perm = {2, 0, 1, 3};
     const Shape os = permuted(x.shape(), perm);
@@ -189,7 +189,7 @@ TEST_CASE("cuda layout: concat of 1-3 inputs along every dim matches the CPU exa
           CAPTURE(base.str());
           CAPTURE(dim);
           CAPTURE(str(along));
-          CAPTURE(dtype_name(dt));
+          CAPTURE(std::string(dtype_name(dt)));
           std::vector<Tensor> xs, refs;
           Shape os = base;
           os[dim] = 0;
@@ -209,7 +209,7 @@ TEST_CASE("cuda layout: concat of 1-3 inputs along every dim matches the CPU exa
   }
   // Inputs at unaligned addresses, next to an aligned one.
   for (DType dt : kAllTypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     const Tensor a = random(g, {4, 8}, dt), b = random(g, {4, 16}, dt), d = random(g, {4, 5}, dt);
     const Shape os{4, 29};
     kernels::OpCall c = call({gpu_at_offset(a, 1), b.to(kGpu), gpu_at_offset(d, 3)},
@@ -245,7 +245,7 @@ TEST_CASE("cuda layout: slice matches the CPU exactly") {
         CAPTURE(s.str());
         CAPTURE(str(starts));
         CAPTURE(os.str());
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(dt)));
         const Tensor x = random(g, s, dt);
         const Tensor ref =
             run1(Op::slice, {ref_input(x)}, os, ref_input(x).dtype(), Device::cpu(), starts);
@@ -285,7 +285,7 @@ TEST_CASE("cuda layout: pad matches the CPU exactly") {
       CAPTURE(p.shape.str());
       CAPTURE(str(p.before));
       CAPTURE(str(p.after));
-      CAPTURE(dtype_name(dt));
+      CAPTURE(std::string(dtype_name(dt)));
       const double value = is_float(dt) ? -1.5 : 7;  // exact in every dtype
       const Tensor x = random(g, p.shape, dt);
       const Tensor ref =
@@ -296,7 +296,7 @@ TEST_CASE("cuda layout: pad matches the CPU exactly") {
   }
   // An input at an unaligned address, in a shape that would take 16-byte units.
   for (DType dt : kAllTypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     const Tensor x = random(g, {3, 8}, dt);
     const Shape os{4, 16};
     const std::vector<int64_t> before = {1, 4};
@@ -327,8 +327,8 @@ TEST_CASE("cuda layout: embedding gathers rows exactly; bad ids throw as on the 
         for (DType dt : kAllTypes) {
           CAPTURE(D);
           CAPTURE(is.str());
-          CAPTURE(dtype_name(idt));
-          CAPTURE(dtype_name(dt));
+          CAPTURE(std::string(dtype_name(idt)));
+          CAPTURE(std::string(dtype_name(dt)));
           const Tensor table = random(g, {V, D}, dt);
           const Tensor ref = run1(Op::embedding, {ref_input(table), ids}, os,
                                   ref_input(table).dtype(), Device::cpu());
@@ -340,7 +340,7 @@ TEST_CASE("cuda layout: embedding gathers rows exactly; bad ids throw as on the 
   }
   // A table at an unaligned address (rows of 16 bytes multiples fall back to smaller units).
   for (DType dt : kAllTypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     const Tensor table = random(g, {V, 8}, dt);
     const Tensor ids = from_doubles({3, 16, 0, 3, 9}, {5}, DType::I64);
     kernels::OpCall c =
@@ -396,8 +396,8 @@ TEST_CASE("cuda layout: embedding_bwd sums rows in token order, deterministicall
         CAPTURE(p.V);
         CAPTURE(p.D);
         CAPTURE(p.ids.str());
-        CAPTURE(dtype_name(idt));
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(idt)));
+        CAPTURE(std::string(dtype_name(dt)));
         const Tensor gy = random(g, gs, dt);
         const Tensor ref =
             run1(Op::embedding_bwd, {ref_input(gy), ids}, ts, DType::F64, Device::cpu());
@@ -450,7 +450,7 @@ TEST_CASE("cuda spatial: nearest upsampling, forward exact, backward matches the
       CAPTURE(r.W);
       CAPTURE(r.Ho);
       CAPTURE(r.Wo);
-      CAPTURE(dtype_name(dt));
+      CAPTURE(std::string(dtype_name(dt)));
       const Shape xs{2, 3, r.H, r.W}, ys{2, 3, r.Ho, r.Wo};
       const Tensor x = random(g, xs, dt);
       const Tensor ref = run1(Op::upsample_nearest, {ref_input(x)}, ys, DType::F64, Device::cpu());
@@ -483,7 +483,7 @@ TEST_CASE("cuda spatial: bilinear upsampling, both align_corners, forward and ba
         CAPTURE(r.W);
         CAPTURE(r.Ho);
         CAPTURE(r.Wo);
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(dt)));
         const Shape xs{2, 3, r.H, r.W}, ys{2, 3, r.Ho, r.Wo};
         const Tensor x = random(g, xs, dt);
         const Tensor ref =
@@ -529,7 +529,7 @@ TEST_CASE("cuda spatial: avg_pool2d forward and backward match the CPU") {
       for (DType dt : kFloatTypes) {
         CAPTURE(xs.str());
         CAPTURE(str(ints_of(p)));
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(dt)));
         const Tensor x = random(g, xs, dt);
         const Tensor ref =
             run1(Op::avg_pool2d, {ref_input(x)}, ys, DType::F64, Device::cpu(), ints_of(p));
@@ -561,7 +561,7 @@ TEST_CASE("cuda spatial: max_pool2d values and argmax exact (ties, NaN), backwar
           CAPTURE(xs.str());
           CAPTURE(str(ints_of(p)));
           CAPTURE(variant);
-          CAPTURE(dtype_name(dt));
+          CAPTURE(std::string(dtype_name(dt)));
           // 0: distinct values; 1: quarters in [-1, 1] (ties: the first maximum must win);
           // 2: as 1 with some NaNs and -infs.
           std::vector<double> v = test::as_doubles(test::uniform(g, xs, -1, 1));
@@ -597,7 +597,7 @@ TEST_CASE("cuda spatial: max_pool2d values and argmax exact (ties, NaN), backwar
   for (int variant = 0; variant < 2; ++variant) {
     for (DType dt : kFloatTypes) {
       CAPTURE(variant);
-      CAPTURE(dtype_name(dt));
+      CAPTURE(std::string(dtype_name(dt)));
       const Shape xs{2, 3, 7, 9}, ys{2, 3, 4, 5};
       std::vector<double> a;
       for (int64_t i = 0; i < ys.numel(); ++i)

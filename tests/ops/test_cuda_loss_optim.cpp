@@ -97,7 +97,7 @@ TEST_CASE("cuda kernels: mse, l1 and KL losses, forward and backward, match the 
                                              : Op::l1_loss_bwd;
         const int nout = kl ? 2 : 1;
         const double r = kl ? norm : 0.0;
-        CAPTURE(kernels::op_name(fwd));
+        CAPTURE(std::string(kernels::op_name(fwd)));
         CAPTURE(n);
         CAPTURE(dt_name(dt));
         const Tensor a = kl ? as_dtype(test::normal(g, sh), dt) : rand_u(g, sh, -2, 2, dt);

@@ -170,7 +170,7 @@ TEST_CASE("cuda kernels: layernorm and its backward match the CPU, bitwise repea
       for (DType dt : kDtypes) {
         CAPTURE(D);
         CAPTURE(affine);
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(dt)));
         // 3 x 77 rows; mean about 3 against a spread of about 0.6, so a variance computed as
         // E[x^2] - E[x]^2 would lose the f32 tolerance.
         const Tensor x = uniform_as(g, Shape{3, 77, D}, dt, 2.0, 4.0);
@@ -179,7 +179,7 @@ TEST_CASE("cuda kernels: layernorm and its backward match the CPU, bitwise repea
     }
   }
   for (DType dt : kDtypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     // A rank-1 input (one row) and a row of 16-byte packs starting at a misaligned address (the
     // loop path must take it, not the vector path).
     const Tensor x1 = uniform_as(g, Shape{384}, dt, 2.0, 4.0);
@@ -206,12 +206,12 @@ TEST_CASE("cuda kernels: modulate and its backward match the CPU, bitwise repeat
   for (int64_t D : kRowLengths) {
     for (DType dt : kDtypes) {
       CAPTURE(D);
-      CAPTURE(dtype_name(dt));
+      CAPTURE(std::string(dtype_name(dt)));
       modulate_case(g, Shape{3, 77, D}, dt);
     }
   }
   for (DType dt : kDtypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     modulate_case(g, Shape{1, 1, 1}, dt);
     modulate_case(g, Shape{2, 300, 64}, dt);  // several chunks of rows per sample
     // No tokens: gshift and gscale are sums over nothing, exactly 0.
@@ -243,14 +243,14 @@ TEST_CASE("cuda kernels: groupnorm and its backward match the CPU, bitwise repea
           CAPTURE(xs.str());
           CAPTURE(groups);
           CAPTURE(affine);
-          CAPTURE(dtype_name(dt));
+          CAPTURE(std::string(dtype_name(dt)));
           groupnorm_case(g, xs, groups, affine, dt);
         }
       }
     }
   }
   for (DType dt : kDtypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     groupnorm_case(g, Shape{2, 6}, 3, true, dt);  // no spatial dims
     // No samples: gw and gb are exactly 0.
     const Tensor e = Tensor::empty(Shape{0, 8, 3}, dt);
@@ -343,12 +343,12 @@ TEST_CASE("cuda kernels: fused layernorm + modulate matches layernorm then modul
   for (int64_t D : kRowLengths) {
     for (DType dt : kDtypes) {
       CAPTURE(D);
-      CAPTURE(dtype_name(dt));
+      CAPTURE(std::string(dtype_name(dt)));
       fused_layernorm_modulate_case(g, 3, 77, D, dt);
     }
   }
   for (DType dt : kDtypes) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     fused_layernorm_modulate_case(g, 2, 300, 384, dt);  // several chunks of rows per sample
     fused_layernorm_modulate_case(g, 1, 1, 32, dt);
   }
@@ -366,7 +366,7 @@ TEST_CASE("cuda kernels: fused gated residual matches mul + add on the CPU") {
   for (int64_t D : kRowLengths) {
     for (DType dt : kDtypes) {
       CAPTURE(D);
-      CAPTURE(dtype_name(dt));
+      CAPTURE(std::string(dtype_name(dt)));
       gated_residual_case(g, 3, 77, D, dt);
     }
   }

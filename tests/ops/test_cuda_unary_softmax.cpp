@@ -60,10 +60,10 @@ TEST_CASE("cuda kernels: unary functions and their backwards match the CPU") {
   for (const Case& k : cases) {
     for (const Shape& s : {Shape{37, 129}, Shape{64, 64}, Shape{}}) {
       for (DType dt : {DType::F32, DType::BF16, DType::F64}) {
-        CAPTURE(kernels::op_name(k.fwd));
+        CAPTURE(std::string(kernels::op_name(k.fwd)));
         CAPTURE(k.p);
         CAPTURE(s.str());
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(dt)));
         const Tensor x = as_dtype(test::uniform(g, s, k.lo, k.hi), dt);
         const Tensor gy = as_dtype(test::uniform(g, s, -1, 1), dt);
         // Forward: the f64 CPU result of the same (dtype-exact) inputs.
@@ -75,7 +75,16 @@ TEST_CASE("cuda kernels: unary functions and their backwards match the CPU") {
         const Tensor gx_ref =
             run(k.bwd, {widen(x), widen(yd), widen(gy)}, DType::F64, Device::cpu(), k.p, k.q);
         const Tensor gx = run(k.bwd, {x.to(kGpu), yd.to(kGpu), gy.to(kGpu)}, dt, kGpu, k.p, k.q);
-        CHECK(rel_norm_error(gx, gx_ref) < tolerance(dt));
+        if (s.rank() > 0) {
+          CHECK(rel_norm_error(gx, gx_ref) < tolerance(dt));
+        } else {
+          // One element: gy f'(x) at a single point, whose relative error is unbounded where f'
+          // crosses zero (gelu_tanh's derivative has a root at x = -0.752, where its two O(1)
+          // terms cancel and a one-ulp difference in either, e.g. an fma contraction on one
+          // side, is all that is left). The error is measured against the terms' scale, |gy|.
+          const double err = std::fabs(test::as_doubles(gx)[0] - test::as_doubles(gx_ref)[0]);
+          CHECK(err <= tolerance(dt) * std::fabs(test::as_doubles(gy)[0]));
+        }
       }
     }
   }
@@ -98,9 +107,9 @@ TEST_CASE("cuda kernels: softmax and log_softmax, forward and backward, match th
     const Op bwd = log ? Op::log_softmax_bwd : Op::softmax_bwd;
     for (const Shape& s : shapes) {
       for (DType dt : {DType::F32, DType::BF16, DType::F64}) {
-        CAPTURE(kernels::op_name(fwd));
+        CAPTURE(std::string(kernels::op_name(fwd)));
         CAPTURE(s.str());
-        CAPTURE(dtype_name(dt));
+        CAPTURE(std::string(dtype_name(dt)));
         // Logits up to +-20: exp without the max shift would lose f32 precision.
         const Tensor x = as_dtype(test::uniform(g, s, -20, 20), dt);
         const Tensor gy = as_dtype(test::uniform(g, s, -1, 1), dt);

@@ -141,7 +141,7 @@ TEST_CASE("cuda: fill_ of every dtype") {
   PSVAE_REQUIRE_CUDA();
   for (DType dt : {DType::F32, DType::BF16, DType::F64, DType::I32, DType::I64}) {
     for (int64_t n : {1, 3, 1001, 4096}) {  // odd counts take the unwidened fill path
-      CAPTURE(dtype_name(dt));
+      CAPTURE(std::string(dtype_name(dt)));
       CAPTURE(n);
       Tensor t = Tensor::full({n}, -3.0, dt, kGpu);
       for (double v : test::as_doubles(t)) CHECK(v == -3.0);
@@ -165,7 +165,7 @@ TEST_CASE("cuda: Philox uniform fill is bit-identical to the CPU's") {
   PSVAE_REQUIRE_CUDA();
   const int64_t n = 1000003;  // a partial last Philox block
   for (DType dt : {DType::F32, DType::F64, DType::BF16}) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     Tensor cpu = Tensor::empty({n}, dt), gpu = Tensor::empty({n}, dt, kGpu);
     fill_uniform(cpu, 1234, 77, -0.3, 2.5);
     fill_uniform(gpu, 1234, 77, -0.3, 2.5);
@@ -179,7 +179,7 @@ TEST_CASE("cuda: Philox normal fill matches the CPU's") {
   // boundary (~1e-9 per element; see tensor/cuda/random.cu): allow 2 in a million.
   const int64_t n = 1000000;
   for (DType dt : {DType::F32, DType::BF16}) {
-    CAPTURE(dtype_name(dt));
+    CAPTURE(std::string(dtype_name(dt)));
     Tensor cpu = Tensor::empty({n}, dt), gpu = Tensor::empty({n}, dt, kGpu);
     fill_normal(cpu, 99, 5, 0.5, 2.0);
     fill_normal(gpu, 99, 5, 0.5, 2.0);

@@ -1,0 +1,347 @@
+// The CUDA emulator's device-side view: force-included (g++ -include) into every .cu file of an
+// emulation build (cmake -DPSVAE_CUDA_EMU=ON, docs/kernels.md "The emulator"), which compiles the
+// project's CUDA sources as plain C++ and runs every kernel on the host.
+//
+// Why: a GPU is lent to only some sessions, and CI has none. Compiled-only kernels carry their
+// index arithmetic, fragment layouts, tail handling and barrier structure unverified. Run here,
+// they meet the same CUDA-against-CPU tests as on a GPU. What the emulator is and is not:
+//   - Each block runs on its own, one after the other; each of its threads is a fiber (its own
+//     stack, switched by cuda_emu/fiber.cpp). A fiber runs until it reaches a barrier
+//     (__syncthreads), a warp collective (__shfl_*_sync, ldmatrix, mma.sync, ...) or its end.
+//   - Barriers are checked: threads of a block that wait at different barriers, or a warp
+//     collective whose mask names a lane that has exited, fail the launch with a message (on a GPU
+//     both are undefined behaviour that often "works").
+//   - Warp collectives follow the PTX ISA's definitions: shuffles, votes and reductions lane by
+//     lane; ldmatrix .x4 (and .trans) from the 32 row addresses; mma.sync.m16n8k16 bf16 from the
+//     fragment layout of "Matrix fragments for mma.m16n8k16". The mma sums its 16 exact products
+//     in f32 in k order; a tensor core's internal order and precision differ, so bf16 results
+//     agree with a GPU to rounding, not bit for bit.
+//   - cp.async copies are deferred to the cp.async.wait_group that retires their commit group, so
+//     a read of shared memory before its wait sees the poison, not the data. Dynamic shared memory
+//     is filled with 0xff bytes (NaN in f32 and bf16) before every block.
+//   - Launch limits are a GPU's: at most 1024 threads a block, grid y and z below 65536, dynamic
+//     shared memory above 48 KiB only after cudaFuncSetAttribute(MaxDynamicSharedMemorySize), and
+//     at most 227 KiB (sm_90).
+//   - It is not a timing model, not a memory-model checker (one fiber runs at a time, every store
+//     is seen at once) and not a PTX interpreter: inline asm does not exist here, so every PTX
+//     wrapper of the project (kernels/cuda/mma_sm80.cuh) has an emulated twin.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#ifndef PSVAE_CUDA_EMULATION
+#define PSVAE_CUDA_EMULATION 1
+#endif
+
+// ---- keywords --------------------------------------------------------------------------------
+// host_defines.h already makes __device__, __global__ and __host__ empty for a host compiler.
+// A block's __shared__ variables are function-local statics: blocks run one at a time, so one
+// copy serves every block.
+#undef __shared__
+#define __shared__ static
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+
+namespace cuda_emu {
+
+// ---- the running thread ----------------------------------------------------------------------
+struct ThreadIds {
+  uint3 thread, block;
+  dim3 block_dim, grid_dim;
+};
+const ThreadIds& ids();  // of the fiber that is running
+int lane_id();           // linear thread index % 32
+
+// ---- barriers and warp collectives (fiber.cpp) -------------------------------------------------
+void syncthreads();
+// Every lane in `mask` deposits `bytes` of `in` into its slot; once all have, `out` receives lane
+// src_of(lane)'s deposit (out may be null: a bare __syncwarp). src_of(lane) outside the warp or
+// the mask returns the caller's own value, as __shfl_*_sync does.
+void exchange(unsigned mask, const void* in, size_t bytes, const std::function<int(int)>& src_of,
+              void* out);
+// As exchange, but hands every lane the 32 deposits (slot i at all + i * bytes; lanes outside the
+// mask are zero-filled) to reduce as it likes (votes, __reduce_*_sync, ldmatrix, mma).
+void gather(unsigned mask, const void* in, size_t bytes, void* all);
+
+// Fails the running launch: the message reaches cudaGetLastError / cudaGetErrorString and stderr,
+// and no fiber of the block runs again.
+[[noreturn]] void fail(const char* what);
+
+// ---- dynamic shared memory, cp.async, ldmatrix, mma (fiber.cpp) --------------------------------
+unsigned char* dynamic_smem();  // the block's extern __shared__ array (16-byte aligned)
+// cp.async.cg 16 bytes: queued in this thread's open group; src_bytes (0..16) are read when the
+// group retires, the rest of the 16 are zeros.
+void cp_async16(void* dst, const void* src, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending_groups);  // retire every committed group but the newest n
+void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr, bool trans);
+void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+// ---- launches (fiber.cpp) --------------------------------------------------------------------
+// Runs body() as every thread of every block of the grid, blocks in x, y, z order. kernel
+// identifies the function for its cudaFuncSetAttribute limits. On a failure (bad configuration
+// or a failed check) sets the runtime's last error and returns.
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
+              const std::function<void()>& body);
+
+template <class... P>
+struct Launch {
+  void (*fn)(P...);
+  dim3 grid, block;
+  size_t smem;
+  template <class... Args>
+  void operator()(Args&&... args) const {
+    // Kernel parameters are copied once at the launch, as on a GPU; each thread then gets its own
+    // by-value copy from the call.
+    std::tuple<std::decay_t<P>...> params(std::forward<Args>(args)...);
+    auto f = fn;
+    run_grid(reinterpret_cast<const void*>(fn), grid, block, smem,
+             [&params, f] { std::apply(f, params); });
+  }
+};
+template <class... P>
+Launch<P...> launch(void (*fn)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t) {
+  return Launch<P...>{fn, grid, block, smem};
+}
+
+}  // namespace cuda_emu
+
+// kernel<<<grid, block, smem, stream>>>(args) is written PSVAE_LAUNCH(grid, block, smem, stream,
+// kernel)(args) in the project (tensor/cuda/launch.cuh); here it runs the grid at once.
+#define PSVAE_LAUNCH(grid, block, smem, stream, ...) \
+  ::cuda_emu::launch(__VA_ARGS__, grid, block, smem, stream)
+
+// cuda_runtime.h has the typed form only for nvcc.
+template <class T>
+cudaError_t cudaFuncSetAttribute(T* kernel, cudaFuncAttribute attr, int value) {
+  return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
+
+// ---- built-in variables ----------------------------------------------------------------------
+#define threadIdx (::cuda_emu::ids().thread)
+#define blockIdx (::cuda_emu::ids().block)
+#define blockDim (::cuda_emu::ids().block_dim)
+#define gridDim (::cuda_emu::ids().grid_dim)
+constexpr int warpSize = 32;
+
+inline void __syncthreads() { ::cuda_emu::syncthreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  ::cuda_emu::exchange(
+      mask, nullptr, 0, [](int l) { return l; }, nullptr);
+}
+
+// ---- shuffles, votes, warp reductions ----------------------------------------------------------
+namespace cuda_emu {
+// The lane a shuffle of width w reads: CUDA's sub-warp rule (lanes in groups of w; an index
+// outside the group reads the caller's own value for the relative forms).
+template <class T>
+T shfl(unsigned mask, T v, const std::function<int(int)>& src_of) {
+  static_assert(std::is_trivially_copyable<T>::value, "shuffled values are copied bytewise");
+  T out;
+  exchange(mask, &v, sizeof(T), src_of, &out);
+  return out;
+}
+}  // namespace cuda_emu
+
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  return ::cuda_emu::shfl(mask, v, [=](int l) { return (l / width) * width + (src % width); });
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return ::cuda_emu::shfl(mask, v, [=](int l) {
+    const int s = l ^ lane_mask;
+    return s / width == l / width ? s : l;
+  });
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return ::cuda_emu::shfl(mask, v, [=](int l) {
+    const int s = l + static_cast<int>(delta);
+    return s / width == l / width ? s : l;
+  });
+}
+template <class T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return ::cuda_emu::shfl(mask, v, [=](int l) {
+    const int s = l - static_cast<int>(delta);
+    return s >= 0 && s / width == l / width ? s : l;
+  });
+}
+
+namespace cuda_emu {
+// Op over the values of the lanes in mask (every one of them present).
+template <class T, class Op>
+T warp_reduce(unsigned mask, T v, Op op) {
+  T all[32];
+  gather(mask, &v, sizeof(T), all);
+  bool first = true;
+  T r{};
+  for (int l = 0; l < 32; ++l) {
+    if (!(mask >> l & 1u)) continue;
+    r = first ? all[l] : op(r, all[l]);
+    first = false;
+  }
+  return r;
+}
+}  // namespace cuda_emu
+
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  return ::cuda_emu::warp_reduce(mask, pred ? 1u << ::cuda_emu::lane_id() : 0u,
+                                 [](unsigned a, unsigned b) { return a | b; });
+}
+inline int __all_sync(unsigned mask, int pred) {
+  return ::cuda_emu::warp_reduce(mask, pred ? 1 : 0, [](int a, int b) { return a & b; });
+}
+inline int __any_sync(unsigned mask, int pred) {
+  return ::cuda_emu::warp_reduce(mask, pred ? 1 : 0, [](int a, int b) { return a | b; });
+}
+inline unsigned __reduce_min_sync(unsigned mask, unsigned v) {
+  return ::cuda_emu::warp_reduce(mask, v, [](unsigned a, unsigned b) { return a < b ? a : b; });
+}
+inline int __reduce_min_sync(unsigned mask, int v) {
+  return ::cuda_emu::warp_reduce(mask, v, [](int a, int b) { return a < b ? a : b; });
+}
+inline unsigned __reduce_max_sync(unsigned mask, unsigned v) {
+  return ::cuda_emu::warp_reduce(mask, v, [](unsigned a, unsigned b) { return a > b ? a : b; });
+}
+inline int __reduce_max_sync(unsigned mask, int v) {
+  return ::cuda_emu::warp_reduce(mask, v, [](int a, int b) { return a > b ? a : b; });
+}
+inline unsigned __reduce_add_sync(unsigned mask, unsigned v) {
+  return ::cuda_emu::warp_reduce(mask, v, [](unsigned a, unsigned b) { return a + b; });
+}
+
+// ---- atomics: one fiber runs at a time and none switches inside these, so a plain
+// read-modify-write is atomic ----------------------------------------------------------------
+template <class T>
+T atomicAdd(T* p, T v) {
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
+template <class T>
+T atomicMin(T* p, T v) {
+  const T old = *p;
+  if (v < old) *p = v;
+  return old;
+}
+template <class T>
+T atomicMax(T* p, T v) {
+  const T old = *p;
+  if (v > old) *p = v;
+  return old;
+}
+template <class T>
+T atomicExch(T* p, T v) {
+  const T old = *p;
+  *p = v;
+  return old;
+}
+template <class T>
+T atomicCAS(T* p, T cmp, T v) {
+  const T old = *p;
+  if (old == cmp) *p = v;
+  return old;
+}
+
+// ---- arithmetic intrinsics: IEEE round-to-nearest in C++ (the build compiles this code with
+// -ffp-contract=off, so no product is fused into an fma behind these) -----------------------
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline float __frcp_rn(float a) { return 1.0f / a; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
+inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
+inline float __double2float_rn(double a) { return static_cast<float>(a); }
+inline float __expf(float a) { return std::exp(a); }
+inline float __logf(float a) { return std::log(a); }
+inline float __saturatef(float a) { return a < 0.f ? 0.f : (a > 1.f ? 1.f : a); }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32);
+}
+inline double __longlong_as_double(long long v) {
+  double d;
+  std::memcpy(&d, &v, sizeof d);
+  return d;
+}
+inline long long __double_as_longlong(double v) {
+  long long r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+}
+inline float __int_as_float(int v) {
+  float f;
+  std::memcpy(&f, &v, sizeof f);
+  return f;
+}
+inline int __float_as_int(float v) {
+  int r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+}
+inline unsigned __float_as_uint(float v) {
+  unsigned r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+}
+inline float __uint_as_float(unsigned v) {
+  float f;
+  std::memcpy(&f, &v, sizeof f);
+  return f;
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __clz(int v) { return v == 0 ? 32 : __builtin_clz(static_cast<unsigned>(v)); }
+inline int __ffs(int v) { return __builtin_ffs(v); }
+inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
+inline double rsqrt(double a) { return 1.0 / std::sqrt(a); }
+// Device code calls min, max, isnan, exp, ... unqualified: CUDA's global overloads, whose float
+// forms stay in float (the C library's ::exp would widen to double).
+using std::abs;
+using std::ceil;
+using std::cos;
+using std::erf;
+using std::exp;
+using std::exp2;
+using std::expm1;
+using std::fabs;
+using std::floor;
+using std::fmax;
+using std::fmin;
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+using std::log;
+using std::log1p;
+using std::log2;
+using std::max;
+using std::min;
+using std::pow;
+using std::round;
+using std::sin;
+using std::sqrt;
+using std::tanh;
+
+template <class T>
+T __ldg(const T* p) {
+  return *p;
+}

@@ -1,0 +1,510 @@
+// The CUDA emulator's scheduler (cuda_emu/cuda_emu.h has the model): blocks one after the other,
+// each block's threads as fibers, barriers and warp collectives as points where a fiber yields.
+//
+// Fibers: one stack each (128 KiB, a guard page below, reused across blocks), switched by
+// swap_stack: on x86-64 six callee-saved registers and the stack pointer (a dozen instructions,
+// no system call: an MMA-heavy test makes millions of switches); elsewhere ucontext.
+// Scheduling: the block's ready fibers run in thread order, each until it blocks or ends; a
+// barrier that every live thread has reached (or a warp collective every lane in its mask has
+// reached) makes its waiters ready again. When no fiber is ready and some have not ended, the
+// block is deadlocked: the launch fails naming where the threads wait.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda_emu/cuda_emu.h"
+#include "cuda_emu/runtime_state.h"
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+namespace cuda_emu {
+
+namespace {
+
+constexpr size_t kStackBytes = 128 * 1024;
+constexpr size_t kGuardBytes = 4096;
+constexpr int kMaxThreads = 1024;
+constexpr size_t kDefaultDynamicSmem = 48 * 1024;  // without the opt-in
+constexpr size_t kMaxDynamicSmem = 227 * 1024;     // sm_90's opt-in limit
+
+#if defined(__x86_64__)
+// swap_stack(save, to): pushes rbp, rbx, r12-r15, stores rsp in *save, loads `to` and pops the
+// same registers from it, then returns into whatever that stack holds.
+extern "C" void cuda_emu_swap_stack(void** save, void* to);
+asm(R"(
+  .text
+  .globl cuda_emu_swap_stack
+  .type cuda_emu_swap_stack, @function
+cuda_emu_swap_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size cuda_emu_swap_stack, .-cuda_emu_swap_stack
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+#endif
+
+enum class State { Ready, AtBarrier, AtWarp, Done };
+
+struct Fiber {
+  unsigned char* stack = nullptr;  // lowest usable byte (the guard page is below)
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t ctx;
+#endif
+  State state = State::Done;
+  ThreadIds ids;
+  int linear = 0;
+  // cp.async: copies of the open group, then committed groups oldest first.
+  struct Copy {
+    void* dst;
+    const void* src;
+    int bytes;
+  };
+  std::vector<Copy> open;
+  std::deque<std::vector<Copy>> committed;
+};
+
+// A warp's one collective in flight: which lanes it waits for, who has arrived, their deposits.
+// Deposits are double-buffered by generation: a lane that has left collective k and reached k+1
+// writes the other buffer, while slower lanes still read k's.
+struct Warp {
+  unsigned mask = 0;     // lanes of the collective in flight (0: none)
+  unsigned arrived = 0;  // bitmask
+  int gen = 0;
+  unsigned char slots[2][32][64];
+};
+
+struct Block {
+  std::vector<Fiber>* fibers = nullptr;
+  int nthreads = 0;
+  int live = 0;
+  int at_barrier = 0;
+  std::vector<Warp> warps;
+  const std::function<void()>* body = nullptr;
+  std::string error;
+};
+
+// Scheduler state of the launching OS thread (launches from several host threads are serialised
+// by a mutex in run_grid, so one of these is enough).
+struct Sched {
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t ctx;
+#endif
+  Fiber* cur = nullptr;
+  Block* block = nullptr;
+};
+Sched g_sched;
+
+std::vector<Fiber>& fiber_pool() {
+  static std::vector<Fiber>* pool = new std::vector<Fiber>(kMaxThreads);  // leaked: stacks live
+  return *pool;
+}
+
+unsigned char* new_stack() {
+  void* p = mmap(nullptr, kStackBytes + kGuardBytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw std::runtime_error("cuda_emu: cannot map a fiber stack");
+  if (mprotect(p, kGuardBytes, PROT_NONE) != 0)
+    throw std::runtime_error("cuda_emu: cannot protect a fiber stack's guard page");
+  return static_cast<unsigned char*>(p) + kGuardBytes;
+}
+
+alignas(16) unsigned char g_dynamic_smem[kMaxDynamicSmem];
+
+void to_scheduler() {
+  Fiber* f = g_sched.cur;
+#if defined(__x86_64__)
+  cuda_emu_swap_stack(&f->sp, g_sched.sp);
+#else
+  swapcontext(&f->ctx, &g_sched.ctx);
+#endif
+}
+
+void release_barrier(Block& b) {
+  for (int i = 0; i < b.nthreads; ++i) {
+    Fiber& f = (*b.fibers)[static_cast<size_t>(i)];
+    if (f.state == State::AtBarrier) f.state = State::Ready;
+  }
+  b.at_barrier = 0;
+}
+
+// Lanes of warp w that exist in this block (the last warp may be partial).
+unsigned lanes_of(const Block& b, int w) {
+  const int n = std::min(32, b.nthreads - 32 * w);
+  return n >= 32 ? 0xffffffffu : ((1u << n) - 1u);
+}
+
+void fiber_main() {
+  Fiber* f = g_sched.cur;
+  Block& b = *g_sched.block;
+  (*b.body)();
+  f->state = State::Done;
+  --b.live;
+  // A warp collective waiting for this lane can never complete.
+  Warp& w = b.warps[static_cast<size_t>(f->linear / 32)];
+  if (w.mask != 0 && (w.mask >> (f->linear % 32) & 1u) && !(w.arrived >> (f->linear % 32) & 1u))
+    fail("a lane exited while its warp waits for it in a *_sync collective");
+  // Volta and later: exited threads no longer count at __syncthreads.
+  if (b.at_barrier > 0 && b.at_barrier == b.live) release_barrier(b);
+  to_scheduler();
+  std::abort();  // a finished fiber is never resumed
+}
+
+#if defined(__x86_64__)
+extern "C" void cuda_emu_fiber_entry() { fiber_main(); }
+
+void start_fiber(Fiber& f) {
+  // The stack as swap_stack leaves it: six register slots, then the address to "return" to.
+  // At the entry's first instruction rsp must be 8 mod 16, as after a call.
+  auto top = reinterpret_cast<uintptr_t>(f.stack + kStackBytes) & ~uintptr_t(15);
+  auto* s = reinterpret_cast<void**>(top);
+  *--s = nullptr;                                         // fake return address
+  *--s = reinterpret_cast<void*>(&cuda_emu_fiber_entry);  // popped by ret
+  for (int i = 0; i < 6; ++i) *--s = nullptr;             // r15 .. rbp
+  f.sp = s;
+}
+#else
+void start_fiber(Fiber& f) {
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = f.stack;
+  f.ctx.uc_stack.ss_size = kStackBytes;
+  f.ctx.uc_link = nullptr;
+  makecontext(&f.ctx, fiber_main, 0);
+}
+#endif
+
+void resume(Fiber& f) {
+  g_sched.cur = &f;
+#if defined(__x86_64__)
+  cuda_emu_swap_stack(&g_sched.sp, f.sp);
+#else
+  swapcontext(&g_sched.ctx, &f.ctx);
+#endif
+  g_sched.cur = nullptr;
+}
+
+std::string where_waiting(const Block& b) {
+  int barrier = 0, warp = 0;
+  std::string lanes;
+  for (int i = 0; i < b.nthreads; ++i) {
+    const Fiber& f = (*b.fibers)[static_cast<size_t>(i)];
+    if (f.state == State::AtBarrier) ++barrier;
+    if (f.state == State::AtWarp) ++warp;
+  }
+  return std::to_string(barrier) + " thread(s) at __syncthreads, " + std::to_string(warp) +
+         " at a warp collective, " + std::to_string(b.live) + " of " + std::to_string(b.nthreads) +
+         " not yet exited";
+}
+
+// Runs one block to completion; returns false (b.error set) on a failure.
+bool run_block(Block& b) {
+  auto& pool = fiber_pool();
+  for (int i = 0; i < b.nthreads; ++i) {
+    Fiber& f = pool[static_cast<size_t>(i)];
+    if (!f.stack) f.stack = new_stack();
+    f.state = State::Ready;
+    f.open.clear();
+    f.committed.clear();
+    start_fiber(f);
+  }
+  g_sched.block = &b;
+  for (;;) {
+    bool ran = false;
+    for (int i = 0; i < b.nthreads; ++i) {
+      Fiber& f = pool[static_cast<size_t>(i)];
+      if (f.state != State::Ready) continue;
+      resume(f);
+      ran = true;
+      if (!b.error.empty()) return false;
+    }
+    if (b.live == 0) return true;
+    if (!ran) {
+      b.error = "deadlock: " + where_waiting(b);
+      return false;
+    }
+  }
+}
+
+std::mutex g_launch_mutex;
+
+}  // namespace
+
+// ---- the running thread ----------------------------------------------------------------------
+const ThreadIds& ids() {
+  if (!g_sched.cur) {
+    std::fprintf(stderr, "cuda_emu: threadIdx/blockIdx read outside a kernel\n");
+    std::abort();
+  }
+  return g_sched.cur->ids;
+}
+int lane_id() {
+  (void)ids();  // aborts outside a kernel
+  return g_sched.cur->linear % 32;
+}
+
+[[noreturn]] void fail(const char* what) {
+  Block& b = *g_sched.block;
+  if (b.error.empty()) {
+    const ThreadIds& t = g_sched.cur->ids;
+    b.error = std::string(what) + " (block (" + std::to_string(t.block.x) + "," +
+              std::to_string(t.block.y) + "," + std::to_string(t.block.z) + "), thread (" +
+              std::to_string(t.thread.x) + "," + std::to_string(t.thread.y) + "," +
+              std::to_string(t.thread.z) + "))";
+  }
+  g_sched.cur->state = State::Done;
+  to_scheduler();
+  std::abort();  // never resumed
+}
+
+void syncthreads() {
+  Block& b = *g_sched.block;
+  Fiber* f = g_sched.cur;
+  f->state = State::AtBarrier;
+  if (++b.at_barrier == b.live) {
+    release_barrier(b);
+    return;
+  }
+  to_scheduler();
+}
+
+namespace {
+// The shared part of exchange and gather: deposit, wait for the mask, return the generation's
+// slots.
+unsigned char (*arrive(unsigned mask, const void* in, size_t bytes))[64] {
+  Block& b = *g_sched.block;
+  Fiber* f = g_sched.cur;
+  const int lane = f->linear % 32;
+  Warp& w = b.warps[static_cast<size_t>(f->linear / 32)];
+  const unsigned exist = lanes_of(b, f->linear / 32);
+  if (!(mask >> lane & 1u)) fail("a warp collective called by a lane outside its mask");
+  if (mask & ~exist) mask &= exist;  // lanes past the block's end do not exist on a GPU either
+  if (bytes > 64) fail("cuda_emu: a warp collective deposit above 64 bytes");
+  if (w.mask != 0 && w.mask != mask)
+    fail("two different warp collectives (masks differ) are in flight in one warp");
+  // Every lane the collective waits for must still be running.
+  for (int l = 0; l < 32; ++l) {
+    if (!(mask >> l & 1u)) continue;
+    const Fiber& o = (*b.fibers)[static_cast<size_t>(32 * (f->linear / 32) + l)];
+    if (o.state == State::Done) fail("a warp collective's mask names a lane that has exited");
+  }
+  const int gen = w.gen;
+  if (bytes) std::memcpy(w.slots[gen][lane], in, bytes);
+  w.mask = mask;
+  w.arrived |= 1u << lane;
+  if (w.arrived == mask) {
+    for (int l = 0; l < 32; ++l) {
+      if (!(mask >> l & 1u)) continue;
+      Fiber& o = (*b.fibers)[static_cast<size_t>(32 * (f->linear / 32) + l)];
+      if (o.state == State::AtWarp) o.state = State::Ready;
+    }
+    w.mask = 0;
+    w.arrived = 0;
+    w.gen ^= 1;
+  } else {
+    f->state = State::AtWarp;
+    to_scheduler();
+  }
+  return w.slots[gen];
+}
+}  // namespace
+
+void exchange(unsigned mask, const void* in, size_t bytes, const std::function<int(int)>& src_of,
+              void* out) {
+  const int lane = g_sched.cur->linear % 32;
+  unsigned char(*slots)[64] = arrive(mask, in, bytes);
+  if (!out) return;
+  int src = src_of(lane);
+  if (src < 0 || src >= 32 || !(mask >> src & 1u)) src = lane;
+  std::memcpy(out, slots[src], bytes);
+}
+
+void gather(unsigned mask, const void* in, size_t bytes, void* all) {
+  unsigned char(*slots)[64] = arrive(mask, in, bytes);
+  auto* dst = static_cast<unsigned char*>(all);
+  for (int l = 0; l < 32; ++l) {
+    if (mask >> l & 1u)
+      std::memcpy(dst + l * bytes, slots[l], bytes);
+    else
+      std::memset(dst + l * bytes, 0, bytes);
+  }
+}
+
+// ---- dynamic shared memory and the async copies -----------------------------------------------
+unsigned char* dynamic_smem() { return g_dynamic_smem; }
+
+void cp_async16(void* dst, const void* src, int src_bytes) {
+  if ((reinterpret_cast<uintptr_t>(dst) & 15) != 0)
+    fail("cp.async: the shared-memory destination is not 16-byte aligned");
+  if (src_bytes > 0 && (reinterpret_cast<uintptr_t>(src) & 15) != 0)
+    fail("cp.async: the global source is not 16-byte aligned");
+  if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside 0..16");
+  g_sched.cur->open.push_back({dst, src, src_bytes});
+}
+
+void cp_async_commit() {
+  Fiber* f = g_sched.cur;
+  f->committed.push_back(std::move(f->open));
+  f->open.clear();
+}
+
+void cp_async_wait(int pending_groups) {
+  Fiber* f = g_sched.cur;
+  while (static_cast<int>(f->committed.size()) > pending_groups) {
+    for (const Fiber::Copy& c : f->committed.front()) {
+      auto* d = static_cast<unsigned char*>(c.dst);
+      if (c.bytes > 0) std::memcpy(d, c.src, static_cast<size_t>(c.bytes));
+      std::memset(d + c.bytes, 0, static_cast<size_t>(16 - c.bytes));
+    }
+    f->committed.pop_front();
+  }
+}
+
+// ---- ldmatrix and mma
+// ----------------------------------------------------------------------------
+void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr, bool trans) {
+  if ((reinterpret_cast<uintptr_t>(row_addr) & 15) != 0)
+    fail("ldmatrix: a row address is not 16-byte aligned");
+  const unsigned char* rows[32];
+  gather(0xffffffffu, &row_addr, sizeof(row_addr), rows);
+  const int lane = g_sched.cur->linear % 32;
+  // Matrix i's rows are the addresses of lanes 8i .. 8i+7. Lane l gets (row l/4, columns 2(l%4)
+  // and 2(l%4)+1) of each matrix; with .trans the transpose's, i.e. (rows 2(l%4), 2(l%4)+1,
+  // column l/4). The lower column (row) goes to the low half.
+  for (int i = 0; i < 4; ++i) {
+    uint16_t lo, hi;
+    if (!trans) {
+      const unsigned char* row = rows[8 * i + lane / 4];
+      std::memcpy(&lo, row + 2 * (2 * (lane % 4)), 2);
+      std::memcpy(&hi, row + 2 * (2 * (lane % 4) + 1), 2);
+    } else {
+      std::memcpy(&lo, rows[8 * i + 2 * (lane % 4)] + 2 * (lane / 4), 2);
+      std::memcpy(&hi, rows[8 * i + 2 * (lane % 4) + 1] + 2 * (lane / 4), 2);
+    }
+    r[i] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+  }
+}
+
+namespace {
+float bf16_half(uint32_t reg, int half) {
+  const uint32_t bits = (half ? reg >> 16 : reg & 0xffffu) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+}  // namespace
+
+void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  struct Frag {
+    uint32_t a[4], b[2];
+  };
+  Frag mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
+  Frag all[32];
+  gather(0xffffffffu, &mine, sizeof mine, all);
+  // PTX ISA, "Matrix fragments for mma.m16n8k16" (g = lane / 4, q = lane % 4):
+  //   A(r, k): lane 4 (r % 8) + (k % 8) / 2, register (r >= 8) + 2 (k >= 8), half k % 2
+  //   B(k, n): lane 4 n + (k % 8) / 2, register (k >= 8), half k % 2
+  //   D(r, n): lane 4 (r % 8) + n / 2, element 2 (r >= 8) + n % 2
+  auto A = [&](int r, int k) {
+    return bf16_half(all[4 * (r % 8) + (k % 8) / 2].a[(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2);
+  };
+  auto B = [&](int k, int n) {
+    return bf16_half(all[4 * n + (k % 8) / 2].b[k >= 8 ? 1 : 0], k % 2);
+  };
+  const int lane = g_sched.cur->linear % 32;
+  for (int e = 0; e < 4; ++e) {
+    const int r = lane / 4 + 8 * (e / 2), n = 2 * (lane % 4) + e % 2;
+    float s = 0.f;
+    for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, n);  // each product exact in f32
+    d[e] += s;
+  }
+}
+
+// ---- launches ----------------------------------------------------------------------------------
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
+              const std::function<void()>& body) {
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  const uint64_t nthreads = static_cast<uint64_t>(block.x) * block.y * block.z;
+  std::string bad;
+  if (nthreads == 0 || nthreads > kMaxThreads || block.z > 64)
+    bad = "block of " + std::to_string(block.x) + "x" + std::to_string(block.y) + "x" +
+          std::to_string(block.z) + " threads (at most 1024, z at most 64)";
+  else if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+           grid.z > 65535)
+    bad = "grid of " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" +
+          std::to_string(grid.z) + " blocks";
+  else if (smem > max_dynamic_smem(kernel))
+    bad = std::to_string(smem) + " bytes of dynamic shared memory (this kernel's limit is " +
+          std::to_string(max_dynamic_smem(kernel)) +
+          "; above 48 KiB needs cudaFuncSetAttribute(MaxDynamicSharedMemorySize))";
+  if (!bad.empty()) {
+    set_launch_error(cudaErrorInvalidConfiguration, "invalid launch configuration: " + bad);
+    return;
+  }
+  auto& pool = fiber_pool();
+  Block b;
+  b.fibers = &pool;
+  b.nthreads = static_cast<int>(nthreads);
+  b.warps.resize(static_cast<size_t>((nthreads + 31) / 32));
+  b.body = &body;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        std::memset(g_dynamic_smem, 0xff, smem);  // poison: NaN in f32 and bf16
+        b.live = b.nthreads;
+        b.at_barrier = 0;
+        for (Warp& w : b.warps) w = Warp{};
+        int i = 0;
+        for (unsigned tz = 0; tz < block.z; ++tz)
+          for (unsigned ty = 0; ty < block.y; ++ty)
+            for (unsigned tx = 0; tx < block.x; ++tx, ++i) {
+              Fiber& f = pool[static_cast<size_t>(i)];
+              f.ids.thread = uint3{tx, ty, tz};
+              f.ids.block = uint3{x, y, z};
+              f.ids.block_dim = block;
+              f.ids.grid_dim = grid;
+              f.linear = i;
+            }
+        if (!run_block(b)) {
+          set_launch_error(cudaErrorLaunchFailure, "kernel failed in the emulator: " + b.error +
+                                                       " (block " + std::to_string(x) + "," +
+                                                       std::to_string(y) + "," + std::to_string(z) +
+                                                       ")");
+          g_sched.block = nullptr;
+          return;
+        }
+        g_sched.block = nullptr;
+      }
+}
+
+size_t default_dynamic_smem() { return kDefaultDynamicSmem; }
+size_t max_opt_in_dynamic_smem() { return kMaxDynamicSmem; }
+
+}  // namespace cuda_emu

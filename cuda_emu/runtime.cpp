@@ -1,0 +1,294 @@
+// The CUDA runtime API of an emulation build (cuda_emu/cuda_emu.h): the calls the project makes,
+// implemented on the host. Device memory is host memory; every copy, fill and kernel runs when
+// it is issued, so streams and events only keep their bookkeeping.
+//
+// The emulated device reports compute capability 9.0, 227 KiB of opt-in shared memory per block
+// and PSVAE_EMU_SMS streaming multiprocessors (default 4: grid-stride kernels then start few
+// blocks and every thread loops, which exercises the stride paths and keeps runs short).
+// PSVAE_EMU_DEVICES sets the device count (default 1).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "cuda_emu/runtime_state.h"
+
+struct CUstream_st {
+  int device;
+};
+struct CUevent_st {
+  double ms = 0;  // host time of the last record
+};
+
+namespace cuda_emu {
+
+namespace {
+
+int env_int(const char* name, int fallback, int lo, int hi) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  if (*end != '\0' || x < lo || x > hi) {
+    std::fprintf(stderr, "cuda_emu: %s=%s is not an integer in [%d, %d]; using %d\n", name, v, lo,
+                 hi, fallback);
+    return fallback;
+  }
+  return static_cast<int>(x);
+}
+
+int device_count() {
+  static const int n = env_int("PSVAE_EMU_DEVICES", 1, 0, 16);
+  return n;
+}
+int sm_count() {
+  static const int n = env_int("PSVAE_EMU_SMS", 4, 1, 1024);
+  return n;
+}
+
+struct State {
+  std::mutex mu;
+  int current = 0;
+  cudaError_t last = cudaSuccess;
+  std::string last_message;
+  std::map<const void*, size_t> smem_limit;  // kernel -> opted-in dynamic shared memory
+  std::set<void*> allocations;
+};
+State& state() {
+  static State* s = new State;  // leaked: used by static destructors at exit
+  return *s;
+}
+
+double now_ms() {
+  using namespace std::chrono;
+  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+cudaError_t check_device(int d) {
+  return d >= 0 && d < device_count() ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+}  // namespace
+
+size_t max_dynamic_smem(const void* kernel) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto it = s.smem_limit.find(kernel);
+  return it == s.smem_limit.end() ? default_dynamic_smem() : it->second;
+}
+
+void set_launch_error(cudaError_t code, const std::string& message) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.last = code;
+  s.last_message = message;
+  std::fprintf(stderr, "cuda_emu: %s\n", message.c_str());
+}
+
+}  // namespace cuda_emu
+
+using cuda_emu::state;
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = cuda_emu::device_count();
+  return cuda_emu::device_count() > 0 ? cudaSuccess : cudaErrorNoDevice;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = state().current;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  if (cuda_emu::check_device(device) != cudaSuccess) return cudaErrorInvalidDevice;
+  state().current = device;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
+
+cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
+  if (cuda_emu::check_device(device) != cudaSuccess) return cudaErrorInvalidDevice;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = cuda_emu::sm_count(); return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = static_cast<int>(cuda_emu::max_opt_in_dynamic_smem());
+      return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock:
+      *value = static_cast<int>(cuda_emu::default_dynamic_smem());
+      return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+    case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    case cudaDevAttrL2CacheSize: *value = 50 << 20; return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
+  if (cuda_emu::check_device(device) != cudaSuccess) return cudaErrorInvalidDevice;
+  std::memset(prop, 0, sizeof *prop);
+  std::snprintf(prop->name, sizeof prop->name, "psvae CUDA emulator (host)");
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = cuda_emu::sm_count();
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  prop->sharedMemPerBlock = cuda_emu::default_dynamic_smem();
+  prop->sharedMemPerBlockOptin = cuda_emu::max_opt_in_dynamic_smem();
+  prop->totalGlobalMem = size_t(1) << 36;
+  prop->l2CacheSize = 50 << 20;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
+  *free_bytes = *total = size_t(1) << 36;
+  return cudaSuccess;
+}
+
+// ---- errors ------------------------------------------------------------------------------------
+cudaError_t cudaGetLastError(void) {
+  std::lock_guard<std::mutex> lock(state().mu);
+  const cudaError_t e = state().last;
+  state().last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError(void) {
+  std::lock_guard<std::mutex> lock(state().mu);
+  return state().last;
+}
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    default: return "cudaError (emulator)";
+  }
+}
+const char* cudaGetErrorString(cudaError_t error) {
+  // The message of the last failed launch (a static buffer: the caller copies it at once).
+  static thread_local std::string text;
+  if (error == cudaErrorLaunchFailure || error == cudaErrorInvalidConfiguration) {
+    std::lock_guard<std::mutex> lock(state().mu);
+    text = state().last_message.empty() ? "launch failed" : state().last_message;
+    return text.c_str();
+  }
+  return cudaGetErrorName(error);
+}
+
+// ---- memory ------------------------------------------------------------------------------------
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  // Page-aligned: cudaMalloc promises 256 bytes, and in practice its blocks are aligned far
+  // beyond (the caching allocator's 512-byte blocks rely on that).
+  void* p = std::aligned_alloc(4096, (size + 4095) / 4096 * 4096 + 4096);
+  if (!p) return cudaErrorMemoryAllocation;
+  std::lock_guard<std::mutex> lock(state().mu);
+  state().allocations.insert(p);
+  *ptr = p;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* ptr) {
+  if (!ptr) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(state().mu);
+    if (state().allocations.erase(ptr) == 0) return cudaErrorInvalidDevicePointer;
+  }
+  std::free(ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** ptr, size_t size) {
+  *ptr = std::malloc(size ? size : 1);
+  return *ptr ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFreeHost(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
+  if (count) std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind,
+                            cudaStream_t) {
+  return cudaMemcpy(dst, src, count, kind);
+}
+cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  if (count) std::memset(ptr, value, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
+  return cudaMemset(ptr, value, count);
+}
+
+// ---- streams and events ------------------------------------------------------------------------
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  *stream = new CUstream_st{state().current};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete stream;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
+  *event = new CUevent_st;
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, 0); }
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  event->ms = cuda_emu::now_ms();
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  *ms = static_cast<float>(end->ms - start->ms);
+  return cudaSuccess;
+}
+
+// ---- kernels -----------------------------------------------------------------------------------
+cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
+  if (value < 0 || static_cast<size_t>(value) > cuda_emu::max_opt_in_dynamic_smem())
+    return cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> lock(state().mu);
+  state().smem_limit[func] = static_cast<size_t>(value);
+  return cudaSuccess;
+}
+
+// Resident blocks per SM as an sm_90 would allow by threads (2048) and shared memory (228 KiB);
+// registers are not modelled.
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* num_blocks, const void*,
+                                                          int block_size, size_t smem) {
+  if (block_size <= 0 || block_size > 1024) return cudaErrorInvalidValue;
+  int n = 2048 / block_size;
+  if (smem > 0) n = std::min<int>(n, static_cast<int>((228 * 1024) / (smem + 1024)));
+  *num_blocks = std::max(n, 0);
+  return cudaSuccess;
+}
+
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* num_blocks, const void* f,
+                                                                   int block_size, size_t smem,
+                                                                   unsigned int) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(num_blocks, f, block_size, smem);
+}
+
+}  // extern "C"

@@ -1,0 +1,156 @@
+// The CUDA emulator itself (cuda_emu/, docs/kernels.md "The emulator"): the launch checks that
+// stand in for a GPU's, the deferred cp.async, and ldmatrix + mma.sync against a plain matrix
+// product. Only in an emulation build (cmake -DPSVAE_CUDA_EMU=ON); elsewhere this file is empty.
+#ifdef PSVAE_CUDA_EMULATION
+#include "cuda_emu/cuda_emu.h"
+// (after cuda_emu.h, which the kernel sources get through -include)
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/mma_sm80.cuh"
+#include "tensor/cuda/launch.cuh"
+
+namespace {
+
+namespace sm80 = psvae::kernels::cuda::sm80;
+
+__global__ void write_smem_kernel(float* out, int n) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  float* s = reinterpret_cast<float*>(smem);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = static_cast<float>(i);
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = s[n - 1 - i];
+}
+
+__global__ void exit_then_shuffle_kernel(int* out) {
+  if (threadIdx.x == 5) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<int>(threadIdx.x), 1);
+}
+
+// Each of 32 threads copies 16 bytes by cp.async; before[i] reads the slot before the wait,
+// after[i] once the group has retired.
+__global__ void cp_async_kernel(const float* src, float* before, float* after) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  float* s = reinterpret_cast<float*>(smem);
+  const int t = threadIdx.x;
+  sm80::cp_async16(s + 4 * t, src + 4 * t, t == 31 ? 8 : 16);  // the last one: 2 floats, 2 zeros
+  sm80::cp_async_commit();
+  before[t] = s[4 * t];
+  sm80::cp_async_wait<0>();
+  __syncthreads();
+  for (int e = 0; e < 4; ++e) after[4 * t + e] = s[4 * t + e];
+}
+
+// One warp: D (16x8) = A (16x16, row-major in smem) * B (16x8, stored [n][k] in smem) through
+// ldmatrix.x4 (A), ldmatrix.x4 of the [n][k] tile (b0, b1 of n-tile 0 are matrices 0, 1) and one
+// mma; D written by the documented accumulator layout.
+__global__ void mma_kernel(const __nv_bfloat16* a, const __nv_bfloat16* bt, float* d) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  auto* sa = reinterpret_cast<__nv_bfloat16*>(smem);  // [16][16]
+  auto* sb = sa + 256;                                // [16][16]: rows n 0..7 used, k 0..15
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) {
+    sa[i] = a[i];
+    sb[i] = i < 128 ? bt[i] : __float2bfloat16_rn(0.f);
+  }
+  __syncthreads();
+  uint32_t af[4], bf[4];
+  sm80::ldmatrix_x4(af, sa + (lane & 15) * 16 + (lane >> 4) * 8);
+  sm80::ldmatrix_x4(bf, sb + (lane & 7) * 16 + ((lane >> 3) & 1) * 8 + (lane >> 4) * 8 * 16);
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  sm80::mma_bf16_16816(acc, af, bf[0], bf[1]);
+  const int g = lane / 4, q = lane % 4;
+  d[g * 8 + 2 * q] = acc[0];
+  d[g * 8 + 2 * q + 1] = acc[1];
+  d[(g + 8) * 8 + 2 * q] = acc[2];
+  d[(g + 8) * 8 + 2 * q + 1] = acc[3];
+}
+
+template <class T>
+T* device_copy(const std::vector<T>& v) {
+  void* p = nullptr;
+  REQUIRE(cudaMalloc(&p, v.size() * sizeof(T)) == cudaSuccess);
+  std::memcpy(p, v.data(), v.size() * sizeof(T));
+  return static_cast<T*>(p);
+}
+
+}  // namespace
+
+TEST_CASE("cuda emulator: dynamic shared memory above 48 KiB needs the opt-in") {
+  const int n = 16384;  // 64 KiB of floats
+  std::vector<float> host(n, -1.f);
+  float* out = device_copy(host);
+  (void)cudaGetLastError();
+  PSVAE_LAUNCH(1, 256, n * sizeof(float), nullptr, write_smem_kernel)(out, n);
+  const cudaError_t refused = cudaGetLastError();
+  CHECK(refused == cudaErrorInvalidConfiguration);
+  CHECK(std::string(cudaGetErrorString(refused)).find("cudaFuncSetAttribute") != std::string::npos);
+  CHECK(out[0] == -1.f);  // nothing ran
+  REQUIRE(cudaFuncSetAttribute(write_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               n * sizeof(float)) == cudaSuccess);
+  PSVAE_LAUNCH(1, 256, n * sizeof(float), nullptr, write_smem_kernel)(out, n);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(out[0] == static_cast<float>(n - 1));
+  CHECK(out[n - 1] == 0.f);
+  cudaFree(out);
+}
+
+TEST_CASE("cuda emulator: a warp collective waiting for an exited lane fails the launch") {
+  int* out = device_copy(std::vector<int>(32, -1));
+  (void)cudaGetLastError();
+  PSVAE_LAUNCH(1, 32, 0, nullptr, exit_then_shuffle_kernel)(out);
+  const cudaError_t e = cudaGetLastError();
+  CHECK(e == cudaErrorLaunchFailure);
+  CHECK(std::string(cudaGetErrorString(e)).find("exited") != std::string::npos);
+  cudaFree(out);
+}
+
+TEST_CASE("cuda emulator: cp.async lands at its wait, zero-filling past src-size") {
+  std::vector<float> src(128);
+  for (int i = 0; i < 128; ++i) src[i] = static_cast<float>(i + 1);
+  float* s = device_copy(src);
+  float* before = device_copy(std::vector<float>(32, 0.f));
+  float* after = device_copy(std::vector<float>(128, -1.f));
+  (void)cudaGetLastError();
+  PSVAE_LAUNCH(1, 32, 512, nullptr, cp_async_kernel)(s, before, after);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  for (int t = 0; t < 32; ++t) CHECK(std::isnan(before[t]));  // the poison, not the data
+  for (int i = 0; i < 126; ++i) CHECK(after[i] == static_cast<float>(i + 1));
+  CHECK(after[126] == 0.f);
+  CHECK(after[127] == 0.f);
+  cudaFree(s);
+  cudaFree(before);
+  cudaFree(after);
+}
+
+TEST_CASE("cuda emulator: ldmatrix + mma.sync m16n8k16 give A B") {
+  std::vector<__nv_bfloat16> a(256), bt(128);
+  std::vector<float> af(256), btf(128);
+  for (int i = 0; i < 256; ++i) {
+    a[i] = __float2bfloat16_rn(static_cast<float>((i * 37) % 11) - 5.f);
+    af[i] = __bfloat162float(a[i]);
+  }
+  for (int i = 0; i < 128; ++i) {
+    bt[i] = __float2bfloat16_rn(static_cast<float>((i * 53) % 7) - 3.f);
+    btf[i] = __bfloat162float(bt[i]);
+  }
+  auto* da = device_copy(a);
+  auto* db = device_copy(bt);
+  float* d = device_copy(std::vector<float>(128, -1.f));
+  (void)cudaGetLastError();
+  PSVAE_LAUNCH(1, 32, 1024, nullptr, mma_kernel)(da, db, d);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 8; ++n) {
+      float ref = 0.f;  // small integers: exact in any order
+      for (int k = 0; k < 16; ++k) ref += af[r * 16 + k] * btf[n * 16 + k];
+      CHECK(d[r * 8 + n] == ref);
+    }
+  cudaFree(da);
+  cudaFree(db);
+  cudaFree(d);
+}
+#endif

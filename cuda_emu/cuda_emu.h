@@ -279,36 +279,21 @@ inline float __saturatef(float a) { return a < 0.f ? 0.f : (a > 1.f ? 1.f : a); 
 inline unsigned __umulhi(unsigned a, unsigned b) {
   return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32);
 }
-inline double __longlong_as_double(long long v) {
-  double d;
-  std::memcpy(&d, &v, sizeof d);
-  return d;
-}
-inline long long __double_as_longlong(double v) {
-  long long r;
+namespace cuda_emu {
+template <class To, class From>
+To bit_cast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To r;
   std::memcpy(&r, &v, sizeof r);
   return r;
 }
-inline float __int_as_float(int v) {
-  float f;
-  std::memcpy(&f, &v, sizeof f);
-  return f;
-}
-inline int __float_as_int(float v) {
-  int r;
-  std::memcpy(&r, &v, sizeof r);
-  return r;
-}
-inline unsigned __float_as_uint(float v) {
-  unsigned r;
-  std::memcpy(&r, &v, sizeof r);
-  return r;
-}
-inline float __uint_as_float(unsigned v) {
-  float f;
-  std::memcpy(&f, &v, sizeof f);
-  return f;
-}
+}  // namespace cuda_emu
+inline double __longlong_as_double(long long v) { return ::cuda_emu::bit_cast<double>(v); }
+inline long long __double_as_longlong(double v) { return ::cuda_emu::bit_cast<long long>(v); }
+inline float __int_as_float(int v) { return ::cuda_emu::bit_cast<float>(v); }
+inline int __float_as_int(float v) { return ::cuda_emu::bit_cast<int>(v); }
+inline unsigned __float_as_uint(float v) { return ::cuda_emu::bit_cast<unsigned>(v); }
+inline float __uint_as_float(unsigned v) { return ::cuda_emu::bit_cast<float>(v); }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline int __clz(int v) { return v == 0 ? 32 : __builtin_clz(static_cast<unsigned>(v)); }
 inline int __ffs(int v) { return __builtin_ffs(v); }

@@ -101,7 +101,6 @@ struct Warp {
 };
 
 struct Block {
-  std::vector<Fiber>* fibers = nullptr;
   int nthreads = 0;
   int live = 0;
   int at_barrier = 0;
@@ -127,6 +126,8 @@ std::vector<Fiber>& fiber_pool() {
   static std::vector<Fiber>* pool = new std::vector<Fiber>(kMaxThreads);  // leaked: stacks live
   return *pool;
 }
+// Thread i of the running block (blocks reuse the pool's first nthreads fibers).
+Fiber& fiber(int i) { return fiber_pool()[static_cast<size_t>(i)]; }
 
 unsigned char* new_stack() {
   void* p = mmap(nullptr, kStackBytes + kGuardBytes, PROT_READ | PROT_WRITE,
@@ -150,7 +151,7 @@ void to_scheduler() {
 
 void release_barrier(Block& b) {
   for (int i = 0; i < b.nthreads; ++i) {
-    Fiber& f = (*b.fibers)[static_cast<size_t>(i)];
+    Fiber& f = fiber(i);
     if (f.state == State::AtBarrier) f.state = State::Ready;
   }
   b.at_barrier = 0;
@@ -213,9 +214,8 @@ void resume(Fiber& f) {
 
 std::string where_waiting(const Block& b) {
   int barrier = 0, warp = 0;
-  std::string lanes;
   for (int i = 0; i < b.nthreads; ++i) {
-    const Fiber& f = (*b.fibers)[static_cast<size_t>(i)];
+    const Fiber& f = fiber(i);
     if (f.state == State::AtBarrier) ++barrier;
     if (f.state == State::AtWarp) ++warp;
   }
@@ -226,9 +226,8 @@ std::string where_waiting(const Block& b) {
 
 // Runs one block to completion; returns false (b.error set) on a failure.
 bool run_block(Block& b) {
-  auto& pool = fiber_pool();
   for (int i = 0; i < b.nthreads; ++i) {
-    Fiber& f = pool[static_cast<size_t>(i)];
+    Fiber& f = fiber(i);
     if (!f.stack) f.stack = new_stack();
     f.state = State::Ready;
     f.open.clear();
@@ -239,7 +238,7 @@ bool run_block(Block& b) {
   for (;;) {
     bool ran = false;
     for (int i = 0; i < b.nthreads; ++i) {
-      Fiber& f = pool[static_cast<size_t>(i)];
+      Fiber& f = fiber(i);
       if (f.state != State::Ready) continue;
       resume(f);
       ran = true;
@@ -312,7 +311,7 @@ unsigned char (*arrive(unsigned mask, const void* in, size_t bytes))[64] {
   // Every lane the collective waits for must still be running.
   for (int l = 0; l < 32; ++l) {
     if (!(mask >> l & 1u)) continue;
-    const Fiber& o = (*b.fibers)[static_cast<size_t>(32 * (f->linear / 32) + l)];
+    const Fiber& o = fiber(32 * (f->linear / 32) + l);
     if (o.state == State::Done) fail("a warp collective's mask names a lane that has exited");
   }
   const int gen = w.gen;
@@ -322,7 +321,7 @@ unsigned char (*arrive(unsigned mask, const void* in, size_t bytes))[64] {
   if (w.arrived == mask) {
     for (int l = 0; l < 32; ++l) {
       if (!(mask >> l & 1u)) continue;
-      Fiber& o = (*b.fibers)[static_cast<size_t>(32 * (f->linear / 32) + l)];
+      Fiber& o = fiber(32 * (f->linear / 32) + l);
       if (o.state == State::AtWarp) o.state = State::Ready;
     }
     w.mask = 0;
@@ -468,9 +467,7 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
     set_launch_error(cudaErrorInvalidConfiguration, "invalid launch configuration: " + bad);
     return;
   }
-  auto& pool = fiber_pool();
   Block b;
-  b.fibers = &pool;
   b.nthreads = static_cast<int>(nthreads);
   b.warps.resize(static_cast<size_t>((nthreads + 31) / 32));
   b.body = &body;
@@ -480,12 +477,16 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
         std::memset(g_dynamic_smem, 0xff, smem);  // poison: NaN in f32 and bf16
         b.live = b.nthreads;
         b.at_barrier = 0;
-        for (Warp& w : b.warps) w = Warp{};
+        for (Warp& w : b.warps) {  // the slots need no reset: a collective writes before reading
+          w.mask = 0;
+          w.arrived = 0;
+          w.gen = 0;
+        }
         int i = 0;
         for (unsigned tz = 0; tz < block.z; ++tz)
           for (unsigned ty = 0; ty < block.y; ++ty)
             for (unsigned tx = 0; tx < block.x; ++tx, ++i) {
-              Fiber& f = pool[static_cast<size_t>(i)];
+              Fiber& f = fiber(i);
               f.ids.thread = uint3{tx, ty, tz};
               f.ids.block = uint3{x, y, z};
               f.ids.block_dim = block;

@@ -151,6 +151,23 @@ inline double rel_norm_error(const Tensor& got, const Tensor& ref, double zero_f
   return rel_norm_error(as_doubles(got), as_doubles(ref), zero_floor);
 }
 
+// ||got - ref|| in double, the absolute counterpart of rel_norm_error: for outputs whose exact
+// value is zero (or below the dtype's resolution), where a relative error only compares noise;
+// callers scale the bound by the problem's natural magnitude, e.g. l2_norm of an input.
+inline double abs_norm_error(const Tensor& got, const Tensor& ref) {
+  const std::vector<double> a = as_doubles(got), b = as_doubles(ref);
+  REQUIRE(a.size() == b.size());
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
+  return std::sqrt(s);
+}
+// ||t|| in double.
+inline double l2_norm(const Tensor& t) {
+  double s = 0;
+  for (double x : as_doubles(t)) s += x * x;
+  return std::sqrt(s);
+}
+
 // test::compare (shapes equal, non-finite reference entries matched exactly, NaN in the output
 // fails, relative norm error <= tol) as a doctest check; got may be on any device.
 inline void check_close(const Tensor& got, const Tensor& ref, double tol,

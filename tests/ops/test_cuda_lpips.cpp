@@ -19,14 +19,6 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-// ||got - ref||, in double.
-double abs_error(const Tensor& got, const Tensor& ref) {
-  const std::vector<double> a = test::as_doubles(got), b = test::as_doubles(ref);
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
-  return std::sqrt(s);
-}
-
 }  // namespace
 
 TEST_CASE("cuda kernels: the fused LPIPS tap, forward and backward, matches the CPU") {
@@ -55,7 +47,7 @@ TEST_CASE("cuda kernels: the fused LPIPS tap, forward and backward, matches the 
       const Tensor d = ops::lpips_tap(dev(f0), dev(f1), dev(w), 1e-10, 1e-20);
       if (s[1] == 1) {  // d = w (sign f0 - sign f1)^2 up to eps: 0 or 4w, judged against 4 w
         const double w0 = test::as_doubles(w)[0];
-        CHECK(abs_error(d, d_ref) <= tol * 4 * w0);
+        CHECK(test::abs_norm_error(d, d_ref) <= tol * 4 * w0);
       } else {
         check_close(d, d_ref, tol, "d");
       }
@@ -65,10 +57,9 @@ TEST_CASE("cuda kernels: the fused LPIPS tap, forward and backward, matches the 
         // gradients are eps-sized (about 1e-10) and in f32/bf16 below the dtype's resolution,
         // where each side returns its own rounding noise: a relative error cannot judge that.
         // The absolute error is checked at the tolerance times ||gd|| instead.
-        const std::vector<double> gdv = test::as_doubles(gd);
-        const double gd_norm = test::rel_norm_error(gdv, std::vector<double>(gdv.size(), 0.0));
-        CHECK(abs_error(g0, g0_ref) <= tol * gd_norm);
-        CHECK(abs_error(g1, g1_ref) <= tol * gd_norm);
+        const double gd_norm = test::l2_norm(gd);
+        CHECK(test::abs_norm_error(g0, g0_ref) <= tol * gd_norm);
+        CHECK(test::abs_norm_error(g1, g1_ref) <= tol * gd_norm);
       } else {
         check_close(g0, g0_ref, tol, "g0");
         check_close(g1, g1_ref, tol, "g1");

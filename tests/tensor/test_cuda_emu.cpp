@@ -6,6 +6,7 @@
 // (after cuda_emu.h, which the kernel sources get through -include)
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>

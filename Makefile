@@ -2,7 +2,8 @@
 #                     make demo   (the full pipeline on the built-in dataset)
 # Both install missing Debian packages first when run as root (apt-get update once).
 # Variables: BUILD (build dir, default build), JOBS (parallel jobs), CMAKE_ARGS (extra cmake flags,
-# e.g. -DPSVAE_CUDA_ARCHS=90a-real -DCUDNN_ROOT=/path).
+# e.g. -DPSVAE_CUDA_ARCHS=90a-real -DCUDNN_ROOT=/path), CUDA_INCLUDE (where test-emu looks for
+# the CUDA headers; without them it is skipped; default /usr/local/cuda/include).
 
 BUILD ?= build
 JOBS ?= $(shell nproc)

@@ -34,14 +34,14 @@ void psvae_step(DType compute, double tol) {
   const Tensor eps = nn::convert_float(test::normal(g, {2, 4, 4, 4}), DType::F32);
   test::check_cuda_step<PSVAE>(
       model,
-      [&](PSVAE& m, Device d) {
-        ag::AutocastGuard autocast(compute);
+      [&](PSVAE& m, Device d, DType dt) {
+        ag::AutocastGuard autocast(dt);
         ag::Var img(image.to(d));
         PSVAEOutput o = m.forward_eps(img, eps.to(d));
         const LPIPS* lp = d.is_cpu() ? &lpips_cpu : lpips_gpu.get();
         return psvae_loss(o, img, PsvaeLossWeights{}, lp).total;
       },
-      /*steps=*/2, tol);
+      compute, /*steps=*/2, tol);
 }
 }  // namespace
 

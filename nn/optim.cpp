@@ -51,7 +51,7 @@ AdamW::AdamW(NamedVars params, const AdamWOptions& opt) : opt_(opt) {
   }
 }
 
-void AdamW::step() {
+void AdamW::step(double grad_scale) {
   ag::NoGradGuard no_grad;
   ++step_;
   ops::AdamWParams hp;
@@ -84,14 +84,15 @@ void AdamW::step() {
     h.beta2 = hp.beta2;
     h.eps = hp.eps;
     h.weight_decay = hp.weight_decay;
-    kernels::cuda::adamw_multi_tensor(ps, gs, ms, vs, {}, h, step_);
+    kernels::cuda::adamw_multi_tensor(ps, gs, ms, vs, {}, h, step_, grad_scale);
     return;
   }
 #endif
   for (Slot& s : slots_) {
     if (!s.param.grad().defined()) continue;
     Tensor p = s.param.data();  // shares storage: updated in place
-    ops::adamw_step(p, s.param.grad(), s.m, s.v, hp);
+    const Tensor& g = s.param.grad();
+    ops::adamw_step(p, grad_scale == 1.0 ? g : ops::mul_scalar(g, grad_scale), s.m, s.v, hp);
   }
 }
 
@@ -150,10 +151,20 @@ double global_norm(const std::vector<Var>& params) {
 }
 }  // namespace
 
+double grad_norm(const std::vector<Var>& params) {
+  ag::NoGradGuard no_grad;
+  return global_norm(params);
+}
+
+double clip_coefficient(double norm, double max_norm) {
+  const double coef = max_norm / (norm + 1e-6);
+  return coef < 1.0 ? coef : 1.0;
+}
+
 double clip_grad_norm(const std::vector<Var>& params, double max_norm) {
   ag::NoGradGuard no_grad;
-  double norm = global_norm(params);
-  double coef = max_norm / (norm + 1e-6);
+  const double norm = global_norm(params);
+  const double coef = clip_coefficient(norm, max_norm);
   if (coef < 1.0) {
     for (const Var& p : params) {
       if (!p.defined() || !p.grad().defined()) continue;

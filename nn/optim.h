@@ -24,8 +24,12 @@ struct AdamWOptions {
 class AdamW {
  public:
   AdamW(NamedVars params, const AdamWOptions& opt);
-  // One update of every parameter that has a gradient (others are skipped, state untouched).
-  void step();
+  // One update of every parameter that has a gradient (others are skipped, state untouched),
+  // with each gradient multiplied by grad_scale first (rounded to f32, as ops::mul_scalar): pass
+  // clip_coefficient(grad_norm(...), max_norm) to clip without rewriting the gradients. On a GPU
+  // the factor is applied inside the multi-tensor kernel (no extra pass over the gradients), with
+  // the same bits as scaling them first.
+  void step(double grad_scale = 1.0);
   void zero_grad();
   void set_lr(double lr) { opt_.lr = lr; }
   double lr() const { return opt_.lr; }
@@ -55,6 +59,11 @@ class AdamW {
 // pass (kernels/cuda/optim_fused.h) sums fixed chunks in f64 and adds the partials in order.
 double clip_grad_norm(const std::vector<Var>& params, double max_norm);
 double clip_grad_norm(const NamedVars& params, double max_norm);
+// The same norm without touching the gradients (the training loop folds the clip into
+// AdamW::step instead), and the coefficient clip_grad_norm applies: min(1, max_norm / (norm +
+// 1e-6)); 1 when max_norm is infinite or the norm is NaN, 0 when only the norm is infinite.
+double grad_norm(const std::vector<Var>& params);
+double clip_coefficient(double norm, double max_norm);
 
 // ---- learning-rate schedules (step is 0-based: the lr for the update about to happen) --------
 inline double constant_lr(int64_t /*step*/, double base_lr) { return base_lr; }

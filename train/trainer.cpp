@@ -645,14 +645,16 @@ struct Trainer::Impl {
         for (size_t i = 0; i < trainable_vars.size(); ++i) grad_anywhere.push_back(s1[6 + i] > 0);
       }
       const double step_loss = loss_sum / static_cast<double>(grad_accum);
-      double grad_norm = std::numeric_limits<double>::quiet_NaN();
+      double grad_norm = std::numeric_limits<double>::quiet_NaN(), clip_scale = 1.0;
       const bool terms_reduced = distributed && !bad && terms_agree;
       if (!bad) {
         if (distributed) coll->allreduce_gradients(grad_anywhere);
         // With clipping off the norm is still computed: it is logged, and a non-finite gradient
         // with a finite loss must be caught too.
-        grad_norm = nn::clip_grad_norm(
-            trainable_vars, grad_clip > 0 ? grad_clip : std::numeric_limits<double>::infinity());
+        // The clip factor is applied by the optimiser step (fused into the multi-tensor AdamW on
+        // a GPU), not by rewriting every gradient first.
+        grad_norm = nn::grad_norm(trainable_vars);
+        clip_scale = grad_clip > 0 ? nn::clip_coefficient(grad_norm, grad_clip) : 1.0;
         if (!std::isfinite(grad_norm)) {
           bad = true;
           bad_value = grad_norm;
@@ -697,7 +699,7 @@ struct Trainer::Impl {
       } else {
         nonfinite_run = 0;
         opt->set_lr(step_lr);
-        opt->step();
+        opt->step(clip_scale);
         if (ema) ema->update(ema_decay);
         result.losses.push_back(step_loss);
         log_loss_sum += step_loss;

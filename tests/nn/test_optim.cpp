@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "nn/linear.h"
 #include "nn/optim.h"
@@ -144,4 +145,35 @@ TEST_CASE("clip_grad_norm scales the global norm down to max_norm") {
   double after = std::sqrt(ga[0] * ga[0] + ga[1] * ga[1] + gb[0] * gb[0]);
   CHECK(after == doctest::Approx(1.0).epsilon(1e-6));
   CHECK_FALSE(c.grad().defined());
+}
+
+TEST_CASE("AdamW::step(clip factor) equals clip_grad_norm then step, without touching the grads") {
+  // What the trainer does (clip folded into the step) against the plain torch order.
+  const std::vector<float> w0 = {0.5f, -1.25f, 2.0f}, g0 = {30.0f, -40.0f, 12.5f};
+  AdamWOptions o;
+  o.lr = 1e-2;
+  o.weight_decay = 0.1;
+  o.eps = 0.1;  // of the size of the clipped gradient, so the update depends on its scale
+  Var p(Tensor::from_vector(w0, Shape{3}), true), q(Tensor::from_vector(w0, Shape{3}), true);
+  AdamW clipped({{"p", p}}, o), folded({{"q", q}}, o);
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    p.set_grad(Tensor::from_vector(g0, Shape{3}));
+    q.set_grad(Tensor::from_vector(g0, Shape{3}));
+    const double n_p = clip_grad_norm(std::vector<Var>{p}, 1.0);
+    const double n_q = grad_norm(std::vector<Var>{q});
+    CHECK(n_q == n_p);
+    const double coef = clip_coefficient(n_q, 1.0);
+    CHECK(coef == doctest::Approx(1.0 / (n_q + 1e-6)));
+    clipped.step();
+    folded.step(coef);
+    CHECK(q.grad().to_vector<float>() == g0);  // the gradients are left as they were
+    CHECK(q.data().to_vector<float>() == p.data().to_vector<float>());  // bit for bit
+  }
+  CHECK(q.data().to_vector<float>() != w0);
+  // The coefficient's edges: below max_norm, clipping off, a NaN or infinite norm.
+  CHECK(clip_coefficient(0.5, 1.0) == 1.0);
+  CHECK(clip_coefficient(5.0, std::numeric_limits<double>::infinity()) == 1.0);
+  CHECK(clip_coefficient(std::nan(""), 1.0) == 1.0);
+  CHECK(clip_coefficient(std::numeric_limits<double>::infinity(), 1.0) == 0.0);
 }

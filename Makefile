@@ -49,14 +49,15 @@ test: build
 
 # The CUDA kernel tests on the host emulator (cuda_emu/, docs/kernels.md "The emulator"): the CUDA
 # sources compiled as C++ and every kernel run against the CPU, so a machine without a GPU still
-# runs them; with them the whole DiT and PS-VAE training steps on CUDA against the CPU's. Needs the CUDA headers only; skipped with a message when there are none.
+# runs them; with them the whole DiT and PS-VAE training steps on CUDA against the CPU's, and the
+# whole `psvae demo --tiny` pipeline on CUDA against the CPU run. Needs the CUDA headers only; skipped with a message when there are none.
 CUDA_INCLUDE ?= /usr/local/cuda/include
 test-emu: deps
 	@if [ ! -f $(CUDA_INCLUDE)/cuda_runtime.h ]; then echo "test-emu: no CUDA headers in $(CUDA_INCLUDE); skipped"; exit 0; fi; \
 	[ -f $(BUILD)-emu/CMakeCache.txt ] || cmake -S . -B $(BUILD)-emu $(GENERATOR) -DCMAKE_BUILD_TYPE=Release \
-	  -DPSVAE_CUDA_EMU=ON -DPSVAE_TRAIN=OFF -DPSVAE_MPI=OFF > /dev/null && \
-	cmake --build $(BUILD)-emu -j $(JOBS) --target test_tensor test_ops test_dit test_psvae && \
-	for t in test_tensor test_ops test_dit test_psvae; do \
+	  -DPSVAE_CUDA_EMU=ON -DPSVAE_MPI=OFF > /dev/null && \
+	cmake --build $(BUILD)-emu -j $(JOBS) --target test_tensor test_ops test_dit test_psvae test_train psvae && \
+	for t in test_tensor test_ops test_dit test_psvae test_train; do \
 	  $(BUILD)-emu/bin/$$t --no-intro=true -tc="*cuda*" || exit 1; \
 	done
 

@@ -50,7 +50,8 @@ test: build
 # The CUDA kernel tests on the host emulator (cuda_emu/, docs/kernels.md "The emulator"): the CUDA
 # sources compiled as C++ and every kernel run against the CPU, so a machine without a GPU still
 # runs them; with them the whole DiT and PS-VAE training steps on CUDA against the CPU's, and the
-# whole `psvae demo --tiny` pipeline on CUDA against the CPU run. Needs the CUDA headers only; skipped with a message when there are none.
+# whole `psvae demo --tiny` pipeline on CUDA against the CPU run; then the kernel tests once more
+# with the emulator's blocks and threads in shuffled order, which exposes missing barriers. Needs the CUDA headers only; skipped with a message when there are none.
 CUDA_INCLUDE ?= /usr/local/cuda/include
 test-emu: deps
 	@if [ ! -f $(CUDA_INCLUDE)/cuda_runtime.h ]; then echo "test-emu: no CUDA headers in $(CUDA_INCLUDE); skipped"; exit 0; fi; \
@@ -59,6 +60,10 @@ test-emu: deps
 	cmake --build $(BUILD)-emu -j $(JOBS) --target test_tensor test_ops test_dit test_psvae test_train psvae && \
 	for t in test_tensor test_ops test_dit test_psvae test_train; do \
 	  $(BUILD)-emu/bin/$$t --no-intro=true -tc="*cuda*" || exit 1; \
+	done && \
+	echo "test-emu: the kernel tests again with blocks and threads in shuffled order (races)" && \
+	for t in test_tensor test_ops; do \
+	  PSVAE_EMU_ORDER=shuffle PSVAE_EMU_SEED=1 $(BUILD)-emu/bin/$$t --no-intro=true -tc="*cuda*" || exit 1; \
 	done
 
 asan-tensor: deps

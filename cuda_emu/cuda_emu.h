@@ -90,11 +90,18 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr, bool trans);
 void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 
 // ---- launches (fiber.cpp) --------------------------------------------------------------------
-// Runs body() as every thread of every block of the grid, blocks in x, y, z order. kernel
-// identifies the function for its cudaFuncSetAttribute limits. On a failure (bad configuration
-// or a failed check) sets the runtime's last error and returns.
+// Runs body() as every thread of every block of the grid, blocks and threads in the schedule's
+// order (below). kernel identifies the function for its cudaFuncSetAttribute limits. On a failure
+// (bad configuration or a failed check) sets the runtime's last error and returns.
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
               const std::function<void()>& body);
+
+// The order blocks run in, and ready threads within each round of a block: Forward (index order,
+// the default), Reverse, or Shuffle (seeded permutations). A result that depends on it is a race.
+// The env PSVAE_EMU_ORDER (forward, reverse, shuffle) and PSVAE_EMU_SEED set the initial value.
+enum class Order { Forward, Reverse, Shuffle };
+Order schedule_order();
+void set_schedule_order(Order order);
 
 template <class... P>
 struct Launch {

@@ -8,6 +8,13 @@
 // barrier that every live thread has reached (or a warp collective every lane in its mask has
 // reached) makes its waiters ready again. When no fiber is ready and some have not ended, the
 // block is deadlocked: the launch fails naming where the threads wait.
+// Order (env PSVAE_EMU_ORDER): "forward" (the default: blocks in index order, and in each round
+// the ready threads in index order), "reverse" (both reversed) or "shuffle" (a fresh permutation
+// of the blocks per launch and of the threads per round, from PSVAE_EMU_SEED). A kernel whose
+// result depends on the order has a race: a missing __syncthreads or __syncwarp (thread t reads a
+// slot thread u writes, which works when u happens to run first), or a block that reads another
+// block's output. Running the tests in more than one order finds the races one order hides; it
+// cannot find those that need two threads interleaved within one segment between yield points.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -17,6 +24,8 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -140,6 +149,38 @@ unsigned char* new_stack() {
 
 alignas(16) unsigned char g_dynamic_smem[kMaxDynamicSmem];
 
+struct Schedule {
+  Order order = Order::Forward;
+  std::mt19937_64 rng;
+  // Fills `ix` with 0..n-1 in this schedule's order (a fresh draw each call when shuffling).
+  void permutation(std::vector<int>& ix, int n) {
+    ix.resize(static_cast<size_t>(n));
+    std::iota(ix.begin(), ix.end(), 0);
+    if (order == Order::Reverse) std::reverse(ix.begin(), ix.end());
+    if (order == Order::Shuffle) std::shuffle(ix.begin(), ix.end(), rng);
+  }
+};
+Schedule& schedule() {
+  static Schedule* s = [] {
+    auto* r = new Schedule;
+    const char* o = std::getenv("PSVAE_EMU_ORDER");
+    const std::string order = o ? o : "";
+    if (order == "reverse")
+      r->order = Order::Reverse;
+    else if (order == "shuffle")
+      r->order = Order::Shuffle;
+    else if (!order.empty() && order != "forward")
+      std::fprintf(stderr,
+                   "cuda_emu: PSVAE_EMU_ORDER=%s is not forward, reverse or shuffle; "
+                   "using forward\n",
+                   order.c_str());
+    const char* seed = std::getenv("PSVAE_EMU_SEED");
+    r->rng.seed(seed && *seed ? std::strtoull(seed, nullptr, 10) : 1);
+    return r;
+  }();
+  return *s;
+}
+
 void to_scheduler() {
   Fiber* f = g_sched.cur;
 #if defined(__x86_64__)
@@ -235,9 +276,11 @@ bool run_block(Block& b) {
     start_fiber(f);
   }
   g_sched.block = &b;
+  static std::vector<int> order;
   for (;;) {
     bool ran = false;
-    for (int i = 0; i < b.nthreads; ++i) {
+    schedule().permutation(order, b.nthreads);
+    for (const int i : order) {
       Fiber& f = fiber(i);
       if (f.state != State::Ready) continue;
       resume(f);
@@ -447,6 +490,9 @@ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t
 }
 
 // ---- launches ----------------------------------------------------------------------------------
+Order schedule_order() { return schedule().order; }
+void set_schedule_order(Order order) { schedule().order = order; }
+
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
               const std::function<void()>& body) {
   std::lock_guard<std::mutex> lock(g_launch_mutex);
@@ -467,42 +513,52 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
     set_launch_error(cudaErrorInvalidConfiguration, "invalid launch configuration: " + bad);
     return;
   }
+  const uint64_t nblocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
+  if (nblocks > 0x7fffffffu) {
+    set_launch_error(cudaErrorInvalidConfiguration,
+                     "cuda_emu: a grid of " + std::to_string(nblocks) +
+                         " blocks is more than the emulator runs (2^31 - 1)");
+    return;
+  }
   Block b;
   b.nthreads = static_cast<int>(nthreads);
   b.warps.resize(static_cast<size_t>((nthreads + 31) / 32));
   b.body = &body;
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        std::memset(g_dynamic_smem, 0xff, smem);  // poison: NaN in f32 and bf16
-        b.live = b.nthreads;
-        b.at_barrier = 0;
-        for (Warp& w : b.warps) {  // the slots need no reset: a collective writes before reading
-          w.mask = 0;
-          w.arrived = 0;
-          w.gen = 0;
+  std::vector<int> blocks;
+  schedule().permutation(blocks, static_cast<int>(nblocks));
+  for (const int linear : blocks) {
+    const unsigned x = static_cast<unsigned>(linear) % grid.x,
+                   y = static_cast<unsigned>(linear) / grid.x % grid.y,
+                   z = static_cast<unsigned>(linear) / grid.x / grid.y;
+    std::memset(g_dynamic_smem, 0xff, smem);  // poison: NaN in f32 and bf16
+    b.live = b.nthreads;
+    b.at_barrier = 0;
+    for (Warp& w : b.warps) {  // the slots need no reset: a collective writes before reading
+      w.mask = 0;
+      w.arrived = 0;
+      w.gen = 0;
+    }
+    int i = 0;
+    for (unsigned tz = 0; tz < block.z; ++tz)
+      for (unsigned ty = 0; ty < block.y; ++ty)
+        for (unsigned tx = 0; tx < block.x; ++tx, ++i) {
+          Fiber& f = fiber(i);
+          f.ids.thread = uint3{tx, ty, tz};
+          f.ids.block = uint3{x, y, z};
+          f.ids.block_dim = block;
+          f.ids.grid_dim = grid;
+          f.linear = i;
         }
-        int i = 0;
-        for (unsigned tz = 0; tz < block.z; ++tz)
-          for (unsigned ty = 0; ty < block.y; ++ty)
-            for (unsigned tx = 0; tx < block.x; ++tx, ++i) {
-              Fiber& f = fiber(i);
-              f.ids.thread = uint3{tx, ty, tz};
-              f.ids.block = uint3{x, y, z};
-              f.ids.block_dim = block;
-              f.ids.grid_dim = grid;
-              f.linear = i;
-            }
-        if (!run_block(b)) {
-          set_launch_error(cudaErrorLaunchFailure, "kernel failed in the emulator: " + b.error +
-                                                       " (block " + std::to_string(x) + "," +
-                                                       std::to_string(y) + "," + std::to_string(z) +
-                                                       ")");
-          g_sched.block = nullptr;
-          return;
-        }
-        g_sched.block = nullptr;
-      }
+    if (!run_block(b)) {
+      set_launch_error(cudaErrorLaunchFailure, "kernel failed in the emulator: " + b.error +
+                                                   " (block " + std::to_string(x) + "," +
+                                                   std::to_string(y) + "," + std::to_string(z) +
+                                                   ")");
+      g_sched.block = nullptr;
+      return;
+    }
+    g_sched.block = nullptr;
+  }
 }
 
 size_t default_dynamic_smem() { return kDefaultDynamicSmem; }

@@ -1,6 +1,7 @@
 // The CUDA emulator itself (cuda_emu/, docs/kernels.md "The emulator"): the launch checks that
-// stand in for a GPU's, the deferred cp.async, and ldmatrix + mma.sync against a plain matrix
-// product. Only in an emulation build (cmake -DPSVAE_CUDA_EMU=ON); elsewhere this file is empty.
+// stand in for a GPU's, the deferred cp.async, the schedule orders that expose races, and
+// ldmatrix + mma.sync against a plain matrix product. Only in an emulation build (cmake
+// -DPSVAE_CUDA_EMU=ON); elsewhere this file is empty.
 #ifdef PSVAE_CUDA_EMULATION
 #include "cuda_emu/cuda_emu.h"
 // (after cuda_emu.h, which the kernel sources get through -include)
@@ -70,6 +71,17 @@ __global__ void mma_kernel(const __nv_bfloat16* a, const __nv_bfloat16* bt, floa
   d[(g + 8) * 8 + 2 * q + 1] = acc[3];
 }
 
+// Thread t writes slot t, then reads slot t - 1. Without the barrier that is a race which running
+// the threads in index order hides (t - 1 has always written first) and any other order shows.
+__global__ void neighbour_kernel(float* out, bool sync) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  float* s = reinterpret_cast<float*>(smem);
+  const int t = threadIdx.x;
+  s[t] = static_cast<float>(t);
+  if (sync) __syncthreads();
+  out[t] = t > 0 ? s[t - 1] : -1.f;
+}
+
 template <class T>
 T* device_copy(const std::vector<T>& v) {
   void* p = nullptr;
@@ -125,6 +137,30 @@ TEST_CASE("cuda emulator: cp.async lands at its wait, zero-filling past src-size
   cudaFree(s);
   cudaFree(before);
   cudaFree(after);
+}
+
+TEST_CASE("cuda emulator: a missing __syncthreads that index order hides shows in another order") {
+  const cuda_emu::Order saved = cuda_emu::schedule_order();
+  float* out = device_copy(std::vector<float>(128, -2.f));
+  // How many threads read their neighbour's value, under each order, with and without the barrier.
+  auto correct = [&](cuda_emu::Order order, bool sync) {
+    cuda_emu::set_schedule_order(order);
+    PSVAE_LAUNCH(1, 128, 128 * sizeof(float), nullptr, neighbour_kernel)(out, sync);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    int n = 0;
+    for (int t = 1; t < 128; ++t) n += out[t] == static_cast<float>(t - 1);
+    return n;
+  };
+  for (cuda_emu::Order o :
+       {cuda_emu::Order::Forward, cuda_emu::Order::Reverse, cuda_emu::Order::Shuffle}) {
+    CAPTURE(static_cast<int>(o));
+    CHECK(correct(o, true) == 127);
+  }
+  CHECK(correct(cuda_emu::Order::Forward, false) == 127);  // hidden
+  CHECK(correct(cuda_emu::Order::Reverse, false) == 0);    // every read is of the poison
+  CHECK(correct(cuda_emu::Order::Shuffle, false) < 127);
+  cuda_emu::set_schedule_order(saved);
+  cudaFree(out);
 }
 
 TEST_CASE("cuda emulator: ldmatrix + mma.sync m16n8k16 give A B") {

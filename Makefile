@@ -89,7 +89,7 @@ demo: configure
 	$(BUILD)/bin/psvae demo $(DEMO_ARGS)
 
 format:
-	find tensor kernels autograd nn train tests bench -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \
+	find tensor kernels autograd nn psvae dit train cuda_emu tests bench -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \
 	  | xargs clang-format -i
 
 clean:

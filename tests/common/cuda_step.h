@@ -16,15 +16,16 @@
 // Two more things a plain comparison would get wrong (both seen on the CUDA emulator, cuda_emu/):
 // - Some gradients are exactly zero by construction, e.g. a conv bias ahead of a GroupNorm with
 //   one channel per group. Each side computes them as rounding noise (1e-9 where the whole
-//   gradient is 1), and a relative error compares noises. A gradient whose reference norm is below 1e-6 x G (G: the
-//   norm of the whole reference gradient; f32 noise is 1e-9 G) is checked absolutely: the GPU's
-//   error at most 4x the CPU's plus 1e-2 x tol x G, which a real error (of the size of the
-//   neighbouring gradients, 1e-2 G here) does not meet.
+//   gradient is 1), and a relative error compares noises. A gradient whose reference norm is below
+//   1e-6 x G (G: the norm of the whole reference gradient; f32 noise is 1e-9 G) is checked
+//   absolutely: the GPU's error at most 4x the CPU's plus 1e-2 x tol x G, which a real error (of
+//   the size of the neighbouring gradients, 1e-2 G here) does not meet.
 // - AdamW's first steps are sign-like (m / sqrt(v) is +-1 for a fresh moment), so a rounding-level
 //   difference in a tiny or exactly-zero gradient element (the key third of an attention's qkv
-//   bias: softmax ignores a shift common to all keys) flips a whole lr-sized update. After the gradients are
-//   compared, both GPU copies are given the CPU's gradients: the updated parameters then compare
-//   the optimisers on the same input (under tol), and the next step starts from the same weights.
+//   bias: softmax ignores a shift common to all keys) flips a whole lr-sized update. After the
+//   gradients are compared, both GPU copies are given the CPU's gradients: the updated parameters
+//   then compare the optimisers on the same input (under tol), and the next step starts from the
+//   same weights.
 // A second CUDA copy takes the same steps: its loss and gradients must be bit-identical to the
 // first's, as must its weights after the update: the backend has no floating-point atomics in any
 // reduction (issue 6's deterministic mode is the only mode). Used by the DiT and PS-VAE suites'

@@ -51,7 +51,8 @@ test: build
 # sources compiled as C++ and every kernel run against the CPU, so a machine without a GPU still
 # runs them; with them the whole DiT and PS-VAE training steps on CUDA against the CPU's, and the
 # whole `psvae demo --tiny` pipeline on CUDA against the CPU run; then the kernel tests once more
-# with the emulator's blocks and threads in shuffled order, which exposes missing barriers. Needs the CUDA headers only; skipped with a message when there are none.
+# with the emulator's blocks and threads in shuffled order, which exposes missing barriers. Needs
+# the CUDA headers only; skipped with a message when there are none.
 CUDA_INCLUDE ?= /usr/local/cuda/include
 test-emu: deps
 	@if [ ! -f $(CUDA_INCLUDE)/cuda_runtime.h ]; then echo "test-emu: no CUDA headers in $(CUDA_INCLUDE); skipped"; exit 0; fi; \

@@ -15,7 +15,7 @@ GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
 DEB_PACKAGES := cmake ninja-build ccache g++ libeigen3-dev libfmt-dev doctest-dev nlohmann-json3-dev \
   libyaml-cpp-dev libcli11-dev libstb-dev libopenmpi-dev openmpi-bin
 
-.PHONY: all deps configure build test asan-tensor test-emu test-asan demo clean format
+.PHONY: all deps configure build test asan-tensor test-emu test-asan demo clean format ptxas-report
 
 all: build
 
@@ -88,6 +88,11 @@ DEMO_ARGS ?=
 demo: configure
 	cmake --build $(BUILD) -j $(JOBS) --target psvae
 	$(BUILD)/bin/psvae demo $(DEMO_ARGS)
+
+# Registers, spills and static shared memory of every CUDA kernel for sm_90, from ptxas (compile
+# time, no GPU; docs/kernels.md, "Registers and spills"). Needs $(BUILD) configured with nvcc.
+ptxas-report: configure
+	python3 bench/ptxas_report.py --build $(BUILD) --jobs $(JOBS)
 
 format:
 	find tensor kernels autograd nn psvae dit train cuda_emu tests bench -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \

@@ -3,7 +3,11 @@
 // the 16x16x96 latent with patch 1 (256 tokens), in f32 and in bf16 mixed precision
 // (ag::AutocastGuard, what train.bf16 runs: GEMMs and attention in bf16, f32 weights, norms and
 // loss), the same split as torch.autocast in torch_baselines.py (--step-dtype bf16 | f32).
-//   bench_dit_step [--arch XL] [--batch 256] [--steps 10] [--precision both|bf16|f32]
+//   bench_dit_step [--arch XL] [--batch 256] [--steps 10] [--precision both|bf16|f32] [--depth N]
+// --depth keeps the arch's width and heads with N blocks: peak memory is fixed + batch x
+// (blocks x per-block + the rest), so runs at two depths and two batches separate the terms
+// (docs/kernels.md, "DiT-XL step memory", which also builds this program on the emulator, where
+// the allocator counts the same bytes and the times mean nothing).
 // Prints step time (median over the timed steps after 2 warm-up steps), images/s, achieved
 // TFLOP/s (6 flops per parameter per token + attention 12 * depth * T^2 * D per image), MFU
 // against the H200's 989 TFLOP/s dense bf16 datasheet peak (bench_gemm measures the cuBLAS
@@ -32,6 +36,7 @@ int main(int argc, char** argv) {
   int64_t batch = 256;
   std::string precision = "both";
   int steps = 10;
+  int depth = 0;  // 0: the arch's
   for (int i = 1; i < argc; ++i) {
     auto next = [&](const char* flag) -> const char* {
       if (i + 1 >= argc) {
@@ -53,12 +58,18 @@ int main(int argc, char** argv) {
                    precision);
         return 2;
       }
+    } else if (!std::strcmp(argv[i], "--depth")) {
+      depth = std::atoi(next("--depth"));
+      if (depth < 1) {
+        fmt::print(stderr, "bench_dit_step: --depth must be at least 1\n");
+        return 2;
+      }
     } else if (!std::strcmp(argv[i], "--quick")) {
       arch = "S", batch = 4, steps = 3;
     } else {
       fmt::print(stderr,
                  "bench_dit_step: unknown argument '{}' (--arch, --batch, --steps, --precision, "
-                 "--quick)\n",
+                 "--depth, --quick)\n",
                  argv[i]);
       return 2;
     }
@@ -70,6 +81,7 @@ int main(int argc, char** argv) {
   const Device gpu = Device::cuda(0);
   dit::DiTConfig c = dit::dit_arch("DiT-" + arch + "/2");
   c.patch = 1, c.input_size = 16, c.in_channels = 96, c.learn_sigma = false, c.num_classes = 1000;
+  if (depth > 0) c.depth = depth;
   Generator g(0);
   dit::DiT model(c, g);
   model.to(gpu);
@@ -97,11 +109,11 @@ int main(int argc, char** argv) {
       (6.0 * static_cast<double>(params) * static_cast<double>(T) +
        12.0 * c.depth * static_cast<double>(T * T) * static_cast<double>(c.hidden));
   fmt::print(
-      "# bench_dit_step: DiT-{} patch 1, 16x16x96 latent ({} tokens), {:.1f} M parameters, "
-      "{:.2f} TFLOP per step\n\n",
-      arch, T, static_cast<double>(params) / 1e6, flops / 1e12);
+      "# bench_dit_step: DiT-{} patch 1 ({} blocks), 16x16x96 latent ({} tokens), {:.1f} M "
+      "parameters, {:.2f} TFLOP per step\n\n",
+      arch, c.depth, T, static_cast<double>(params) / 1e6, flops / 1e12);
   fmt::print(
-      "| variant | batch | step (ms) | images/s | TFLOP/s | MFU (989 bf16) | peak memory (GiB) "
+      "| variant | batch | step (ms) | images/s | TFLOP/s | MFU (989 bf16) | peak memory (MiB) "
       "|\n");
   fmt::print("|---|---|---|---|---|---|---|\n");
 
@@ -134,9 +146,9 @@ int main(int argc, char** argv) {
       std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
       const double med = ms[ms.size() / 2];
       const double tflops = flops / (med * 1e-3) / 1e12;
-      fmt::print("| {} | {} | {:.1f} | {:.0f} | {:.1f} | {:.1f}% | {:.1f} |\n", label, batch, med,
+      fmt::print("| {} | {} | {:.1f} | {:.0f} | {:.1f} | {:.1f}% | {:.2f} |\n", label, batch, med,
                  static_cast<double>(batch) / (med * 1e-3), tflops, 100.0 * tflops / 989.0,
-                 static_cast<double>(cuda::allocator_stats(0).peak_in_use) / (1 << 30));
+                 static_cast<double>(cuda::allocator_stats(0).peak_in_use) / (1 << 20));
     } catch (const std::exception& e) {
       opt.zero_grad();
       fmt::print("| {} | {} | failed: {} | - | - | - | - |\n", label, batch, e.what());

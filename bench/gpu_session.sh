@@ -12,8 +12,14 @@
 # OUT is unset. The machine has no apt: header-only dependencies come from .devdeps, cuDNN from the
 # PyTorch wheel (site-packages/nvidia/cudnn), the training system (yaml-cpp, CLI11, stb) is left
 # out with -DPSVAE_TRAIN=OFF.
+#
+# A device call ends at 10 minutes and a fresh machine starts bare (the build is redone per call),
+# so PHASE_TIMEOUT=<seconds> caps each phase other than build (killed phases exit 124; their log so
+# far stays in $OUT) and every phase prints how long it took. SANITIZE_ARGS replaces the doctest
+# filter of the sanitizer runs (default: every test_cuda_*.cpp case of test_ops).
+# shellcheck disable=SC2317  # the phase_* functions are called through "phase_$p"
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 BUILD=${BUILD:-build-gpu}
@@ -50,19 +56,21 @@ phase_test() {
     echo "== $t"
     "$t" --no-intro=true -sf='*test_cuda_*' --duration=true || rc=1
   done
-  return $rc
+  return "$rc"
 }
 
 # compute-sanitizer memcheck and racecheck over the CUDA kernel tests (slow: memcheck ~10-50x).
 phase_sanitize() {
   export_libs
-  local rc=0
+  local - rc=0
+  set -f # SANITIZE_ARGS is split into words, never globbed
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer --tool $tool"
+    # shellcheck disable=SC2086  # SANITIZE_ARGS is a list of flags
     compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
-      "$BUILD"/bin/test_ops --no-intro=true -sf='*test_cuda_*' || rc=1
+      "$BUILD"/bin/test_ops --no-intro=true ${SANITIZE_ARGS:--sf=*test_cuda_*} || rc=1
   done
-  return $rc
+  return "$rc"
 }
 
 phase_bench() {
@@ -70,13 +78,22 @@ phase_bench() {
   local rc=0
   for b in "$BUILD"/bin/bench_*; do
     echo "== $b"
-    "$b" ${BENCH_ARGS:-} || rc=1
+    if [ "${b##*/}" = bench_dit_step ] && [ -z "${BENCH_ARGS:-}" ]; then
+      # DiT-XL at batch 256 fits in bf16 (about 99 GiB) but not in f32 (about 153 GiB of the
+      # H200's 139): docs/kernels.md, "DiT-XL step memory". f32 runs at batch 128.
+      "$b" --precision bf16 --batch 256 || rc=1
+      "$b" --precision f32 --batch 128 || rc=1
+    else
+      # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+      "$b" ${BENCH_ARGS:-} || rc=1
+    fi
     echo
   done
-  return $rc
+  return "$rc"
 }
 
 phase_torch() {
+  # shellcheck disable=SC2086  # TORCH_ARGS is a list of flags
   PYTHONUNBUFFERED=1 python3 bench/torch_baselines.py ${TORCH_ARGS:-}
 }
 
@@ -90,9 +107,17 @@ for p in "$@"; do
     phase_build 2>&1 | tee "$OUT/build.log"
   fi
   echo "#### phase $p ($(date -u +%FT%TZ))"
-  "phase_$p" 2>&1 | tee "$OUT/$p.log"
+  start=$SECONDS
+  if [ "$p" != build ] && [ -n "${PHASE_TIMEOUT:-}" ]; then
+    # The phase functions run in a child bash so that timeout can kill them.
+    export -f "phase_$p" export_libs cudnn_root
+    export BUILD OUT
+    timeout --kill-after=10 "$PHASE_TIMEOUT" bash -c "phase_$p" 2>&1 | tee "$OUT/$p.log"
+  else
+    "phase_$p" 2>&1 | tee "$OUT/$p.log"
+  fi
   rc=${PIPESTATUS[0]}
-  echo "#### phase $p exit $rc"
+  echo "#### phase $p exit $rc after $((SECONDS - start)) s"
   [ "$rc" = 0 ] || status=1
 done
 exit $status

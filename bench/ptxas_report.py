@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Registers, spills and static shared memory of every CUDA kernel, as ptxas reports them.
+
+Compile-time facts, no GPU needed: each .cu of kernels/ and tensor/ is recompiled from a CUDA build
+directory's compile_commands.json for one real architecture with `-Xptxas -v`, output discarded.
+
+    bench/ptxas_report.py [--build build-cu] [--arch sm_90] [--jobs 2] [--all]
+
+Prints one markdown row per kernel instantiation that spills or uses more than 128 registers
+(--all: every one), then a summary line. A kernel needs registers x threads <= 65536 per block to
+launch at all, and registers decide how many blocks share an SM; spilled bytes go to local memory
+(L1, then L2). docs/kernels.md, "Registers and spills", quotes this report.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+
+def ptxas_lines(entry, arch):
+    """ptxas -v output of one compile_commands entry, rebuilt for `arch` only."""
+    args = shlex.split(entry["command"])
+    out, keep = [], True
+    for a in args:
+        if not keep:
+            keep = True  # the value after -o
+            continue
+        if a == "-o":
+            keep = False
+            continue
+        if a.startswith("--generate-code=") or a.startswith("-gencode"):
+            continue
+        out.append(a)
+    out += [f"-arch={arch}", "-Xptxas", "-v", "-o", os.devnull]
+    r = subprocess.run(out, cwd=entry["directory"], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"ptxas_report: compiling {entry['file']} failed:\n{r.stderr[-2000:]}")
+    return r.stderr.splitlines()
+
+
+def parse(lines):
+    """[(mangled name, registers, stack, spill stores, spill loads, smem)] from ptxas -v."""
+    rows, name, spill = [], None, (0, 0, 0)
+    for line in lines:
+        m = re.search(r"Compiling entry function '(\S+)'", line)
+        if m:
+            name, spill = m.group(1), (0, 0, 0)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                      line)
+        if m and name:
+            spill = tuple(map(int, m.groups()))
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and name:
+            sm = re.search(r"(\d+) bytes smem", line)
+            rows.append((name, int(m.group(1)), *spill, int(sm.group(1)) if sm else 0))
+            name = None
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--build", default="build-cu", help="a CMake build dir with the CUDA backend")
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--all", action="store_true", help="every kernel, not only the notable ones")
+    a = p.parse_args()
+    db = os.path.join(a.build, "compile_commands.json")
+    if not os.path.exists(db):
+        sys.exit(f"ptxas_report: {db} not found (configure a CUDA build there first)")
+    entries = [e for e in json.load(open(db))
+               if e["file"].endswith(".cu") and
+               re.search(r"/(kernels|tensor)/cuda/", e["file"])]
+    if not entries:
+        sys.exit(f"ptxas_report: no kernels/ or tensor/ .cu files in {db} (not a CUDA build?)")
+    with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+        results = list(pool.map(lambda e: (e["file"], parse(ptxas_lines(e, a.arch))), entries))
+    rows = [(os.path.basename(f), *r) for f, rs in results for r in rs]
+    names = subprocess.run(["c++filt"], input="\n".join(r[1] for r in rows), capture_output=True,
+                           text=True).stdout.splitlines()
+    strip = re.compile(r"psvae::kernels::cuda::|psvae::cuda::|\(anonymous namespace\)::|detail::")
+    print(f"| file | kernel | registers | spill stores / loads (B) | static smem (B) |")
+    print("|---|---|---|---|---|")
+    notable = 0
+    for (f, _, reg, _stack, ss, sl, smem), n in sorted(zip(rows, names), key=lambda x: -x[0][2]):
+        if a.all or ss or sl or reg > 128:
+            notable += 1
+            n = strip.sub("", n)
+            n = n if len(n) <= 110 else n[:107] + "..."
+            print(f"| {f} | `{n}` | {reg} | {ss} / {sl} | {smem} |")
+    spills = [r for r in rows if r[4] or r[5]]
+    print(f"\n{len(rows)} kernel instantiations in {len(entries)} files for {a.arch}: "
+          f"{len(spills)} spill (at most {max((r[4] for r in rows), default=0)} bytes stored), "
+          f"{sum(r[2] > 128 for r in rows)} use more than 128 registers, "
+          f"the most is {max(r[2] for r in rows)}.")
+
+
+if __name__ == "__main__":
+    main()

@@ -264,20 +264,35 @@ T atomicCAS(T* p, T cmp, T v) {
   return old;
 }
 
-// ---- arithmetic intrinsics: IEEE round-to-nearest in C++ (the build compiles this code with
-// -ffp-contract=off, so no product is fused into an fma behind these) -----------------------
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fdiv_rn(float a, float b) { return a / b; }
-inline float __fsqrt_rn(float a) { return std::sqrt(a); }
-inline float __frcp_rn(float a) { return 1.0f / a; }
+// ---- arithmetic intrinsics: IEEE round-to-nearest in C++ -----------------------------------
+// nvcc never fuses an _rn intrinsic into an fma. The emulation build contracts plain a * b + c
+// into fmas, as nvcc's default --fmad=true does (cmake PSVAE_EMU_FP_CONTRACT, ON by default), so
+// each result passes through an empty asm that the compiler cannot see through: the rounded value
+// is materialised and never fused with its neighbours. Without it, the layernorm backward at
+// D = 1 (whose exact gradient 0 rests on g - mean(g) cancelling) and the bit-exact EMA test fail.
+namespace cuda_emu {
+template <class T>
+inline T rounded(T v) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("" : "+x"(v));
+#else
+  asm volatile("" : "+m"(v));
+#endif
+  return v;
+}
+}  // namespace cuda_emu
+inline float __fadd_rn(float a, float b) { return ::cuda_emu::rounded(a + b); }
+inline float __fsub_rn(float a, float b) { return ::cuda_emu::rounded(a - b); }
+inline float __fmul_rn(float a, float b) { return ::cuda_emu::rounded(a * b); }
+inline float __fdiv_rn(float a, float b) { return ::cuda_emu::rounded(a / b); }
+inline float __fsqrt_rn(float a) { return ::cuda_emu::rounded(std::sqrt(a)); }
+inline float __frcp_rn(float a) { return ::cuda_emu::rounded(1.0f / a); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
-inline double __dadd_rn(double a, double b) { return a + b; }
-inline double __dsub_rn(double a, double b) { return a - b; }
-inline double __dmul_rn(double a, double b) { return a * b; }
-inline double __ddiv_rn(double a, double b) { return a / b; }
-inline double __dsqrt_rn(double a) { return std::sqrt(a); }
+inline double __dadd_rn(double a, double b) { return ::cuda_emu::rounded(a + b); }
+inline double __dsub_rn(double a, double b) { return ::cuda_emu::rounded(a - b); }
+inline double __dmul_rn(double a, double b) { return ::cuda_emu::rounded(a * b); }
+inline double __ddiv_rn(double a, double b) { return ::cuda_emu::rounded(a / b); }
+inline double __dsqrt_rn(double a) { return ::cuda_emu::rounded(std::sqrt(a)); }
 inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
 inline float __double2float_rn(double a) { return static_cast<float>(a); }
 inline float __expf(float a) { return std::exp(a); }

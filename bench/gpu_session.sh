@@ -16,7 +16,8 @@
 # A device call ends at 10 minutes and a fresh machine starts bare (the build is redone per call),
 # so PHASE_TIMEOUT=<seconds> caps each phase other than build (killed phases exit 124; their log so
 # far stays in $OUT) and every phase prints how long it took. SANITIZE_ARGS replaces the doctest
-# filter of the sanitizer runs (default: every test_cuda_*.cpp case of test_ops).
+# filter of the sanitizer runs (default: every test_cuda_*.cpp case of test_ops), SANITIZE_TOOLS
+# their list (default: memcheck racecheck synccheck).
 # shellcheck disable=SC2317  # the phase_* functions are called through "phase_$p"
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -64,7 +65,9 @@ phase_sanitize() {
   export_libs
   local - rc=0
   set -f # SANITIZE_ARGS is split into words, never globbed
-  for tool in memcheck racecheck; do
+  # synccheck: barriers in divergent code. initcheck (reads of device memory never written) is
+  # opt-in through SANITIZE_TOOLS: it has not run on these kernels yet.
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
     echo "== compute-sanitizer --tool $tool"
     # shellcheck disable=SC2086  # SANITIZE_ARGS is a list of flags
     compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \

@@ -4,6 +4,9 @@
 // (ag::AutocastGuard, what train.bf16 runs: GEMMs and attention in bf16, f32 weights, norms and
 // loss), the same split as torch.autocast in torch_baselines.py (--step-dtype bf16 | f32).
 //   bench_dit_step [--arch XL] [--batch 256] [--steps 10] [--precision both|bf16|f32] [--depth N]
+//                  [--profile]
+// --profile runs one more step per variant with the op profiler on (kernels/profile.h) and prints
+// its table: where the step's time goes, op by op, with each op's GB/s.
 // --depth keeps the arch's width and heads with N blocks: peak memory is fixed + batch x
 // (blocks x per-block + the rest), so runs at two depths and two batches separate the terms
 // (docs/kernels.md, "DiT-XL step memory", which also builds this program on the emulator, where
@@ -20,11 +23,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autograd/autocast.h"
 #include "autograd/functions.h"
 #include "dit/dit.h"
+#include "kernels/profile.h"
 #include "nn/optim.h"
 #include "tensor/cuda_runtime.h"
 #include "tensor/random.h"
@@ -37,6 +42,7 @@ int main(int argc, char** argv) {
   std::string precision = "both";
   int steps = 10;
   int depth = 0;  // 0: the arch's
+  bool profile = false;
   for (int i = 1; i < argc; ++i) {
     auto next = [&](const char* flag) -> const char* {
       if (i + 1 >= argc) {
@@ -64,12 +70,14 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "bench_dit_step: --depth must be at least 1\n");
         return 2;
       }
+    } else if (!std::strcmp(argv[i], "--profile")) {
+      profile = true;
     } else if (!std::strcmp(argv[i], "--quick")) {
       arch = "S", batch = 4, steps = 3;
     } else {
       fmt::print(stderr,
                  "bench_dit_step: unknown argument '{}' (--arch, --batch, --steps, --precision, "
-                 "--depth, --quick)\n",
+                 "--depth, --profile, --quick)\n",
                  argv[i]);
       return 2;
     }
@@ -117,6 +125,7 @@ int main(int argc, char** argv) {
       "|\n");
   fmt::print("|---|---|---|---|---|---|---|\n");
 
+  std::vector<std::pair<std::string, std::string>> profiles;  // (variant, op profile table)
   for (const DType compute : {DType::BF16, DType::F32}) {
     if (precision != "both" && precision != dtype_name(compute)) continue;
     const std::string label = compute == DType::BF16 ? "psvae bf16 autocast" : "psvae f32";
@@ -149,11 +158,23 @@ int main(int argc, char** argv) {
       fmt::print("| {} | {} | {:.1f} | {:.0f} | {:.1f} | {:.1f}% | {:.2f} |\n", label, batch, med,
                  static_cast<double>(batch) / (med * 1e-3), tflops, 100.0 * tflops / 989.0,
                  static_cast<double>(cuda::allocator_stats(0).peak_in_use) / (1 << 20));
+      if (profile) {  // one more step, op by op; printed after the table
+        kernels::profile_reset();
+        kernels::profile_enable(true);
+        step();
+        cuda::synchronize(0);
+        kernels::profile_enable(false);
+        profiles.emplace_back(label, kernels::profile_report());
+        kernels::profile_reset();
+      }
     } catch (const std::exception& e) {
+      kernels::profile_enable(false);
       opt.zero_grad();
       fmt::print("| {} | {} | failed: {} | - | - | - | - |\n", label, batch, e.what());
     }
     std::fflush(stdout);
   }
+  for (const auto& [label, report] : profiles)
+    fmt::print("\n## One step of {} (batch {}), op by op\n\n{}", label, batch, report);
   return 0;
 }

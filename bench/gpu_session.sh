@@ -83,8 +83,9 @@ phase_bench() {
     echo "== $b"
     if [ "${b##*/}" = bench_dit_step ] && [ -z "${BENCH_ARGS:-}" ]; then
       # DiT-XL at batch 256 fits in bf16 (about 99 GiB) but not in f32 (about 153 GiB of the
-      # H200's 139): docs/kernels.md, "DiT-XL step memory". f32 runs at batch 128.
-      "$b" --precision bf16 --batch 256 || rc=1
+      # H200's 139): docs/kernels.md, "DiT-XL step memory". f32 runs at batch 128. The bf16 run
+      # also prints one step op by op (the op profiler).
+      "$b" --precision bf16 --batch 256 --profile || rc=1
       "$b" --precision f32 --batch 128 || rc=1
     else
       # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags

@@ -4,6 +4,8 @@
 
 #include <stdexcept>
 
+#include "kernels/profile.h"
+
 namespace psvae::kernels {
 
 OpTable::OpTable() {
@@ -108,6 +110,15 @@ void run(Op op, const OpCall& call) {
   if (!fn)
     throw std::runtime_error(
         fmt::format("{}: no {} kernel", def.name, dev.is_cpu() ? "CPU" : "CUDA"));
+  // The profiler's row for this call (kernels/profile.h). No kernel runs other ops through the
+  // table, so rows never nest; the bytes are the caller's tensors (bf16 on the CPU stays bf16).
+  const bool profiled = profile_enabled();
+  double bytes = 0;
+  if (profiled) {
+    for (const Tensor& t : call.in) bytes += static_cast<double>(t.nbytes());
+    for (const Tensor& t : call.out) bytes += static_cast<double>(t.nbytes());
+  }
+  const ProfileScope scope(profiled ? def.name : nullptr, dev, bytes);
   if (dev.is_cpu() && op != Op::cast && has_bf16(call)) {
     run_widened(fn, call);
     return;

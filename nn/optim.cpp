@@ -8,6 +8,7 @@
 
 #include "autograd/grad_mode.h"
 #include "kernels/ops.h"
+#include "kernels/profile.h"
 #ifdef PSVAE_WITH_CUDA
 #include "kernels/cuda/optim_fused.h"
 #endif
@@ -15,6 +16,14 @@
 namespace psvae::nn {
 
 namespace {
+#ifdef PSVAE_WITH_CUDA
+// Bytes of a tensor list, for the profiler's counts of the multi-tensor kernels.
+double nbytes(const std::vector<Tensor>& ts) {
+  double n = 0;
+  for (const Tensor& t : ts) n += static_cast<double>(t.nbytes());
+  return n;
+}
+#endif
 // Validates that every expected key is in sd with the expected shape; throws listing all problems.
 std::map<std::string, const Tensor*> index_checked(
     const char* who, const NamedTensors& sd,
@@ -84,6 +93,9 @@ void AdamW::step(double grad_scale) {
     h.beta2 = hp.beta2;
     h.eps = hp.eps;
     h.weight_decay = hp.weight_decay;
+    // Profiled bytes: p, m, v read and written, g read.
+    const kernels::ProfileScope scope("adamw_multi_tensor", ps.front().device(),
+                                      2 * (nbytes(ps) + nbytes(ms) + nbytes(vs)) + nbytes(gs));
     kernels::cuda::adamw_multi_tensor(ps, gs, ms, vs, {}, h, step_, grad_scale);
     return;
   }
@@ -139,7 +151,11 @@ double global_norm(const std::vector<Var>& params) {
   bool all_cuda = !grads.empty();
   for (const Tensor& g : grads)
     all_cuda = all_cuda && g.device().is_cuda() && g.device() == grads.front().device();
-  if (all_cuda) return kernels::cuda::global_grad_norm(grads);
+  if (all_cuda) {
+    const kernels::ProfileScope scope("global_grad_norm", grads.front().device(),
+                                      nbytes(grads));  // read once
+    return kernels::cuda::global_grad_norm(grads);
+  }
 #endif
   // Per gradient in f64 with ops, combined on the host in parameter order.
   double total_sq = 0;
@@ -215,6 +231,9 @@ void EMA::update(double decay) {
     params.push_back(p);
   }
   if (fused) {
+    // Profiled bytes: the shadow read and written, the parameter read.
+    const kernels::ProfileScope scope("ema_multi_tensor", params.front().device(),
+                                      2 * nbytes(shadows) + nbytes(params));
     kernels::cuda::ema_multi_tensor(shadows, params, decay);
     return;
   }

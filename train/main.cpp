@@ -3,6 +3,7 @@
 
 #include <exception>
 
+#include "kernels/profile.h"
 #include "train/cli.h"
 #include "train/distributed.h"
 
@@ -15,6 +16,10 @@ int main(int argc, char** argv) {
     // nothing.
     psvae::train::dist::init_from_environment(&argc, &argv);
     rc = psvae::train::dispatch(argc, argv);
+    // PSVAE_PROFILE=1: where the run's time went, op by op (kernels/profile.h), on stderr so
+    // that the commands' own output stays clean.
+    if (psvae::kernels::profile_enabled())
+      fmt::print(stderr, "\nop profile (PSVAE_PROFILE):\n{}", psvae::kernels::profile_report());
   } catch (const std::exception& e) {
     fmt::print(stderr, "psvae: {}\n", e.what());
   } catch (...) {

@@ -93,6 +93,46 @@ void synchronize(int device) {
   PSVAE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+// Events are pooled: a profiled training step records two per op, thousands per step, and
+// cudaEventCreate costs microseconds. Default flags (timing enabled, not blocking-sync).
+namespace {
+std::mutex event_mutex;
+std::vector<cudaEvent_t>& event_pool() {
+  static auto* pool = new std::vector<cudaEvent_t>();  // never destroyed, as the streams
+  return *pool;
+}
+}  // namespace
+
+void* event_record(int device) {
+  cudaStream_t s = stream(device);
+  DeviceGuard g(device);
+  cudaEvent_t e = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(event_mutex);
+    if (!event_pool().empty()) {
+      e = event_pool().back();
+      event_pool().pop_back();
+    }
+  }
+  if (!e) PSVAE_CUDA_CHECK(cudaEventCreate(&e));
+  PSVAE_CUDA_CHECK(cudaEventRecord(e, s));
+  return static_cast<void*>(e);
+}
+
+float event_elapsed_ms(void* start, void* end) {
+  PSVAE_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(end)));
+  float ms = 0.f;
+  PSVAE_CUDA_CHECK(
+      cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end)));
+  return ms;
+}
+
+void event_release(void* event) {
+  if (!event) return;
+  std::lock_guard<std::mutex> lock(event_mutex);
+  event_pool().push_back(static_cast<cudaEvent_t>(event));
+}
+
 void memcpy_h2d(void* dst, const void* src, size_t nbytes, int device) {
   if (nbytes == 0) return;
   cudaStream_t s = stream(device);

@@ -5,8 +5,8 @@
 //   - CPU ops: the wall clock around the call.
 //   - CUDA ops: a pair of events on the project's stream around the launch, read back when the
 //     rows are asked for (one wait then, none per op), so the profile does not serialise the
-//     stream. A launch of a few microseconds carries about 2-4 us of event overhead, which the
-//     times include.
+//     stream. The times include the events' own cost and any gap between two launches (not yet
+//     measured on a GPU): small ops are overstated, not understated.
 //   - Bytes: the sizes of the op's input and output tensors, the least it must move. GB/s is
 //     that over the time: for a memory-bound op, directly comparable to the copy bandwidth.
 // Work that does not go through the op table (the multi-tensor AdamW, EMA and grad-norm kernels)

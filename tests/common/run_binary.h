@@ -26,10 +26,13 @@ struct BinaryRun {
 };
 
 // Runs `psvae <args>` through the shell with stdout and stderr both redirected into `log`
-// (overwritten; it stays behind for the caller), then reads the log back.
-inline BinaryRun run_psvae_binary(const std::string& args, const std::string& log) {
-  const int st =
-      std::system((psvae_binary().string() + " " + args + " > " + log + " 2>&1").c_str());
+// (overwritten; it stays behind for the caller), then reads the log back. `env`: assignments
+// put before the command ("PSVAE_PROFILE=1"), for that run only.
+inline BinaryRun run_psvae_binary(const std::string& args, const std::string& log,
+                                  const std::string& env = "") {
+  const std::string cmd =
+      (env.empty() ? "" : env + " ") + psvae_binary().string() + " " + args + " > " + log + " 2>&1";
+  const int st = std::system(cmd.c_str());
   BinaryRun r;
   r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   std::ifstream f(log);

@@ -238,6 +238,22 @@ TEST_CASE("psvae demo: a folder that is not an earlier demo run is not removed")
   CHECK(fs::exists(tmp.path() / "runs" / "encoder" / "notes.txt"));
 }
 
+TEST_CASE("PSVAE_PROFILE=1 makes psvae print the op table on stderr; 0 prints none") {
+  if (test::psvae_binary().empty()) return;
+  TempDir tmp("demo_profile");
+  const std::string args = "demo --tiny --device cpu --threads 2 --out ";
+  const auto on = test::run_psvae_binary(args + (tmp / "on"), tmp / "log_on", "PSVAE_PROFILE=1");
+  INFO(on.out);
+  REQUIRE(on.rc == 0);
+  CHECK(has(on.out, "op profile (PSVAE_PROFILE):"));
+  CHECK(has(on.out, "| op | device | calls | total (ms) |"));
+  CHECK(has(on.out, "| conv2d | cpu | "));  // the decoder's convolutions ran
+  CHECK(has(on.out, "| total | | | "));
+  const auto off = test::run_psvae_binary(args + (tmp / "off"), tmp / "log_off", "PSVAE_PROFILE=0");
+  REQUIRE(off.rc == 0);
+  CHECK(!has(off.out, "op profile"));
+}
+
 TEST_CASE("demo targets: the missed line names each gating target that missed") {
   train::DemoSummary s;
   s.targets.push_back({"psnr", "reconstruction PSNR (held out)", 24.5, 25.0, true, "dB", true});

@@ -10,7 +10,8 @@ two can be set side by side in docs/kernels.md:
     memory-efficient, cuDNN: the cuDNN SDPA baseline);
   - the DiT linear layers' GEMMs (TFLOP/s);
   - a whole DiT training step (forward, backward, AdamW), bf16 autocast, eager and torch.compile:
-    images/s, and MFU against the measured bf16 matmul ceiling.
+    images/s, and MFU against the measured bf16 matmul ceiling; then one eager step op by op
+    (torch.profiler), beside `bench_dit_step --profile`.
 
 Method as bench/bench_common.cuh: CUDA events, L2 flushed (a 2 x L2 buffer zeroed) before each
 timed run, median of --iters runs after warm-up. Needs PyTorch 2.x with a CUDA device
@@ -37,6 +38,8 @@ def parse():
                    help="DiT step precision: bf16 autocast, or f32 throughout (as bench_dit_step)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
     p.add_argument("--only", default="", help="comma list of norm,attn,gemm,step")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip the op-by-op torch.profiler table of one eager DiT step")
     return p.parse_args()
 
 
@@ -256,6 +259,27 @@ class DiT(nn.Module):
         return self.out(modulate(self.final_norm(h), shift, scale))
 
 
+def print_op_profile(step, device_activity=True, rows=25):
+    """One more step under torch.profiler, its ops by self time on the device: the table to set
+    beside `bench_dit_step --profile` (psvae's op profiler) for the same step."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_activity else [])
+    with profile(activities=acts) as prof:
+        step()
+        if device_activity:
+            torch.cuda.synchronize()
+    averages = prof.key_averages()
+    # The sort key's name changed across versions (cuda -> device); the CPU key is the fallback.
+    keys = ["self_device_time_total", "self_cuda_time_total"] if device_activity else []
+    for key in keys + ["self_cpu_time_total"]:
+        try:
+            print(averages.table(sort_by=key, row_limit=rows))
+            return key
+        except (AttributeError, KeyError, ValueError):
+            continue
+    return None
+
+
 def bench_step(t, args, peak):
     depth, d, heads = DIT_ARCH[args.dit]
     batch = 8 if args.quick else args.batch
@@ -292,6 +316,12 @@ def bench_step(t, args, peak):
         row([name, batch, f"{ms:.1f}", f"{batch / (ms * 1e-3):.0f}", f"{tf:.1f}",
              f"{100*tf/peak:.1f}%"])
     print(f"\nparameters {params/1e6:.1f} M; flops per step {flops/1e12:.2f} T\n")
+    if not args.no_profile:
+        print(f"## One torch eager step (batch {batch}, {mode}), op by op (torch.profiler)\n")
+        try:
+            print_op_profile(lambda: step(model))
+        except Exception as e:  # a profiler problem must not cost the rest of the session
+            print(f"op profile failed: {type(e).__name__}: {e}\n")
 
 
 def main():

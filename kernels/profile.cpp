@@ -150,8 +150,8 @@ ProfileScope::~ProfileScope() {
   try {
     record(name_, device_, bytes_, cpu_start_ms_, event_start_);
   } catch (...) {
-    // A destructor must not throw; a failed event record loses one measurement.
-    cuda::event_release(event_start_);
+    // A destructor must not throw. A CUDA error here loses this measurement (and leaks its start
+    // event, which may already sit in the pending list: releasing it could pool it twice).
   }
 }
 

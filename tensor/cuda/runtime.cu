@@ -93,8 +93,8 @@ void synchronize(int device) {
   PSVAE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-// Events are pooled: a profiled training step records two per op, thousands per step, and
-// cudaEventCreate costs microseconds. Default flags (timing enabled, not blocking-sync).
+// Events are pooled: a profiled training step records two per op, thousands per step, and each
+// cudaEventCreate is a driver call. Default flags (timing enabled, not blocking-sync).
 namespace {
 std::mutex event_mutex;
 std::vector<cudaEvent_t>& event_pool() {

@@ -315,11 +315,10 @@ int lane_id() {
 [[noreturn]] void fail(const char* what) {
   Block& b = *g_sched.block;
   if (b.error.empty()) {
+    // The block is named by run_grid's message, which every failure of a block reaches.
     const ThreadIds& t = g_sched.cur->ids;
-    b.error = std::string(what) + " (block (" + std::to_string(t.block.x) + "," +
-              std::to_string(t.block.y) + "," + std::to_string(t.block.z) + "), thread (" +
-              std::to_string(t.thread.x) + "," + std::to_string(t.thread.y) + "," +
-              std::to_string(t.thread.z) + "))";
+    b.error = std::string(what) + " (thread " + std::to_string(t.thread.x) + "," +
+              std::to_string(t.thread.y) + "," + std::to_string(t.thread.z) + ")";
   }
   g_sched.cur->state = State::Done;
   to_scheduler();
@@ -429,8 +428,7 @@ void cp_async_wait(int pending_groups) {
   }
 }
 
-// ---- ldmatrix and mma
-// ----------------------------------------------------------------------------
+// ---- ldmatrix and mma -------------------------------------------------------------------------
 void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr, bool trans) {
   if ((reinterpret_cast<uintptr_t>(row_addr) & 15) != 0)
     fail("ldmatrix: a row address is not 16-byte aligned");

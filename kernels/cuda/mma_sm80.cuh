@@ -84,9 +84,9 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 // d (16x8 f32) += a (16x16 bf16, row-major) * b (16x8 bf16, "col": k-major per column).
 // Fragments (PTX ISA, "Matrix fragments for mma.m16n8k16"), with g = lane / 4 and q = lane % 4,
 // each register two bf16 with the lower column (or row) index in its low half:
-//   a[0] = A(g, 2q..2q+1)   a[1] = A(g+8, 2q..2q+1)   a[2] = A(g, 2q+8..+9)   a[3] = A(g+8,
-//   2q+8..+9) b0 = B(2q..2q+1, g)     b1 = B(2q+8..2q+9, g) d[0], d[1] = D(g, 2q), D(g, 2q+1) d[2],
-//   d[3] = D(g+8, 2q), D(g+8, 2q+1)
+// - a[0] = A(g, 2q..2q+1), a[1] = A(g+8, 2q..2q+1), a[2] = A(g, 2q+8..+9), a[3] = A(g+8, 2q+8..+9)
+// - b0 = B(2q..2q+1, g), b1 = B(2q+8..2q+9, g)
+// - d[0], d[1] = D(g, 2q), D(g, 2q+1); d[2], d[3] = D(g+8, 2q), D(g+8, 2q+1)
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                                uint32_t b1) {
 #ifdef PSVAE_CUDA_EMULATION

@@ -29,7 +29,8 @@ std::atomic<bool>& enabled_flag() {
 }
 
 struct Pending {  // a CUDA measurement whose events are not read yet
-  std::string name, device;
+  std::string name;
+  Device device;
   void* start;
   void* end;
   double bytes;
@@ -65,11 +66,15 @@ void add_locked(State& s, const std::string& name, const std::string& device, do
   r.bytes += bytes;
 }
 
+void release(const Pending& p) {
+  cuda::event_release(p.start, p.device.index);
+  cuda::event_release(p.end, p.device.index);
+}
+
 void drain_locked(State& s) {
-  for (Pending& p : s.pending) {
-    add_locked(s, p.name, p.device, cuda::event_elapsed_ms(p.start, p.end), p.bytes);
-    cuda::event_release(p.start);
-    cuda::event_release(p.end);
+  for (const Pending& p : s.pending) {
+    add_locked(s, p.name, p.device.str(), cuda::event_elapsed_ms(p.start, p.end), p.bytes);
+    release(p);
   }
   s.pending.clear();
 }
@@ -85,7 +90,7 @@ void record(const std::string& name, const Device& dev, double bytes, double cpu
   }
   void* end = cuda::event_record(dev.index);
   std::lock_guard<std::mutex> lock(s.mutex);
-  s.pending.push_back({name, dev.str(), event_start, end, bytes});
+  s.pending.push_back({name, dev, event_start, end, bytes});
   if (s.pending.size() >= kMaxPending) drain_locked(s);
 }
 
@@ -97,10 +102,7 @@ bool profile_enabled() { return enabled_flag().load(std::memory_order_relaxed); 
 void profile_reset() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
-  for (Pending& p : s.pending) {
-    cuda::event_release(p.start);
-    cuda::event_release(p.end);
-  }
+  for (const Pending& p : s.pending) release(p);
   s.pending.clear();
   s.rows.clear();
 }

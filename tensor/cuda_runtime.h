@@ -29,11 +29,12 @@ void* current_stream(int device);  // cudaStream_t, opaque here so headers need 
 void synchronize(int device);
 
 // Timing events on the device's stream, for the op profiler (kernels/profile.h). event_record
-// takes an event from a per-process pool and records it on the stream; event_elapsed_ms waits for
-// `end` and returns the milliseconds between the two; event_release hands an event back.
+// takes an event from the device's pool and records it on the stream; event_elapsed_ms waits for
+// `end` and returns the milliseconds between the two; event_release hands an event back to the
+// pool of the device it was recorded on.
 void* event_record(int device);
 float event_elapsed_ms(void* start, void* end);
-void event_release(void* event);
+void event_release(void* event, int device);
 
 // Copies; host pointers may be pageable. Each call is ordered on the current stream. D2H and H2D
 // return once the copy is complete (the host buffer may be freed right after the call); D2D

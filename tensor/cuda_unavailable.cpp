@@ -28,7 +28,7 @@ void* current_stream(int) { unavailable("current_stream"); }
 void synchronize(int) { unavailable("synchronize"); }
 void* event_record(int) { unavailable("event_record"); }
 float event_elapsed_ms(void*, void*) { unavailable("event_elapsed_ms"); }
-void event_release(void*) {}
+void event_release(void*, int) {}
 void memcpy_h2d(void*, const void*, size_t, int) { unavailable("memcpy_h2d"); }
 void memcpy_d2h(void*, const void*, size_t, int) { unavailable("memcpy_d2h"); }
 void memcpy_d2d(void*, const void*, size_t, int) { unavailable("memcpy_d2d"); }

@@ -6,6 +6,7 @@
 // caching allocator (tensor/cuda/allocator.cu) reuse a freed block without synchronising.
 // Streams are never destroyed: they live as long as the process, and destroying them from a static
 // destructor would race the CUDA runtime's own teardown at exit.
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -94,12 +95,13 @@ void synchronize(int device) {
 }
 
 // Events are pooled: a profiled training step records two per op, thousands per step, and each
-// cudaEventCreate is a driver call. Default flags (timing enabled, not blocking-sync).
+// cudaEventCreate is a driver call. One pool per device, as an event may only be recorded on a
+// stream of the device it was created on. Default flags (timing enabled, not blocking-sync).
 namespace {
 std::mutex event_mutex;
-std::vector<cudaEvent_t>& event_pool() {
-  static auto* pool = new std::vector<cudaEvent_t>();  // never destroyed, as the streams
-  return *pool;
+std::vector<cudaEvent_t>& event_pool(int device) {
+  static auto* pools = new std::map<int, std::vector<cudaEvent_t>>();  // never destroyed
+  return (*pools)[device];
 }
 }  // namespace
 
@@ -109,9 +111,10 @@ void* event_record(int device) {
   cudaEvent_t e = nullptr;
   {
     std::lock_guard<std::mutex> lock(event_mutex);
-    if (!event_pool().empty()) {
-      e = event_pool().back();
-      event_pool().pop_back();
+    std::vector<cudaEvent_t>& pool = event_pool(device);
+    if (!pool.empty()) {
+      e = pool.back();
+      pool.pop_back();
     }
   }
   if (!e) PSVAE_CUDA_CHECK(cudaEventCreate(&e));
@@ -127,10 +130,10 @@ float event_elapsed_ms(void* start, void* end) {
   return ms;
 }
 
-void event_release(void* event) {
+void event_release(void* event, int device) {
   if (!event) return;
   std::lock_guard<std::mutex> lock(event_mutex);
-  event_pool().push_back(static_cast<cudaEvent_t>(event));
+  event_pool(device).push_back(static_cast<cudaEvent_t>(event));
 }
 
 void memcpy_h2d(void* dst, const void* src, size_t nbytes, int device) {

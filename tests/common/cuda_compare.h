@@ -133,18 +133,26 @@ inline double tolerance(DType dt) {
   return dt == DType::F32 ? 1e-5 : dt == DType::F64 ? 1e-12 : 1e-2;
 }
 
+// The sums of squares the norm errors below are made of, in double, in element order.
+inline double sum_sq(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x * x;
+  return s;
+}
+inline double sum_sq_diff(const std::vector<double>& got, const std::vector<double>& ref) {
+  REQUIRE(got.size() == ref.size());
+  double s = 0;
+  for (size_t i = 0; i < got.size(); ++i) s += (got[i] - ref[i]) * (got[i] - ref[i]);
+  return s;
+}
+
 // ||got - ref|| / ||ref|| in double, for `CHECK(rel_norm_error(...) < tol)`. A NaN anywhere (in
 // got or ref) gives NaN, which fails every such check. When ||ref||^2 <= zero_floor the error is
 // absolute (||got - ref||): with the default 0 an all-zero reference asks for exact zeros; a
 // positive floor treats a reference that is zero up to the CPU's own rounding the same way.
 inline double rel_norm_error(const std::vector<double>& got, const std::vector<double>& ref,
                              double zero_floor = 0) {
-  REQUIRE(got.size() == ref.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
+  const double num = sum_sq_diff(got, ref), den = sum_sq(ref);
   return den > zero_floor ? std::sqrt(num) / std::sqrt(den) : std::sqrt(num);
 }
 inline double rel_norm_error(const Tensor& got, const Tensor& ref, double zero_floor = 0) {
@@ -155,18 +163,10 @@ inline double rel_norm_error(const Tensor& got, const Tensor& ref, double zero_f
 // value is zero (or below the dtype's resolution), where a relative error only compares noise;
 // callers scale the bound by the problem's natural magnitude, e.g. l2_norm of an input.
 inline double abs_norm_error(const Tensor& got, const Tensor& ref) {
-  const std::vector<double> a = as_doubles(got), b = as_doubles(ref);
-  REQUIRE(a.size() == b.size());
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
-  return std::sqrt(s);
+  return std::sqrt(sum_sq_diff(as_doubles(got), as_doubles(ref)));
 }
 // ||t|| in double.
-inline double l2_norm(const Tensor& t) {
-  double s = 0;
-  for (double x : as_doubles(t)) s += x * x;
-  return std::sqrt(s);
-}
+inline double l2_norm(const Tensor& t) { return std::sqrt(sum_sq(as_doubles(t))); }
 
 // test::compare (shapes equal, non-finite reference entries matched exactly, NaN in the output
 // fails, relative norm error <= tol) as a doctest check; got may be on any device.

@@ -51,8 +51,10 @@ test: build
 # sources compiled as C++ and every kernel run against the CPU, so a machine without a GPU still
 # runs them; with them the whole DiT and PS-VAE training steps on CUDA against the CPU's, and the
 # whole `psvae demo --tiny` pipeline on CUDA against the CPU run; then the kernel tests once more
-# with the emulator's blocks and threads in shuffled order, which exposes missing barriers. Needs
-# the CUDA headers only; skipped with a message when there are none.
+# with the emulator's blocks and threads in shuffled order, which exposes missing barriers; then
+# the kernels that use cp.async and wgmma with those landing and reading at the opposite extreme
+# (PSVAE_EMU_ASYNC=eager: a buffer refilled too early). Needs the CUDA headers only; skipped with
+# a message when there are none.
 CUDA_INCLUDE ?= /usr/local/cuda/include
 test-emu: deps
 	@if [ ! -f $(CUDA_INCLUDE)/cuda_runtime.h ]; then echo "test-emu: no CUDA headers in $(CUDA_INCLUDE); skipped"; exit 0; fi; \
@@ -65,7 +67,9 @@ test-emu: deps
 	echo "test-emu: the kernel tests again with blocks and threads in shuffled order (races)" && \
 	for t in test_tensor test_ops; do \
 	  PSVAE_EMU_ORDER=shuffle PSVAE_EMU_SEED=1 $(BUILD)-emu/bin/$$t --no-intro=true -tc="*cuda*" || exit 1; \
-	done
+	done && \
+	echo "test-emu: the async-copy kernels (GEMM, attention) again with copies landing early and wgmma reading late" && \
+	PSVAE_EMU_ASYNC=eager $(BUILD)-emu/bin/test_ops --no-intro=true -tc="cuda gemm*,cuda attention*"
 
 asan-tensor: deps
 	@[ -f $(BUILD)-asan/CMakeCache.txt ] || cmake -S . -B $(BUILD)-asan $(GENERATOR) \

@@ -22,7 +22,13 @@ import sys
 
 
 def ptxas_lines(entry, arch):
-    """ptxas -v output of one compile_commands entry, rebuilt for `arch` only."""
+    """ptxas -v output of one compile_commands entry, rebuilt for `arch` only. A *_sm90a.cu
+    file exists only for sm_90a (its wgmma needs it): it is built for sm_90a when `arch` is
+    sm_90, and left out for any other arch."""
+    if entry["file"].endswith("_sm90a.cu"):
+        if arch != "sm_90":
+            return []
+        arch = "sm_90a"
     args = shlex.split(entry["command"])
     out, keep = [], True
     for a in args:
@@ -35,7 +41,10 @@ def ptxas_lines(entry, arch):
         if a.startswith("--generate-code=") or a.startswith("-gencode"):
             continue
         out.append(a)
-    out += [f"-arch={arch}", "-Xptxas", "-v", "-o", os.devnull]
+    # sm_90a as -gencode: nvcc's -arch=sm_90a shorthand also runs a device pass without the
+    # sm_90a features, where the kernel's wgmma branch is compiled out.
+    target = ("-gencode=arch=compute_90a,code=sm_90a" if arch == "sm_90a" else f"-arch={arch}")
+    out += [target, "-Xptxas", "-v", "-o", os.devnull]
     r = subprocess.run(out, cwd=entry["directory"], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"ptxas_report: compiling {entry['file']} failed:\n{r.stderr[-2000:]}")

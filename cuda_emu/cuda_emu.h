@@ -17,14 +17,21 @@
 //     in f32 in k order; a tensor core's internal order and precision differ, so bf16 results
 //     agree with a GPU to rounding, not bit for bit.
 //   - cp.async copies are deferred to the cp.async.wait_group that retires their commit group, so
-//     a read of shared memory before its wait sees the poison, not the data. Dynamic shared memory
+//     a read of shared memory before its wait sees the poison, not the data. With
+//     PSVAE_EMU_ASYNC=eager they land when issued instead, so a buffer refilled while a read of
+//     it is still due (a pending wgmma, a thread past no barrier) is caught. Dynamic shared memory
 //     is filled with 0xff bytes (NaN in f32 and bf16) before every block.
 //   - Launch limits are a GPU's: at most 1024 threads a block, grid y and z below 65536, dynamic
 //     shared memory above 48 KiB only after cudaFuncSetAttribute(MaxDynamicSharedMemorySize), and
 //     at most 227 KiB (sm_90).
+//   - wgmma (sm_90a) reads shared memory through its descriptors when issued, the earliest a GPU
+//     may, so a tile whose copies have not landed shows. With PSVAE_EMU_ASYNC=eager the two swap
+//     ends: copies land when issued and each wgmma is computed at the wgmma.wait_group that
+//     retires it, so a tile refilled before that wait, or an accumulator read before it, shows.
+//     A thread that exits with wgmma operations not waited for fails the launch.
 //   - It is not a timing model, not a memory-model checker (one fiber runs at a time, every store
 //     is seen at once) and not a PTX interpreter: inline asm does not exist here, so every PTX
-//     wrapper of the project (kernels/cuda/mma_sm80.cuh) has an emulated twin.
+//     wrapper of the project (kernels/cuda/mma_sm80.cuh, mma_sm90.cuh) has an emulated twin.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -89,6 +96,27 @@ void cp_async_wait(int pending_groups);  // retire every committed group but the
 void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr, bool trans);
 void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 
+// ---- sm_90a: shared-window addresses and wgmma (fiber.cpp) -------------------------------------
+// The shared-window address of p, which must point into the dynamic shared memory. The window puts
+// that array at address 16, deliberately off the 1024-byte boundary where a 128-byte swizzle
+// pattern starts (a GPU promises only 16-byte alignment too): a kernel that forgets to align its
+// swizzled tiles reads the wrong elements here.
+uint32_t smem_window_address(const void* p);
+void fence_proxy_async();  // nothing to do: one fiber runs at a time and every store is seen
+// wgmma.fence: recorded, and required since the thread's last wgmma.wait_group (or its start)
+// before its next wgmma. That is stricter than the ISA (which needs it only after other accesses
+// to the accumulators), so a kernel that passes here fences at least where the ISA asks.
+void wgmma_fence();
+// wgmma.mma_async.m64nNk16.f32.bf16.bf16 with A and B in shared memory: d (n / 2 floats, this
+// thread's accumulator fragment) += A (64 x 16) B (16 x n) for the thread's warpgroup (128
+// consecutive threads). Every lane of the warp must issue it with the same descriptors. Computed
+// when issued, or with PSVAE_EMU_ASYNC=eager when wgmma.wait_group retires its group (fiber.cpp),
+// adding the 16 exact products in f32 in k order; either way it joins the open group.
+// Only the 128-byte swizzle with base offset 0 is modelled; anything else fails the launch.
+void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b);
+void wgmma_commit();
+void wgmma_wait(int pending_groups);  // retire every committed group but the newest n
+
 // ---- launches (fiber.cpp) --------------------------------------------------------------------
 // Runs body() as every thread of every block of the grid, blocks and threads in the schedule's
 // order (below). kernel identifies the function for its cudaFuncSetAttribute limits. On a failure
@@ -102,6 +130,13 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
 enum class Order { Forward, Reverse, Shuffle };
 Order schedule_order();
 void set_schedule_order(Order order);
+
+// When cp.async lands and wgmma reads (fiber.cpp): Deferred (copies at their wait, wgmma at issue;
+// the default) or Eager (copies at issue, wgmma at its wait). The env PSVAE_EMU_ASYNC (deferred,
+// eager) sets the initial value.
+enum class AsyncMode { Deferred, Eager };
+AsyncMode async_mode();
+void set_async_mode(AsyncMode mode);
 
 template <class... P>
 struct Launch {

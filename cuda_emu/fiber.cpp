@@ -15,6 +15,15 @@
 // slot thread u writes, which works when u happens to run first), or a block that reads another
 // block's output. Running the tests in more than one order finds the races one order hides; it
 // cannot find those that need two threads interleaved within one segment between yield points.
+// Async copies and wgmma (env PSVAE_EMU_ASYNC), two opposite extremes of what a GPU may do:
+//   "deferred" (the default): each cp.async lands at the wait that retires its group (the latest)
+//     and each wgmma reads shared memory when issued (the earliest), so a read that comes before
+//     the data (a missing wait or barrier) sees the poison or a stale tile;
+//   "eager": each cp.async lands when issued (the earliest) and each wgmma is computed at the wait
+//     that retires it (the latest), so a buffer refilled while a read of it is still due (a
+//     pending wgmma, a thread not yet past a barrier) is read after it was overwritten, and an
+//     accumulator read before its wait is stale.
+// Each mode finds one half of the async hazards: read too early, refill too early.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -97,6 +106,17 @@ struct Fiber {
   };
   std::vector<Copy> open;
   std::deque<std::vector<Copy>> committed;
+  // wgmma: operations of the open group, then committed groups oldest first; whether a
+  // wgmma.fence was executed since the last wgmma.wait_group.
+  struct Wgmma {
+    float* d;
+    int n;
+    uint64_t desc_a, desc_b;
+    bool trans_a, trans_b;
+  };
+  std::vector<Wgmma> wg_open;
+  std::deque<std::vector<Wgmma>> wg_committed;
+  bool wg_fenced = false;
 };
 
 // A warp's one collective in flight: which lanes it waits for, who has arrived, their deposits.
@@ -148,9 +168,13 @@ unsigned char* new_stack() {
 }
 
 alignas(16) unsigned char g_dynamic_smem[kMaxDynamicSmem];
+size_t g_dynamic_smem_bytes = 0;  // of the running launch
+// The shared-window address of g_dynamic_smem[0] (cuda_emu.h: off the 1024-byte boundary).
+constexpr uint32_t kSmemWindowBase = 16;
 
 struct Schedule {
   Order order = Order::Forward;
+  bool eager_copies = false;  // PSVAE_EMU_ASYNC=eager: cp.async lands when issued
   std::mt19937_64 rng;
   // Fills `ix` with 0..n-1 in this schedule's order (a fresh draw each call when shuffling).
   void permutation(std::vector<int>& ix, int n) {
@@ -174,6 +198,14 @@ Schedule& schedule() {
                    "cuda_emu: PSVAE_EMU_ORDER=%s is not forward, reverse or shuffle; "
                    "using forward\n",
                    order.c_str());
+    const char* a = std::getenv("PSVAE_EMU_ASYNC");
+    const std::string async = a ? a : "";
+    if (async == "eager")
+      r->eager_copies = true;
+    else if (!async.empty() && async != "deferred")
+      std::fprintf(stderr,
+                   "cuda_emu: PSVAE_EMU_ASYNC=%s is not deferred or eager; using deferred\n",
+                   async.c_str());
     const char* seed = std::getenv("PSVAE_EMU_SEED");
     r->rng.seed(seed && *seed ? std::strtoull(seed, nullptr, 10) : 1);
     return r;
@@ -273,6 +305,9 @@ bool run_block(Block& b) {
     f.state = State::Ready;
     f.open.clear();
     f.committed.clear();
+    f.wg_open.clear();
+    f.wg_committed.clear();
+    f.wg_fenced = false;
     start_fiber(f);
   }
   g_sched.block = &b;
@@ -287,7 +322,15 @@ bool run_block(Block& b) {
       ran = true;
       if (!b.error.empty()) return false;
     }
-    if (b.live == 0) return true;
+    if (b.live == 0) {
+      for (int i = 0; i < b.nthreads; ++i)
+        if (!fiber(i).wg_open.empty() || !fiber(i).wg_committed.empty()) {
+          b.error = "thread " + std::to_string(i) +
+                    " exited with wgmma operations not retired by wgmma.wait_group";
+          return false;
+        }
+      return true;
+    }
     if (!ran) {
       b.error = "deadlock: " + where_waiting(b);
       return false;
@@ -401,12 +444,25 @@ void gather(unsigned mask, const void* in, size_t bytes, void* all) {
 // ---- dynamic shared memory and the async copies -----------------------------------------------
 unsigned char* dynamic_smem() { return g_dynamic_smem; }
 
+namespace {
+// One cp.async's effect: src_bytes copied, the rest of the 16 zero-filled.
+void land(const Fiber::Copy& c) {
+  auto* d = static_cast<unsigned char*>(c.dst);
+  if (c.bytes > 0) std::memcpy(d, c.src, static_cast<size_t>(c.bytes));
+  std::memset(d + c.bytes, 0, static_cast<size_t>(16 - c.bytes));
+}
+}  // namespace
+
 void cp_async16(void* dst, const void* src, int src_bytes) {
   if ((reinterpret_cast<uintptr_t>(dst) & 15) != 0)
     fail("cp.async: the shared-memory destination is not 16-byte aligned");
   if (src_bytes > 0 && (reinterpret_cast<uintptr_t>(src) & 15) != 0)
     fail("cp.async: the global source is not 16-byte aligned");
   if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside 0..16");
+  if (schedule().eager_copies) {
+    land(Fiber::Copy{dst, src, src_bytes});
+    return;
+  }
   g_sched.cur->open.push_back({dst, src, src_bytes});
 }
 
@@ -419,11 +475,7 @@ void cp_async_commit() {
 void cp_async_wait(int pending_groups) {
   Fiber* f = g_sched.cur;
   while (static_cast<int>(f->committed.size()) > pending_groups) {
-    for (const Fiber::Copy& c : f->committed.front()) {
-      auto* d = static_cast<unsigned char*>(c.dst);
-      if (c.bytes > 0) std::memcpy(d, c.src, static_cast<size_t>(c.bytes));
-      std::memset(d + c.bytes, 0, static_cast<size_t>(16 - c.bytes));
-    }
+    for (const Fiber::Copy& c : f->committed.front()) land(c);
     f->committed.pop_front();
   }
 }
@@ -487,9 +539,121 @@ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t
   }
 }
 
+// ---- sm_90a: wgmma ------------------------------------------------------------------------------
+uint32_t smem_window_address(const void* p) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  if (c < g_dynamic_smem || c >= g_dynamic_smem + kMaxDynamicSmem)
+    fail("smem address: the pointer is not in the dynamic shared memory");
+  return kSmemWindowBase + static_cast<uint32_t>(c - g_dynamic_smem);
+}
+
+void fence_proxy_async() {}
+
+void wgmma_fence() { g_sched.cur->wg_fenced = true; }
+
+namespace {
+
+// Element (mn, k) of a 128-byte-swizzled bf16 operand (cuda_emu.h; PTX ISA, "Shared Memory Matrix
+// Layout", canonical layouts with Swizzle<3, 4, 3>), as a float. K-major: rows are mn, groups of
+// 8 rows `sbo` apart, k contiguous. MN-major: rows are k, groups of 8 k rows `sbo` apart, 64
+// contiguous mn per row, blocks of 64 mn `lbo` apart. The swizzle acts on the address: its 16-byte
+// chunk bits (4-6) are XORed with its 128-byte row bits (7-9).
+float wgmma_operand(uint64_t desc, bool mn_major, int mn, int k) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  if ((desc >> 62) != 1) fail("wgmma: only the 128-byte swizzle is modelled by the emulator");
+  if (((desc >> 49) & 7) != 0) fail("wgmma: a non-zero matrix base offset is not modelled");
+  uint32_t addr;
+  if (!mn_major)
+    addr = start + static_cast<uint32_t>(mn / 8) * sbo + static_cast<uint32_t>(mn % 8) * 128 +
+           static_cast<uint32_t>(k) * 2;
+  else
+    addr = start + static_cast<uint32_t>(mn / 64) * lbo + static_cast<uint32_t>(mn % 64) * 2 +
+           static_cast<uint32_t>(k / 8) * sbo + static_cast<uint32_t>(k % 8) * 128;
+  addr ^= ((addr >> 7) & 7) << 4;
+  if (addr < kSmemWindowBase || addr + 2 > kSmemWindowBase + g_dynamic_smem_bytes)
+    fail("wgmma: a descriptor addresses shared memory outside the launch's dynamic allocation");
+  uint16_t h;
+  std::memcpy(&h, g_dynamic_smem + (addr - kSmemWindowBase), 2);
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// One queued wgmma for the running thread: its fragment rows 16 w + g (+ 8), columns 8 i + 2 q
+// (+ 1) of the warpgroup's 64 x n tile.
+void run_wgmma(const Fiber::Wgmma& op, int linear) {
+  const int t = linear % 128, w = t / 32, lane = t % 32, g = lane / 4, q = lane % 4;
+  float a[2][16];
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 16; ++k)
+      a[h][k] = wgmma_operand(op.desc_a, op.trans_a, 16 * w + g + 8 * h, k);
+  for (int i = 0; i < op.n / 8; ++i)
+    for (int j = 0; j < 2; ++j) {
+      float b[16];
+      for (int k = 0; k < 16; ++k)
+        b[k] = wgmma_operand(op.desc_b, op.trans_b, 8 * i + 2 * q + j, k);
+      for (int h = 0; h < 2; ++h) {
+        float s = 0.f;
+        for (int k = 0; k < 16; ++k) s += a[h][k] * b[k];  // each product exact in f32
+        op.d[4 * i + 2 * h + j] += s;
+      }
+    }
+}
+
+}  // namespace
+
+void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b) {
+  Fiber* f = g_sched.cur;
+  if (g_sched.block->nthreads % 128 != 0)
+    fail("wgmma: the block's thread count is not a multiple of a warpgroup (128)");
+  if (!f->wg_fenced) fail("wgmma: no wgmma.fence since the last wgmma.wait_group");
+  if (n % 8 != 0 || n < 8 || n > 256) fail("wgmma: N is not a multiple of 8 in 8..256");
+  // .sync.aligned: every lane issues the same instruction; the descriptors must agree.
+  struct Issue {
+    uint64_t a, b;
+    int n, trans;
+  };
+  const Issue mine{desc_a, desc_b, n, (trans_a ? 1 : 0) | (trans_b ? 2 : 0)};
+  Issue all[32];
+  gather(0xffffffffu, &mine, sizeof mine, all);
+  for (const Issue& o : all)
+    if (o.a != mine.a || o.b != mine.b || o.n != mine.n || o.trans != mine.trans)
+      fail("wgmma: the lanes of a warp issued different descriptors, shapes or transposes");
+  const Fiber::Wgmma op{d, n, desc_a, desc_b, trans_a, trans_b};
+  if (!schedule().eager_copies) {
+    // Deferred copies, early reads: the wgmma reads shared memory now, the earliest a GPU may.
+    // The group still counts (a null entry) for the waits and the exit check.
+    run_wgmma(op, f->linear);
+    f->wg_open.push_back({nullptr, n, desc_a, desc_b, trans_a, trans_b});
+    return;
+  }
+  f->wg_open.push_back(op);  // eager copies, late reads: computed at the wait that retires it
+}
+
+void wgmma_commit() {
+  Fiber* f = g_sched.cur;
+  f->wg_committed.push_back(std::move(f->wg_open));
+  f->wg_open.clear();
+}
+
+void wgmma_wait(int pending_groups) {
+  Fiber* f = g_sched.cur;
+  while (static_cast<int>(f->wg_committed.size()) > pending_groups) {
+    for (const Fiber::Wgmma& op : f->wg_committed.front())
+      if (op.d) run_wgmma(op, f->linear);
+    f->wg_committed.pop_front();
+  }
+  f->wg_fenced = false;
+}
+
 // ---- launches ----------------------------------------------------------------------------------
 Order schedule_order() { return schedule().order; }
 void set_schedule_order(Order order) { schedule().order = order; }
+AsyncMode async_mode() { return schedule().eager_copies ? AsyncMode::Eager : AsyncMode::Deferred; }
+void set_async_mode(AsyncMode mode) { schedule().eager_copies = mode == AsyncMode::Eager; }
 
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
               const std::function<void()>& body) {
@@ -529,6 +693,7 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
                    y = static_cast<unsigned>(linear) / grid.x % grid.y,
                    z = static_cast<unsigned>(linear) / grid.x / grid.y;
     std::memset(g_dynamic_smem, 0xff, smem);  // poison: NaN in f32 and bf16
+    g_dynamic_smem_bytes = smem;
     b.live = b.nthreads;
     b.at_barrier = 0;
     for (Warp& w : b.warps) {  // the slots need no reset: a collective writes before reading

@@ -274,6 +274,18 @@ cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, 
   return cudaSuccess;
 }
 
+// Every kernel has an "image" here (the emulator stands in for an sm_90a GPU); what the callers
+// read (the dynamic shared-memory limit) is filled in, the rest is zero.
+cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes* attr, const void* func) {
+  if (!attr || !func) return cudaErrorInvalidValue;
+  std::memset(attr, 0, sizeof *attr);
+  attr->maxThreadsPerBlock = 1024;
+  attr->maxDynamicSharedSizeBytes = static_cast<int>(cuda_emu::max_dynamic_smem(func));
+  attr->ptxVersion = 90;
+  attr->binaryVersion = 90;
+  return cudaSuccess;
+}
+
 // Resident blocks per SM as an sm_90 would allow by threads (2048) and shared memory (228 KiB);
 // registers are not modelled.
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* num_blocks, const void*,

@@ -7,11 +7,12 @@
 // kernel is an mma.sync design (the instruction path sm_80 has), which on an H100-class GPU peaks
 // well below wgmma; the issue's own target for it is 0.7x cuBLAS. Until bench/bench_gemm.cu shows
 // a shape class where ours wins (small or skinny problems are the candidates: no heuristic or
-// workspace overhead), every shape goes to cuBLASLt. PSVAE_GEMM=own|cublaslt (or
-// set_gemm_backend) forces a path so each can be studied and tested. Exceptions decided in
-// gemm_cublaslt.cu, which then fall back to ours even when cuBLASLt is forced: f32 with a GELU
-// epilogue (cuBLASLt's GELU accuracy is undocumented; the f32 path promises 1e-5), and a GELU aux
-// whose ldc is not a multiple of 8 (cuBLASLt's requirement).
+// workspace overhead), every shape goes to cuBLASLt. PSVAE_GEMM=own|wgmma|cublaslt (or
+// set_gemm_backend) forces a path so each can be studied and tested: own is our mma.sync kernel,
+// wgmma our sm_90a kernel (gemm_wgmma_sm90a.cu; not yet run on a GPU, so not in Auto's rule).
+// Exceptions decided in gemm_cublaslt.cu, which then fall back to ours even when cuBLASLt is
+// forced: f32 with a GELU epilogue (cuBLASLt's GELU accuracy is undocumented; the f32 path promises
+// 1e-5), and a GELU aux whose ldc is not a multiple of 8 (cuBLASLt's requirement).
 //
 // Ops (semantics of kernels/cpu/linalg.cpp):
 //   matmul (A (..., M, K), B (..., K, N) or rank 2 shared) -> C (..., M, N), ints trans_a,
@@ -52,6 +53,7 @@ const char* gemm_backend_name(GemmBackend b) {
     case GemmBackend::Auto: return "auto";
     case GemmBackend::CublasLt: return "cublaslt";
     case GemmBackend::Own: return "own";
+    case GemmBackend::Wgmma: return "wgmma";
   }
   return "?";
 }
@@ -112,8 +114,9 @@ GemmBackend parse_gemm_backend(const char* value) {
   if (s == "auto") return GemmBackend::Auto;
   if (s == "cublaslt") return GemmBackend::CublasLt;
   if (s == "own") return GemmBackend::Own;
+  if (s == "wgmma") return GemmBackend::Wgmma;
   throw std::invalid_argument(std::string("PSVAE_GEMM: unknown value '") + value +
-                              "' (expected auto, cublaslt or own)");
+                              "' (expected auto, cublaslt, own or wgmma)");
 }
 
 GemmBackend gemm_backend() {
@@ -135,12 +138,14 @@ void gemm(const GemmDesc& d, int device, void* stream) {
   validate(d);
   ::psvae::cuda::check_device(device);
   if (d.batch == 0) return;
-  if (gemm_backend() != GemmBackend::Own && detail::gemm_cublaslt(d, device, stream)) {
+  const GemmBackend b = gemm_backend();
+  const bool ours = b == GemmBackend::Own || b == GemmBackend::Wgmma;
+  if (!ours && detail::gemm_cublaslt(d, device, stream)) {
     t_last = GemmBackend::CublasLt;
     return;
   }
-  detail::gemm_own(d, device, stream);
-  t_last = GemmBackend::Own;
+  t_last = detail::gemm_own(d, device, stream, b == GemmBackend::Wgmma) ? GemmBackend::Wgmma
+                                                                        : GemmBackend::Own;
 }
 
 namespace {

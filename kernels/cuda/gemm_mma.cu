@@ -2,7 +2,8 @@
 // convention: row-major, C (M, N) = alpha op(A) op(B) + beta C, then the epilogue).
 //
 // bf16: tensor cores through mma.sync.m16n8k16 (bf16 inputs, fp32 accumulators), an sm_80 design
-// that also runs on sm_90 (no wgmma/TMA: those need sm_90a and are the stretch goal).
+// that also runs on sm_90. Its sm_90a sibling with wgmma (gemm_wgmma_sm90a.cu) shares the tile,
+// the parameters and the epilogue (gemm_tile_common.cuh) and is chosen per call in run_tiles.
 //   - Block tile 128 x 128 x 32, 256 threads = 8 warps as 2 (M) x 4 (N), each warp 64 x 32: per
 //     k16 step a warp loads 4 A fragments (ldmatrix.x4) and 4 B fragments (2 ldmatrix.x4) and
 //     issues 4 x 4 = 16 mma; 64 fp32 accumulators per thread.
@@ -40,6 +41,7 @@
 
 #include "kernels/cuda/elementwise_common.cuh"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemm_tile_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "tensor/cuda/cuda_check.cuh"
 #include "tensor/cuda/launch.cuh"
@@ -50,94 +52,7 @@ namespace psvae::kernels::cuda::detail {
 namespace {
 
 namespace rt = ::psvae::cuda;
-using bf16_t = __nv_bfloat16;
-
-// ---- epilogue ----------------------------------------------------------------------------------
-// Elementwise part of the epilogue as the kernels see it (the bias gradients run afterwards).
-enum EpiKind : int { kEpiNone = 0, kEpiBias = 1, kEpiBiasGelu = 2, kEpiDGelu = 3 };
-
-template <class T>
-struct GemmParams {
-  const T* A;
-  const T* B;
-  T* C;
-  const T* bias;  // kEpiBias, kEpiBiasGelu: N elements
-  T* aux;         // kEpiBiasGelu: pre-activation out (may be null); kEpiDGelu: in. C's layout.
-  int64_t M, N, K;
-  int64_t lda, ldb, ldc;
-  int64_t stride_a, stride_b, stride_c;  // per blockIdx.z
-  float alpha, beta;
-  int epi;
-  bool pair_store;  // C (and aux) rows allow 2-element vector stores: see gemm_own
-  // Split-K (bf16 kernel, batch 1 only): blockIdx.z is the split; split z covers k in
-  // [z k_split, min(K, (z + 1) k_split)) and writes its raw fp32 tile to partial + z M N (row
-  // stride N); splitk_reduce_kernel then adds the splits in order and applies the epilogue.
-  float* partial;  // null: no split, blockIdx.z is the batch entry
-  int64_t k_split;
-};
-
-// tanh GELU and its slope in f32, the formulas of kernels/cuda/unary.cu (GeluTanh).
-__device__ __forceinline__ float gelu_f(float x) {
-  const float t = tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x));
-  return 0.5f * x * (1.f + t);
-}
-__device__ __forceinline__ float dgelu_f(float x) {
-  const float k = 0.79788456080286535588f;
-  const float t = tanhf(k * (x + 0.044715f * x * x * x));
-  const float du = k * (1.f + 3.f * 0.044715f * x * x);
-  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * du;
-}
-
-// The value stored at C[off] (row-major offset of (row, col) in this batch entry's C) from the
-// fp32 accumulator; writes aux[off] for BiasGelu. C is read only when beta != 0.
-template <class T>
-__device__ __forceinline__ float epilogue_value(const GemmParams<T>& p, const T* c, T* aux,
-                                                int64_t off, int64_t col, float acc) {
-  using Mt = Math<T>;
-  float t = p.alpha * acc;
-  if (p.beta != 0.f) t += p.beta * Mt::load(c[off]);
-  switch (p.epi) {
-    case kEpiBias: t += Mt::load(p.bias[col]); break;
-    case kEpiBiasGelu:
-      t += Mt::load(p.bias[col]);
-      if (aux) aux[off] = Mt::store(t);
-      t = gelu_f(t);
-      break;
-    case kEpiDGelu: t *= dgelu_f(Mt::load(aux[off])); break;
-    default: break;
-  }
-  return t;
-}
-
-// Stores the two adjacent outputs (row, col) and (row, col + 1), each only when inside C. acc0,
-// acc1 are the fp32 accumulators. One 4-byte store for a bf16 pair when allowed (pair_store: ldc
-// and stride_c even, C 4-byte aligned; col is even here, so the pair is aligned).
-__device__ __forceinline__ void store_pair(const GemmParams<bf16_t>& p, bf16_t* c, bf16_t* aux,
-                                           int64_t row, int64_t col, float acc0, float acc1) {
-  if (row >= p.M || col >= p.N) return;
-  const int64_t off = row * p.ldc + col;
-  const float v0 = epilogue_value(p, c, aux, off, col, acc0);
-  if (col + 1 < p.N) {
-    const float v1 = epilogue_value(p, c, aux, off + 1, col + 1, acc1);
-    if (p.pair_store) {
-      *reinterpret_cast<__nv_bfloat162*>(c + off) = __floats2bfloat162_rn(v0, v1);
-    } else {
-      c[off] = __float2bfloat16_rn(v0);
-      c[off + 1] = __float2bfloat16_rn(v1);
-    }
-  } else {
-    c[off] = __float2bfloat16_rn(v0);
-  }
-}
-
-// The raw fp32 accumulators of (row, col) and (row, col + 1) into a split's partial tile (row
-// stride N), each only when inside.
-__device__ __forceinline__ void store_partial(float* w, int64_t M, int64_t N, int64_t row,
-                                              int64_t col, float v0, float v1) {
-  if (row >= M || col >= N) return;
-  w[row * N + col] = v0;
-  if (col + 1 < N) w[row * N + col + 1] = v1;
-}
+using namespace tile;  // GemmParams, the epilogue, the 128 x 128 tile (gemm_tile_common.cuh)
 
 // ---- PTX (kernels/cuda/mma_sm80.cuh) ----------------------------------------------------------
 using sm80::cp_async16;
@@ -148,7 +63,7 @@ using sm80::ldmatrix_x4_trans;
 using sm80::mma_bf16_16816;
 
 // ---- bf16 tensor-core kernel -------------------------------------------------------------------
-constexpr int kBM = 128, kBN = 128, kBK = 32;
+constexpr int kBK = 32;
 constexpr int kStages = 3;
 constexpr int kThreads = 256;
 constexpr int kPitchK = kBK + 8;           // K-contiguous slab: 128 rows of 40 bf16 (80 B)
@@ -558,14 +473,17 @@ void launch_bf16_t(const GemmParams<bf16_t>& p, bool aligned, dim3 grid, int dev
     launch_mma<kTA, kTB, false>(p, grid, device, s);
 }
 
-void launch_tile_kernel(const GemmParams<bf16_t>& p, bool ta, bool tb, bool aligned, dim3 grid,
-                        int device, cudaStream_t s) {
+// bf16: the wgmma kernel when asked for (the caller has checked that it can run and that the
+// operands are aligned), else the mma.sync kernel.
+void launch_tile_kernel(const GemmParams<bf16_t>& p, bool ta, bool tb, bool aligned, bool wgmma,
+                        dim3 grid, int device, cudaStream_t s) {
+  if (wgmma) return launch_wgmma(p, ta, tb, grid, device, s);
   if (!ta && !tb) launch_bf16_t<false, false>(p, aligned, grid, device, s);
   if (!ta && tb) launch_bf16_t<false, true>(p, aligned, grid, device, s);
   if (ta && !tb) launch_bf16_t<true, false>(p, aligned, grid, device, s);
   if (ta && tb) launch_bf16_t<true, true>(p, aligned, grid, device, s);
 }
-void launch_tile_kernel(const GemmParams<float>& p, bool ta, bool tb, bool, dim3 grid, int,
+void launch_tile_kernel(const GemmParams<float>& p, bool ta, bool tb, bool, bool, dim3 grid, int,
                         cudaStream_t s) {
   if (!ta && !tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<false, false>)(p);
   if (!ta && tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<false, true>)(p);
@@ -587,12 +505,12 @@ void launch_tile_kernel(const GemmParams<float>& p, bool ta, bool tb, bool, dim3
 constexpr int64_t kSplitMinK = 256;
 
 template <class T>
-bool run_split_k(const GemmParams<T>&, const GemmDesc&, int64_t, bool, int, cudaStream_t) {
+bool run_split_k(const GemmParams<T>&, const GemmDesc&, int64_t, bool, bool, int, cudaStream_t) {
   return false;  // f32: the SIMT kernel has no split-K
 }
 template <>
 bool run_split_k<bf16_t>(const GemmParams<bf16_t>& p, const GemmDesc& d, int64_t n_tiles,
-                         bool aligned, int device, cudaStream_t s) {
+                         bool aligned, bool wgmma, int device, cudaStream_t s) {
   if (d.batch != 1) return false;
   const int64_t m_tiles = (d.M + kBM - 1) / kBM;
   const int64_t tiles = m_tiles * n_tiles;
@@ -610,14 +528,15 @@ bool run_split_k<bf16_t>(const GemmParams<bf16_t>& p, const GemmDesc& d, int64_t
   q.k_split = k_split;
   const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(m_tiles),
                   static_cast<unsigned>(splits));
-  launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, grid, device, s);
+  launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, wgmma, grid, device, s);
   PSVAE_LAUNCH(rt::grid_for(d.M * d.N, device), rt::kBlockThreads, 0, s, splitk_reduce_kernel)
   (q, static_cast<int>(splits));
   return true;
 }
 
+// Returns whether the wgmma kernel ran (asked for by `wgmma`, bf16, aligned, available).
 template <class T>
-void run_tiles(const GemmDesc& d, int device, cudaStream_t s) {
+bool run_tiles(const GemmDesc& d, int device, cudaStream_t s, bool wgmma) {
   GemmParams<T> p{};
   p.A = static_cast<const T*>(d.A);
   p.B = static_cast<const T*>(d.B);
@@ -650,7 +569,11 @@ void run_tiles(const GemmDesc& d, int device, cudaStream_t s) {
   const int64_t kMaxGrid = 65535;
   const int64_t n_tiles = (d.N + kBN - 1) / kBN;
   if (n_tiles > kMaxGrid) throw std::invalid_argument("gemm: N too large for the own kernel");
-  if (std::is_same<T, bf16_t>::value && run_split_k(p, d, n_tiles, aligned, device, s)) return;
+  // The wgmma kernel reads its operands with cp.async only (no element-load path).
+  const bool use_wgmma =
+      wgmma && std::is_same<T, bf16_t>::value && aligned && wgmma_available(device);
+  if (std::is_same<T, bf16_t>::value && run_split_k(p, d, n_tiles, aligned, use_wgmma, device, s))
+    return use_wgmma;
   const int64_t rows_per_launch = kMaxGrid * kBM;
   for (int64_t b0 = 0; b0 < d.batch; b0 += kMaxGrid) {
     const int64_t nb = std::min(kMaxGrid, d.batch - b0);
@@ -663,9 +586,10 @@ void run_tiles(const GemmDesc& d, int device, cudaStream_t s) {
       if (q.aux) q.aux = p.aux + b0 * d.stride_c + r0 * d.ldc;
       const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>((q.M + kBM - 1) / kBM),
                       static_cast<unsigned>(nb));
-      launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, grid, device, s);
+      launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, use_wgmma, grid, device, s);
     }
   }
+  return use_wgmma;
 }
 
 template <class T>
@@ -688,21 +612,23 @@ void bias_grad(const GemmDesc& d, int device, cudaStream_t s) {
 }
 
 template <class T>
-void own(const GemmDesc& d, int device, cudaStream_t s) {
-  if (d.M > 0 && d.N > 0 && d.batch > 0) run_tiles<T>(d, device, s);
+bool own(const GemmDesc& d, int device, cudaStream_t s, bool wgmma) {
+  const bool ran_wgmma = d.M > 0 && d.N > 0 && d.batch > 0 && run_tiles<T>(d, device, s, wgmma);
   bias_grad<T>(d, device, s);
+  return ran_wgmma;
 }
 
 }  // namespace
 
-void gemm_own(const GemmDesc& d, int device, void* stream) {
+bool gemm_wgmma_available(int device) { return tile::wgmma_available(device); }
+
+bool gemm_own(const GemmDesc& d, int device, void* stream, bool wgmma) {
   rt::DeviceGuard guard(device);
   cudaStream_t s = stream ? static_cast<cudaStream_t>(stream) : rt::stream(device);
-  if (d.dtype == DType::BF16)
-    own<bf16_t>(d, device, s);
-  else
-    own<float>(d, device, s);
+  const bool ran_wgmma =
+      d.dtype == DType::BF16 ? own<bf16_t>(d, device, s, wgmma) : own<float>(d, device, s, wgmma);
   PSVAE_CUDA_CHECK(cudaGetLastError());
+  return ran_wgmma;
 }
 
 }  // namespace psvae::kernels::cuda::detail

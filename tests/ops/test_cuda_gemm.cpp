@@ -57,10 +57,25 @@ struct BackendScope {
 // cuBLASLt cannot run on the CUDA emulator (cuda_emu/): there the dispatch always takes our
 // kernels, which the Own pass covers.
 #ifdef PSVAE_CUDA_EMULATION
-const std::vector<GemmBackend> kBackends = {GemmBackend::Own};
+const std::vector<GemmBackend> kBackends = {GemmBackend::Own, GemmBackend::Wgmma};
 #else
-const std::vector<GemmBackend> kBackends = {GemmBackend::Own, GemmBackend::CublasLt};
+const std::vector<GemmBackend> kBackends = {GemmBackend::Own, GemmBackend::Wgmma,
+                                            GemmBackend::CublasLt};
 #endif
+
+// The path a forced backend `be` must take for a non-empty product: Wgmma runs the wgmma kernel
+// for bf16 whose every 16-byte chunk of A and B is aligned (leading dims and batch strides in
+// multiples of 8 elements; the test's buffers are allocator-aligned) on a device that can load
+// it, and is Own otherwise; the others are themselves.
+GemmBackend expected_ours(GemmBackend be, DType dt, int64_t lda, int64_t ldb, int64_t batch,
+                          int64_t stride_a, int64_t stride_b) {
+  if (be != GemmBackend::Wgmma) return be;
+  const bool aligned =
+      lda % 8 == 0 && ldb % 8 == 0 && (batch <= 1 || (stride_a % 8 == 0 && stride_b % 8 == 0));
+  return dt == DType::BF16 && aligned && kernels::cuda::detail::gemm_wgmma_available(0)
+             ? GemmBackend::Wgmma
+             : GemmBackend::Own;
+}
 
 // ---- matmul / linear through the op table ----------------------------------------------------
 struct MatmulCase {
@@ -119,6 +134,8 @@ double dgelu(double x) {
 
 struct Outcome {
   bool ran_lt = false;
+  GemmBackend ran = GemmBackend::Auto;
+  GemmBackend ours = GemmBackend::Own;  // what expected_ours says for this descriptor
 };
 
 // Runs one scenario with the given transposes and dtype on the current backend and checks C,
@@ -194,7 +211,10 @@ Outcome check_scenario(const Scenario& s, bool ta, bool tb, DType dt, Generator&
     d.bias_grad = grad.raw_data();
 
   kernels::cuda::gemm(d, 0);
-  const Outcome out{kernels::cuda::gemm_last_backend() == GemmBackend::CublasLt};
+  const GemmBackend ran = kernels::cuda::gemm_last_backend();
+  const Outcome out{ran == GemmBackend::CublasLt, ran,
+                    expected_ours(kernels::cuda::gemm_backend(), dt, d.lda, d.ldb, d.batch,
+                                  d.stride_a, d.stride_b)};
   CAPTURE(out.ran_lt);
 
   // Reference in f64.
@@ -298,8 +318,17 @@ TEST_CASE("cuda gemm: matmul matches the CPU for every transpose, both backends"
             // The forced backend is the one that ran: cuBLASLt takes every plain non-empty
             // product (empty ones always go to our kernel); a shared B under a transposed A is a
             // batch with B's stride 0, which cuBLASLt may decline (then ours runs, correctly).
+            // Ours: Wgmma where it applies (the descriptor matmul_cuda builds: a shared B under
+            // an untransposed A folds the batch into M).
+            const int64_t nb = sc.prod(0, sc.rank() - 2);
+            const bool folded = m.shared && !ta && nb > 1;
+            const GemmBackend want = expected_ours(
+                be, dt, std::max<int64_t>(1, ta ? m.M : m.K), std::max<int64_t>(1, tb ? m.K : m.N),
+                folded ? 1 : nb, m.M * m.K, m.shared ? 0 : m.K * m.N);
             if (m.M * m.N * m.K > 0 && !(m.shared && ta && !m.batch.empty()))
-              CHECK(kernels::cuda::gemm_last_backend() == be);
+              CHECK(std::string(
+                        kernels::cuda::gemm_backend_name(kernels::cuda::gemm_last_backend())) ==
+                    kernels::cuda::gemm_backend_name(want));
           }
         }
       }
@@ -454,12 +483,57 @@ TEST_CASE("cuda gemm: alpha, beta, strides, padding and every epilogue through g
             const Outcome o = check_scenario(s, ta != 0, tb != 0, dt, g);
             ran_lt += o.ran_lt;
             ++total;
-            if (be == GemmBackend::Own) CHECK(!o.ran_lt);
+            // Ours ran, and the kernel asked for (wgmma only where it can run).
+            if (be != GemmBackend::CublasLt && s.M * s.N > 0)
+              CHECK(std::string(kernels::cuda::gemm_backend_name(o.ran)) ==
+                    kernels::cuda::gemm_backend_name(o.ours));
           }
     if (be == GemmBackend::CublasLt)  // which epilogue/layout combinations cuBLASLt took
       MESSAGE("forced cuBLASLt ran " << ran_lt << " of " << total
                                      << " gemm() cases; the others fell back to our kernels");
   }
+}
+
+TEST_CASE("cuda gemm: the wgmma kernel wraps its ring, splits K and fills partial tiles") {
+  PSVAE_REQUIRE_CUDA();
+  if (!kernels::cuda::detail::gemm_wgmma_available(0)) {
+    MESSAGE("skipped: this device cannot run the sm_90a wgmma kernel");
+    return;
+  }
+  test::PoisonScope poison;
+  Generator g(79);
+  BackendScope scope(GemmBackend::Wgmma);
+  std::vector<Scenario> scenarios;
+  {
+    // No split (batch 2): 9 slabs of 64 through the 3-stage ring, partial M and N tiles, a K tail
+    // of 8, the bias epilogue.
+    Scenario s{"ring wrap, batch 2, partial tiles", 136, 200, 520, 0, 0, 0};
+    s.round8 = true;
+    s.batch = 2;
+    s.gap = 8;
+    s.epi = Epilogue::Bias;
+    scenarios.push_back(s);
+  }
+  {
+    // One output tile and K = 2048: split-K, each split 4 or more slabs, beta and a partial
+    // last split.
+    Scenario s{"split-K, beta", 64, 72, 2040, 0, 0, 0};
+    s.round8 = true;
+    s.beta = -0.5f;
+    scenarios.push_back(s);
+  }
+  {
+    // K below one slab (a single partly valid slab) and 8-element rows.
+    Scenario s{"K 24 in one slab, 8 x 8", 8, 8, 24, 0, 0, 0};
+    s.round8 = true;
+    scenarios.push_back(s);
+  }
+  for (const Scenario& s : scenarios)
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        const Outcome o = check_scenario(s, ta != 0, tb != 0, DType::BF16, g);
+        CHECK(o.ran == GemmBackend::Wgmma);
+      }
 }
 
 TEST_CASE("cuda gemm: the same call twice gives bitwise-equal results") {
@@ -506,6 +580,7 @@ TEST_CASE("cuda gemm: bad descriptors, shapes, dtypes and PSVAE_GEMM values are 
   CHECK(parse_gemm_backend(nullptr) == GemmBackend::Auto);
   CHECK(parse_gemm_backend("") == GemmBackend::Auto);
   CHECK(parse_gemm_backend("own") == GemmBackend::Own);
+  CHECK(parse_gemm_backend("WGMMA") == GemmBackend::Wgmma);
   CHECK(parse_gemm_backend("cuBLASLt") == GemmBackend::CublasLt);
   CHECK(parse_gemm_backend("AUTO") == GemmBackend::Auto);
   CHECK_THROWS_WITH_AS(parse_gemm_backend("fast"), doctest::Contains("PSVAE_GEMM"),

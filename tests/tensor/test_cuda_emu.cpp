@@ -1,7 +1,7 @@
 // The CUDA emulator itself (cuda_emu/, docs/kernels.md "The emulator"): the launch checks that
-// stand in for a GPU's, the deferred cp.async, the schedule orders that expose races, and
-// ldmatrix + mma.sync against a plain matrix product. Only in an emulation build (cmake
-// -DPSVAE_CUDA_EMU=ON); elsewhere this file is empty.
+// stand in for a GPU's, the deferred cp.async, the schedule orders that expose races,
+// ldmatrix + mma.sync against a plain matrix product, and wgmma's checks and its two timings. Only
+// in an emulation build (cmake -DPSVAE_CUDA_EMU=ON); elsewhere this file is empty.
 #ifdef PSVAE_CUDA_EMULATION
 #include "cuda_emu/cuda_emu.h"
 // (after cuda_emu.h, which the kernel sources get through -include)
@@ -13,11 +13,13 @@
 #include <vector>
 
 #include "kernels/cuda/mma_sm80.cuh"
+#include "kernels/cuda/mma_sm90.cuh"
 #include "tensor/cuda/launch.cuh"
 
 namespace {
 
 namespace sm80 = psvae::kernels::cuda::sm80;
+namespace sm90 = psvae::kernels::cuda::sm90;
 
 __global__ void write_smem_kernel(float* out, int n) {
   PSVAE_DYNAMIC_SMEM(smem);
@@ -82,6 +84,34 @@ __global__ void neighbour_kernel(float* out, bool sync) {
   out[t] = t > 0 ? s[t - 1] : -1.f;
 }
 
+// One warpgroup: A (64 x 16) and B (16 x 128 as [n][k]), both K-major with the 128-byte swizzle,
+// filled with `first` (so the swizzle does not matter), one wgmma, then both tiles refilled with
+// `second` before the wait. The product reads first (16 first^2 per element) if the wgmma read
+// shared memory when issued, second if at its wait. fence / wait: leave out the wgmma.fence or the
+// final wait, which the emulator must refuse. d: thread t's 64 accumulators at d[64 t ..].
+__global__ void wgmma_kernel(float* d, float first, float second, bool fence, bool wait) {
+  PSVAE_DYNAMIC_SMEM(smem_raw);
+  const uint32_t raw = sm90::smem_addr(smem_raw);
+  unsigned char* tiles = smem_raw + (1024 - raw % 1024) % 1024;  // A: 8 KiB, then B: 16 KiB
+  auto* e = reinterpret_cast<__nv_bfloat16*>(tiles);
+  const int t = threadIdx.x;
+  for (int i = t; i < 12288; i += 128) e[i] = __float2bfloat16_rn(first);
+  sm90::fence_proxy_async();
+  __syncthreads();
+  float acc[64];
+  for (float& a : acc) a = 0.f;
+  const uint32_t sa = sm90::smem_addr(tiles);
+  if (fence) sm90::wgmma_fence();
+  sm90::wgmma_m64n128k16_bf16<false, false>(acc, sm90::desc_sw128(sa, 16, 1024),
+                                            sm90::desc_sw128(sa + 8192, 16, 1024));
+  sm90::wgmma_commit();
+  __syncthreads();
+  for (int i = t; i < 12288; i += 128) e[i] = __float2bfloat16_rn(second);
+  __syncthreads();
+  if (wait) sm90::wgmma_wait<0>(acc);
+  for (int i = 0; i < 64; ++i) d[64 * t + i] = acc[i];
+}
+
 template <class T>
 T* device_copy(const std::vector<T>& v) {
   void* p = nullptr;
@@ -122,6 +152,8 @@ TEST_CASE("cuda emulator: a warp collective waiting for an exited lane fails the
 }
 
 TEST_CASE("cuda emulator: cp.async lands at its wait, zero-filling past src-size") {
+  const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
+  cuda_emu::set_async_mode(cuda_emu::AsyncMode::Deferred);
   std::vector<float> src(128);
   for (int i = 0; i < 128; ++i) src[i] = static_cast<float>(i + 1);
   float* s = device_copy(src);
@@ -134,6 +166,7 @@ TEST_CASE("cuda emulator: cp.async lands at its wait, zero-filling past src-size
   for (int i = 0; i < 126; ++i) CHECK(after[i] == static_cast<float>(i + 1));
   CHECK(after[126] == 0.f);
   CHECK(after[127] == 0.f);
+  cuda_emu::set_async_mode(saved);
   cudaFree(s);
   cudaFree(before);
   cudaFree(after);
@@ -189,5 +222,60 @@ TEST_CASE("cuda emulator: ldmatrix + mma.sync m16n8k16 give A B") {
   cudaFree(da);
   cudaFree(db);
   cudaFree(d);
+}
+
+TEST_CASE("cuda emulator: wgmma reads when issued, or at its wait with PSVAE_EMU_ASYNC=eager") {
+  const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
+  float* d = device_copy(std::vector<float>(128 * 64, -1.f));
+  constexpr size_t kSmem = 24576 + 1024;
+  REQUIRE(cudaFuncSetAttribute(reinterpret_cast<const void*>(&wgmma_kernel),
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) == cudaSuccess);
+  auto run = [&](cuda_emu::AsyncMode mode, bool fence, bool wait) {
+    cuda_emu::set_async_mode(mode);
+    (void)cudaGetLastError();
+    PSVAE_LAUNCH(1, 128, kSmem, nullptr, wgmma_kernel)(d, 1.f, 2.f, fence, wait);
+    return cudaGetLastError();
+  };
+  auto all_equal = [&](float v) {
+    int n = 0;
+    for (int i = 0; i < 128 * 64; ++i) n += d[i] == v;
+    return n;
+  };
+  REQUIRE(run(cuda_emu::AsyncMode::Deferred, true, true) == cudaSuccess);
+  CHECK(all_equal(16.f) == 128 * 64);  // 16 products of 1 x 1: read at issue
+  REQUIRE(run(cuda_emu::AsyncMode::Eager, true, true) == cudaSuccess);
+  CHECK(all_equal(64.f) == 128 * 64);  // 16 products of 2 x 2: read at the wait
+  for (cuda_emu::AsyncMode mode : {cuda_emu::AsyncMode::Deferred, cuda_emu::AsyncMode::Eager}) {
+    CAPTURE(static_cast<int>(mode));
+    cudaError_t e = run(mode, false, true);
+    CHECK(e == cudaErrorLaunchFailure);
+    CHECK(std::string(cudaGetErrorString(e)).find("wgmma.fence") != std::string::npos);
+    e = run(mode, true, false);
+    CHECK(e == cudaErrorLaunchFailure);
+    CHECK(std::string(cudaGetErrorString(e)).find("not retired") != std::string::npos);
+  }
+  cuda_emu::set_async_mode(saved);
+  cudaFree(d);
+}
+
+TEST_CASE("cuda emulator: with PSVAE_EMU_ASYNC=eager cp.async lands when issued") {
+  const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
+  cuda_emu::set_async_mode(cuda_emu::AsyncMode::Eager);
+  std::vector<float> src(128);
+  for (int i = 0; i < 128; ++i) src[i] = static_cast<float>(i + 1);
+  float* s = device_copy(src);
+  float* before = device_copy(std::vector<float>(32, 0.f));
+  float* after = device_copy(std::vector<float>(128, -1.f));
+  (void)cudaGetLastError();
+  PSVAE_LAUNCH(1, 32, 512, nullptr, cp_async_kernel)(s, before, after);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  for (int t = 0; t < 32; ++t) CHECK(before[t] == static_cast<float>(4 * t + 1));  // the data
+  for (int i = 0; i < 126; ++i) CHECK(after[i] == static_cast<float>(i + 1));
+  CHECK(after[126] == 0.f);
+  CHECK(after[127] == 0.f);
+  cuda_emu::set_async_mode(saved);
+  cudaFree(s);
+  cudaFree(before);
+  cudaFree(after);
 }
 #endif

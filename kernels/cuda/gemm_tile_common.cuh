@@ -1,0 +1,119 @@
+// What the two bf16 tile kernels of our GEMM share (the mma.sync kernel in gemm_mma.cu, the wgmma
+// kernel in gemm_wgmma_sm90a.cu): the launch parameters, the 128 x 128 output tile that the host
+// side's grid and split-K logic (gemm_mma.cu, run_tiles) is built on, and the epilogue that
+// stores fp32 accumulators into C. Device code and declarations only; included by .cu files.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/elementwise_common.cuh"
+
+namespace psvae::kernels::cuda::detail::tile {
+
+using bf16_t = __nv_bfloat16;
+
+// Every tile kernel computes a 128 x 128 block of C (one block per tile, grid x over N tiles, y
+// over M tiles, z over batch entries or K splits).
+constexpr int kBM = 128, kBN = 128;
+
+// ---- epilogue --------------------------------------------------------------------------------
+// Elementwise part of the epilogue as the kernels see it (the bias gradients run afterwards).
+enum EpiKind : int { kEpiNone = 0, kEpiBias = 1, kEpiBiasGelu = 2, kEpiDGelu = 3 };
+
+template <class T>
+struct GemmParams {
+  const T* A;
+  const T* B;
+  T* C;
+  const T* bias;  // kEpiBias, kEpiBiasGelu: N elements
+  T* aux;         // kEpiBiasGelu: pre-activation out (may be null); kEpiDGelu: in. C's layout.
+  int64_t M, N, K;
+  int64_t lda, ldb, ldc;
+  int64_t stride_a, stride_b, stride_c;  // per blockIdx.z
+  float alpha, beta;
+  int epi;
+  bool pair_store;  // C (and aux) rows allow 2-element vector stores: see gemm_own
+  // Split-K (bf16 kernel, batch 1 only): blockIdx.z is the split; split z covers k in
+  // [z k_split, min(K, (z + 1) k_split)) and writes its raw fp32 tile to partial + z M N (row
+  // stride N); splitk_reduce_kernel then adds the splits in order and applies the epilogue.
+  float* partial;  // null: no split, blockIdx.z is the batch entry
+  int64_t k_split;
+};
+
+// tanh GELU and its slope in f32, the formulas of kernels/cuda/unary.cu (GeluTanh).
+__device__ __forceinline__ float gelu_f(float x) {
+  const float t = tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x));
+  return 0.5f * x * (1.f + t);
+}
+__device__ __forceinline__ float dgelu_f(float x) {
+  const float k = 0.79788456080286535588f;
+  const float t = tanhf(k * (x + 0.044715f * x * x * x));
+  const float du = k * (1.f + 3.f * 0.044715f * x * x);
+  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * du;
+}
+
+// The value stored at C[off] (row-major offset of (row, col) in this batch entry's C) from the
+// fp32 accumulator; writes aux[off] for BiasGelu. C is read only when beta != 0.
+template <class T>
+__device__ __forceinline__ float epilogue_value(const GemmParams<T>& p, const T* c, T* aux,
+                                                int64_t off, int64_t col, float acc) {
+  using Mt = Math<T>;
+  float t = p.alpha * acc;
+  if (p.beta != 0.f) t += p.beta * Mt::load(c[off]);
+  switch (p.epi) {
+    case kEpiBias: t += Mt::load(p.bias[col]); break;
+    case kEpiBiasGelu:
+      t += Mt::load(p.bias[col]);
+      if (aux) aux[off] = Mt::store(t);
+      t = gelu_f(t);
+      break;
+    case kEpiDGelu: t *= dgelu_f(Mt::load(aux[off])); break;
+    default: break;
+  }
+  return t;
+}
+
+// Stores the two adjacent outputs (row, col) and (row, col + 1), each only when inside C. acc0,
+// acc1 are the fp32 accumulators. One 4-byte store for a bf16 pair when allowed (pair_store: ldc
+// and stride_c even, C 4-byte aligned; col is even here, so the pair is aligned).
+__device__ __forceinline__ void store_pair(const GemmParams<bf16_t>& p, bf16_t* c, bf16_t* aux,
+                                           int64_t row, int64_t col, float acc0, float acc1) {
+  if (row >= p.M || col >= p.N) return;
+  const int64_t off = row * p.ldc + col;
+  const float v0 = epilogue_value(p, c, aux, off, col, acc0);
+  if (col + 1 < p.N) {
+    const float v1 = epilogue_value(p, c, aux, off + 1, col + 1, acc1);
+    if (p.pair_store) {
+      *reinterpret_cast<__nv_bfloat162*>(c + off) = __floats2bfloat162_rn(v0, v1);
+    } else {
+      c[off] = __float2bfloat16_rn(v0);
+      c[off + 1] = __float2bfloat16_rn(v1);
+    }
+  } else {
+    c[off] = __float2bfloat16_rn(v0);
+  }
+}
+
+// The raw fp32 accumulators of (row, col) and (row, col + 1) into a split's partial tile (row
+// stride N), each only when inside.
+__device__ __forceinline__ void store_partial(float* w, int64_t M, int64_t N, int64_t row,
+                                              int64_t col, float v0, float v1) {
+  if (row >= M || col >= N) return;
+  w[row * N + col] = v0;
+  if (col + 1 < N) w[row * N + col + 1] = v1;
+}
+
+// ---- the wgmma kernel (gemm_wgmma_sm90a.cu)
+// ------------------------------------------------------ Whether the wgmma kernel can run on
+// `device`: this binary holds its sm_90a image and the device can load it (compute capability 9.0).
+// Asked once per device.
+bool wgmma_available(int device);
+// Launches it over `grid` (the same grid and parameters as the mma.sync kernel) with operands
+// stored (M, K) / (K, M) for A (ta) and (K, N) / (N, K) for B (tb). Every 16-byte chunk of A and
+// B must be aligned (the host checks lda, ldb, strides and pointers, as for cp.async).
+void launch_wgmma(const GemmParams<bf16_t>& p, bool ta, bool tb, dim3 grid, int device,
+                  cudaStream_t s);
+
+}  // namespace psvae::kernels::cuda::detail::tile

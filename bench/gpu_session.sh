@@ -40,7 +40,15 @@ phase_build() {
     cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPSVAE_TRAIN=OFF -DPSVAE_MPI=OFF \
       -DPSVAE_NATIVE=OFF -DPSVAE_CUDA_ARCHS="90a-real" -DPSVAE_DEPS_DIR="$PWD/.devdeps" \
       -DCUDNN_ROOT="$cudnn" || return 1
-  time cmake --build "$BUILD" -j 16
+  time cmake --build "$BUILD" -j 16 || return 1
+  # The wgmma GEMM must run on Hopper's warpgroup MMA: HGMMA in its SASS (HMMA would be the
+  # mma.sync path). No disassembler on the development machine, so it is counted here.
+  local obj
+  obj=$(find "$BUILD" -name 'gemm_wgmma_sm90a.cu.o' | head -1)
+  if [ -n "$obj" ] && command -v cuobjdump >/dev/null; then
+    echo "SASS of gemm_wgmma_sm90a: $(cuobjdump -sass "$obj" | grep -c HGMMA || true) HGMMA," \
+      "$(cuobjdump -sass "$obj" | grep -c ' HMMA' || true) HMMA instructions"
+  fi
 }
 
 export_libs() {

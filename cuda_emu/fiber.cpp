@@ -88,6 +88,31 @@ cuda_emu_swap_stack:
 
 enum class State { Ready, AtBarrier, AtWarp, Done };
 
+// One thread's asynchronous operations of one kind (cp.async copies, wgmma) in commit groups, as
+// the PTX ISA counts them: the open group, then committed groups oldest first. wait(n) retires
+// every committed group but the newest n, applying `done` to each operation, oldest first.
+template <class Op>
+struct AsyncGroups {
+  std::vector<Op> open;
+  std::deque<std::vector<Op>> committed;
+  void commit() {
+    committed.push_back(std::move(open));
+    open.clear();
+  }
+  template <class Done>
+  void wait(int pending_groups, Done done) {
+    while (static_cast<int>(committed.size()) > pending_groups) {
+      for (const Op& op : committed.front()) done(op);
+      committed.pop_front();
+    }
+  }
+  bool empty() const { return open.empty() && committed.empty(); }
+  void clear() {
+    open.clear();
+    committed.clear();
+  }
+};
+
 struct Fiber {
   unsigned char* stack = nullptr;  // lowest usable byte (the guard page is below)
 #if defined(__x86_64__)
@@ -98,25 +123,20 @@ struct Fiber {
   State state = State::Done;
   ThreadIds ids;
   int linear = 0;
-  // cp.async: copies of the open group, then committed groups oldest first.
   struct Copy {
     void* dst;
     const void* src;
     int bytes;
   };
-  std::vector<Copy> open;
-  std::deque<std::vector<Copy>> committed;
-  // wgmma: operations of the open group, then committed groups oldest first; whether a
-  // wgmma.fence was executed since the last wgmma.wait_group.
+  AsyncGroups<Copy> copies;
   struct Wgmma {
-    float* d;
+    float* d;  // null: already computed when issued (PSVAE_EMU_ASYNC=deferred)
     int n;
     uint64_t desc_a, desc_b;
     bool trans_a, trans_b;
   };
-  std::vector<Wgmma> wg_open;
-  std::deque<std::vector<Wgmma>> wg_committed;
-  bool wg_fenced = false;
+  AsyncGroups<Wgmma> wgmma;
+  bool wg_fenced = false;  // a wgmma.fence since the last wgmma.wait_group
 };
 
 // A warp's one collective in flight: which lanes it waits for, who has arrived, their deposits.
@@ -174,7 +194,7 @@ constexpr uint32_t kSmemWindowBase = 16;
 
 struct Schedule {
   Order order = Order::Forward;
-  bool eager_copies = false;  // PSVAE_EMU_ASYNC=eager: cp.async lands when issued
+  AsyncMode async = AsyncMode::Deferred;  // PSVAE_EMU_ASYNC
   std::mt19937_64 rng;
   // Fills `ix` with 0..n-1 in this schedule's order (a fresh draw each call when shuffling).
   void permutation(std::vector<int>& ix, int n) {
@@ -201,7 +221,7 @@ Schedule& schedule() {
     const char* a = std::getenv("PSVAE_EMU_ASYNC");
     const std::string async = a ? a : "";
     if (async == "eager")
-      r->eager_copies = true;
+      r->async = AsyncMode::Eager;
     else if (!async.empty() && async != "deferred")
       std::fprintf(stderr,
                    "cuda_emu: PSVAE_EMU_ASYNC=%s is not deferred or eager; using deferred\n",
@@ -303,10 +323,8 @@ bool run_block(Block& b) {
     Fiber& f = fiber(i);
     if (!f.stack) f.stack = new_stack();
     f.state = State::Ready;
-    f.open.clear();
-    f.committed.clear();
-    f.wg_open.clear();
-    f.wg_committed.clear();
+    f.copies.clear();
+    f.wgmma.clear();
     f.wg_fenced = false;
     start_fiber(f);
   }
@@ -324,7 +342,7 @@ bool run_block(Block& b) {
     }
     if (b.live == 0) {
       for (int i = 0; i < b.nthreads; ++i)
-        if (!fiber(i).wg_open.empty() || !fiber(i).wg_committed.empty()) {
+        if (!fiber(i).wgmma.empty()) {
           b.error = "thread " + std::to_string(i) +
                     " exited with wgmma operations not retired by wgmma.wait_group";
           return false;
@@ -459,26 +477,16 @@ void cp_async16(void* dst, const void* src, int src_bytes) {
   if (src_bytes > 0 && (reinterpret_cast<uintptr_t>(src) & 15) != 0)
     fail("cp.async: the global source is not 16-byte aligned");
   if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside 0..16");
-  if (schedule().eager_copies) {
+  if (schedule().async == AsyncMode::Eager) {
     land(Fiber::Copy{dst, src, src_bytes});
     return;
   }
-  g_sched.cur->open.push_back({dst, src, src_bytes});
+  g_sched.cur->copies.open.push_back({dst, src, src_bytes});
 }
 
-void cp_async_commit() {
-  Fiber* f = g_sched.cur;
-  f->committed.push_back(std::move(f->open));
-  f->open.clear();
-}
+void cp_async_commit() { g_sched.cur->copies.commit(); }
 
-void cp_async_wait(int pending_groups) {
-  Fiber* f = g_sched.cur;
-  while (static_cast<int>(f->committed.size()) > pending_groups) {
-    for (const Fiber::Copy& c : f->committed.front()) land(c);
-    f->committed.pop_front();
-  }
-}
+void cp_async_wait(int pending_groups) { g_sched.cur->copies.wait(pending_groups, land); }
 
 // ---- ldmatrix and mma -------------------------------------------------------------------------
 void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr, bool trans) {
@@ -623,37 +631,31 @@ void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a,
     if (o.a != mine.a || o.b != mine.b || o.n != mine.n || o.trans != mine.trans)
       fail("wgmma: the lanes of a warp issued different descriptors, shapes or transposes");
   const Fiber::Wgmma op{d, n, desc_a, desc_b, trans_a, trans_b};
-  if (!schedule().eager_copies) {
+  if (schedule().async == AsyncMode::Deferred) {
     // Deferred copies, early reads: the wgmma reads shared memory now, the earliest a GPU may.
     // The group still counts (a null entry) for the waits and the exit check.
     run_wgmma(op, f->linear);
-    f->wg_open.push_back({nullptr, n, desc_a, desc_b, trans_a, trans_b});
+    f->wgmma.open.push_back({nullptr, n, desc_a, desc_b, trans_a, trans_b});
     return;
   }
-  f->wg_open.push_back(op);  // eager copies, late reads: computed at the wait that retires it
+  f->wgmma.open.push_back(op);  // eager copies, late reads: computed at the wait that retires it
 }
 
-void wgmma_commit() {
-  Fiber* f = g_sched.cur;
-  f->wg_committed.push_back(std::move(f->wg_open));
-  f->wg_open.clear();
-}
+void wgmma_commit() { g_sched.cur->wgmma.commit(); }
 
 void wgmma_wait(int pending_groups) {
   Fiber* f = g_sched.cur;
-  while (static_cast<int>(f->wg_committed.size()) > pending_groups) {
-    for (const Fiber::Wgmma& op : f->wg_committed.front())
-      if (op.d) run_wgmma(op, f->linear);
-    f->wg_committed.pop_front();
-  }
+  f->wgmma.wait(pending_groups, [f](const Fiber::Wgmma& op) {
+    if (op.d) run_wgmma(op, f->linear);
+  });
   f->wg_fenced = false;
 }
 
 // ---- launches ----------------------------------------------------------------------------------
 Order schedule_order() { return schedule().order; }
 void set_schedule_order(Order order) { schedule().order = order; }
-AsyncMode async_mode() { return schedule().eager_copies ? AsyncMode::Eager : AsyncMode::Deferred; }
-void set_async_mode(AsyncMode mode) { schedule().eager_copies = mode == AsyncMode::Eager; }
+AsyncMode async_mode() { return schedule().async; }
+void set_async_mode(AsyncMode mode) { schedule().async = mode; }
 
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
               const std::function<void()>& body) {

@@ -136,37 +136,22 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_mma_kernel(GemmParams<b
   PSVAE_DYNAMIC_SMEM(smem_raw);
   bf16_t* smem = reinterpret_cast<bf16_t*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int warp_m = warp >> 2;  // 0..1: rows 64 warp_m .. +63 of the tile
-  const int warp_n = warp & 3;   // 0..3: cols 32 warp_n .. +31
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
-  // blockIdx.z: the batch entry, or with split-K (batch 1) the K range.
-  const bool split = p.partial != nullptr;
-  const int64_t z = split ? 0 : blockIdx.z;
-  const int64_t k_begin = split ? static_cast<int64_t>(blockIdx.z) * p.k_split : 0;
-  const int64_t k_end = split ? std::min(p.K, k_begin + p.k_split) : p.K;
-  const bf16_t* A = p.A + z * p.stride_a;
-  const bf16_t* B = p.B + z * p.stride_b;
-  bf16_t* C = p.C + z * p.stride_c;
-  bf16_t* aux = p.aux ? p.aux + z * p.stride_c : nullptr;
-
-  // Panel origins (row m0 of op(A), col n0 of op(B), k = 0) in the stored layouts.
-  const bf16_t* a_panel = kTransA ? A + m0 : A + m0 * p.lda;  // stored (K, M) : (M, K)
-  const bf16_t* b_panel = kTransB ? B + n0 * p.ldb : B + n0;  // stored (N, K) : (K, N)
-  const int64_t m_left = p.M - m0, n_left = p.N - n0;
-  const int ktiles = static_cast<int>((k_end - k_begin + kBK - 1) / kBK);
+  const int warp_m = warp >> 2;            // 0..1: rows 64 warp_m .. +63 of the tile
+  const int warp_n = warp & 3;             // 0..3: cols 32 warp_n .. +31
+  const BlockTile<kTransA, kTransB> t(p);  // origin, K range, panels, outputs
+  const int ktiles = static_cast<int>((t.k_end - t.k_begin + kBK - 1) / kBK);
 
   auto load_stage = [&](int stage, int kt) {
-    const int64_t k0 = k_begin + static_cast<int64_t>(kt) * kBK;
+    const int64_t k0 = t.k_begin + static_cast<int64_t>(kt) * kBK;
     bf16_t* sa = smem + stage * kStageElems;
     bf16_t* sb = sa + kSlabElems;
     // A is K-contiguous unless transposed; B is K-contiguous when transposed. Elements at
     // k >= k_end are zero-filled (k_split is a multiple of kBK, so only the last split has a
     // partial slab, at K itself).
-    load_slab<!kTransA, kAligned>(sa, kTransA ? a_panel + k0 * p.lda : a_panel + k0, A, p.lda,
-                                  m_left, k_end - k0, tid);
-    load_slab<kTransB, kAligned>(sb, kTransB ? b_panel + k0 : b_panel + k0 * p.ldb, B, p.ldb,
-                                 n_left, k_end - k0, tid);
+    load_slab<!kTransA, kAligned>(sa, kTransA ? t.a_panel + k0 * p.lda : t.a_panel + k0, t.A, p.lda,
+                                  t.m_left, t.k_end - k0, tid);
+    load_slab<kTransB, kAligned>(sb, kTransB ? t.b_panel + k0 : t.b_panel + k0 * p.ldb, t.B, p.ldb,
+                                 t.n_left, t.k_end - k0, tid);
   };
 
   float acc[4][4][4];  // [m16 tile][n8 tile][c0..c3]
@@ -241,20 +226,14 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_mma_kernel(GemmParams<b
   // Epilogue: accumulator (mt, nt, e) is C[row][col] with row = m0 + 64 warp_m + 16 mt + g
   // (+ 8 for e = 2, 3), col = n0 + 32 warp_n + 8 nt + 2q (+ 1 for odd e).
   const int g = lane >> 2, q = lane & 3;
-  float* part = split ? p.partial + static_cast<int64_t>(blockIdx.z) * p.M * p.N : nullptr;
 #pragma unroll
   for (int mt = 0; mt < 4; ++mt) {
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
-      const int64_t row = m0 + warp_m * 64 + mt * 16 + g;
-      const int64_t col = n0 + warp_n * 32 + nt * 8 + q * 2;
-      if (split) {
-        store_partial(part, p.M, p.N, row, col, acc[mt][nt][0], acc[mt][nt][1]);
-        store_partial(part, p.M, p.N, row + 8, col, acc[mt][nt][2], acc[mt][nt][3]);
-      } else {
-        store_pair(p, C, aux, row, col, acc[mt][nt][0], acc[mt][nt][1]);
-        store_pair(p, C, aux, row + 8, col, acc[mt][nt][2], acc[mt][nt][3]);
-      }
+      const int64_t row = t.m0 + warp_m * 64 + mt * 16 + g;
+      const int64_t col = t.n0 + warp_n * 32 + nt * 8 + q * 2;
+      t.store(p, row, col, acc[mt][nt][0], acc[mt][nt][1]);
+      t.store(p, row + 8, col, acc[mt][nt][2], acc[mt][nt][3]);
     }
   }
 }

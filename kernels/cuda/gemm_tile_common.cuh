@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/elementwise_common.cuh"
@@ -104,6 +105,49 @@ __device__ __forceinline__ void store_partial(float* w, int64_t M, int64_t N, in
   w[row * N + col] = v0;
   if (col + 1 < N) w[row * N + col + 1] = v1;
 }
+
+// ---- one block's tile --------------------------------------------------------------------------
+// Where the block's 128 x 128 tile (blockIdx.y, blockIdx.x) lies in batch entry blockIdx.z, or,
+// with split-K (batch 1), in K range blockIdx.z; and where its results go. kTransA: A stored
+// (K, M), else (M, K); kTransB: B stored (N, K), else (K, N).
+template <bool kTransA, bool kTransB>
+struct BlockTile {
+  int64_t m0, n0;                   // the tile's origin in C
+  int64_t k_begin, k_end;           // the K range this block sums
+  int64_t m_left, n_left;           // rows and columns of C from the origin on
+  const bf16_t *A, *B;              // this entry's operands (sources of zero-byte copies)
+  const bf16_t *a_panel, *b_panel;  // row m0 of op(A), column n0 of op(B), k = 0, as stored
+  bf16_t *C, *aux;                  // this entry's C and aux
+  float* part;                      // split-K: this split's fp32 tile (row stride N); else null
+
+  __device__ __forceinline__ explicit BlockTile(const GemmParams<bf16_t>& p) {
+    m0 = static_cast<int64_t>(blockIdx.y) * kBM;
+    n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+    const bool split = p.partial != nullptr;
+    const int64_t z = split ? 0 : blockIdx.z;
+    k_begin = split ? static_cast<int64_t>(blockIdx.z) * p.k_split : 0;
+    k_end = split ? std::min(p.K, k_begin + p.k_split) : p.K;
+    m_left = p.M - m0;
+    n_left = p.N - n0;
+    A = p.A + z * p.stride_a;
+    B = p.B + z * p.stride_b;
+    a_panel = kTransA ? A + m0 : A + m0 * p.lda;
+    b_panel = kTransB ? B + n0 * p.ldb : B + n0;
+    C = p.C + z * p.stride_c;
+    aux = p.aux ? p.aux + z * p.stride_c : nullptr;
+    part = split ? p.partial + static_cast<int64_t>(blockIdx.z) * p.M * p.N : nullptr;
+  }
+
+  // The adjacent outputs (row, col) and (row, col + 1), absolute in C: raw into the split's
+  // partial tile, else through the epilogue into C.
+  __device__ __forceinline__ void store(const GemmParams<bf16_t>& p, int64_t row, int64_t col,
+                                        float v0, float v1) const {
+    if (part)
+      store_partial(part, p.M, p.N, row, col, v0, v1);
+    else
+      store_pair(p, C, aux, row, col, v0, v1);
+  }
+};
 
 // ---- the wgmma kernel (gemm_wgmma_sm90a.cu)
 // ------------------------------------------------------ Whether the wgmma kernel can run on

@@ -111,28 +111,16 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_wgmma_kernel(GemmParams
   const uint32_t raw = sm90::smem_addr(smem_raw);
   unsigned char* ring = smem_raw + (kSwizzlePeriod - raw % kSwizzlePeriod) % kSwizzlePeriod;
   const int tid = threadIdx.x, wg = tid >> 7;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
-  const bool split = p.partial != nullptr;
-  const int64_t z = split ? 0 : blockIdx.z;
-  const int64_t k_begin = split ? static_cast<int64_t>(blockIdx.z) * p.k_split : 0;
-  const int64_t k_end = split ? std::min(p.K, k_begin + p.k_split) : p.K;
-  const bf16_t* A = p.A + z * p.stride_a;
-  const bf16_t* B = p.B + z * p.stride_b;
-  bf16_t* C = p.C + z * p.stride_c;
-  bf16_t* aux = p.aux ? p.aux + z * p.stride_c : nullptr;
-  const bf16_t* a_panel = kTransA ? A + m0 : A + m0 * p.lda;  // stored (K, M) : (M, K)
-  const bf16_t* b_panel = kTransB ? B + n0 * p.ldb : B + n0;  // stored (N, K) : (K, N)
-  const int64_t m_left = p.M - m0, n_left = p.N - n0;
-  const int ktiles = static_cast<int>((k_end - k_begin + kBK - 1) / kBK);
+  const BlockTile<kTransA, kTransB> t(p);  // origin, K range, panels, outputs
+  const int ktiles = static_cast<int>((t.k_end - t.k_begin + kBK - 1) / kBK);
 
   auto load_stage = [&](int stage, int kt) {
-    const int64_t k0 = k_begin + static_cast<int64_t>(kt) * kBK;
+    const int64_t k0 = t.k_begin + static_cast<int64_t>(kt) * kBK;
     unsigned char* sa = ring + stage * kStageBytes;
-    load_slab<!kTransA>(sa, kTransA ? a_panel + k0 * p.lda : a_panel + k0, A, p.lda, m_left,
-                        k_end - k0, tid);
-    load_slab<kTransB>(sa + kOperandBytes, kTransB ? b_panel + k0 : b_panel + k0 * p.ldb, B, p.ldb,
-                       n_left, k_end - k0, tid);
+    load_slab<!kTransA>(sa, kTransA ? t.a_panel + k0 * p.lda : t.a_panel + k0, t.A, p.lda, t.m_left,
+                        t.k_end - k0, tid);
+    load_slab<kTransB>(sa + kOperandBytes, kTransB ? t.b_panel + k0 : t.b_panel + k0 * p.ldb, t.B,
+                       p.ldb, t.n_left, t.k_end - k0, tid);
   };
 
   float acc[64];
@@ -182,19 +170,12 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_wgmma_kernel(GemmParams
   // Epilogue: acc[4 i + 2 h + j] is C[row][col] with row = m0 + 64 wg + 16 w + g + 8 h,
   // col = n0 + 8 i + 2 q + j (w: warp in the warpgroup, g = lane / 4, q = lane % 4).
   const int w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
-  float* part = split ? p.partial + static_cast<int64_t>(blockIdx.z) * p.M * p.N : nullptr;
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t row = m0 + wg * 64 + w * 16 + g + 8 * h;
-      const int64_t col = n0 + i * 8 + q * 2;
-      const float v0 = acc[4 * i + 2 * h], v1 = acc[4 * i + 2 * h + 1];
-      if (split)
-        store_partial(part, p.M, p.N, row, col, v0, v1);
-      else
-        store_pair(p, C, aux, row, col, v0, v1);
-    }
+    for (int h = 0; h < 2; ++h)
+      t.store(p, t.m0 + wg * 64 + w * 16 + g + 8 * h, t.n0 + i * 8 + q * 2, acc[4 * i + 2 * h],
+              acc[4 * i + 2 * h + 1]);
   }
 #endif
 }

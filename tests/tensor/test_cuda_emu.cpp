@@ -120,6 +120,35 @@ T* device_copy(const std::vector<T>& v) {
   return static_cast<T*>(p);
 }
 
+// Runs cp_async_kernel under `mode` (restoring the previous one) and checks what it read: before
+// the wait the poison (Deferred) or the data (Eager); after it, the data with the last copy's two
+// zero-filled floats.
+void check_cp_async(cuda_emu::AsyncMode mode) {
+  const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
+  cuda_emu::set_async_mode(mode);
+  std::vector<float> src(128);
+  for (int i = 0; i < 128; ++i) src[i] = static_cast<float>(i + 1);
+  float* s = device_copy(src);
+  float* before = device_copy(std::vector<float>(32, 0.f));
+  float* after = device_copy(std::vector<float>(128, -1.f));
+  (void)cudaGetLastError();
+  PSVAE_LAUNCH(1, 32, 512, nullptr, cp_async_kernel)(s, before, after);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  for (int t = 0; t < 32; ++t) {
+    if (mode == cuda_emu::AsyncMode::Deferred)
+      CHECK(std::isnan(before[t]));  // the poison, not the data
+    else
+      CHECK(before[t] == static_cast<float>(4 * t + 1));  // already landed
+  }
+  for (int i = 0; i < 126; ++i) CHECK(after[i] == static_cast<float>(i + 1));
+  CHECK(after[126] == 0.f);
+  CHECK(after[127] == 0.f);
+  cuda_emu::set_async_mode(saved);
+  cudaFree(s);
+  cudaFree(before);
+  cudaFree(after);
+}
+
 }  // namespace
 
 TEST_CASE("cuda emulator: dynamic shared memory above 48 KiB needs the opt-in") {
@@ -152,24 +181,7 @@ TEST_CASE("cuda emulator: a warp collective waiting for an exited lane fails the
 }
 
 TEST_CASE("cuda emulator: cp.async lands at its wait, zero-filling past src-size") {
-  const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
-  cuda_emu::set_async_mode(cuda_emu::AsyncMode::Deferred);
-  std::vector<float> src(128);
-  for (int i = 0; i < 128; ++i) src[i] = static_cast<float>(i + 1);
-  float* s = device_copy(src);
-  float* before = device_copy(std::vector<float>(32, 0.f));
-  float* after = device_copy(std::vector<float>(128, -1.f));
-  (void)cudaGetLastError();
-  PSVAE_LAUNCH(1, 32, 512, nullptr, cp_async_kernel)(s, before, after);
-  REQUIRE(cudaGetLastError() == cudaSuccess);
-  for (int t = 0; t < 32; ++t) CHECK(std::isnan(before[t]));  // the poison, not the data
-  for (int i = 0; i < 126; ++i) CHECK(after[i] == static_cast<float>(i + 1));
-  CHECK(after[126] == 0.f);
-  CHECK(after[127] == 0.f);
-  cuda_emu::set_async_mode(saved);
-  cudaFree(s);
-  cudaFree(before);
-  cudaFree(after);
+  check_cp_async(cuda_emu::AsyncMode::Deferred);
 }
 
 TEST_CASE("cuda emulator: a missing __syncthreads that index order hides shows in another order") {
@@ -259,23 +271,6 @@ TEST_CASE("cuda emulator: wgmma reads when issued, or at its wait with PSVAE_EMU
 }
 
 TEST_CASE("cuda emulator: with PSVAE_EMU_ASYNC=eager cp.async lands when issued") {
-  const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
-  cuda_emu::set_async_mode(cuda_emu::AsyncMode::Eager);
-  std::vector<float> src(128);
-  for (int i = 0; i < 128; ++i) src[i] = static_cast<float>(i + 1);
-  float* s = device_copy(src);
-  float* before = device_copy(std::vector<float>(32, 0.f));
-  float* after = device_copy(std::vector<float>(128, -1.f));
-  (void)cudaGetLastError();
-  PSVAE_LAUNCH(1, 32, 512, nullptr, cp_async_kernel)(s, before, after);
-  REQUIRE(cudaGetLastError() == cudaSuccess);
-  for (int t = 0; t < 32; ++t) CHECK(before[t] == static_cast<float>(4 * t + 1));  // the data
-  for (int i = 0; i < 126; ++i) CHECK(after[i] == static_cast<float>(i + 1));
-  CHECK(after[126] == 0.f);
-  CHECK(after[127] == 0.f);
-  cuda_emu::set_async_mode(saved);
-  cudaFree(s);
-  cudaFree(before);
-  cudaFree(after);
+  check_cp_async(cuda_emu::AsyncMode::Eager);
 }
 #endif

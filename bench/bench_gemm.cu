@@ -14,14 +14,17 @@
 //   cuBLASLt best   the fastest of up to 8 heuristic candidates, each timed (the "best cuBLASLt");
 //   cuBLAS          cublasGemmEx, CUBLAS_GEMM_DEFAULT;
 //   own             our kernel (kernels/cuda/gemm_mma.cu), forced with set_gemm_backend(Own);
-//   own wgmma       our sm_90a wgmma kernel (kernels/cuda/gemm_wgmma_sm90a.cu), forced with
-//                   set_gemm_backend(Wgmma); bf16 only, and only where the device can run it;
+//   own wgmma       our sm_90a wgmma kernel (kernels/cuda/gemm_wgmma_sm90a.cu: cp.async, 128 x 128
+//                   tiles), forced with set_gemm_backend(Wgmma); bf16 only, and only where the
+//                   device can run it;
+//   own wgmma_tma   our sm_90a TMA + warp-specialised kernel (gemm_wgmma_tma_sm90a.cu, 128 x 256
+//                   tiles), forced with set_gemm_backend(WgmmaTma); the same conditions;
 //   dispatch        gemm() with the Auto rule, as the engine calls it.
 // Columns: time (median, L2 flushed), TFLOP/s (2 M N K per product), % of the cuBLAS bf16 8192^3
 // ceiling measured in this run, and the ratio the issue's targets are about: own / cuBLAS and
 // dispatch / best cuBLASLt (> 1 means faster). A summary at the end gives the geometric means
 // and the worst case over the DiT shapes, against the targets (dispatch >= 0.98x best cuBLASLt,
-// own >= 0.7x cuBLAS), for each of our two kernels.
+// own >= 0.7x cuBLAS), for each of our three bf16 kernels.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -217,8 +220,18 @@ double backend_ms(kc::GemmBackend be, const kc::GemmDesc& d, bench::Timer& timer
   return ms;
 }
 
+// Our two sm_90a kernels, each a row of its own.
+struct Sm90Variant {
+  kc::GemmBackend backend;
+  const char* row;
+};
+constexpr Sm90Variant kSm90[] = {{kc::GemmBackend::Wgmma, "own wgmma"},
+                                 {kc::GemmBackend::WgmmaTma, "own wgmma_tma"}};
+constexpr int kNumSm90 = sizeof(kSm90) / sizeof(kSm90[0]);
+
 struct Summary {
-  std::vector<double> own_vs_cublas, wgmma_vs_cublas, dispatch_vs_lt;
+  std::vector<double> own_vs_cublas, dispatch_vs_lt;
+  std::vector<double> sm90_vs_cublas[kNumSm90];
   static double geomean(const std::vector<double>& v) {
     double s = 0;
     for (double x : v) s += std::log(x);
@@ -292,10 +305,16 @@ int main(int argc, char** argv) {
     const double blas_ms = plain ? cublas_ms(blas, d, timer) : -1;
     kc::GemmBackend ran_own, ran_auto;
     const double own_ms = backend_ms(kc::GemmBackend::Own, d, timer, &ran_own);
-    kc::GemmBackend ran_wgmma = kc::GemmBackend::Own;
-    const double wgmma_ms = dt == DType::BF16 && kc::detail::gemm_wgmma_available(0)
-                                ? backend_ms(kc::GemmBackend::Wgmma, d, timer, &ran_wgmma)
-                                : -1;
+    kc::GemmBackend ran_sm90[kNumSm90];
+    double sm90_ms[kNumSm90];
+    for (int v = 0; v < kNumSm90; ++v) {
+      const bool can = kSm90[v].backend == kc::GemmBackend::WgmmaTma
+                           ? kc::detail::gemm_wgmma_tma_available(0)
+                           : kc::detail::gemm_wgmma_available(0);
+      ran_sm90[v] = kc::GemmBackend::Own;
+      sm90_ms[v] =
+          dt == DType::BF16 && can ? backend_ms(kSm90[v].backend, d, timer, &ran_sm90[v]) : -1;
+    }
     const double auto_ms = backend_ms(kc::GemmBackend::Auto, d, timer, &ran_auto);
     if (best.best_ms > 0)
       row("cuBLASLt best", best.best_ms,
@@ -306,16 +325,20 @@ int main(int argc, char** argv) {
           {g.model, g.name, shape, dtype_name(dt), "cuBLASLt best", "no algorithm", "-", "-", "-"});
     if (plain) row("cuBLAS", blas_ms, "-");
     row("own", own_ms, plain ? bench::fmt(blas_ms / own_ms, 2) + "x cuBLAS" : "-");
-    if (wgmma_ms > 0)  // "(ran own)" would mean the operands were not aligned for it
-      row("own wgmma", wgmma_ms,
-          (plain ? bench::fmt(blas_ms / wgmma_ms, 2) + "x cuBLAS" : std::string("-")) +
-              (ran_wgmma == kc::GemmBackend::Wgmma ? "" : " (ran own)"));
+    for (int v = 0; v < kNumSm90; ++v)
+      if (sm90_ms[v] > 0)  // "(ran ...)": the kernel asked for could not take the operands
+        row(kSm90[v].row, sm90_ms[v],
+            (plain ? bench::fmt(blas_ms / sm90_ms[v], 2) + "x cuBLAS" : std::string("-")) +
+                (ran_sm90[v] == kSm90[v].backend
+                     ? ""
+                     : std::string(" (ran ") + kc::gemm_backend_name(ran_sm90[v]) + ")"));
     const std::string via = std::string(" (ran ") + kc::gemm_backend_name(ran_auto) + ")";
     row("dispatch", auto_ms,
         best.best_ms > 0 ? bench::fmt(best.best_ms / auto_ms, 3) + "x best cuBLASLt" + via : via);
     if (g.dit && dt == DType::BF16) {
       sum.own_vs_cublas.push_back(blas_ms / own_ms);
-      if (wgmma_ms > 0) sum.wgmma_vs_cublas.push_back(blas_ms / wgmma_ms);
+      for (int v = 0; v < kNumSm90; ++v)
+        if (sm90_ms[v] > 0) sum.sm90_vs_cublas[v].push_back(blas_ms / sm90_ms[v]);
       if (best.best_ms > 0) sum.dispatch_vs_lt.push_back(best.best_ms / auto_ms);
     }
   };
@@ -332,12 +355,16 @@ int main(int argc, char** argv) {
   std::printf("  own / cuBLAS:             geomean %.3f, worst %.3f (target >= 0.7: %s)\n",
               Summary::geomean(sum.own_vs_cublas), Summary::worst(sum.own_vs_cublas),
               Summary::geomean(sum.own_vs_cublas) >= 0.7 ? "met on the geomean" : "not met");
-  if (sum.wgmma_vs_cublas.empty())
-    std::printf("  own wgmma / cuBLAS:       not run (this device cannot run the sm_90a kernel)\n");
-  else
-    std::printf("  own wgmma / cuBLAS:       geomean %.3f, worst %.3f (target >= 0.7: %s)\n",
-                Summary::geomean(sum.wgmma_vs_cublas), Summary::worst(sum.wgmma_vs_cublas),
-                Summary::geomean(sum.wgmma_vs_cublas) >= 0.7 ? "met on the geomean" : "not met");
+  for (int v = 0; v < kNumSm90; ++v) {
+    const std::vector<double>& r = sum.sm90_vs_cublas[v];
+    const std::string label = std::string(kSm90[v].row) + " / cuBLAS:";
+    if (r.empty())
+      std::printf("  %-25s not run (this device cannot run the sm_90a kernel)\n", label.c_str());
+    else
+      std::printf("  %-25s geomean %.3f, worst %.3f (target >= 0.7: %s)\n", label.c_str(),
+                  Summary::geomean(r), Summary::worst(r),
+                  Summary::geomean(r) >= 0.7 ? "met on the geomean" : "not met");
+  }
 
   cudaFree(ws);
   cublasLtDestroy(lt);

@@ -41,14 +41,18 @@ phase_build() {
       -DPSVAE_NATIVE=OFF -DPSVAE_CUDA_ARCHS="90a-real" -DPSVAE_DEPS_DIR="$PWD/.devdeps" \
       -DCUDNN_ROOT="$cudnn" || return 1
   time cmake --build "$BUILD" -j 16 || return 1
-  # The wgmma GEMM must run on Hopper's warpgroup MMA: HGMMA in its SASS (HMMA would be the
-  # mma.sync path). No disassembler on the development machine, so it is counted here.
-  local obj
-  obj=$(find "$BUILD" -name 'gemm_wgmma_sm90a.cu.o' | head -1)
-  if [ -n "$obj" ] && command -v cuobjdump >/dev/null; then
-    echo "SASS of gemm_wgmma_sm90a: $(cuobjdump -sass "$obj" | grep -c HGMMA || true) HGMMA," \
-      "$(cuobjdump -sass "$obj" | grep -c ' HMMA' || true) HMMA instructions"
-  fi
+  # The wgmma GEMMs must run on Hopper's warpgroup MMA: HGMMA in their SASS (HMMA would be the
+  # mma.sync path), and the TMA one on the copy engine (UTMALDG). No disassembler on the
+  # development machine, so they are counted here.
+  local obj name sass
+  for name in gemm_wgmma_sm90a gemm_wgmma_tma_sm90a; do
+    obj=$(find "$BUILD" -name "$name.cu.o" | head -1)
+    if [ -n "$obj" ] && command -v cuobjdump >/dev/null; then
+      sass=$(cuobjdump -sass "$obj")
+      echo "SASS of $name: $(grep -c HGMMA <<<"$sass" || true) HGMMA," \
+        "$(grep -c ' HMMA' <<<"$sass" || true) HMMA, $(grep -c UTMALDG <<<"$sass" || true) UTMALDG"
+    fi
+  done
 }
 
 export_libs() {

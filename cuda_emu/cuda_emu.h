@@ -29,6 +29,13 @@
 //     ends: copies land when issued and each wgmma is computed at the wgmma.wait_group that
 //     retires it, so a tile refilled before that wait, or an accumulator read before it, shows.
 //     A thread that exits with wgmma operations not waited for fails the launch.
+//   - mbarriers (sm_90: arrival counts, transaction bytes, phases) and bulk tensor copies (TMA:
+//     cp.async.bulk.tensor, tiled, 128-byte swizzle, zero fill out of bounds) that complete on
+//     them. A thread waiting on a phase yields until the phase completes. The copies follow
+//     PSVAE_EMU_ASYNC as cp.async does: deferred, they land (and complete their bytes) only when
+//     some thread waits on their mbarrier; eager, when issued. An mbarrier whose 8 bytes were
+//     overwritten, used before its init, or over-arrived fails the launch, and so does a block
+//     that ends with copies no one waited for.
 //   - It is not a timing model, not a memory-model checker (one fiber runs at a time, every store
 //     is seen at once) and not a PTX interpreter: inline asm does not exist here, so every PTX
 //     wrapper of the project (kernels/cuda/mma_sm80.cuh, mma_sm90.cuh) has an emulated twin.
@@ -57,6 +64,9 @@
 // copy serves every block.
 #undef __shared__
 #define __shared__ static
+// A kernel parameter that lives in constant memory on a GPU (tensor maps): a plain copy here.
+#undef __grid_constant__
+#define __grid_constant__
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
@@ -116,6 +126,27 @@ void wgmma_fence();
 void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b);
 void wgmma_commit();
 void wgmma_wait(int pending_groups);  // retire every committed group but the newest n
+
+// ---- sm_90: mbarriers, bulk tensor copies, setmaxnreg (fiber.cpp) ------------------------------
+// Each mbarrier is 8 bytes of dynamic shared memory, named by its shared-window address. The
+// emulator keeps its state (expected arrivals, pending arrivals, transaction bytes, phase) aside
+// and a signature in the 8 bytes, checked at every use.
+void mbarrier_init(uint32_t bar, int count);
+// mbarrier.arrive (expect_tx_bytes == 0) or mbarrier.arrive.expect_tx: adds the bytes to the
+// phase's transaction count, then arrives. The phase completes when every expected arrival has
+// come and the transaction count is back to zero.
+void mbarrier_arrive(uint32_t bar, uint32_t expect_tx_bytes);
+// Loops on mbarrier.try_wait.parity until the phase of that parity has completed (the current
+// phase's parity differs), yielding to the other threads meanwhile.
+void mbarrier_wait(uint32_t bar, int parity);
+// cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes: the box of
+// `tensor_map` (a CUtensorMap the emulated cuTensorMapEncodeTiled wrote) at coordinates
+// (c0, c1, c2) into shared memory at window address `dst` (128-byte aligned), out-of-bounds
+// elements as zeros, 16-byte chunks swizzled as the map says; completes the box's bytes on `bar`.
+void tma_load(uint32_t dst, const void* tensor_map, int c0, int c1, int c2, uint32_t bar);
+// setmaxnreg.{inc,dec}.sync.aligned.u32: registers are not modelled; the count is checked (a
+// multiple of 8 in 24..256, as the ISA requires).
+void setmaxnreg(int regs);
 
 // ---- launches (fiber.cpp) --------------------------------------------------------------------
 // Runs body() as every thread of every block of the grid, blocks and threads in the schedule's

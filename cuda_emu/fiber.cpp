@@ -23,7 +23,9 @@
 //     that retires it (the latest), so a buffer refilled while a read of it is still due (a
 //     pending wgmma, a thread not yet past a barrier) is read after it was overwritten, and an
 //     accumulator read before its wait is stale.
-// Each mode finds one half of the async hazards: read too early, refill too early.
+// Each mode finds one half of the async hazards: read too early, refill too early. Bulk tensor
+// copies (TMA) follow the same two modes: deferred, a copy lands when a thread waits on its
+// mbarrier (the latest it can); eager, when issued.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -86,7 +88,7 @@ cuda_emu_swap_stack:
 )");
 #endif
 
-enum class State { Ready, AtBarrier, AtWarp, Done };
+enum class State { Ready, AtBarrier, AtWarp, AtMbarrier, Done };
 
 // One thread's asynchronous operations of one kind (cp.async copies, wgmma) in commit groups, as
 // the PTX ISA counts them: the open group, then committed groups oldest first. wait(n) retires
@@ -137,6 +139,25 @@ struct Fiber {
   };
   AsyncGroups<Wgmma> wgmma;
   bool wg_fenced = false;  // a wgmma.fence since the last wgmma.wait_group
+  uint32_t wait_bar = 0;   // State::AtMbarrier: the mbarrier waited on
+};
+
+// An mbarrier's state (PTX ISA, "Parallel Synchronization and Communication Instructions:
+// mbarrier"): the arrivals a phase expects, those still pending, the transaction bytes still due
+// (negative when bytes completed before their expect_tx), and the phase number.
+struct MBarrier {
+  int count = 0, pending = 0;
+  int64_t tx = 0;
+  uint32_t phase = 0;
+};
+
+// A bulk tensor copy issued and not yet landed (PSVAE_EMU_ASYNC=deferred): the map as it was when
+// issued (the kernel parameter it came from may be gone by the time it lands).
+struct TmaCopy {
+  uint32_t dst;
+  TensorMap map;
+  int c[3];
+  uint32_t bar;
 };
 
 // A warp's one collective in flight: which lanes it waits for, who has arrived, their deposits.
@@ -156,6 +177,8 @@ struct Block {
   std::vector<Warp> warps;
   const std::function<void()>* body = nullptr;
   std::string error;
+  std::map<uint32_t, MBarrier> mbars;  // by shared-window address
+  std::deque<TmaCopy> tma;             // deferred bulk tensor copies, in issue order
 };
 
 // Scheduler state of the launching OS thread (launches from several host threads are serialised
@@ -306,15 +329,16 @@ void resume(Fiber& f) {
 }
 
 std::string where_waiting(const Block& b) {
-  int barrier = 0, warp = 0;
+  int barrier = 0, warp = 0, mbar = 0;
   for (int i = 0; i < b.nthreads; ++i) {
     const Fiber& f = fiber(i);
     if (f.state == State::AtBarrier) ++barrier;
     if (f.state == State::AtWarp) ++warp;
+    if (f.state == State::AtMbarrier) ++mbar;
   }
   return std::to_string(barrier) + " thread(s) at __syncthreads, " + std::to_string(warp) +
-         " at a warp collective, " + std::to_string(b.live) + " of " + std::to_string(b.nthreads) +
-         " not yet exited";
+         " at a warp collective, " + std::to_string(mbar) + " waiting on an mbarrier, " +
+         std::to_string(b.live) + " of " + std::to_string(b.nthreads) + " not yet exited";
 }
 
 // Runs one block to completion; returns false (b.error set) on a failure.
@@ -328,6 +352,8 @@ bool run_block(Block& b) {
     f.wg_fenced = false;
     start_fiber(f);
   }
+  b.mbars.clear();
+  b.tma.clear();
   g_sched.block = &b;
   static std::vector<int> order;
   for (;;) {
@@ -347,6 +373,11 @@ bool run_block(Block& b) {
                     " exited with wgmma operations not retired by wgmma.wait_group";
           return false;
         }
+      if (!b.tma.empty()) {
+        b.error = "the block ended with " + std::to_string(b.tma.size()) +
+                  " bulk tensor copies that no thread waited for on their mbarrier";
+        return false;
+      }
       return true;
     }
     if (!ran) {
@@ -572,6 +603,13 @@ float wgmma_operand(uint64_t desc, bool mn_major, int mn, int k) {
   const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
   if ((desc >> 62) != 1) fail("wgmma: only the 128-byte swizzle is modelled by the emulator");
   if (((desc >> 49) & 7) != 0) fail("wgmma: a non-zero matrix base offset is not modelled");
+  // Base offset 0 says the swizzle pattern (8 rows of 128 B) starts on a 1024-byte boundary: the
+  // start address may sit inside a 128-byte row (a k step) but its row must be the pattern's
+  // first (the ISA's base offset is (start >> 7) & 7 otherwise).
+  if (((start >> 7) & 7) != 0)
+    fail(
+        "wgmma: the 128-byte swizzle pattern does not start on a 1024-byte boundary (base "
+        "offset 0)");
   uint32_t addr;
   if (!mn_major)
     addr = start + static_cast<uint32_t>(mn / 8) * sbo + static_cast<uint32_t>(mn % 8) * 128 +
@@ -649,6 +687,139 @@ void wgmma_wait(int pending_groups) {
     if (op.d) run_wgmma(op, f->linear);
   });
   f->wg_fenced = false;
+}
+
+// ---- sm_90: mbarriers and bulk tensor copies ----------------------------------------------------
+namespace {
+
+// The signature an mbarrier's 8 bytes hold while the emulator tracks it ("mbar" and the address).
+uint64_t mbar_signature(uint32_t bar) { return 0x6d62617200000000ull | bar; }
+
+unsigned char* window_bytes(uint32_t addr, uint64_t bytes, const char* what) {
+  if (addr < kSmemWindowBase || addr - kSmemWindowBase + bytes > g_dynamic_smem_bytes) fail(what);
+  return g_dynamic_smem + (addr - kSmemWindowBase);
+}
+
+// The state of the mbarrier at `bar`, after checking that it was initialised and that its bytes
+// still hold the signature (nothing has stored over it).
+MBarrier& mbar_state(uint32_t bar) {
+  Block& b = *g_sched.block;
+  auto it = b.mbars.find(bar);
+  if (it == b.mbars.end()) fail("mbarrier: used before mbarrier.init (or not an mbarrier)");
+  uint64_t sig;
+  std::memcpy(&sig, window_bytes(bar, 8, "mbarrier: outside the dynamic shared memory"), 8);
+  if (sig != mbar_signature(bar))
+    fail("mbarrier: its 8 bytes of shared memory were overwritten while in use");
+  return it->second;
+}
+
+// Completes the current phase when nothing is due any more, and wakes the threads waiting on it.
+void mbar_maybe_complete(uint32_t bar, MBarrier& m) {
+  if (m.pending != 0 || m.tx != 0) return;
+  ++m.phase;
+  m.pending = m.count;
+  Block& b = *g_sched.block;
+  for (int i = 0; i < b.nthreads; ++i) {
+    Fiber& f = fiber(i);
+    if (f.state == State::AtMbarrier && f.wait_bar == bar) f.state = State::Ready;
+  }
+}
+
+// One bulk tensor copy's effect: the box, element by element (zeros out of bounds), into shared
+// memory with the map's swizzle applied to each destination address; then its bytes complete on
+// its mbarrier.
+void land_tma(const TmaCopy& c) {
+  const TensorMap& m = c.map;
+  const uint64_t box_bytes = uint64_t(m.box[0]) * m.box[1] * m.box[2] * m.elem;
+  window_bytes(c.dst, box_bytes, "bulk tensor copy: the box runs past the dynamic shared memory");
+  uint64_t o = 0;
+  for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
+    for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
+      for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, o += m.elem) {
+        const int64_t g[3] = {int64_t(c.c[0]) + i0, int64_t(c.c[1]) + i1, int64_t(c.c[2]) + i2};
+        bool inside = true;
+        uint64_t src = 0;
+        for (int d = 0; d < 3; ++d) {
+          inside = inside && g[d] >= 0 && static_cast<uint64_t>(g[d]) < m.dim[d];
+          src += static_cast<uint64_t>(g[d]) * m.stride[d];
+        }
+        uint32_t addr = c.dst + static_cast<uint32_t>(o);
+        if (m.swizzle_bytes == 128) addr ^= ((addr >> 7) & 7) << 4;
+        unsigned char* dst = g_dynamic_smem + (addr - kSmemWindowBase);
+        if (inside)
+          std::memcpy(dst, m.base + src, m.elem);
+        else
+          std::memset(dst, 0, m.elem);
+      }
+  MBarrier& bar = mbar_state(c.bar);
+  bar.tx -= static_cast<int64_t>(box_bytes);
+  mbar_maybe_complete(c.bar, bar);
+}
+
+}  // namespace
+
+void mbarrier_init(uint32_t bar, int count) {
+  if (bar % 8 != 0) fail("mbarrier.init: the address is not 8-byte aligned");
+  if (count < 1 || count > (1 << 20) - 1) fail("mbarrier.init: count outside 1..2^20-1");
+  const uint64_t sig = mbar_signature(bar);
+  std::memcpy(window_bytes(bar, 8, "mbarrier.init: outside the dynamic shared memory"), &sig, 8);
+  MBarrier& m = g_sched.block->mbars[bar];
+  m = MBarrier{};
+  m.count = m.pending = count;
+}
+
+void mbarrier_arrive(uint32_t bar, uint32_t expect_tx_bytes) {
+  MBarrier& m = mbar_state(bar);
+  if (m.pending == 0) fail("mbarrier.arrive: more arrivals than the phase expects");
+  m.tx += expect_tx_bytes;
+  --m.pending;
+  mbar_maybe_complete(bar, m);
+}
+
+void mbarrier_wait(uint32_t bar, int parity) {
+  Block& b = *g_sched.block;
+  Fiber* f = g_sched.cur;
+  for (;;) {
+    const MBarrier& m = mbar_state(bar);
+    if (static_cast<int>(m.phase & 1) != (parity & 1)) return;  // that phase has completed
+    // Deferred copies on this barrier land now, in issue order: the latest a GPU could.
+    bool landed = false;
+    for (auto it = b.tma.begin(); it != b.tma.end();) {
+      if (it->bar != bar) {
+        ++it;
+        continue;
+      }
+      const TmaCopy c = *it;
+      it = b.tma.erase(it);
+      land_tma(c);
+      landed = true;
+    }
+    if (landed) continue;
+    f->state = State::AtMbarrier;
+    f->wait_bar = bar;
+    to_scheduler();
+  }
+}
+
+void tma_load(uint32_t dst, const void* tensor_map, int c0, int c1, int c2, uint32_t bar) {
+  TmaCopy c{dst, {}, {c0, c1, c2}, bar};
+  std::memcpy(&c.map, tensor_map, sizeof c.map);
+  if (c.map.magic != TensorMap::kMagic)
+    fail("bulk tensor copy: the tensor map was not written by cuTensorMapEncodeTiled");
+  if (dst % 128 != 0)
+    fail("bulk tensor copy: the shared-memory destination is not 128-byte aligned");
+  if (c.map.swizzle_bytes == 128 && dst % 1024 != 0)
+    fail("bulk tensor copy: a 128-byte-swizzled box must start on the 1024-byte pattern boundary");
+  (void)mbar_state(bar);
+  if (schedule().async == AsyncMode::Eager)
+    land_tma(c);
+  else
+    g_sched.block->tma.push_back(c);
+}
+
+void setmaxnreg(int regs) {
+  if (regs < 24 || regs > 256 || regs % 8 != 0)
+    fail("setmaxnreg: the register count is not a multiple of 8 in 24..256");
 }
 
 // ---- launches ----------------------------------------------------------------------------------

@@ -6,6 +6,11 @@
 // and PSVAE_EMU_SMS streaming multiprocessors (default 4: grid-stride kernels then start few
 // blocks and every thread loops, which exercises the stride paths and keeps runs short).
 // PSVAE_EMU_DEVICES sets the device count (default 1).
+// The one driver entry point the project asks for, cuTensorMapEncodeTiled (through
+// cudaGetDriverEntryPointByVersion), is emulated too: it checks the documented requirements that
+// the project's maps can meet or miss, and stores what the emulated bulk tensor copies need.
+#include <cuda.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -71,6 +76,79 @@ double now_ms() {
 
 cudaError_t check_device(int d) {
   return d >= 0 && d < device_count() ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+// cuTensorMapEncodeTiled as the CUDA driver API documents it, for what the emulator models: tiled
+// maps of rank 1..3, no interleave, unit element strides, no swizzle or the 128-byte one. The
+// documented requirements are checked (the global address 16-byte aligned, dimensions in
+// 1..2^32, strides multiples of 16 below 2^40, box sizes in 1..256 with an inner extent that is
+// a multiple of 16 bytes and at most the swizzle span); a map outside what is modelled is
+// refused as invalid too (a real driver may accept it), so it cannot pass here unnoticed.
+CUresult encode_tiled(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, void* address,
+                      const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box,
+                      const cuuint32_t* element_strides, CUtensorMapInterleave interleave,
+                      CUtensorMapSwizzle swizzle, CUtensorMapL2promotion,
+                      CUtensorMapFloatOOBfill oob) {
+  auto bad = [](const std::string& why) {
+    std::fprintf(stderr, "cuda_emu: cuTensorMapEncodeTiled: %s\n", why.c_str());
+    return CUDA_ERROR_INVALID_VALUE;
+  };
+  if (!map || (reinterpret_cast<uintptr_t>(map) & 63) != 0)
+    return bad("the map is not 64-byte aligned");
+  uint32_t elem = 0;
+  switch (type) {
+    case CU_TENSOR_MAP_DATA_TYPE_UINT8: elem = 1; break;
+    case CU_TENSOR_MAP_DATA_TYPE_UINT16:
+    case CU_TENSOR_MAP_DATA_TYPE_FLOAT16:
+    case CU_TENSOR_MAP_DATA_TYPE_BFLOAT16: elem = 2; break;
+    case CU_TENSOR_MAP_DATA_TYPE_UINT32:
+    case CU_TENSOR_MAP_DATA_TYPE_INT32:
+    case CU_TENSOR_MAP_DATA_TYPE_FLOAT32: elem = 4; break;
+    default: return bad("data type not modelled");
+  }
+  if (rank < 1 || rank > 3) return bad("rank " + std::to_string(rank) + " (modelled: 1..3)");
+  if (!address || (reinterpret_cast<uintptr_t>(address) & 15) != 0)
+    return bad("the global address is not 16-byte aligned");
+  if (interleave != CU_TENSOR_MAP_INTERLEAVE_NONE) return bad("interleave not modelled");
+  if (oob != CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) return bad("NaN out-of-bounds fill not modelled");
+  uint32_t span = 0;
+  if (swizzle == CU_TENSOR_MAP_SWIZZLE_128B)
+    span = 128;
+  else if (swizzle != CU_TENSOR_MAP_SWIZZLE_NONE)
+    return bad("swizzle mode not modelled (none or 128B)");
+  cuda_emu::TensorMap m{};
+  m.magic = cuda_emu::TensorMap::kMagic;
+  m.base = static_cast<const unsigned char*>(address);
+  m.rank = rank;
+  m.elem = elem;
+  m.swizzle_bytes = span;
+  for (uint32_t i = 0; i < 3; ++i) {
+    m.dim[i] = 1;
+    m.box[i] = 1;
+  }
+  m.stride[0] = elem;
+  for (uint32_t i = 0; i < rank; ++i) {
+    if (dims[i] == 0 || dims[i] > (uint64_t(1) << 32))
+      return bad("globalDim[" + std::to_string(i) + "] = " + std::to_string(dims[i]));
+    if (box[i] == 0 || box[i] > 256)
+      return bad("boxDim[" + std::to_string(i) + "] = " + std::to_string(box[i]));
+    if (element_strides[i] != 1) return bad("element strides other than 1 not modelled");
+    m.dim[i] = dims[i];
+    m.box[i] = box[i];
+    if (i > 0) {
+      const uint64_t st = strides[i - 1];
+      if (st % 16 != 0 || st >= (uint64_t(1) << 40))
+        return bad("globalStrides[" + std::to_string(i - 1) + "] = " + std::to_string(st));
+      m.stride[i] = st;
+    }
+  }
+  const uint64_t inner = uint64_t(box[0]) * elem;
+  if (inner % 16 != 0) return bad("the box's inner extent is not a multiple of 16 bytes");
+  if (span && inner != span)
+    return bad("the box's inner extent is not the 128-byte swizzle span (modelled: equal)");
+  std::memset(map, 0, sizeof *map);
+  std::memcpy(map, &m, sizeof m);
+  return CUDA_SUCCESS;
 }
 
 }  // namespace
@@ -301,6 +379,17 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* num_bloc
                                                                    int block_size, size_t smem,
                                                                    unsigned int) {
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(num_blocks, f, block_size, smem);
+}
+
+// ---- driver entry points -----------------------------------------------------------------------
+cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned int,
+                                             unsigned long long,
+                                             enum cudaDriverEntryPointQueryResult* status) {
+  if (!symbol || !fn) return cudaErrorInvalidValue;
+  const bool known = std::strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
+  *fn = known ? reinterpret_cast<void*>(&cuda_emu::encode_tiled) : nullptr;
+  if (status) *status = known ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+  return cudaSuccess;
 }
 
 }  // extern "C"

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace cuda_emu {
@@ -16,5 +17,21 @@ size_t max_opt_in_dynamic_smem();  // 227 KiB
 // Records a launch failure for cudaGetLastError / cudaPeekAtLastError (and cudaGetErrorString of
 // that code returns `message`); printed to stderr too.
 void set_launch_error(cudaError_t code, const std::string& message);
+
+// What the emulator's cuTensorMapEncodeTiled (runtime.cpp) writes into the 128 opaque bytes of a
+// CUtensorMap, and its bulk tensor copies (fiber.cpp) read back: a tiled map of rank 1..3 (the
+// emulator models no more), dimension 0 contiguous. `magic` tells an encoded map from anything
+// else passed as one.
+struct TensorMap {
+  static constexpr uint64_t kMagic = 0x70737661652d746dull;  // "psvae-tm"
+  uint64_t magic;
+  const unsigned char* base;
+  uint64_t dim[3];         // elements per dimension (1 past the rank)
+  uint64_t stride[3];      // bytes between consecutive indices (stride[0] = the element size)
+  uint32_t box[3];         // the box a copy moves (1 past the rank)
+  uint32_t rank, elem;     // rank; bytes per element
+  uint32_t swizzle_bytes;  // 0 (none) or 128: the modelled modes
+};
+static_assert(sizeof(TensorMap) <= 128, "a CUtensorMap holds 128 bytes");
 
 }  // namespace cuda_emu

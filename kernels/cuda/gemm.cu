@@ -7,9 +7,11 @@
 // kernel is an mma.sync design (the instruction path sm_80 has), which on an H100-class GPU peaks
 // well below wgmma; the issue's own target for it is 0.7x cuBLAS. Until bench/bench_gemm.cu shows
 // a shape class where ours wins (small or skinny problems are the candidates: no heuristic or
-// workspace overhead), every shape goes to cuBLASLt. PSVAE_GEMM=own|wgmma|cublaslt (or
+// workspace overhead), every shape goes to cuBLASLt. PSVAE_GEMM=own|wgmma|wgmma_tma|cublaslt (or
 // set_gemm_backend) forces a path so each can be studied and tested: own is our mma.sync kernel,
-// wgmma our sm_90a kernel (gemm_wgmma_sm90a.cu; not yet run on a GPU, so not in Auto's rule).
+// wgmma and wgmma_tma our sm_90a kernels (gemm_wgmma_sm90a.cu: cp.async, 128 x 128 tiles;
+// gemm_wgmma_tma_sm90a.cu: TMA, warp-specialised, 128 x 256 tiles; neither has run on a GPU yet,
+// so neither is in Auto's rule).
 // Exceptions decided in gemm_cublaslt.cu, which then fall back to ours even when cuBLASLt is
 // forced: f32 with a GELU epilogue (cuBLASLt's GELU accuracy is undocumented; the f32 path promises
 // 1e-5), and a GELU aux whose ldc is not a multiple of 8 (cuBLASLt's requirement).
@@ -54,6 +56,7 @@ const char* gemm_backend_name(GemmBackend b) {
     case GemmBackend::CublasLt: return "cublaslt";
     case GemmBackend::Own: return "own";
     case GemmBackend::Wgmma: return "wgmma";
+    case GemmBackend::WgmmaTma: return "wgmma_tma";
   }
   return "?";
 }
@@ -115,8 +118,9 @@ GemmBackend parse_gemm_backend(const char* value) {
   if (s == "cublaslt") return GemmBackend::CublasLt;
   if (s == "own") return GemmBackend::Own;
   if (s == "wgmma") return GemmBackend::Wgmma;
+  if (s == "wgmma_tma") return GemmBackend::WgmmaTma;
   throw std::invalid_argument(std::string("PSVAE_GEMM: unknown value '") + value +
-                              "' (expected auto, cublaslt, own or wgmma)");
+                              "' (expected auto, cublaslt, own, wgmma or wgmma_tma)");
 }
 
 GemmBackend gemm_backend() {
@@ -139,13 +143,12 @@ void gemm(const GemmDesc& d, int device, void* stream) {
   ::psvae::cuda::check_device(device);
   if (d.batch == 0) return;
   const GemmBackend b = gemm_backend();
-  const bool ours = b == GemmBackend::Own || b == GemmBackend::Wgmma;
+  const bool ours = b == GemmBackend::Own || b == GemmBackend::Wgmma || b == GemmBackend::WgmmaTma;
   if (!ours && detail::gemm_cublaslt(d, device, stream)) {
     t_last = GemmBackend::CublasLt;
     return;
   }
-  t_last = detail::gemm_own(d, device, stream, b == GemmBackend::Wgmma) ? GemmBackend::Wgmma
-                                                                        : GemmBackend::Own;
+  t_last = detail::gemm_own(d, device, stream, ours ? b : GemmBackend::Own);
 }
 
 namespace {

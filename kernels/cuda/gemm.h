@@ -9,14 +9,16 @@
 // trans_a stored (K, M) with lda >= M. op(B) is (K, N): B stored (K, N) with ldb >= N, or with
 // trans_b stored (N, K) with ldb >= K. C is (M, N) with ldc >= N. All counts are in elements.
 //
-// Which path runs: gemm_backend() (env PSVAE_GEMM=auto|cublaslt|own|wgmma, read once;
+// Which path runs: gemm_backend() (env PSVAE_GEMM=auto|cublaslt|own|wgmma|wgmma_tma, read once;
 // set_gemm_backend overrides it for configs, tests and benchmarks). Auto takes cuBLASLt (see
 // gemm.cu for the rule and the data behind it); both Auto and CublasLt fall back to our kernels
 // when cuBLASLt has no algorithm for the problem (or K == 0, which cuBLASLt does not take). Own is
 // our kernels with the mma.sync bf16 tile kernel (gemm_mma.cu); Wgmma is our kernels with the
 // sm_90a wgmma tile kernel for bf16 (gemm_wgmma_sm90a.cu) where it can run (an sm_90 device,
-// every 16-byte chunk of A and B aligned), else exactly Own. gemm_last_backend() says which path
-// ran the last call on this thread (Wgmma only when the wgmma kernel did).
+// every 16-byte chunk of A and B aligned), else exactly Own. WgmmaTma is our kernels with the
+// sm_90a TMA + warp-specialised kernel (gemm_wgmma_tma_sm90a.cu, 128 x 256 tiles) where it can
+// run, else Wgmma's choice. gemm_last_backend() says which path ran the last call on this thread
+// (Wgmma / WgmmaTma only when that kernel did).
 #pragma once
 #include <cstdint>
 
@@ -55,20 +57,20 @@ struct GemmDesc {
   void* bias_grad = nullptr;   // DGeluBGrad, BGradB: N elements; BGradA: M elements (written)
 };
 
-enum class GemmBackend : int { Auto, CublasLt, Own, Wgmma };
+enum class GemmBackend : int { Auto, CublasLt, Own, Wgmma, WgmmaTma };
 const char* gemm_backend_name(GemmBackend b);
 
 // The configured backend: the last set_gemm_backend value, else env PSVAE_GEMM (auto, cublaslt,
-// own or wgmma; unset or empty means auto), read on the first call. A bad value throws
+// own, wgmma or wgmma_tma; unset or empty means auto), read on the first call. A bad value throws
 // std::invalid_argument naming PSVAE_GEMM and the value.
 GemmBackend gemm_backend();
 void set_gemm_backend(GemmBackend b);
-// The parser behind it: "auto", "cublaslt", "own", "wgmma" (any case; null or empty: auto);
-// anything else throws std::invalid_argument("PSVAE_GEMM: unknown value '<v>' (expected auto,
-// cublaslt, own or wgmma)").
+// The parser behind it: "auto", "cublaslt", "own", "wgmma", "wgmma_tma" (any case; null or
+// empty: auto); anything else throws std::invalid_argument("PSVAE_GEMM: unknown value '<v>'
+// (expected auto, cublaslt, own, wgmma or wgmma_tma)").
 GemmBackend parse_gemm_backend(const char* value);
-// The path that ran the last gemm() of this thread: CublasLt, Own or Wgmma (Auto before any
-// call).
+// The path that ran the last gemm() of this thread: CublasLt, Own, Wgmma or WgmmaTma (Auto
+// before any call).
 GemmBackend gemm_last_backend();
 
 // Runs the product on `device`, on `stream` (a cudaStream_t; null means the project's stream of
@@ -82,12 +84,18 @@ namespace detail {
 // The two paths, for the dispatch and the benchmark; the descriptor is already validated.
 // cuBLASLt: returns false (having launched nothing) when it has no algorithm for the problem.
 bool gemm_cublaslt(const GemmDesc& d, int device, void* stream);
-// Ours: bf16 on tensor cores (mma.sync, or with `wgmma` the sm_90a kernel where it can run), f32
-// on a register-blocked SIMT kernel; every epilogue. Returns whether the wgmma kernel ran.
-bool gemm_own(const GemmDesc& d, int device, void* stream, bool wgmma = false);
-// Whether the wgmma kernel can run on `device` (this binary has its sm_90a code and the device
-// can load it; always in the emulator).
+// Ours: bf16 on tensor cores (mma.sync; with `want` Wgmma or WgmmaTma the sm_90a kernel of that
+// name where it can run), f32 on a register-blocked SIMT kernel; every epilogue. Returns the
+// kernel that ran: Own, Wgmma or WgmmaTma (WgmmaTma falls back to Wgmma where its tensor maps
+// cannot describe the operands, e.g. a batch stride of 0; both fall back to Own for f32,
+// unaligned operands and devices without sm_90a).
+GemmBackend gemm_own(const GemmDesc& d, int device, void* stream,
+                     GemmBackend want = GemmBackend::Own);
+// Whether the wgmma kernels can run on `device` (this binary has their sm_90a code and the device
+// can load it; always in the emulator); the TMA one also needs the driver's
+// cuTensorMapEncodeTiled.
 bool gemm_wgmma_available(int device);
+bool gemm_wgmma_tma_available(int device);
 // Frees the cached cuBLASLt descriptors (tests and benchmarks; the workspace stays).
 void gemm_cublaslt_clear_cache();
 }  // namespace detail

@@ -433,13 +433,8 @@ bool aligned_to(const void* ptr, uintptr_t bytes) {
 template <bool kTA, bool kTB, bool kAligned>
 void launch_mma(const GemmParams<bf16_t>& p, dim3 grid, int device, cudaStream_t s) {
   auto kernel = gemm_bf16_mma_kernel<kTA, kTB, kAligned>;
-  static std::atomic<uint64_t> done{0};  // one bit per device index (mod 64)
-  const uint64_t bit = uint64_t(1) << (device & 63);
-  if (!(done.load() & bit)) {
-    PSVAE_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    done.fetch_or(bit);
-  }
+  static std::atomic<uint64_t> done{0};
+  raise_smem_limit(kernel, kSmemBytes, device, done);
   PSVAE_LAUNCH(grid, kThreads, kSmemBytes, s, kernel)(p);
 }
 
@@ -452,18 +447,27 @@ void launch_bf16_t(const GemmParams<bf16_t>& p, bool aligned, dim3 grid, int dev
     launch_mma<kTA, kTB, false>(p, grid, device, s);
 }
 
-// bf16: the wgmma kernel when asked for (the caller has checked that it can run and that the
-// operands are aligned), else the mma.sync kernel.
-void launch_tile_kernel(const GemmParams<bf16_t>& p, bool ta, bool tb, bool aligned, bool wgmma,
-                        dim3 grid, int device, cudaStream_t s) {
-  if (wgmma) return launch_wgmma(p, ta, tb, grid, device, s);
+// The tile kernel a problem runs on (TileChoice, below): its output tile width and how many
+// blocks an SM holds (what a split-K wave counts).
+struct TileKernel {
+  GemmBackend kernel;  // Own (mma.sync, or the f32 SIMT kernel), Wgmma or WgmmaTma
+  int64_t tile_n;
+  int blocks_per_sm;
+};
+
+// bf16: the kernel chosen (the caller has checked that it can run and that the operands are
+// aligned for it).
+void launch_tile_kernel(const GemmParams<bf16_t>& p, bool ta, bool tb, bool aligned,
+                        GemmBackend kernel, dim3 grid, int device, cudaStream_t s) {
+  if (kernel == GemmBackend::WgmmaTma) return launch_wgmma_tma(p, ta, tb, grid, device, s);
+  if (kernel == GemmBackend::Wgmma) return launch_wgmma(p, ta, tb, grid, device, s);
   if (!ta && !tb) launch_bf16_t<false, false>(p, aligned, grid, device, s);
   if (!ta && tb) launch_bf16_t<false, true>(p, aligned, grid, device, s);
   if (ta && !tb) launch_bf16_t<true, false>(p, aligned, grid, device, s);
   if (ta && tb) launch_bf16_t<true, true>(p, aligned, grid, device, s);
 }
-void launch_tile_kernel(const GemmParams<float>& p, bool ta, bool tb, bool, bool, dim3 grid, int,
-                        cudaStream_t s) {
+void launch_tile_kernel(const GemmParams<float>& p, bool ta, bool tb, bool, GemmBackend, dim3 grid,
+                        int, cudaStream_t s) {
   if (!ta && !tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<false, false>)(p);
   if (!ta && tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<false, true>)(p);
   if (ta && !tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<true, false>)(p);
@@ -475,29 +479,35 @@ void launch_tile_kernel(const GemmParams<float>& p, bool ta, bool tb, bool, bool
 // batch beyond the grid limits (65535) go in chunks with offset pointers.
 // Split-K for problems with too few output tiles to fill the GPU (the weight gradients dW = dY^T X
 // of narrow layers: M, N <= a few hundred, K = every token of the batch). When the tiles are
-// fewer than one wave (2 blocks per SM) and K holds at least 2 x kSplitMinK, K is cut into
-// `splits` ranges of a multiple of kBK so that tiles x splits fills about one wave; each split
-// writes fp32 partials (splits x M x N x 4 bytes, at most ~2 waves of 128 x 128 tiles = 35 MB on
-// an H200), and splitk_reduce_kernel adds them in split order. The split count depends on the
-// shape and the SM count only, so a run is bitwise repeatable on a given GPU. Returns false (and
-// launches nothing) when the problem does not qualify.
+// fewer than one wave (the kernel's blocks per SM x the SMs) and K holds at least 2 x kSplitMinK,
+// K is cut into `splits` ranges of a multiple of kSplitAlign so that tiles x splits fills about
+// one wave; each split writes fp32 partials (splits x M x N x 4 bytes, at most ~2 waves of
+// 128 x 128 tiles = 35 MB on an H200), and splitk_reduce_kernel adds them in split order. The
+// split count depends on the shape, the kernel and the SM count only, so a run is bitwise
+// repeatable on a given GPU. Returns false (and launches nothing) when the problem does not
+// qualify.
 constexpr int64_t kSplitMinK = 256;
+// A multiple of every bf16 tile kernel's slab depth (32 for mma.sync, 64 for wgmma): no slab
+// straddles two splits, which the TMA kernel needs (its copies zero-fill only past K itself).
+constexpr int64_t kSplitAlign = 64;
 
 template <class T>
-bool run_split_k(const GemmParams<T>&, const GemmDesc&, int64_t, bool, bool, int, cudaStream_t) {
+bool run_split_k(const GemmParams<T>&, const GemmDesc&, const TileKernel&, bool, int,
+                 cudaStream_t) {
   return false;  // f32: the SIMT kernel has no split-K
 }
 template <>
-bool run_split_k<bf16_t>(const GemmParams<bf16_t>& p, const GemmDesc& d, int64_t n_tiles,
-                         bool aligned, bool wgmma, int device, cudaStream_t s) {
+bool run_split_k<bf16_t>(const GemmParams<bf16_t>& p, const GemmDesc& d, const TileKernel& tk,
+                         bool aligned, int device, cudaStream_t s) {
   if (d.batch != 1) return false;
-  const int64_t m_tiles = (d.M + kBM - 1) / kBM;
+  const int64_t m_tiles = (d.M + kBM - 1) / kBM, n_tiles = (d.N + tk.tile_n - 1) / tk.tile_n;
   const int64_t tiles = m_tiles * n_tiles;
-  const int64_t wave = 2 * static_cast<int64_t>(rt::sm_count(device));
+  const int64_t wave = tk.blocks_per_sm * static_cast<int64_t>(rt::sm_count(device));
   if (tiles >= wave || d.K < 2 * kSplitMinK || m_tiles > 65535) return false;
   int64_t splits = std::min((wave + tiles - 1) / tiles, d.K / kSplitMinK);
   if (splits < 2) return false;
-  const int64_t k_split = ((d.K + splits - 1) / splits + kBK - 1) / kBK * kBK;
+  const int64_t k_split =
+      ((d.K + splits - 1) / splits + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
   splits = (d.K + k_split - 1) / k_split;  // every split non-empty
   if (splits < 2 || splits > 65535) return false;
   Tensor partial = Tensor::empty({splits, d.M, d.N}, DType::F32, Device::cuda(device));
@@ -507,15 +517,37 @@ bool run_split_k<bf16_t>(const GemmParams<bf16_t>& p, const GemmDesc& d, int64_t
   q.k_split = k_split;
   const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(m_tiles),
                   static_cast<unsigned>(splits));
-  launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, wgmma, grid, device, s);
+  launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, tk.kernel, grid, device, s);
   PSVAE_LAUNCH(rt::grid_for(d.M * d.N, device), rt::kBlockThreads, 0, s, splitk_reduce_kernel)
   (q, static_cast<int>(splits));
   return true;
 }
 
-// Returns whether the wgmma kernel ran (asked for by `wgmma`, bf16, aligned, available).
+// The tile kernel for a problem, given the one asked for (`want`: Own, Wgmma or WgmmaTma). The
+// sm_90a kernels take bf16 with every 16-byte chunk aligned (they have no element-load path) on a
+// device that can run them; WgmmaTma also needs tensor maps the driver accepts (else it runs as
+// Wgmma). Anything else runs on Own.
 template <class T>
-bool run_tiles(const GemmDesc& d, int device, cudaStream_t s, bool wgmma) {
+TileKernel choose_tile_kernel(const GemmParams<T>& p, const GemmDesc& d, bool aligned,
+                              GemmBackend want, int device) {
+  const TileKernel own{GemmBackend::Own, kBN, 2};
+  if constexpr (!std::is_same<T, bf16_t>::value) {
+    return own;
+  } else {
+    if (!aligned || want == GemmBackend::Own || !wgmma_available(device)) return own;
+    if (want == GemmBackend::WgmmaTma && wgmma_tma_available(device)) {
+      GemmParams<bf16_t> q = p;
+      q.M = d.M;
+      if (wgmma_tma_fits(q, d.trans_a, d.trans_b, d.batch))
+        return TileKernel{GemmBackend::WgmmaTma, kTmaBN, 1};
+    }
+    return TileKernel{GemmBackend::Wgmma, kBN, 2};
+  }
+}
+
+// Runs the problem on our tile kernels; returns the one that ran (choose_tile_kernel).
+template <class T>
+GemmBackend run_tiles(const GemmDesc& d, int device, cudaStream_t s, GemmBackend want) {
   GemmParams<T> p{};
   p.A = static_cast<const T*>(d.A);
   p.B = static_cast<const T*>(d.B);
@@ -546,13 +578,10 @@ bool run_tiles(const GemmDesc& d, int device, cudaStream_t s, bool wgmma) {
                        d.ldb % 8 == 0 &&
                        (d.batch <= 1 || (d.stride_a % 8 == 0 && d.stride_b % 8 == 0));
   const int64_t kMaxGrid = 65535;
-  const int64_t n_tiles = (d.N + kBN - 1) / kBN;
+  const TileKernel tk = choose_tile_kernel(p, d, aligned, want, device);
+  const int64_t n_tiles = (d.N + tk.tile_n - 1) / tk.tile_n;
   if (n_tiles > kMaxGrid) throw std::invalid_argument("gemm: N too large for the own kernel");
-  // The wgmma kernel reads its operands with cp.async only (no element-load path).
-  const bool use_wgmma =
-      wgmma && std::is_same<T, bf16_t>::value && aligned && wgmma_available(device);
-  if (std::is_same<T, bf16_t>::value && run_split_k(p, d, n_tiles, aligned, use_wgmma, device, s))
-    return use_wgmma;
+  if (std::is_same<T, bf16_t>::value && run_split_k(p, d, tk, aligned, device, s)) return tk.kernel;
   const int64_t rows_per_launch = kMaxGrid * kBM;
   for (int64_t b0 = 0; b0 < d.batch; b0 += kMaxGrid) {
     const int64_t nb = std::min(kMaxGrid, d.batch - b0);
@@ -565,10 +594,10 @@ bool run_tiles(const GemmDesc& d, int device, cudaStream_t s, bool wgmma) {
       if (q.aux) q.aux = p.aux + b0 * d.stride_c + r0 * d.ldc;
       const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>((q.M + kBM - 1) / kBM),
                       static_cast<unsigned>(nb));
-      launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, use_wgmma, grid, device, s);
+      launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, tk.kernel, grid, device, s);
     }
   }
-  return use_wgmma;
+  return tk.kernel;
 }
 
 template <class T>
@@ -591,23 +620,25 @@ void bias_grad(const GemmDesc& d, int device, cudaStream_t s) {
 }
 
 template <class T>
-bool own(const GemmDesc& d, int device, cudaStream_t s, bool wgmma) {
-  const bool ran_wgmma = d.M > 0 && d.N > 0 && d.batch > 0 && run_tiles<T>(d, device, s, wgmma);
+GemmBackend own(const GemmDesc& d, int device, cudaStream_t s, GemmBackend want) {
+  const GemmBackend ran =
+      d.M > 0 && d.N > 0 && d.batch > 0 ? run_tiles<T>(d, device, s, want) : GemmBackend::Own;
   bias_grad<T>(d, device, s);
-  return ran_wgmma;
+  return ran;
 }
 
 }  // namespace
 
 bool gemm_wgmma_available(int device) { return tile::wgmma_available(device); }
+bool gemm_wgmma_tma_available(int device) { return tile::wgmma_tma_available(device); }
 
-bool gemm_own(const GemmDesc& d, int device, void* stream, bool wgmma) {
+GemmBackend gemm_own(const GemmDesc& d, int device, void* stream, GemmBackend want) {
   rt::DeviceGuard guard(device);
   cudaStream_t s = stream ? static_cast<cudaStream_t>(stream) : rt::stream(device);
-  const bool ran_wgmma =
-      d.dtype == DType::BF16 ? own<bf16_t>(d, device, s, wgmma) : own<float>(d, device, s, wgmma);
+  const GemmBackend ran =
+      d.dtype == DType::BF16 ? own<bf16_t>(d, device, s, want) : own<float>(d, device, s, want);
   PSVAE_CUDA_CHECK(cudaGetLastError());
-  return ran_wgmma;
+  return ran;
 }
 
 }  // namespace psvae::kernels::cuda::detail

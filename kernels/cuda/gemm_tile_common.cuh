@@ -7,9 +7,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "kernels/cuda/elementwise_common.cuh"
+#include "tensor/cuda/cuda_check.cuh"
 
 namespace psvae::kernels::cuda::detail::tile {
 
@@ -107,12 +109,13 @@ __device__ __forceinline__ void store_partial(float* w, int64_t M, int64_t N, in
 }
 
 // ---- one block's tile --------------------------------------------------------------------------
-// Where the block's 128 x 128 tile (blockIdx.y, blockIdx.x) lies in batch entry blockIdx.z, or,
-// with split-K (batch 1), in K range blockIdx.z; and where its results go. kTransA: A stored
+// Where the block's 128 x kTileN tile (blockIdx.y, blockIdx.x) lies in batch entry blockIdx.z,
+// or, with split-K (batch 1), in K range blockIdx.z; and where its results go. kTransA: A stored
 // (K, M), else (M, K); kTransB: B stored (N, K), else (K, N).
-template <bool kTransA, bool kTransB>
+template <bool kTransA, bool kTransB, int kTileN = kBN>
 struct BlockTile {
   int64_t m0, n0;                   // the tile's origin in C
+  int64_t z;                        // the batch entry (0 with split-K)
   int64_t k_begin, k_end;           // the K range this block sums
   int64_t m_left, n_left;           // rows and columns of C from the origin on
   const bf16_t *A, *B;              // this entry's operands (sources of zero-byte copies)
@@ -122,9 +125,9 @@ struct BlockTile {
 
   __device__ __forceinline__ explicit BlockTile(const GemmParams<bf16_t>& p) {
     m0 = static_cast<int64_t>(blockIdx.y) * kBM;
-    n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+    n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
     const bool split = p.partial != nullptr;
-    const int64_t z = split ? 0 : blockIdx.z;
+    z = split ? 0 : blockIdx.z;
     k_begin = split ? static_cast<int64_t>(blockIdx.z) * p.k_split : 0;
     k_end = split ? std::min(p.K, k_begin + p.k_split) : p.K;
     m_left = p.M - m0;
@@ -147,17 +150,58 @@ struct BlockTile {
     else
       store_pair(p, C, aux, row, col, v0, v1);
   }
+
+  // Stores a warpgroup's m64nN wgmma accumulators (R = N / 2 per thread) as rows row0 .. row0 + 63
+  // of the tile: acc[4 i + 2 h + j] is (16 w + g + 8 h, 8 i + 2 q + j) of the warpgroup's 64 x N
+  // (w: warp in the warpgroup, g = lane / 4, q = lane % 4; mma_sm90.cuh).
+  template <int R>
+  __device__ __forceinline__ void store_wgmma(const GemmParams<bf16_t>& p, const float (&acc)[R],
+                                              int row0) const {
+    const int t = threadIdx.x % 128, w = t >> 5, g = (t & 31) >> 2, q = t & 3;
+#pragma unroll
+    for (int i = 0; i < R / 4; ++i) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        store(p, m0 + row0 + 16 * w + g + 8 * h, n0 + 8 * i + 2 * q, acc[4 * i + 2 * h],
+              acc[4 * i + 2 * h + 1]);
+    }
+  }
 };
 
-// ---- the wgmma kernel (gemm_wgmma_sm90a.cu)
-// ------------------------------------------------------ Whether the wgmma kernel can run on
-// `device`: this binary holds its sm_90a image and the device can load it (compute capability 9.0).
-// Asked once per device.
+// ---- launching ---------------------------------------------------------------------------------
+// Raises `kernel`'s dynamic shared-memory limit from the default 48 KiB to `bytes`, once per
+// device index (mod 64); `done` is the calling launcher's static, one per kernel instantiation.
+template <class Kernel>
+void raise_smem_limit(Kernel kernel, int bytes, int device, std::atomic<uint64_t>& done) {
+  const uint64_t bit = uint64_t(1) << (device & 63);
+  if (done.load() & bit) return;
+  PSVAE_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.fetch_or(bit);
+}
+
+// ---- the wgmma kernels (gemm_wgmma_sm90a.cu, gemm_wgmma_tma_sm90a.cu) ---------------------------
+// Whether the wgmma kernel can run on `device`: this binary holds its sm_90a image and the device
+// can load it (compute capability 9.0). Asked once per device.
 bool wgmma_available(int device);
 // Launches it over `grid` (the same grid and parameters as the mma.sync kernel) with operands
 // stored (M, K) / (K, M) for A (ta) and (K, N) / (N, K) for B (tb). Every 16-byte chunk of A and
 // B must be aligned (the host checks lda, ldb, strides and pointers, as for cp.async).
 void launch_wgmma(const GemmParams<bf16_t>& p, bool ta, bool tb, dim3 grid, int device,
                   cudaStream_t s);
+
+// The TMA kernel's output tile is 128 x kTmaBN (one block per SM: its grid and split-K wave differ
+// from the 128 x 128 kernels').
+constexpr int kTmaBN = 256;
+// Whether the TMA kernel can run on `device`: wgmma_available, and the driver has
+// cuTensorMapEncodeTiled.
+bool wgmma_tma_available(int device);
+// Whether it can run this problem: its tensor maps need what cp.async needs (16-byte aligned
+// pointers, leading dims and batch strides) and, for batch > 1, non-zero batch strides of A and B.
+// (Checked by encoding them: host only.) p.M is the rows of one launch.
+bool wgmma_tma_fits(const GemmParams<bf16_t>& p, bool ta, bool tb, int64_t batch);
+// Launches it over `grid` (x: N tiles of kTmaBN, y: M tiles of kBM, z: batch entries or splits).
+void launch_wgmma_tma(const GemmParams<bf16_t>& p, bool ta, bool tb, dim3 grid, int device,
+                      cudaStream_t s);
 
 }  // namespace psvae::kernels::cuda::detail::tile

@@ -25,9 +25,9 @@
 //     one group, wait until only that group is pending (the previous slab's are done), barrier
 //     (every warpgroup is done with the previous slab's buffer), then refill that buffer with the
 //     slab two ahead. So one slab's wgmma overlaps the copies of the next two.
-//   - No TMA, no producer/consumer warp specialisation, no setmaxnreg, no cluster multicast: the
-//     simplest wgmma pipeline, a step past mma.sync. Its tile and stage counts are untuned: no GPU
-//     has run it yet (docs/kernels.md).
+//   - No TMA, no producer/consumer warp specialisation, no setmaxnreg: the simplest wgmma
+//     pipeline, a step past mma.sync (gemm_wgmma_tma_sm90a.cu is the step after). Its tile and
+//     stage counts are untuned: no GPU has run it yet (docs/kernels.md).
 // Operands whose chunks are not 16-byte aligned never come here (gemm_mma.cu keeps them on the
 // mma.sync kernel's element-load path).
 #include <cuda_bf16.h>
@@ -55,7 +55,6 @@ constexpr int kOperandBytes = kBM * kBK * 2;    // 16384: one operand's slab
 constexpr int kStageBytes = 2 * kOperandBytes;  // 32768
 constexpr int kSwizzlePeriod = 1024;            // 8 rows x 128 B: where a swizzle pattern starts
 constexpr int kSmemBytes = kStages * kStageBytes + kSwizzlePeriod;  // 99328
-constexpr uint32_t kGroupBytes = 1024;            // 8 rows of 128 B: the descriptors' stride offset
 constexpr uint32_t kMNBlockBytes = 64 * kBK * 2;  // 8192: 64 m (n) x 64 k, MN-major leading offset
 static_assert(kBM == 128 && kBN == 128, "the layouts below assume 128 x 128 tiles");
 
@@ -145,18 +144,10 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_wgmma_kernel(GemmParams
     sm90::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) {
-      // A: this warpgroup's 64 rows. K-major: rows 64 wg.. are 8 groups from group 8 wg; a k16
-      // step is 32 B along the row. MN-major: rows 64 wg.. are block wg; a k16 step is 2 groups.
-      const uint64_t da =
-          kTransA ? sm90::desc_sw128(sa + wg * kMNBlockBytes + kk * 2 * kGroupBytes, kMNBlockBytes,
-                                     kGroupBytes)
-                  : sm90::desc_sw128(sa + wg * 8 * kGroupBytes + kk * 32, 16, kGroupBytes);
-      // B: all 128 columns. K-major when transposed (stored (N, K)), else MN-major.
-      const uint64_t db =
-          kTransB ? sm90::desc_sw128(sb + kk * 32, 16, kGroupBytes)
-                  : sm90::desc_sw128(sb + kk * 2 * kGroupBytes, kMNBlockBytes, kGroupBytes);
-      // wgmma's transpose flags name the MN-major operands: A when transposed, B when not.
-      sm90::wgmma_m64n128k16_bf16<kTransA, !kTransB>(acc, da, db);
+      // A: this warpgroup's 64 rows (block wg); B: all 128 columns. MN-major: A when transposed
+      // (stored (K, M)), B when not (stored (K, N)); wgmma's transpose flags name those.
+      sm90::wgmma_m64n128k16_bf16<kTransA, !kTransB>(acc, sm90::slab_desc<kTransA>(sa, wg, kk),
+                                                     sm90::slab_desc<!kTransB>(sb, 0, kk));
     }
     sm90::wgmma_commit();
     sm90::wgmma_wait<1>(acc);  // slab kt - 1's group is done (this warpgroup)
@@ -167,16 +158,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_wgmma_kernel(GemmParams
   sm90::wgmma_wait<0>(acc);
   sm80::cp_async_wait<0>();  // only empty groups can be left; drain them before the block exits
 
-  // Epilogue: acc[4 i + 2 h + j] is C[row][col] with row = m0 + 64 wg + 16 w + g + 8 h,
-  // col = n0 + 8 i + 2 q + j (w: warp in the warpgroup, g = lane / 4, q = lane % 4).
-  const int w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      t.store(p, t.m0 + wg * 64 + w * 16 + g + 8 * h, t.n0 + i * 8 + q * 2, acc[4 * i + 2 * h],
-              acc[4 * i + 2 * h + 1]);
-  }
+  t.store_wgmma(p, acc, 64 * wg);  // this warpgroup's rows
 #endif
 }
 
@@ -185,13 +167,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_wgmma_kernel(GemmParams
 template <bool kTA, bool kTB>
 void launch(const GemmParams<bf16_t>& p, dim3 grid, int device, cudaStream_t s) {
   auto kernel = gemm_bf16_wgmma_kernel<kTA, kTB>;
-  static std::atomic<uint64_t> done{0};  // one bit per device index (mod 64)
-  const uint64_t bit = uint64_t(1) << (device & 63);
-  if (!(done.load() & bit)) {
-    PSVAE_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    done.fetch_or(bit);
-  }
+  static std::atomic<uint64_t> done{0};
+  raise_smem_limit(kernel, kSmemBytes, device, done);
   PSVAE_LAUNCH(grid, kThreads, kSmemBytes, s, kernel)(p);
 }
 

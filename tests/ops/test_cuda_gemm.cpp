@@ -57,24 +57,32 @@ struct BackendScope {
 // cuBLASLt cannot run on the CUDA emulator (cuda_emu/): there the dispatch always takes our
 // kernels, which the Own pass covers.
 #ifdef PSVAE_CUDA_EMULATION
-const std::vector<GemmBackend> kBackends = {GemmBackend::Own, GemmBackend::Wgmma};
+const std::vector<GemmBackend> kBackends = {GemmBackend::Own, GemmBackend::Wgmma,
+                                            GemmBackend::WgmmaTma};
 #else
 const std::vector<GemmBackend> kBackends = {GemmBackend::Own, GemmBackend::Wgmma,
-                                            GemmBackend::CublasLt};
+                                            GemmBackend::WgmmaTma, GemmBackend::CublasLt};
 #endif
 
-// The path a forced backend `be` must take for a non-empty product: Wgmma runs the wgmma kernel
-// for bf16 whose every 16-byte chunk of A and B is aligned (leading dims and batch strides in
-// multiples of 8 elements; the test's buffers are allocator-aligned) on a device that can load
-// it, and is Own otherwise; the others are themselves.
+// The path a forced backend `be` must take for a non-empty product. Wgmma and WgmmaTma run an
+// sm_90a kernel for bf16 whose every 16-byte chunk of A and B is aligned (leading dims and batch
+// strides in multiples of 8 elements; the test's buffers are allocator-aligned) on a device that
+// can load it, and Own otherwise. WgmmaTma runs the TMA kernel where its tensor maps describe the
+// operands (every case here but a batch that shares A or B: stride 0), else the Wgmma kernel. The
+// others are themselves. This mirrors gemm_mma.cu's choose_tile_kernel on purpose: the test fails
+// when the two disagree.
 GemmBackend expected_ours(GemmBackend be, DType dt, int64_t lda, int64_t ldb, int64_t batch,
                           int64_t stride_a, int64_t stride_b) {
-  if (be != GemmBackend::Wgmma) return be;
+  if (be != GemmBackend::Wgmma && be != GemmBackend::WgmmaTma) return be;
   const bool aligned =
       lda % 8 == 0 && ldb % 8 == 0 && (batch <= 1 || (stride_a % 8 == 0 && stride_b % 8 == 0));
-  return dt == DType::BF16 && aligned && kernels::cuda::detail::gemm_wgmma_available(0)
-             ? GemmBackend::Wgmma
-             : GemmBackend::Own;
+  if (dt != DType::BF16 || !aligned || !kernels::cuda::detail::gemm_wgmma_available(0))
+    return GemmBackend::Own;
+  const bool shared = batch > 1 && (stride_a == 0 || stride_b == 0);
+  return be == GemmBackend::WgmmaTma && !shared &&
+                 kernels::cuda::detail::gemm_wgmma_tma_available(0)
+             ? GemmBackend::WgmmaTma
+             : GemmBackend::Wgmma;
 }
 
 // ---- matmul / linear through the op table ----------------------------------------------------
@@ -494,19 +502,19 @@ TEST_CASE("cuda gemm: alpha, beta, strides, padding and every epilogue through g
   }
 }
 
-TEST_CASE("cuda gemm: the wgmma kernel wraps its ring, splits K and fills partial tiles") {
+TEST_CASE("cuda gemm: the wgmma kernels wrap their rings, split K and fill partial tiles") {
   PSVAE_REQUIRE_CUDA();
   if (!kernels::cuda::detail::gemm_wgmma_available(0)) {
-    MESSAGE("skipped: this device cannot run the sm_90a wgmma kernel");
+    MESSAGE("skipped: this device cannot run the sm_90a wgmma kernels");
     return;
   }
   test::PoisonScope poison;
   Generator g(79);
-  BackendScope scope(GemmBackend::Wgmma);
   std::vector<Scenario> scenarios;
   {
-    // No split (batch 2): 9 slabs of 64 through the 3-stage ring, partial M and N tiles, a K tail
-    // of 8, the bias epilogue.
+    // No split (batch 2): 9 slabs of 64 through the 3- and 4-stage rings (each wraps twice),
+    // partial M and N tiles, a K tail of 8 (zero-filled by cp.async or by the TMA), the bias
+    // epilogue.
     Scenario s{"ring wrap, batch 2, partial tiles", 136, 200, 520, 0, 0, 0};
     s.round8 = true;
     s.batch = 2;
@@ -515,11 +523,27 @@ TEST_CASE("cuda gemm: the wgmma kernel wraps its ring, splits K and fills partia
     scenarios.push_back(s);
   }
   {
-    // One output tile and K = 2048: split-K, each split 4 or more slabs, beta and a partial
-    // last split.
+    // Two column tiles of the TMA kernel's 256 (the second 8 wide), three of the others' 128.
+    Scenario s{"N 264: a partial 256-wide tile", 72, 264, 136, 0, 0, 0};
+    s.round8 = true;
+    s.epi = Epilogue::BiasGelu;
+    scenarios.push_back(s);
+  }
+  {
+    // One output tile and K = 2040: split-K (in multiples of 64, so no slab straddles two
+    // splits), each split 4 or more slabs, beta and a partial last split.
     Scenario s{"split-K, beta", 64, 72, 2040, 0, 0, 0};
     s.round8 = true;
     s.beta = -0.5f;
+    scenarios.push_back(s);
+  }
+  {
+    // K = 0 with aligned operands: no slab at all (the TMA kernel's maps still encode), C =
+    // beta C + bias.
+    Scenario s{"K = 0, aligned", 40, 48, 0, 0, 0, 0};
+    s.round8 = true;
+    s.beta = 0.5f;
+    s.epi = Epilogue::Bias;
     scenarios.push_back(s);
   }
   {
@@ -528,12 +552,21 @@ TEST_CASE("cuda gemm: the wgmma kernel wraps its ring, splits K and fills partia
     s.round8 = true;
     scenarios.push_back(s);
   }
-  for (const Scenario& s : scenarios)
-    for (int ta = 0; ta < 2; ++ta)
-      for (int tb = 0; tb < 2; ++tb) {
-        const Outcome o = check_scenario(s, ta != 0, tb != 0, DType::BF16, g);
-        CHECK(o.ran == GemmBackend::Wgmma);
-      }
+  for (GemmBackend be : {GemmBackend::Wgmma, GemmBackend::WgmmaTma}) {
+    if (be == GemmBackend::WgmmaTma && !kernels::cuda::detail::gemm_wgmma_tma_available(0)) {
+      MESSAGE("skipped wgmma_tma: the driver has no cuTensorMapEncodeTiled");
+      continue;
+    }
+    BackendScope scope(be);
+    for (const Scenario& s : scenarios)
+      for (int ta = 0; ta < 2; ++ta)
+        for (int tb = 0; tb < 2; ++tb) {
+          CAPTURE(std::string(s.what));
+          CAPTURE(std::string(kernels::cuda::gemm_backend_name(be)));
+          const Outcome o = check_scenario(s, ta != 0, tb != 0, DType::BF16, g);
+          CHECK(o.ran == be);
+        }
+  }
 }
 
 TEST_CASE("cuda gemm: the same call twice gives bitwise-equal results") {
@@ -581,6 +614,7 @@ TEST_CASE("cuda gemm: bad descriptors, shapes, dtypes and PSVAE_GEMM values are 
   CHECK(parse_gemm_backend("") == GemmBackend::Auto);
   CHECK(parse_gemm_backend("own") == GemmBackend::Own);
   CHECK(parse_gemm_backend("WGMMA") == GemmBackend::Wgmma);
+  CHECK(parse_gemm_backend("wgmma_TMA") == GemmBackend::WgmmaTma);
   CHECK(parse_gemm_backend("cuBLASLt") == GemmBackend::CublasLt);
   CHECK(parse_gemm_backend("AUTO") == GemmBackend::Auto);
   CHECK_THROWS_WITH_AS(parse_gemm_backend("fast"), doctest::Contains("PSVAE_GEMM"),

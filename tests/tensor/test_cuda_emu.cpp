@@ -1,10 +1,12 @@
 // The CUDA emulator itself (cuda_emu/, docs/kernels.md "The emulator"): the launch checks that
 // stand in for a GPU's, the deferred cp.async, the schedule orders that expose races,
-// ldmatrix + mma.sync against a plain matrix product, and wgmma's checks and its two timings. Only
+// ldmatrix + mma.sync against a plain matrix product, wgmma's checks and its two timings, and the
+// mbarriers and bulk tensor copies (their phases, zero fill, swizzle, timings and checks). Only
 // in an emulation build (cmake -DPSVAE_CUDA_EMU=ON); elsewhere this file is empty.
 #ifdef PSVAE_CUDA_EMULATION
 #include "cuda_emu/cuda_emu.h"
 // (after cuda_emu.h, which the kernel sources get through -include)
+#include <cuda.h>
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -149,6 +151,91 @@ void check_cp_async(cuda_emu::AsyncMode mode) {
   cudaFree(after);
 }
 
+// ---- mbarriers and bulk tensor copies -----------------------------------------------------------
+// The emulated driver's cuTensorMapEncodeTiled, as a kernel's host side fetches it.
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiled encoder() {
+  void* f = nullptr;
+  cudaDriverEntryPointQueryResult q{};
+  REQUIRE(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                           &q) == cudaSuccess);
+  REQUIRE(q == cudaDriverEntryPointSuccess);
+  return reinterpret_cast<EncodeTiled>(f);
+}
+
+// A 2-D bf16 map of rows x inner elements (row stride ld), boxes of box_inner x box_rows.
+CUresult encode_2d(CUtensorMap* m, void* base, uint64_t inner, uint64_t rows, uint64_t ld_bytes,
+                   uint32_t box_inner, uint32_t box_rows, CUtensorMapSwizzle swizzle) {
+  const cuuint64_t dims[2] = {inner, rows};
+  const cuuint64_t strides[1] = {ld_bytes};
+  const cuuint32_t box[2] = {box_inner, box_rows};
+  const cuuint32_t unit[2] = {1, 1};
+  return encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, dims, strides, box, unit,
+                   CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+}
+
+// One 64 x 8 box of bf16 (128-byte swizzle) at (c0, c1) through an mbarrier: thread 0 initialises
+// the barrier, announces the 1024 bytes, issues the copy and reads the box's last element before
+// its wait (into *before: the only read ordered after the issue and before the wait); after the
+// wait every thread reads the box back through the swizzle (element (r, i) in 16-byte chunk
+// (i / 8) ^ r of row r) into out[r * 64 + i].
+__global__ void tma_kernel(const __grid_constant__ CUtensorMap map, float* before, float* out,
+                           int c0, int c1) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  const uint32_t raw = sm90::smem_addr(smem);
+  const uint32_t box = raw + (1024 - raw % 1024) % 1024, bar = box + 1024;
+  unsigned char* sbox = smem + (box - raw);
+  const int t = threadIdx.x;
+  if (t == 0) {
+    sm90::mbarrier_init(bar, 1);
+    sm90::fence_mbarrier_init();
+  }
+  __syncthreads();
+  __nv_bfloat16 v;
+  if (t == 0) {
+    sm90::mbarrier_arrive(bar, 1024);
+    sm90::tma_load_3d(box, &map, c0, c1, 0, bar);
+    std::memcpy(&v, sbox + 1022, 2);
+    *before = __bfloat162float(v);
+  }
+  sm90::mbarrier_wait(bar, 0);
+  for (int e = t; e < 512; e += blockDim.x) {
+    const int r = e / 64, i = e % 64;
+    std::memcpy(&v, sbox + r * 128 + (((i / 8) ^ r) << 4) + 2 * (i % 8), 2);
+    out[e] = __bfloat162float(v);
+  }
+}
+
+// The mbarrier misuses the emulator refuses, one per `what` (see the test).
+__global__ void mbarrier_misuse_kernel(const __grid_constant__ CUtensorMap map, int what) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  const uint32_t raw = sm90::smem_addr(smem);
+  const uint32_t box = raw + (1024 - raw % 1024) % 1024, bar = box + 1024;
+  if (threadIdx.x != 0) return;
+  if (what != 1) sm90::mbarrier_init(bar, 1);
+  switch (what) {
+    case 0: sm90::mbarrier_wait(bar, 0); break;  // nobody arrives: deadlock
+    case 1: sm90::mbarrier_arrive(bar); break;   // never initialised
+    case 2:
+      std::memset(smem + (bar - raw), 0, 8);  // a store over the barrier
+      sm90::mbarrier_arrive(bar);
+      break;
+    case 3:  // the phase waits for bytes; a second arrival is one too many
+      sm90::mbarrier_arrive(bar, 16);
+      sm90::mbarrier_arrive(bar);
+      break;
+    case 4:  // a copy no thread waits for
+      sm90::mbarrier_arrive(bar, 1024);
+      sm90::tma_load_3d(box, &map, 0, 0, 0, bar);
+      break;
+    default: break;
+  }
+}
+
 }  // namespace
 
 TEST_CASE("cuda emulator: dynamic shared memory above 48 KiB needs the opt-in") {
@@ -272,5 +359,87 @@ TEST_CASE("cuda emulator: wgmma reads when issued, or at its wait with PSVAE_EMU
 
 TEST_CASE("cuda emulator: with PSVAE_EMU_ASYNC=eager cp.async lands when issued") {
   check_cp_async(cuda_emu::AsyncMode::Eager);
+}
+TEST_CASE(
+    "cuda emulator: a bulk tensor copy lands the box swizzled, zeros outside, on its mbarrier") {
+  const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
+  // A 10 x 70 bf16 tensor (row stride 72 elements = 144 B) holding r * 16 + i % 16 (below 256, so
+  // exact in bf16).
+  const int rows = 10, inner = 70, ld = 72;
+  std::vector<__nv_bfloat16> host(static_cast<size_t>(rows * ld));
+  auto value = [](int r, int i) { return static_cast<float>(r * 16 + i % 16); };
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < ld; ++i) host[r * ld + i] = __float2bfloat16(value(r, i));
+  __nv_bfloat16* g = device_copy(host);
+  alignas(64) CUtensorMap map;
+  REQUIRE(encode_2d(&map, g, inner, rows, ld * 2, 64, 8, CU_TENSOR_MAP_SWIZZLE_128B) ==
+          CUDA_SUCCESS);
+  float* before = device_copy(std::vector<float>(1, -1.f));
+  float* out = device_copy(std::vector<float>(512, -1.f));
+  const int c0 = -3, c1 = 5;  // inner -3 .. 60 (3 outside), rows 5 .. 12 (3 outside)
+  for (cuda_emu::AsyncMode mode : {cuda_emu::AsyncMode::Deferred, cuda_emu::AsyncMode::Eager}) {
+    CAPTURE(static_cast<int>(mode));
+    cuda_emu::set_async_mode(mode);
+    PSVAE_LAUNCH(1, 64, 4096, nullptr, tma_kernel)(map, before, out, c0, c1);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    int wrong = 0;
+    for (int r = 0; r < 8; ++r)
+      for (int i = 0; i < 64; ++i) {
+        const int gr = c1 + r, gi = c0 + i;
+        const bool inside = gr < rows && gi >= 0 && gi < inner;
+        wrong += out[r * 64 + i] != (inside ? value(gr, gi) : 0.f);
+      }
+    CHECK(wrong == 0);
+    // Before the wait: the poison (deferred: the copy lands at the wait) or the element (eager:
+    // row 7's chunk 7 holds its chunk 0, element 7: row 12 is outside, so 0).
+    if (mode == cuda_emu::AsyncMode::Deferred)
+      CHECK(std::isnan(*before));
+    else
+      CHECK(*before == 0.f);
+  }
+  cuda_emu::set_async_mode(saved);
+  cudaFree(g);
+  cudaFree(before);
+  cudaFree(out);
+}
+
+TEST_CASE("cuda emulator: mbarrier misuse and copies no one waits for fail the launch") {
+  const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
+  cuda_emu::set_async_mode(cuda_emu::AsyncMode::Deferred);  // case 4: the copy stays in flight
+  std::vector<__nv_bfloat16> host(64 * 8);
+  __nv_bfloat16* g = device_copy(host);
+  alignas(64) CUtensorMap map;
+  REQUIRE(encode_2d(&map, g, 64, 8, 128, 64, 8, CU_TENSOR_MAP_SWIZZLE_128B) == CUDA_SUCCESS);
+  const char* expect[] = {"waiting on an mbarrier", "before mbarrier.init", "overwritten",
+                          "more arrivals", "no thread waited"};
+  for (int what = 0; what < 5; ++what) {
+    CAPTURE(what);
+    (void)cudaGetLastError();
+    PSVAE_LAUNCH(1, 32, 4096, nullptr, mbarrier_misuse_kernel)(map, what);
+    const cudaError_t e = cudaGetLastError();
+    CHECK(e == cudaErrorLaunchFailure);
+    CHECK(std::string(cudaGetErrorString(e)).find(expect[what]) != std::string::npos);
+  }
+  cuda_emu::set_async_mode(saved);
+  cudaFree(g);
+}
+
+TEST_CASE("cuda emulator: cuTensorMapEncodeTiled refuses what the driver documents as invalid") {
+  std::vector<__nv_bfloat16> host(64 * 64);
+  __nv_bfloat16* g = device_copy(host);
+  alignas(64) CUtensorMap map;
+  CHECK(encode_2d(&map, g, 64, 64, 128, 64, 8, CU_TENSOR_MAP_SWIZZLE_128B) == CUDA_SUCCESS);
+  // The global address not 16-byte aligned.
+  CHECK(encode_2d(&map, g + 1, 63, 64, 128, 64, 8, CU_TENSOR_MAP_SWIZZLE_128B) ==
+        CUDA_ERROR_INVALID_VALUE);
+  // A row stride that is not a multiple of 16 bytes.
+  CHECK(encode_2d(&map, g, 60, 64, 120, 56, 8, CU_TENSOR_MAP_SWIZZLE_NONE) ==
+        CUDA_ERROR_INVALID_VALUE);
+  // A box wider than the 128-byte swizzle span, and a box side above 256.
+  CHECK(encode_2d(&map, g, 64, 64, 128, 128, 8, CU_TENSOR_MAP_SWIZZLE_128B) ==
+        CUDA_ERROR_INVALID_VALUE);
+  CHECK(encode_2d(&map, g, 64, 64, 128, 64, 257, CU_TENSOR_MAP_SWIZZLE_128B) ==
+        CUDA_ERROR_INVALID_VALUE);
+  cudaFree(g);
 }
 #endif

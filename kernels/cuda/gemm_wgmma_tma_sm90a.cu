@@ -1,0 +1,231 @@
+// The Hopper-native variant of our bf16 GEMM tile kernel (the "wgmma_tma" backend of the dispatch,
+// gemm.h): the operands come in through the bulk tensor copy engine (TMA) instead of cp.async,
+// one warpgroup only feeds the ring while two others only multiply (warp specialisation), and each
+// block owns a 128 x 256 output tile. It is the step past gemm_wgmma_sm90a.cu, whose 256 threads
+// both compute every 16-byte copy address and issue the MMAs, on a 128 x 128 tile.
+//
+// Design (sm_90a, bf16 in, fp32 accumulators, one block per SM):
+//   - 384 threads = 3 warpgroups. Warpgroup 0 is the producer: it gives its registers back
+//     (setmaxnreg 40) and one of its threads issues every copy. Warpgroups 1 and 2 are the
+//     consumers (setmaxnreg 232): consumer c owns rows 64 c .. 64 c + 63 and all 256 columns,
+//     per 64-deep slab 4 x wgmma.m64n256k16, 128 fp32 accumulators per thread.
+//   - A 4-stage ring of slabs, 16 KiB of A (128 x 64) + 32 KiB of B (256 x 64) a stage, 192 KiB +
+//     1 KiB to put the ring on the 1024-byte swizzle period + the mbarriers. Two mbarriers a stage:
+//     full[s] (1 arrival, the producer's arrive.expect_tx of the stage's 48 KiB, then the copies'
+//     bytes) and empty[s] (2 arrivals, one per consumer once its wgmma reading the stage is done).
+//   - Copies: tensor maps with the 128-byte swizzle write exactly the layouts the descriptors read
+//     (the same as gemm_wgmma_sm90a.cu's). K-major operands (A as (M, K), B as (N, K)): one box
+//     of 64 k x 128 (A) or 256 (B) rows, rows 128 B apart, groups of 8 rows 1024 B apart.
+//     MN-major operands (A as (K, M), B as (K, N)): boxes of 64 m (n) x 64 k, 8 KiB each, 2 for A
+//     and 4 for B, placed 8 KiB apart (the descriptors' leading offset). Out-of-bounds elements
+//     arrive as zeros (the M, N and K edges); split-K ranges are multiples of 64, so no slab
+//     straddles two splits.
+//   - Producer, slab kt in stage s = kt % 4: wait empty[s] for the round before (a fresh barrier
+//     passes parity 1 at once), arrive.expect_tx(full[s], 48 KiB), issue the copies. Consumer:
+//     wait full[s], issue the slab's 4 wgmma as one group, wait until only that group is pending,
+//     then release the previous slab's stage (arrive on its empty barrier). So a consumer's wgmma
+//     runs back to back with the copies of up to 3 slabs ahead, and no thread computes an address.
+//   - Epilogue straight from the accumulators (BlockTile::store, shared with the other kernels):
+//     every epilogue and split-K work unchanged.
+//   - Not here: thread-block clusters with multicast, a persistent tile scheduler, a TMA store of
+//     C, stmatrix. Untuned: no GPU has run it yet (docs/kernels.md).
+#include <cuda.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/gemm_tile_common.cuh"
+#include "kernels/cuda/mma_sm90.cuh"
+#include "tensor/cuda/cuda_check.cuh"
+#include "tensor/cuda/launch.cuh"
+
+namespace psvae::kernels::cuda::detail::tile {
+
+namespace {
+
+constexpr int kBK = 64;  // one 128-byte swizzle row of bf16
+constexpr int kStages = 4;
+constexpr int kThreads = 384;                   // producer + 2 consumer warpgroups
+constexpr int kABytes = kBM * kBK * 2;          // 16384
+constexpr int kBBytes = kTmaBN * kBK * 2;       // 32768
+constexpr int kStageBytes = kABytes + kBBytes;  // 49152, the full barrier's transaction bytes
+constexpr int kSwizzlePeriod = 1024;            // where a 128-byte swizzle pattern starts
+constexpr int kBarrierBytes = 2 * kStages * 8;  // full[], empty[]
+constexpr int kSmemBytes = kSwizzlePeriod + kStages * kStageBytes + kBarrierBytes;  // 197696
+constexpr uint32_t kMNBlockBytes = 64 * kBK * 2;  // 8192: 64 m (n) x 64 k, MN-major lead offset
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128 x 40 + 256 x 232 <= 65536
+static_assert(kBM == 128 && kTmaBN == 256, "the layouts below assume 128 x 256 tiles");
+static_assert(kSmemBytes <= 227 * 1024, "one block per SM must fit");
+
+template <bool kTransA, bool kTransB>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_bf16_wgmma_tma_kernel(const __grid_constant__ CUtensorMap map_a,
+                               const __grid_constant__ CUtensorMap map_b, GemmParams<bf16_t> p) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // compiled for sm_90a only (CMakeLists.txt); this branch is never built
+#else
+  PSVAE_DYNAMIC_SMEM(smem_raw);
+  const uint32_t raw = sm90::smem_addr(smem_raw);
+  const uint32_t ring = raw + (kSwizzlePeriod - raw % kSwizzlePeriod) % kSwizzlePeriod;
+  const uint32_t bars = ring + kStages * kStageBytes;  // full[s] at + 8 s, empty[s] at + 8 (4 + s)
+  auto full = [&](int s) { return bars + 8u * static_cast<uint32_t>(s); };
+  auto empty = [&](int s) { return bars + 8u * static_cast<uint32_t>(kStages + s); };
+  const int tid = threadIdx.x, wg = tid >> 7;
+  const BlockTile<kTransA, kTransB, kTmaBN> t(p);  // origin, K range, outputs
+  const int ktiles = static_cast<int>((t.k_end - t.k_begin + kBK - 1) / kBK);
+
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      sm90::mbarrier_init(full(s), 1);
+      sm90::mbarrier_init(empty(s), 2);
+    }
+    sm90::fence_mbarrier_init();
+  }
+  __syncthreads();  // the barriers are initialised for every thread (the only block-wide barrier)
+
+  if (wg == 0) {
+    // Producer. Only thread 0 issues; the rest of the warpgroup has nothing left to do.
+    sm90::setmaxnreg_dec<kProducerRegs>();
+    if (tid != 0) return;
+    const int z = static_cast<int>(t.z), m0 = static_cast<int>(t.m0), n0 = static_cast<int>(t.n0);
+    for (int kt = 0; kt < ktiles; ++kt) {
+      const int s = kt % kStages;
+      sm90::mbarrier_wait(empty(s), ((kt / kStages) & 1) ^ 1);  // its previous slab consumed
+      sm90::mbarrier_arrive(full(s), kStageBytes);
+      const int k0 = static_cast<int>(t.k_begin) + kt * kBK;
+      const uint32_t sa = ring + static_cast<uint32_t>(s) * kStageBytes, sb = sa + kABytes;
+      if (!kTransA) {
+        sm90::tma_load_3d(sa, &map_a, k0, m0, z, full(s));  // (M, K): 64 k x 128 m
+      } else {
+        for (int j = 0; j < kBM / 64; ++j)  // (K, M): 64 m x 64 k blocks
+          sm90::tma_load_3d(sa + j * kMNBlockBytes, &map_a, m0 + 64 * j, k0, z, full(s));
+      }
+      if (kTransB) {
+        sm90::tma_load_3d(sb, &map_b, k0, n0, z, full(s));  // (N, K): 64 k x 256 n
+      } else {
+        for (int j = 0; j < kTmaBN / 64; ++j)  // (K, N): 64 n x 64 k blocks
+          sm90::tma_load_3d(sb + j * kMNBlockBytes, &map_b, n0 + 64 * j, k0, z, full(s));
+      }
+    }
+    return;
+  }
+
+  // Consumers.
+  sm90::setmaxnreg_inc<kConsumerRegs>();
+  const int c = wg - 1;  // rows 64 c .. 64 c + 63 of the tile
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % kStages;
+    sm90::mbarrier_wait(full(s), (kt / kStages) & 1);  // slab kt has landed
+    const uint32_t sa = ring + static_cast<uint32_t>(s) * kStageBytes, sb = sa + kABytes;
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk)  // A: this consumer's 64 rows; B: all 256 columns
+      sm90::wgmma_m64n256k16_bf16<kTransA, !kTransB>(acc, sm90::slab_desc<kTransA>(sa, c, kk),
+                                                     sm90::slab_desc<!kTransB>(sb, 0, kk));
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>(acc);  // slab kt - 1's group is done: its stage may be refilled
+    if (kt > 0 && tid % 128 == 0) sm90::mbarrier_arrive(empty((kt - 1) % kStages));
+  }
+  sm90::wgmma_wait<0>(acc);
+
+  t.store_wgmma(p, acc, 64 * c);  // this consumer's rows
+#endif
+}
+
+// cuTensorMapEncodeTiled, fetched from the driver through the runtime (no link against libcuda),
+// once; null when the driver lacks it.
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiled encoder() {
+  static const EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                           cudaEnableDefault, &q);
+    if (e != cudaSuccess) (void)cudaGetLastError();  // not an error of the caller's work
+    return e == cudaSuccess && q == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiled>(f)
+                                                                : nullptr;
+  }();
+  return fn;
+}
+
+// One operand as a 3-D map: `rows` rows of `inner` contiguous bf16, `ld` elements apart, in
+// `batch` entries `batch_stride` apart; boxes of 64 inner x box_rows x 1, 128-byte swizzle, zeros
+// outside. Returns the driver's result (CUDA_SUCCESS or why not).
+CUresult encode(CUtensorMap* map, const bf16_t* base, int64_t inner, int64_t rows, int64_t ld,
+                int64_t batch, int64_t batch_stride, uint32_t box_rows) {
+  // K = 0 gives an empty operand, which a map cannot describe; no copy is issued then (no slab),
+  // so a 1-element extent stands in.
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(std::max<int64_t>(inner, 1)),
+                              static_cast<cuuint64_t>(std::max<int64_t>(rows, 1)),
+                              static_cast<cuuint64_t>(batch)};
+  // With one entry the batch stride is never stepped; the matrix's own size stands in for it.
+  const int64_t bstride = batch > 1 ? batch_stride : ld * std::max<int64_t>(rows, 1);
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(ld) * 2,
+                                 static_cast<cuuint64_t>(bstride) * 2};
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(kBK), box_rows, 1};
+  const cuuint32_t unit[3] = {1, 1, 1};
+  return encoder()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
+                   const_cast<void*>(static_cast<const void*>(base)), dims, strides, box, unit,
+                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+}
+
+// Both operands' maps for parameters p over `batch` entries; returns the first failure.
+CUresult encode_operands(CUtensorMap* a, CUtensorMap* b, const GemmParams<bf16_t>& p, bool ta,
+                         bool tb, int64_t batch) {
+  // A: (M, K) is K-major, one box of 128 rows; (K, M) is M-major, boxes of 64 k rows.
+  CUresult r = ta ? encode(a, p.A, p.M, p.K, p.lda, batch, p.stride_a, 64)
+                  : encode(a, p.A, p.K, p.M, p.lda, batch, p.stride_a, kBM);
+  if (r != CUDA_SUCCESS) return r;
+  // B: (N, K) is K-major, one box of 256 rows; (K, N) is N-major, boxes of 64 k rows.
+  return tb ? encode(b, p.B, p.K, p.N, p.ldb, batch, p.stride_b, kTmaBN)
+            : encode(b, p.B, p.N, p.K, p.ldb, batch, p.stride_b, 64);
+}
+
+template <bool kTA, bool kTB>
+void launch(const CUtensorMap& a, const CUtensorMap& b, const GemmParams<bf16_t>& p, dim3 grid,
+            int device, cudaStream_t s) {
+  auto kernel = gemm_bf16_wgmma_tma_kernel<kTA, kTB>;
+  static std::atomic<uint64_t> done{0};
+  raise_smem_limit(kernel, kSmemBytes, device, done);
+  PSVAE_LAUNCH(grid, kThreads, kSmemBytes, s, kernel)(a, b, p);
+}
+
+}  // namespace
+
+bool wgmma_tma_available(int device) { return wgmma_available(device) && encoder() != nullptr; }
+
+bool wgmma_tma_fits(const GemmParams<bf16_t>& p, bool ta, bool tb, int64_t batch) {
+  if (batch > 1 && (p.stride_a == 0 || p.stride_b == 0)) return false;  // broadcast: not tried
+  if (p.K > INT32_MAX - kBK || p.M > INT32_MAX || p.N > INT32_MAX) return false;  // coordinates
+  // The driver's own verdict on the maps this problem needs (host only, nothing launched).
+  alignas(64) CUtensorMap a, b;
+  return encode_operands(&a, &b, p, ta, tb, batch) == CUDA_SUCCESS;
+}
+
+void launch_wgmma_tma(const GemmParams<bf16_t>& p, bool ta, bool tb, dim3 grid, int device,
+                      cudaStream_t s) {
+  const int64_t batch = p.partial ? 1 : grid.z;
+  alignas(64) CUtensorMap a, b;
+  const CUresult r = encode_operands(&a, &b, p, ta, tb, batch);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error("gemm: cuTensorMapEncodeTiled refused the operands of M=" +
+                             std::to_string(p.M) + " N=" + std::to_string(p.N) +
+                             " K=" + std::to_string(p.K) + " (CUresult " + std::to_string(r) + ")");
+  if (!ta && !tb) launch<false, false>(a, b, p, grid, device, s);
+  if (!ta && tb) launch<false, true>(a, b, p, grid, device, s);
+  if (ta && !tb) launch<true, false>(a, b, p, grid, device, s);
+  if (ta && tb) launch<true, true>(a, b, p, grid, device, s);
+}
+
+}  // namespace psvae::kernels::cuda::detail::tile

@@ -592,6 +592,13 @@ void wgmma_fence() { g_sched.cur->wg_fenced = true; }
 
 namespace {
 
+// The `bytes` of dynamic shared memory from window address `addr`; fails the launch with `what`
+// when any of them lies outside the launch's allocation.
+unsigned char* window_bytes(uint32_t addr, uint64_t bytes, const char* what) {
+  if (addr < kSmemWindowBase || addr - kSmemWindowBase + bytes > g_dynamic_smem_bytes) fail(what);
+  return g_dynamic_smem + (addr - kSmemWindowBase);
+}
+
 // Element (mn, k) of a 128-byte-swizzled bf16 operand (cuda_emu.h; PTX ISA, "Shared Memory Matrix
 // Layout", canonical layouts with Swizzle<3, 4, 3>), as a float. K-major: rows are mn, groups of
 // 8 rows `sbo` apart, k contiguous. MN-major: rows are k, groups of 8 k rows `sbo` apart, 64
@@ -618,10 +625,12 @@ float wgmma_operand(uint64_t desc, bool mn_major, int mn, int k) {
     addr = start + static_cast<uint32_t>(mn / 64) * lbo + static_cast<uint32_t>(mn % 64) * 2 +
            static_cast<uint32_t>(k / 8) * sbo + static_cast<uint32_t>(k % 8) * 128;
   addr ^= ((addr >> 7) & 7) << 4;
-  if (addr < kSmemWindowBase || addr + 2 > kSmemWindowBase + g_dynamic_smem_bytes)
-    fail("wgmma: a descriptor addresses shared memory outside the launch's dynamic allocation");
   uint16_t h;
-  std::memcpy(&h, g_dynamic_smem + (addr - kSmemWindowBase), 2);
+  std::memcpy(&h,
+              window_bytes(addr, 2,
+                           "wgmma: a descriptor addresses shared memory outside the launch's "
+                           "dynamic allocation"),
+              2);
   const uint32_t bits = static_cast<uint32_t>(h) << 16;
   float v;
   std::memcpy(&v, &bits, sizeof v);
@@ -694,11 +703,6 @@ namespace {
 
 // The signature an mbarrier's 8 bytes hold while the emulator tracks it ("mbar" and the address).
 uint64_t mbar_signature(uint32_t bar) { return 0x6d62617200000000ull | bar; }
-
-unsigned char* window_bytes(uint32_t addr, uint64_t bytes, const char* what) {
-  if (addr < kSmemWindowBase || addr - kSmemWindowBase + bytes > g_dynamic_smem_bytes) fail(what);
-  return g_dynamic_smem + (addr - kSmemWindowBase);
-}
 
 // The state of the mbarrier at `bar`, after checking that it was initialised and that its bytes
 // still hold the signature (nothing has stored over it).

@@ -2,8 +2,9 @@
 // convention: row-major, C (M, N) = alpha op(A) op(B) + beta C, then the epilogue).
 //
 // bf16: tensor cores through mma.sync.m16n8k16 (bf16 inputs, fp32 accumulators), an sm_80 design
-// that also runs on sm_90. Its sm_90a sibling with wgmma (gemm_wgmma_sm90a.cu) shares the tile,
-// the parameters and the epilogue (gemm_tile_common.cuh) and is chosen per call in run_tiles.
+// that also runs on sm_90. Its two sm_90a siblings with wgmma (gemm_wgmma_sm90a.cu,
+// gemm_wgmma_tma_sm90a.cu) share the parameters and the epilogue (gemm_tile_common.cuh);
+// choose_tile_kernel picks one per call.
 //   - Block tile 128 x 128 x 32, 256 threads = 8 warps as 2 (M) x 4 (N), each warp 64 x 32: per
 //     k16 step a warp loads 4 A fragments (ldmatrix.x4) and 4 B fragments (2 ldmatrix.x4) and
 //     issues 4 x 4 = 16 mma; 64 fp32 accumulators per thread.
@@ -447,8 +448,8 @@ void launch_bf16_t(const GemmParams<bf16_t>& p, bool aligned, dim3 grid, int dev
     launch_mma<kTA, kTB, false>(p, grid, device, s);
 }
 
-// The tile kernel a problem runs on (TileChoice, below): its output tile width and how many
-// blocks an SM holds (what a split-K wave counts).
+// The tile kernel a problem runs on (choose_tile_kernel, below): its output tile width and how
+// many blocks an SM holds (what a split-K wave counts).
 struct TileKernel {
   GemmBackend kernel;  // Own (mma.sync, or the f32 SIMT kernel), Wgmma or WgmmaTma
   int64_t tile_n;

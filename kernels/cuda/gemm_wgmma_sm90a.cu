@@ -55,7 +55,6 @@ constexpr int kOperandBytes = kBM * kBK * 2;    // 16384: one operand's slab
 constexpr int kStageBytes = 2 * kOperandBytes;  // 32768
 constexpr int kSwizzlePeriod = 1024;            // 8 rows x 128 B: where a swizzle pattern starts
 constexpr int kSmemBytes = kStages * kStageBytes + kSwizzlePeriod;  // 99328
-constexpr uint32_t kMNBlockBytes = 64 * kBK * 2;  // 8192: 64 m (n) x 64 k, MN-major leading offset
 static_assert(kBM == 128 && kBN == 128, "the layouts below assume 128 x 128 tiles");
 
 // Byte offset, inside an operand slab, of the 16-byte chunk that holds 8 consecutive elements.
@@ -65,7 +64,8 @@ __device__ __forceinline__ uint32_t kmajor_chunk(int r, int kc) {
 }
 // MN-major: row k (0..63), chunk mc (m or n / 8, 0..15): block mc / 8 of 64 values.
 __device__ __forceinline__ uint32_t mnmajor_chunk(int k, int mc) {
-  return static_cast<uint32_t>((mc >> 3) * kMNBlockBytes + k * 128 + (((mc & 7) ^ (k & 7)) << 4));
+  return static_cast<uint32_t>((mc >> 3) * sm90::kSlabBlockBytes + k * 128 +
+                               (((mc & 7) ^ (k & 7)) << 4));
 }
 
 // Copies one operand's 128 x 64 slab (1024 chunks of 16 bytes, 4 per thread; consecutive threads

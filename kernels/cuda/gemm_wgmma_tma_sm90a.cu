@@ -56,7 +56,6 @@ constexpr int kStageBytes = kABytes + kBBytes;  // 49152, the full barrier's tra
 constexpr int kSwizzlePeriod = 1024;            // where a 128-byte swizzle pattern starts
 constexpr int kBarrierBytes = 2 * kStages * 8;  // full[], empty[]
 constexpr int kSmemBytes = kSwizzlePeriod + kStages * kStageBytes + kBarrierBytes;  // 197696
-constexpr uint32_t kMNBlockBytes = 64 * kBK * 2;  // 8192: 64 m (n) x 64 k, MN-major lead offset
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128 x 40 + 256 x 232 <= 65536
 static_assert(kBM == 128 && kTmaBN == 256, "the layouts below assume 128 x 256 tiles");
 static_assert(kSmemBytes <= 227 * 1024, "one block per SM must fit");
@@ -102,13 +101,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         sm90::tma_load_3d(sa, &map_a, k0, m0, z, full(s));  // (M, K): 64 k x 128 m
       } else {
         for (int j = 0; j < kBM / 64; ++j)  // (K, M): 64 m x 64 k blocks
-          sm90::tma_load_3d(sa + j * kMNBlockBytes, &map_a, m0 + 64 * j, k0, z, full(s));
+          sm90::tma_load_3d(sa + j * sm90::kSlabBlockBytes, &map_a, m0 + 64 * j, k0, z, full(s));
       }
       if (kTransB) {
         sm90::tma_load_3d(sb, &map_b, k0, n0, z, full(s));  // (N, K): 64 k x 256 n
       } else {
         for (int j = 0; j < kTmaBN / 64; ++j)  // (K, N): 64 n x 64 k blocks
-          sm90::tma_load_3d(sb + j * kMNBlockBytes, &map_b, n0 + 64 * j, k0, z, full(s));
+          sm90::tma_load_3d(sb + j * sm90::kSlabBlockBytes, &map_b, n0 + 64 * j, k0, z, full(s));
       }
     }
     return;

@@ -46,13 +46,15 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint
 // at b x 8 KiB, groups of 8 rows 1024 B apart (the stride offset), a k16 step 32 B along the row.
 // MN-major (M or N contiguous): rows of k holding 64 m (n) each, blocks of 64 m (n) 8 KiB apart
 // (the leading offset), groups of 8 k rows 1024 B apart (the stride offset), a k16 step 2 groups.
+constexpr uint32_t kSlabBlockBytes = 64 * 64 * 2;  // 8192: 64 rows (K-major) or 64 k (MN-major)
+constexpr uint32_t kSlabGroupBytes = 1024;         // 8 rows of 128 B: one swizzle pattern
 // The descriptor of rows (or columns) 64 b onwards for k16 step kk of the slab at `base`:
 template <bool kMNMajor>
 __device__ __forceinline__ uint64_t slab_desc(uint32_t base, int b, int kk) {
-  constexpr uint32_t kGroup = 1024, kBlock = 8192;
-  const uint32_t start = base + static_cast<uint32_t>(b) * kBlock;
-  return kMNMajor ? desc_sw128(start + static_cast<uint32_t>(kk) * 2 * kGroup, kBlock, kGroup)
-                  : desc_sw128(start + static_cast<uint32_t>(kk) * 32, 16, kGroup);
+  const uint32_t start = base + static_cast<uint32_t>(b) * kSlabBlockBytes;
+  return kMNMajor ? desc_sw128(start + static_cast<uint32_t>(kk) * 2 * kSlabGroupBytes,
+                               kSlabBlockBytes, kSlabGroupBytes)
+                  : desc_sw128(start + static_cast<uint32_t>(kk) * 32, 16, kSlabGroupBytes);
 }
 
 // Makes this thread's earlier generic-proxy writes to shared memory (st.shared, cp.async) visible

@@ -3,8 +3,10 @@
 // with batch x heads such that B * T * H = 1M token-heads (B*H = 4096 at 256 tokens, 256 at 4096);
 // then, for reference, the SIMT path (f32 and bf16) at 1024 tokens with B*H = 256.
 // FLOPs as FlashAttention-2 counts them: forward 4 B H T^2 d (Q K^T and P V), backward 2.5x the
-// forward (5 GEMMs of the same size; our backward does 7, rebuilding S and dP in the dq kernel
-// for determinism, but is credited with 5 so the figures compare with other implementations).
+// forward (5 GEMMs of the same size). The tensor-core backward is timed in both its forms
+// (PSVAE_ATTN_BWD): "mma fused" does those 5 GEMMs, its key tiles adding to gq in a fixed order;
+// "mma split" does 7, rebuilding S and dP in a separate dq kernel, and is credited with 5 too so
+// the figures compare with other implementations.
 // No key mask, self attention, scale 1/sqrt(d).
 //
 // Also d = 72 at 256 tokens, B = 256, H = 16: DiT-XL's attention (1152 / 16), padded to 80 inside.
@@ -91,16 +93,30 @@ int main(int argc, char** argv) {
     bench::Timer& t = std::string(r.path) == "simt" ? slow_timer : timer;
     const double fwd_flops = 4.0 * static_cast<double>(r.B * r.H) * static_cast<double>(r.T) *
                              static_cast<double>(r.T) * static_cast<double>(r.d);
-    for (const char* dir : {"fwd", "bwd"}) {
-      const bool fwd = dir[0] == 'f';
+    const bool mma = std::string(r.path) == "mma";
+    // (direction, PSVAE_ATTN_BWD, the row's path label)
+    struct Variant {
+      const char *dir, *bwd, *label;
+    };
+    std::vector<Variant> variants = {{"fwd", "auto", r.path}};
+    if (mma) {
+      variants.push_back({"bwd", "fused", "mma fused"});
+      variants.push_back({"bwd", "split", "mma split"});
+    } else {
+      variants.push_back({"bwd", "auto", r.path});
+    }
+    for (const Variant& v : variants) {
+      const bool fwd = v.dir[0] == 'f';
+      ::setenv("PSVAE_ATTN_BWD", v.bwd, 1);
       const double ms = t.median_ms(
           [&] { kernels::run(fwd ? Op::attention : Op::attention_bwd, fwd ? b.fwd : b.bwd); });
       const double tflops = (fwd ? 1.0 : 2.5) * fwd_flops / (ms * 1e-3) / 1e12;
-      table.row({"attention", dir, dtype_name(r.dt), r.path, std::to_string(r.B),
+      table.row({"attention", v.dir, dtype_name(r.dt), v.label, std::to_string(r.B),
                  std::to_string(r.H), std::to_string(r.T), std::to_string(r.d), bench::fmt(ms, 3),
                  bench::fmt(tflops, 1), bench::pct(tflops, ceil.gemm_tflops)});
     }
   }
   ::unsetenv("PSVAE_ATTN");
+  ::unsetenv("PSVAE_ATTN_BWD");
   return 0;
 }

@@ -330,6 +330,28 @@ T atomicCAS(T* p, T cmp, T v) {
   return old;
 }
 
+// ---- fences, cache-hinted loads and stores, sleeping in a spin-wait --------------------------
+// One fiber runs at a time and every store is seen at once: fences have nothing to order, and the
+// L2-only (.cg) hints change no value.
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+template <class T>
+T __ldcg(const T* p) {
+  return *p;
+}
+template <class T>
+void __stcg(T* p, T v) {
+  *p = v;
+}
+namespace cuda_emu {
+// The thread yields to the block's other threads (fiber.cpp). A round of the block in which every
+// thread that ran only went back to sleep changes nothing any of them waits for: blocks run one
+// at a time, so a value to come from another block never comes. The block then fails as
+// deadlocked (a wait on a block that starts later, or on a signal never sent).
+void nanosleep_yield();
+}  // namespace cuda_emu
+inline void __nanosleep(unsigned) { ::cuda_emu::nanosleep_yield(); }
+
 // ---- arithmetic intrinsics: IEEE round-to-nearest in C++ -----------------------------------
 // nvcc never fuses an _rn intrinsic into an fma. The emulation build contracts plain a * b + c
 // into fmas, as nvcc's default --fmad=true does (cmake PSVAE_EMU_FP_CONTRACT, ON by default), so

@@ -6,8 +6,10 @@
 // no system call: an MMA-heavy test makes millions of switches); elsewhere ucontext.
 // Scheduling: the block's ready fibers run in thread order, each until it blocks or ends; a
 // barrier that every live thread has reached (or a warp collective every lane in its mask has
-// reached) makes its waiters ready again. When no fiber is ready and some have not ended, the
-// block is deadlocked: the launch fails naming where the threads wait.
+// reached) makes its waiters ready again. __nanosleep (a spin-wait's pause) yields and stays
+// runnable. When no fiber can run, or a whole round ran only fibers that went back to sleep
+// (nothing they poll can change: other blocks do not run meanwhile), and some have not ended,
+// the block is deadlocked: the launch fails naming where the threads wait.
 // Order (env PSVAE_EMU_ORDER): "forward" (the default: blocks in index order, and in each round
 // the ready threads in index order), "reverse" (both reversed) or "shuffle" (a fresh permutation
 // of the blocks per launch and of the threads per round, from PSVAE_EMU_SEED). A kernel whose
@@ -88,7 +90,8 @@ cuda_emu_swap_stack:
 )");
 #endif
 
-enum class State { Ready, AtBarrier, AtWarp, AtMbarrier, Done };
+// Spinning: in __nanosleep, runnable (a spin-wait's next poll), see run_block.
+enum class State { Ready, Spinning, AtBarrier, AtWarp, AtMbarrier, Done };
 
 // One thread's asynchronous operations of one kind (cp.async copies, wgmma) in commit groups, as
 // the PTX ISA counts them: the open group, then committed groups oldest first. wait(n) retires
@@ -329,15 +332,17 @@ void resume(Fiber& f) {
 }
 
 std::string where_waiting(const Block& b) {
-  int barrier = 0, warp = 0, mbar = 0;
+  int barrier = 0, warp = 0, mbar = 0, spin = 0;
   for (int i = 0; i < b.nthreads; ++i) {
     const Fiber& f = fiber(i);
     if (f.state == State::AtBarrier) ++barrier;
     if (f.state == State::AtWarp) ++warp;
     if (f.state == State::AtMbarrier) ++mbar;
+    if (f.state == State::Spinning) ++spin;
   }
   return std::to_string(barrier) + " thread(s) at __syncthreads, " + std::to_string(warp) +
          " at a warp collective, " + std::to_string(mbar) + " waiting on an mbarrier, " +
+         std::to_string(spin) + " spinning in __nanosleep on a value no thread will change, " +
          std::to_string(b.live) + " of " + std::to_string(b.nthreads) + " not yet exited";
 }
 
@@ -357,13 +362,16 @@ bool run_block(Block& b) {
   g_sched.block = &b;
   static std::vector<int> order;
   for (;;) {
-    bool ran = false;
+    // progress: some thread that ran did more than poll and go back to sleep (__nanosleep). A
+    // round without it ran only spin-waits that saw nothing change, and the next would be the
+    // same: a deadlock, as a round where nothing could run at all.
+    bool progress = false;
     schedule().permutation(order, b.nthreads);
     for (const int i : order) {
       Fiber& f = fiber(i);
-      if (f.state != State::Ready) continue;
+      if (f.state != State::Ready && f.state != State::Spinning) continue;
       resume(f);
-      ran = true;
+      if (f.state != State::Spinning) progress = true;
       if (!b.error.empty()) return false;
     }
     if (b.live == 0) {
@@ -380,7 +388,7 @@ bool run_block(Block& b) {
       }
       return true;
     }
-    if (!ran) {
+    if (!progress) {
       b.error = "deadlock: " + where_waiting(b);
       return false;
     }
@@ -415,6 +423,13 @@ int lane_id() {
   g_sched.cur->state = State::Done;
   to_scheduler();
   std::abort();  // never resumed
+}
+
+void nanosleep_yield() {
+  Fiber* f = g_sched.cur;
+  f->state = State::Spinning;
+  to_scheduler();
+  f->state = State::Ready;
 }
 
 void syncthreads() {

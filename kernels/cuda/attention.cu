@@ -15,6 +15,14 @@
 //   simt            the SIMT kernels for every call (f32, bf16, f64);
 //   mma             the tensor-core kernels, and an error for a call they cannot take.
 // Any other value throws std::invalid_argument naming the op.
+//
+// The MMA backward's form (environment variable PSVAE_ATTN_BWD, read at every call; the SIMT
+// backward has one form, split):
+//   auto (default), fused  dK, dV and dQ in one kernel per key tile, dQ summed across key tiles
+//                          in a fixed order through per-tile counters (5 GEMMs, FlashAttention-2's
+//                          count; scratch: an f32 copy of gq and a counter per query tile);
+//   split                  dK/dV and dQ in two kernels, S and dP rebuilt by the second (7 GEMMs).
+// Both are deterministic; they round differently (their sums run in different orders).
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -92,6 +100,15 @@ Path choose_path(const char* op, DType dt, const Dims& n,
   return mma_ok ? Path::kMma : Path::kSimt;
 }
 
+// The MMA backward's form for this call: PSVAE_ATTN_BWD (see the top of the file).
+attn::BwdVariant choose_bwd_variant(const char* op) {
+  const char* env = std::getenv("PSVAE_ATTN_BWD");
+  const std::string mode = env ? env : "";
+  if (mode.empty() || mode == "auto" || mode == "fused") return attn::BwdVariant::kFused;
+  if (mode == "split") return attn::BwdVariant::kSplit;
+  fail(op, "PSVAE_ATTN_BWD must be auto, fused or split, got '" + mode + "'");
+}
+
 // (q, k, v, [key_mask]) -> (o, lse); reals: scale.
 void attention_cuda(const OpCall& c) {
   const char* op = "attention";
@@ -145,6 +162,7 @@ void attention_bwd_cuda(const OpCall& c) {
   check_tensor(op, "gv", c.out[2], v.shape(), dt);
   const Path path =
       choose_path(op, dt, n, {&go, &q, &k, &v, &o, &lse, &c.out[0], &c.out[1], &c.out[2]});
+  const attn::BwdVariant variant = choose_bwd_variant(op);
   if (n.B * n.H == 0) return;  // every output is empty
 
   // D = rowsum(go * o), (B, H, Tq) in the math type: 4 (f64: 8) bytes per query row.
@@ -164,10 +182,22 @@ void attention_bwd_cuda(const OpCall& c) {
   a.D = D.raw_data();
   a.n = n;
   a.scale = c.reals[0];
+  // The fused form's scratch (attention_common.cuh): counters, and the running f32 sums of gq
+  // when more than one key tile adds to them (B H Tq d x 4 bytes: 302 MB for DiT-XL's batch 256).
+  Tensor order, dq_acc;
+  if (path == Path::kMma && variant == attn::BwdVariant::kFused) {
+    const int64_t bq = attn::bwd_fused_query_tile(n);
+    order = Tensor::empty({1 + n.B * n.H * ((n.Tq + bq - 1) / bq)}, DType::I32, q.device());
+    a.order = static_cast<unsigned*>(order.raw_data());
+    if (n.Tk > attn::kBwdKeyTile) {
+      dq_acc = Tensor::empty({n.B * n.H * n.Tq * n.d}, DType::F32, q.device());
+      a.dq_acc = dq_acc.data<float>();
+    }
+  }
   launch_on(q.device(), [&](cudaStream_t s, int dev) {
     attn::launch_rowdot(a, dt, s, dev);
     if (path == Path::kMma)
-      attn::launch_bwd_mma(a, s);
+      attn::launch_bwd_mma(a, variant, s, dev);
     else
       attn::launch_bwd_simt(a, dt, s);
   });

@@ -12,14 +12,17 @@
 // masked key has P = 0, so its gk, gv rows are 0 and it adds nothing to gq. Both as the CPU.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/block_order.cuh"
 
 namespace psvae::kernels::cuda::attn {
 
 namespace {
 
+namespace rt = ::psvae::cuda;
 using detail::Math;
 
 // ---- D = rowsum(go * o) ------------------------------------------------------------------------
@@ -415,27 +418,145 @@ __global__ void __launch_bounds__(kWarps * 32) dq_mma_kernel(BwdArgs a) {
   mma_store_rows<kD>(gqb, sqk, q0 + warp * 16, n.Tq, n.d, dq, one, lane);
 }
 
+// The fused form's gq part (kFusedDq below). After the dk, dv GEMMs of query tile i the block
+// holds dS^T (its kBKeys keys x kBQ queries) in registers; gq of tile i needs dS K summed over all
+// key tiles. The warps put dS^T into shared memory (bf16, as the gk GEMM rounded it), and each
+// computes a 16-query x (part of kD) slice of dS K: A = dS through ldmatrix.trans of the dS^T
+// tile, B = the block's K tile (stationary). The slice is then added to the running sum in
+// dq_acc in key-tile order: key tile kt waits until tiles 0..kt-1 have added theirs (counter
+// order[1 + bh nqt + i] == kt), so gq = ((p_0 + p_1) + p_2) + ... in the same order every run.
+// Tile 0 stores without reading; the last tile writes gq itself in bf16.
+// Warp w takes query rows 16 (w % kRG) of the tile and the 16-column pairs w / kRG, + kCS, ...
+// (kBQ = 64: each warp all kD columns of its 16 rows; kBQ = 32: two warps share each 16 rows).
+template <int kD, int kWarps, int kBQ>
+struct DqPart {
+  static constexpr int kRG = kBQ / 16, kCS = kWarps / kRG, kPairs = kD / 16;
+  static constexpr int kMyPairs = (kPairs + kCS - 1) / kCS;
+  static constexpr int kLdt = kBQ + 8;  // dS^T row stride (16-byte pad: conflict-free ldmatrix)
+  static_assert(kWarps % kRG == 0, "the query tile's row groups must divide the warps");
+
+  // This warp's dS^T fragments (16 keys x kBQ queries) into the shared tile, as bf16 pairs.
+  static __device__ __forceinline__ void put_dst(bf16_t* dst_tile, const float (&ds)[kBQ / 8][4],
+                                                 int warp, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int c = 0; c < kBQ / 8; ++c)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        *reinterpret_cast<uint32_t*>(dst_tile + (warp * 16 + g + 8 * r) * kLdt + c * 8 + 2 * t) =
+            pack_bf16(ds[c][2 * r], ds[c][2 * r + 1]);
+  }
+
+  // dS K for this warp's slice, added into the running sum (or written as gq by the last key
+  // tile), kChunk column pairs at a time (8 accumulators each: the gk, gv accumulators are live
+  // meanwhile). Rows past Tq and columns past d are skipped; d is a multiple of 8, so a pair of
+  // columns never straddles it.
+  static constexpr int kChunk = 2;
+  static __device__ __forceinline__ void add(const bf16_t* dst_tile, const bf16_t* Ks, float* acc,
+                                             bf16_t* gq, int64_t sqk, int64_t row0, int64_t Tq,
+                                             int64_t d, bool first, bool last, int warp, int lane) {
+    const int rg = warp % kRG, cs = warp / kRG, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int c0 = 0; c0 < kMyPairs; c0 += kChunk) {
+      float part[kChunk][2][4];
+#pragma unroll
+      for (int p = 0; p < kChunk; ++p)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) part[p][0][x] = part[p][1][x] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kWarps; ++kk) {  // 16 keys per k-block, kBKeys = 16 kWarps
+        // A(m = query, k = key) = dS^T[key][query]: matrices (keys k0.., queries m0..),
+        // (k0.., m0+8..), (k0+8.., m0..), (k0+8.., m0+8..) transposed give a[0..3].
+        uint32_t a[4];
+        ldsm_x4_trans(a, dst_tile + (kk * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * kLdt +
+                             rg * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+        for (int p = 0; p < kChunk; ++p) {
+          const int np = cs + (c0 + p) * kCS;
+          if (c0 + p >= kMyPairs || np >= kPairs) continue;
+          uint32_t b[4];
+          ldsm_x4_trans(b, Ks + (kk * 16 + (lane & 15)) * kLds<kD> + np * 16 + (lane >> 4) * 8);
+          mma_bf16(part[p][0], a, b[0], b[1]);
+          mma_bf16(part[p][1], a, b[2], b[3]);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t row = row0 + rg * 16 + g + 8 * r;
+        if (row >= Tq) continue;
+#pragma unroll
+        for (int p = 0; p < kChunk; ++p)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int np = cs + (c0 + p) * kCS, col = np * 16 + h * 8 + 2 * t;
+            if (c0 + p >= kMyPairs || np >= kPairs || col >= d) continue;
+            float2 v = make_float2(part[p][h][2 * r], part[p][h][2 * r + 1]);
+            if (!first) {  // .cg: from L2, where another SM's block left it
+              const float2 prev = __ldcg(reinterpret_cast<const float2*>(acc + row * d + col));
+              v = make_float2(prev.x + v.x, prev.y + v.y);
+            }
+            if (last)
+              *reinterpret_cast<__nv_bfloat162*>(gq + row * sqk + col) =
+                  __floats2bfloat162_rn(v.x, v.y);
+            else
+              __stcg(reinterpret_cast<float2*>(acc + row * d + col), v);
+          }
+      }
+    }
+  }
+};
+
 // dkdv: per key tile of kBKeys = 16 kWarps rows, query tiles of kBQ. Each warp, per tile, on its
 // 16 keys (transposed scores, keys x queries, so each lane's gk, gv rows stay in its registers):
 //   S^T = K Q^T, dP^T = V dO^T (16 x kBQ), P^T = exp2(S^T sl2 + bias_key - lse2_query),
 //   dS^T = scale P^T (dP^T - D_query), gv += P^T dO, gk += dS^T Q.
-// Shared memory: Ks, Vs kBKeys x kLds | Qs, dOs 2 x kBQ x kLds | lse2, D 2 x kBQ f32.
-// kD = 128, 4 warps, kBQ = 32: 2 x 17 + 4 x 8.7 KB = 70 KB. kBQ is 32 for kD > 64 so that the
-// two kD-wide accumulators (2 x kD/2 registers) plus S^T and dP^T (2 x kBQ/2) stay in registers.
-template <int kD, int kWarps, int kBQ>
-__global__ void __launch_bounds__(kWarps * 32) dkdv_mma_kernel(BwdArgs a) {
+// With kFusedDq the block also adds its part of gq per query tile (DqPart above), and takes its
+// (pair, key tile) from a ticket instead of blockIdx (block_order.cuh): tickets come in groups of
+// a.group pairs, key-tile major within a group, so the block that key tile kt waits for (kt - 1
+// of the same pair) is a.group tickets earlier and, with a.group large enough, long past the
+// query tile it waits on.
+// Shared memory: Ks, Vs kBKeys x kLds | Qs, dOs 2 x kBQ x kLds | lse2, D 2 x kBQ f32
+// [| dS^T kBKeys x (kBQ + 8) bf16]. kD = 128, 4 warps, kBQ = 32: 2 x 17 + 4 x 8.7 KB = 70 KB
+// (fused: 75 KB). kBQ is 32 for kD > 64 so that the two kD-wide accumulators (2 x kD/2
+// registers) plus S^T and dP^T (2 x kBQ/2) stay in registers.
+// Registers (ptxas, nvcc 13.0, sm_90): the fused form's second barrier and spin-wait per tile
+// leave ptxas free to take 245 registers at kD = 64 and 248 at kD = 80 (split: 167, 170), which
+// would drop those from 3 blocks per SM to 2. A minimum of 3 blocks there caps them at 168, with
+// 4 and 12 bytes of spill. Which is faster is for a GPU to say. kD = 96 and 128 hold 2 blocks per
+// SM in both forms (244-255 registers). 0 means no minimum: ptxas's own choice, which an explicit
+// 1 is not (with 1 it took 242 registers for split's kD = 64 instead of 167).
+template <int kD, bool kFusedDq>
+constexpr int kDkdvMinBlocks = (kFusedDq && kD <= 80) ? 3 : 0;
+
+template <int kD, int kWarps, int kBQ, bool kFusedDq>
+__global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
+    dkdv_mma_kernel(BwdArgs a) {
   constexpr int kThreads = kWarps * 32, kBKeys = 16 * kWarps, LDS = kLds<kD>;
+  using Dq = DqPart<kD, kWarps, kBQ>;
   bf16_t* Ks = reinterpret_cast<bf16_t*>(attn_smem());
   bf16_t* Vs = Ks + kBKeys * LDS;
   bf16_t* Qs = Vs + kBKeys * LDS;
   bf16_t* dOs = Qs + 2 * kBQ * LDS;
   float* lse2s = reinterpret_cast<float*>(dOs + 2 * kBQ * LDS);
   float* Ds = lse2s + 2 * kBQ;
+  bf16_t* dSt = reinterpret_cast<bf16_t*>(Ds + 2 * kBQ);  // kFusedDq only
 
   const Dims n = a.n;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const int64_t ntiles = (n.Tk + kBKeys - 1) / kBKeys;
-  const int64_t bh = blockIdx.x / ntiles, k0 = (blockIdx.x % ntiles) * kBKeys;
+  const int64_t nkt = (n.Tk + kBKeys - 1) / kBKeys, nqt = (n.Tq + kBQ - 1) / kBQ;
+  int64_t bh, kt;
+  if constexpr (kFusedDq) {
+    const int64_t L = block_order::block_ticket(a.order);
+    const int64_t pairs = n.B * n.H, grp = L / (a.group * nkt), rem = L % (a.group * nkt);
+    const int64_t left = pairs - grp * a.group;  // the last group may be short
+    const int64_t gsize = left < a.group ? left : a.group;
+    kt = rem / gsize;
+    bh = grp * a.group + rem % gsize;
+  } else {
+    bh = blockIdx.x / nkt;
+    kt = blockIdx.x % nkt;
+  }
+  const int64_t k0 = kt * kBKeys;
   const HeadAt at = head_at(n, bh);
   const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
   const bf16_t* qb = elem<bf16_t>(a.q, at.q);
@@ -444,7 +565,9 @@ __global__ void __launch_bounds__(kWarps * 32) dkdv_mma_kernel(BwdArgs a) {
   const bf16_t* vb = elem<bf16_t>(a.v, at.v);
   const bf16_t* lse = elem<bf16_t>(a.lse, at.row);
   const float* D = elem<float>(a.D, at.row);
-  const int64_t nqt = (n.Tq + kBQ - 1) / kBQ;
+  unsigned* done = kFusedDq ? a.order + 1 + bh * nqt : nullptr;  // per query tile: tiles added
+  float* dq_acc = kFusedDq && a.dq_acc ? a.dq_acc + bh * n.Tq * n.d : nullptr;
+  bf16_t* gqb = kFusedDq ? elem<bf16_t>(a.gq, at.q) : nullptr;
 
   // This lane's two key rows (g and g + 8 of the warp): 0 or -inf.
   float kbias[2];
@@ -482,7 +605,12 @@ __global__ void __launch_bounds__(kWarps * 32) dkdv_mma_kernel(BwdArgs a) {
   for (int64_t i = 0; i < nqt; ++i) {
     const int st = static_cast<int>(i & 1);
     cp_async_wait_all();
-    __syncthreads();  // query tile i (and K, V) visible; buffer st ^ 1 (tile i - 1) free
+    // Query tile i (and K, V) visible; buffer st ^ 1 (tile i - 1) free; fused: every warp's part
+    // of gq tile i - 1 added and the dS^T tile free.
+    __syncthreads();
+    if constexpr (kFusedDq)
+      if (tid == 0 && i > 0)
+        block_order::release_count(done + i - 1, static_cast<unsigned>(kt + 1));
     if (i + 1 < nqt) load_q(i + 1, st ^ 1);
     cp_async_commit();
 
@@ -508,8 +636,19 @@ __global__ void __launch_bounds__(kWarps * 32) dkdv_mma_kernel(BwdArgs a) {
       }
     warp_gemm_nn_regs<kBQ, kD, kD>(dv, s, dOt, lane);
     warp_gemm_nn_regs<kBQ, kD, kD>(dk, dp, Qt, lane);
+    if constexpr (kFusedDq) {
+      Dq::put_dst(dSt, dp, warp, lane);
+      if (tid == 0) block_order::wait_count(done + i, static_cast<unsigned>(kt));
+      __syncthreads();  // dS^T complete; key tiles 0..kt-1 have added to gq tile i
+      Dq::add(dSt, Ks, dq_acc, gqb, sqk, i * kBQ, n.Tq, n.d, kt == 0, kt == nkt - 1, warp, lane);
+    }
   }
   cp_async_wait_all();  // with Tq = 0 the K, V copies are still outstanding
+  if constexpr (kFusedDq) {
+    __syncthreads();  // every warp's part of the last gq tile added
+    if (tid == 0 && nqt > 0)
+      block_order::release_count(done + nqt - 1, static_cast<unsigned>(kt + 1));
+  }
 
   const float one[2] = {1.f, 1.f};
   bf16_t* gkb = elem<bf16_t>(a.gk, at.k);
@@ -519,23 +658,63 @@ __global__ void __launch_bounds__(kWarps * 32) dkdv_mma_kernel(BwdArgs a) {
 }
 
 template <int kD>
-void bwd_mma(const BwdArgs& a, cudaStream_t s) {
+constexpr int kDkdvBQ = kD <= 64 ? 64 : 32;  // query tile of dkdv
+
+// Ticket groups of the fused kernel (a.group pairs each). Key tile kt of a pair waits for kt - 1
+// to finish each query tile; their tickets are a.group apart. Blocks start at about
+// `resident / nqt` per query-tile step (resident = blocks that fit on the GPU at once, each
+// running nqt steps), so kt - 1 started a.group nqt / resident steps earlier. a.group = 4
+// resident / nqt puts it about 4 steps ahead: no wait after the first wave, and in the first
+// wave (which starts at once) waits of up to a quarter of the block's run. The running sums of a
+// group, 4 resident x kBQ x d x 4 bytes (about 17 MB at kD = 128 on 132 SMs), stay in L2.
+// Untuned: a GPU run should sweep the factor.
+int64_t fused_group(int64_t pairs, int64_t nqt, int64_t resident) {
+  return std::max<int64_t>(
+      1, std::min<int64_t>(pairs, (4 * resident + nqt - 1) / std::max<int64_t>(nqt, 1)));
+}
+
+template <int kD>
+void bwd_mma(const BwdArgs& args, BwdVariant variant, cudaStream_t s, int dev) {
   constexpr int LDS = kLds<kD>, kRows = 16 * kBwdWarps, kThreads = 32 * kBwdWarps;
-  constexpr int kBQ = kD <= 64 ? 64 : 32;  // query tile of dkdv
-  const int64_t pairs = a.n.B * a.n.H;
-  const int64_t kv_blocks = pairs * ((a.n.Tk + kRows - 1) / kRows);
-  if (kv_blocks > 0) {
-    const size_t smem =
-        sizeof(bf16_t) * static_cast<size_t>((2 * kRows + 4 * kBQ) * LDS) + sizeof(float) * 4 * kBQ;
-    launch_big_smem(dkdv_mma_kernel<kD, kBwdWarps, kBQ>, static_cast<unsigned>(kv_blocks), kThreads,
-                    smem, s, a);
+  constexpr int kBQ = kDkdvBQ<kD>;
+  static_assert(kRows == kBwdKeyTile, "the key tile the scratch is sized for");
+  BwdArgs a = args;
+  const int64_t pairs = a.n.B * a.n.H, nkt = (a.n.Tk + kRows - 1) / kRows;
+  const int64_t kv_blocks = pairs * nkt;
+  const size_t smem =
+      sizeof(bf16_t) * static_cast<size_t>((2 * kRows + 4 * kBQ) * LDS) + sizeof(float) * 4 * kBQ;
+  if (variant == BwdVariant::kFused) {
+    // gq: no key tile (Tk = 0) adds anything, so it is zero.
+    if (nkt == 0) {
+      PSVAE_CUDA_CHECK(cudaMemsetAsync(
+          a.gq, 0, sizeof(bf16_t) * static_cast<size_t>(a.n.B * a.n.Tq * a.n.H * a.n.d), s));
+      return;
+    }
+    const int64_t nqt = (a.n.Tq + kBQ - 1) / kBQ;
+    PSVAE_CUDA_CHECK(
+        cudaMemsetAsync(a.order, 0, sizeof(unsigned) * static_cast<size_t>(1 + pairs * nqt), s));
+    auto kernel = dkdv_mma_kernel<kD, kBwdWarps, kBQ, true>;
+    const size_t fsmem = smem + sizeof(bf16_t) * kRows * DqPart<kD, kBwdWarps, kBQ>::kLdt;
+    static const int per_sm = [&] {
+      PSVAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(fsmem)));
+      int b = 0;
+      PSVAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, fsmem));
+      return std::max(b, 1);
+    }();
+    a.group = fused_group(pairs, nqt, static_cast<int64_t>(per_sm) * rt::sm_count(dev));
+    launch_big_smem(kernel, static_cast<unsigned>(kv_blocks), kThreads, fsmem, s, a);
+    return;
   }
+  if (kv_blocks > 0)
+    launch_big_smem(dkdv_mma_kernel<kD, kBwdWarps, kBQ, false>, static_cast<unsigned>(kv_blocks),
+                    kThreads, smem, s, a);
   const int64_t q_blocks = pairs * ((a.n.Tq + kRows - 1) / kRows);
   if (q_blocks > 0) {
-    const size_t smem = sizeof(bf16_t) * static_cast<size_t>((2 * kRows + 4 * kDqBK) * LDS) +
-                        sizeof(float) * 2 * kDqBK;
+    const size_t qsmem = sizeof(bf16_t) * static_cast<size_t>((2 * kRows + 4 * kDqBK) * LDS) +
+                         sizeof(float) * 2 * kDqBK;
     launch_big_smem(dq_mma_kernel<kD, kBwdWarps, kDqBK>, static_cast<unsigned>(q_blocks), kThreads,
-                    smem, s, a);
+                    qsmem, s, a);
   }
 }
 
@@ -559,14 +738,18 @@ void launch_bwd_simt(const BwdArgs& a, DType dt, cudaStream_t s) {
                          [&](auto tag) { bwd_simt_dispatch<decltype(tag)>(a, s); });
 }
 
-void launch_bwd_mma(const BwdArgs& a, cudaStream_t s) {
+void launch_bwd_mma(const BwdArgs& a, BwdVariant variant, cudaStream_t s, int dev) {
   switch (mma_capacity(std::max(a.n.d, a.n.dv))) {
-    case 32: bwd_mma<32>(a, s); return;
-    case 64: bwd_mma<64>(a, s); return;
-    case 80: bwd_mma<80>(a, s); return;
-    case 96: bwd_mma<96>(a, s); return;
-    default: bwd_mma<128>(a, s); return;
+    case 32: bwd_mma<32>(a, variant, s, dev); return;
+    case 64: bwd_mma<64>(a, variant, s, dev); return;
+    case 80: bwd_mma<80>(a, variant, s, dev); return;
+    case 96: bwd_mma<96>(a, variant, s, dev); return;
+    default: bwd_mma<128>(a, variant, s, dev); return;
   }
+}
+
+int64_t bwd_fused_query_tile(const Dims& n) {
+  return mma_capacity(std::max(n.d, n.dv)) <= 64 ? 64 : 32;
 }
 
 }  // namespace psvae::kernels::cuda::attn

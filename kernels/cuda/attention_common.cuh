@@ -43,6 +43,10 @@ struct FwdArgs {
 
 // (go, q, k, v, o, lse, [mask]) -> (gq, gk, gv). D = rowsum(go * o) per query row, (B, H, Tq) in
 // the math type (f32 for f32/bf16, f64 for f64), computed by launch_rowdot first.
+// The fused MMA backward's scratch (attention_bwd.cu; null otherwise): `order` holds 1 +
+// B H ceil(Tq / bwd_fused_query_tile(n)) counters (the block ticket, then one per query tile of
+// each pair), zeroed by the launcher; dq_acc the (B H, Tq, d) f32 running sums of gq, needed when
+// Tk > kBwdKeyTile.
 struct BwdArgs {
   const void *go, *q, *k, *v, *o, *lse;
   const int32_t* mask;
@@ -50,7 +54,20 @@ struct BwdArgs {
   void* D;
   Dims n;
   double scale;
+  unsigned* order;
+  float* dq_acc;
+  int64_t group;  // pairs per ticket group (set by the launcher)
 };
+
+// The MMA backward's two forms (PSVAE_ATTN_BWD, attention.cu):
+//   Fused  one kernel per key tile computes gk, gv and adds its part of gq (dS K) into a running
+//          sum, key tiles in a fixed order (block_order.cuh): FlashAttention-2's 5 GEMMs;
+//   Split  a dkdv kernel and a separate dq kernel that rebuilds S and dP: 7 GEMMs, no hand-offs.
+enum class BwdVariant { kFused, kSplit };
+// Keys per block of the MMA backward's dkdv kernel (4 warps of 16).
+constexpr int64_t kBwdKeyTile = 64;
+// Query tile of the fused kernel for these head dims (64, or 32 above head dim 64).
+int64_t bwd_fused_query_tile(const Dims& n);
 
 // Where the pair bh = b * H + h starts in each tensor, for every kernel of both directions:
 // q, gq and k, gk are (B, T, H, d), o, go and v, gv are (B, T, H, dv), with T = Tq for the query
@@ -97,7 +114,7 @@ void launch_fwd_simt(const FwdArgs& a, DType dt, cudaStream_t s);
 void launch_fwd_mma(const FwdArgs& a, cudaStream_t s);  // bf16
 void launch_rowdot(const BwdArgs& a, DType dt, cudaStream_t s, int dev);
 void launch_bwd_simt(const BwdArgs& a, DType dt, cudaStream_t s);
-void launch_bwd_mma(const BwdArgs& a, cudaStream_t s);  // bf16
+void launch_bwd_mma(const BwdArgs& a, BwdVariant variant, cudaStream_t s, int dev);  // bf16
 
 // Head-dim capacity (compile-time tile width) of each path for a runtime max(d, dv).
 inline int simt_capacity(int64_t dmax) { return dmax <= 32 ? 32 : dmax <= 64 ? 64 : 128; }

@@ -6,10 +6,11 @@
 // Outputs are poisoned with NaN, so an unwritten element fails.
 //
 // Both implementations are run where they apply, forced through PSVAE_ATTN: the SIMT kernels
-// (every dtype) and the bf16 tensor-core kernels (head dims multiples of 8). The cases cover
-// sequence lengths 1 to 4096, head dims 8 to 128 (32, 64, 72, 96, 128 and odd ones), self and
-// cross attention (Tq != Tk both ways), dv != d, no mask, random holes, a batch entry with every
-// key masked and one with nearly every key masked, and the empty edges (Tk = 0, d = 0). The
+// (every dtype) and the bf16 tensor-core kernels (head dims multiples of 8), whose backward runs
+// in both its forms (PSVAE_ATTN_BWD: fused, where key tiles add to gq in turn, and split). The
+// cases cover sequence lengths 1 to 4096, head dims 8 to 128 (32, 64, 72, 96, 128 and odd ones),
+// self and cross attention (Tq != Tk both ways), dv != d, no mask, random holes, a batch entry with
+// every key masked and one with nearly every key masked, and the empty edges (Tk = 0, d = 0). The
 // backward of each case is fed o and lse of the f64 reference rounded to the dtype, so both
 // sides differentiate the same forward. Determinism: the backward run twice gives the same bits.
 // Skipped without a CUDA device.
@@ -37,29 +38,45 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-// Sets PSVAE_ATTN (the CUDA attention path: auto, simt, mma) for the scope and restores the
-// previous value after.
-class AttnPath {
+// Sets an environment variable for the scope and restores the previous value after:
+// PSVAE_ATTN (the CUDA attention path: auto, simt, mma) or PSVAE_ATTN_BWD (the MMA backward's
+// form: auto, fused, split).
+class EnvScope {
  public:
-  explicit AttnPath(const char* value) {
-    const char* prev = std::getenv("PSVAE_ATTN");
+  EnvScope(const char* name, const char* value) : name_(name) {
+    const char* prev = std::getenv(name);
     had_ = prev != nullptr;
     if (had_) prev_ = prev;
-    ::setenv("PSVAE_ATTN", value, 1);
+    ::setenv(name, value, 1);
   }
-  ~AttnPath() {
+  ~EnvScope() {
     if (had_)
-      ::setenv("PSVAE_ATTN", prev_.c_str(), 1);
+      ::setenv(name_.c_str(), prev_.c_str(), 1);
     else
-      ::unsetenv("PSVAE_ATTN");
+      ::unsetenv(name_.c_str());
   }
-  AttnPath(const AttnPath&) = delete;
-  AttnPath& operator=(const AttnPath&) = delete;
+  EnvScope(const EnvScope&) = delete;
+  EnvScope& operator=(const EnvScope&) = delete;
 
  private:
+  std::string name_;
   bool had_ = false;
   std::string prev_;
 };
+
+struct AttnPath : EnvScope {
+  explicit AttnPath(const char* value) : EnvScope("PSVAE_ATTN", value) {}
+};
+struct AttnBwd : EnvScope {
+  explicit AttnBwd(const char* value) : EnvScope("PSVAE_ATTN_BWD", value) {}
+};
+
+// The backward forms of a path: the MMA backward is fused (5 GEMMs, gq summed across key tiles
+// through ordered hand-offs) or split (a separate dq kernel); the SIMT backward has one form.
+std::vector<const char*> bwd_forms(const char* path) {
+  if (std::string(path) == "mma") return {"fused", "split"};
+  return {"auto"};
+}
 
 // Key mask (B, Tk) i32, 0 = masked. kind 0: none (undefined tensor); 1: ~35% random holes, key
 // b % Tk always kept; 2: as 1, and batch entry B-1 fully masked (its rows: o = 0, lse = -inf, no
@@ -150,19 +167,23 @@ void check_case(Generator& g, const Cfg& c, DType dt) {
     const std::vector<Tensor> out = run_fwd(gin, scale, dt);
     check_close(out[0], ref[0], dt, "o");
     check_close(out[1], ref[1], dt, "lse");
-    const std::vector<Tensor> gr = run_bwd(gbin, scale, dt);
-    check_close(gr[2], ref_g[2], dt, "gv");
-    if (c.Tk == 1) {
-      // One key per row: the softmax is the constant 1, so gq and gk are exactly zero and each
-      // side returns only its own rounding noise (about 1e-16 in the f64 reference, 1e-8 in f32),
-      // which a relative error against the reference's noise cannot judge. Checked against zero
-      // instead, at the dtype's tolerance times ||gv|| (the gradient's natural scale).
-      const double gv_norm = test::l2_norm(ref_g[2]);
-      CHECK(test::l2_norm(gr[0]) <= test::tolerance(dt) * gv_norm);
-      CHECK(test::l2_norm(gr[1]) <= test::tolerance(dt) * gv_norm);
-    } else {
-      check_close(gr[0], ref_g[0], dt, "gq");
-      check_close(gr[1], ref_g[1], dt, "gk");
+    for (const char* form : bwd_forms(path)) {
+      CAPTURE(std::string(form));
+      AttnBwd force_bwd(form);
+      const std::vector<Tensor> gr = run_bwd(gbin, scale, dt);
+      check_close(gr[2], ref_g[2], dt, "gv");
+      if (c.Tk == 1) {
+        // One key per row: the softmax is the constant 1, so gq and gk are exactly zero and each
+        // side returns only its own rounding noise (about 1e-16 in the f64 reference, 1e-8 in
+        // f32), which a relative error against the reference's noise cannot judge. Checked
+        // against zero instead, at the dtype's tolerance times ||gv|| (the gradient's scale).
+        const double gv_norm = test::l2_norm(ref_g[2]);
+        CHECK(test::l2_norm(gr[0]) <= test::tolerance(dt) * gv_norm);
+        CHECK(test::l2_norm(gr[1]) <= test::tolerance(dt) * gv_norm);
+      } else {
+        check_close(gr[0], ref_g[0], dt, "gq");
+        check_close(gr[1], ref_g[1], dt, "gk");
+      }
     }
   }
 }
@@ -190,6 +211,10 @@ TEST_CASE("cuda attention: forward and backward match the CPU on both paths") {
       {1, 40, 70, 2, 8, 24, 0, 1.0, kF32Bf16},            // small head dims, dv > d
       {1, 50, 61, 2, 20, 12, 1, 1.0, kAll},               // head dims not multiples of 8
       {1, 4096, 4096, 1, 64, 64, 1, 1.0, {DType::BF16}},  // the long sequence
+      // The fused backward's ticket groups (attention_bwd.cu, fused_group): on the emulator
+      // (4 SMs, 3 blocks each at d = 128) 32 query tiles give groups of 2 pairs, so the third
+      // pair is a short last group; 4 key tiles add to each gq tile in turn.
+      {1, 1000, 200, 3, 128, 128, 1, 1.0, {DType::BF16}},
   };
   for (const Cfg& c : cases)
     for (DType dt : c.dtypes) check_case(g, c, dt);
@@ -215,11 +240,13 @@ TEST_CASE("cuda attention: forward and backward are bit-identical run to run") {
   Generator g(47);
   const int64_t B = 2, Tq = 300, Tk = 333, H = 2, d = 64;
   for (DType dt : {DType::BF16, DType::F32}) {
-    for (const char* path : {"simt", "mma"}) {
-      if (dt != DType::BF16 && std::string(path) == "mma") continue;
+    for (const char* path : {"simt", "mma", "mma split"}) {
+      const bool mma = std::string(path).rfind("mma", 0) == 0;
+      if (dt != DType::BF16 && mma) continue;
       CAPTURE(std::string(dtype_name(dt)));
       CAPTURE(std::string(path));
-      AttnPath force(path);
+      AttnPath force(mma ? "mma" : path);
+      AttnBwd force_bwd(std::string(path) == "mma split" ? "split" : "fused");
       const Tensor mask = make_mask(g, B, Tk, 1).to(kGpu);
       std::vector<Tensor> in = {as_dtype(test::normal(g, {B, Tq, H, d}), dt).to(kGpu),
                                 as_dtype(test::normal(g, {B, Tk, H, d}), dt).to(kGpu),
@@ -254,6 +281,14 @@ TEST_CASE("cuda attention: bad input and a bad PSVAE_ATTN throw naming the op") 
     AttnPath force("mma");  // f32 has no tensor-core path
     CHECK_THROWS_WITH_AS(run_fwd(ok, 1.0, DType::F32),
                          doctest::Contains("attention: PSVAE_ATTN=mma"), std::invalid_argument);
+  }
+  {
+    AttnBwd force("fastest");
+    const std::vector<Tensor> f = run_fwd(ok, 1.0, DType::F32);
+    CHECK_THROWS_WITH_AS(
+        run_bwd({f[0], ok[0], ok[1], ok[2], f[0], f[1]}, 1.0, DType::F32),
+        doctest::Contains("attention_bwd: PSVAE_ATTN_BWD must be auto, fused or split"),
+        std::invalid_argument);
   }
   AttnPath force("auto");
   CHECK_THROWS_WITH_AS(run_fwd({ok[0], gpu({1, 5, 2, 4}, DType::F32), ok[2]}, 1.0, DType::F32),

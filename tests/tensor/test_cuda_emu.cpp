@@ -1,5 +1,6 @@
 // The CUDA emulator itself (cuda_emu/, docs/kernels.md "The emulator"): the launch checks that
-// stand in for a GPU's, the deferred cp.async, the schedule orders that expose races,
+// stand in for a GPU's, the deferred cp.async, the schedule orders that expose races, spin-waits
+// between blocks (tickets pass, a wait on a later block is a deadlock),
 // ldmatrix + mma.sync against a plain matrix product, wgmma's checks and its two timings, and the
 // mbarriers and bulk tensor copies (their phases, zero fill, swizzle, timings and checks). Only
 // in an emulation build (cmake -DPSVAE_CUDA_EMU=ON); elsewhere this file is empty.
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/block_order.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/mma_sm90.cuh"
 #include "tensor/cuda/launch.cuh"
@@ -84,6 +86,33 @@ __global__ void neighbour_kernel(float* out, bool sync) {
   s[t] = static_cast<float>(t);
   if (sync) __syncthreads();
   out[t] = t > 0 ? s[t - 1] : -1.f;
+}
+
+// A chain through every block of the grid (kernels/cuda/block_order.cuh): block n (numbered by
+// its ticket, or by blockIdx) waits until counter[1] == n, logs its number at position n, and
+// hands on n + 1. counter[0] is the ticket counter; both start at 0.
+__global__ void chain_kernel(unsigned* counter, int* log, bool by_ticket) {
+  namespace bo = psvae::kernels::cuda::block_order;
+  const unsigned n = by_ticket ? bo::block_ticket(counter) : blockIdx.x;
+  if (threadIdx.x == 0) {
+    bo::wait_count(counter + 1, n);
+    log[n] = static_cast<int>(n);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) bo::release_count(counter + 1, n + 1);
+}
+
+// Thread 1 spins until thread 0 of its block sets a shared flag: a wait that another thread of
+// the same block ends, which the emulator must let run (in reverse order thread 1 spins first).
+__global__ void spin_on_neighbour_kernel(int* out) {
+  __shared__ int flag;
+  if (threadIdx.x == 0) flag = 0;
+  __syncthreads();
+  if (threadIdx.x == 0) *static_cast<volatile int*>(&flag) = 1;
+  if (threadIdx.x == 1) {
+    while (*static_cast<volatile int*>(&flag) == 0) __nanosleep(10);
+    *out = 7;
+  }
 }
 
 // One warpgroup: A (64 x 16) and B (16 x 128 as [n][k]), both K-major with the 128-byte swizzle,
@@ -292,6 +321,44 @@ TEST_CASE("cuda emulator: a missing __syncthreads that index order hides shows i
   CHECK(correct(cuda_emu::Order::Reverse, false) == 0);    // every read is of the poison
   CHECK(correct(cuda_emu::Order::Shuffle, false) < 127);
   cuda_emu::set_schedule_order(saved);
+  cudaFree(out);
+}
+
+TEST_CASE("cuda emulator: spin-waits between blocks pass by ticket and deadlock on a later block") {
+  const cuda_emu::Order saved = cuda_emu::schedule_order();
+  constexpr int kBlocks = 9;
+  unsigned* counter = device_copy(std::vector<unsigned>(2, 0u));
+  int* log = device_copy(std::vector<int>(kBlocks, -1));
+  // Launches the chain in `order`; returns the launch's error.
+  auto chain = [&](cuda_emu::Order order, bool by_ticket) {
+    counter[0] = counter[1] = 0;
+    for (int i = 0; i < kBlocks; ++i) log[i] = -1;
+    cuda_emu::set_schedule_order(order);
+    (void)cudaGetLastError();
+    PSVAE_LAUNCH(kBlocks, 64, 0, nullptr, chain_kernel)(counter, log, by_ticket);
+    return cudaGetLastError();
+  };
+  for (cuda_emu::Order o :
+       {cuda_emu::Order::Forward, cuda_emu::Order::Reverse, cuda_emu::Order::Shuffle}) {
+    CAPTURE(static_cast<int>(o));
+    REQUIRE(chain(o, true) == cudaSuccess);
+    CHECK(counter[1] == static_cast<unsigned>(kBlocks));
+    for (int i = 0; i < kBlocks; ++i) CHECK(log[i] == i);
+  }
+  CHECK(chain(cuda_emu::Order::Forward, false) == cudaSuccess);  // blockIdx order happens to hold
+  const cudaError_t e = chain(cuda_emu::Order::Reverse, false);  // block 8 waits on block 7
+  CHECK(e == cudaErrorLaunchFailure);
+  CHECK(std::string(cudaGetErrorString(e)).find("spinning in __nanosleep") != std::string::npos);
+  CHECK(log[kBlocks - 1] == -1);
+
+  int* out = device_copy(std::vector<int>(1, 0));
+  cuda_emu::set_schedule_order(cuda_emu::Order::Reverse);
+  PSVAE_LAUNCH(1, 32, 0, nullptr, spin_on_neighbour_kernel)(out);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(*out == 7);
+  cuda_emu::set_schedule_order(saved);
+  cudaFree(counter);
+  cudaFree(log);
   cudaFree(out);
 }
 

@@ -733,15 +733,20 @@ MBarrier& mbar_state(uint32_t bar) {
 }
 
 // Completes the current phase when nothing is due any more, and wakes the threads waiting on it.
-void mbar_maybe_complete(uint32_t bar, MBarrier& m) {
-  if (m.pending != 0 || m.tx != 0) return;
-  ++m.phase;
-  m.pending = m.count;
+// Makes the threads asleep on mbarrier `bar` runnable: they check its phase again.
+void wake_mbarrier_waiters(uint32_t bar) {
   Block& b = *g_sched.block;
   for (int i = 0; i < b.nthreads; ++i) {
     Fiber& f = fiber(i);
     if (f.state == State::AtMbarrier && f.wait_bar == bar) f.state = State::Ready;
   }
+}
+
+void mbar_maybe_complete(uint32_t bar, MBarrier& m) {
+  if (m.pending != 0 || m.tx != 0) return;
+  ++m.phase;
+  m.pending = m.count;
+  wake_mbarrier_waiters(bar);
 }
 
 // One bulk tensor copy's effect: the box, element by element (zeros out of bounds), into shared
@@ -830,10 +835,16 @@ void tma_load(uint32_t dst, const void* tensor_map, int c0, int c1, int c2, uint
   if (c.map.swizzle_bytes == 128 && dst % 1024 != 0)
     fail("bulk tensor copy: a 128-byte-swizzled box must start on the 1024-byte pattern boundary");
   (void)mbar_state(bar);
-  if (schedule().async == AsyncMode::Eager)
+  if (schedule().async == AsyncMode::Eager) {
     land_tma(c);
-  else
+  } else {
     g_sched.block->tma.push_back(c);
+    // A deferred copy lands when a thread waits on its mbarrier. Threads already asleep there
+    // went to sleep before it existed: wake them to land it, as the copy engine would complete it
+    // on its own. (Without this, consumers that wait before the producer issues slept forever:
+    // a deadlock the GPU does not have, seen in one shuffled order of the TMA GEMM's test.)
+    wake_mbarrier_waiters(bar);
+  }
 }
 
 void setmaxnreg(int regs) {

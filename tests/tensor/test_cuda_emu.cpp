@@ -211,9 +211,11 @@ CUresult encode_2d(CUtensorMap* m, void* base, uint64_t inner, uint64_t rows, ui
 // the barrier, announces the 1024 bytes, issues the copy and reads the box's last element before
 // its wait (into *before: the only read ordered after the issue and before the wait); after the
 // wait every thread reads the box back through the swizzle (element (r, i) in 16-byte chunk
-// (i / 8) ^ r of row r) into out[r * 64 + i].
+// (i / 8) ^ r of row r) into out[r * 64 + i]. With issuer_waits false thread 0 yields once, then
+// only issues and exits, and threads 1.. read: the copy must land for threads that went to sleep
+// on the mbarrier before it was issued.
 __global__ void tma_kernel(const __grid_constant__ CUtensorMap map, float* before, float* out,
-                           int c0, int c1) {
+                           int c0, int c1, bool issuer_waits) {
   PSVAE_DYNAMIC_SMEM(smem);
   const uint32_t raw = sm90::smem_addr(smem);
   const uint32_t box = raw + (1024 - raw % 1024) % 1024, bar = box + 1024;
@@ -226,13 +228,16 @@ __global__ void tma_kernel(const __grid_constant__ CUtensorMap map, float* befor
   __syncthreads();
   __nv_bfloat16 v;
   if (t == 0) {
+    if (!issuer_waits) __nanosleep(1);  // yield once: every reader is asleep on bar by the issue
     sm90::mbarrier_arrive(bar, 1024);
     sm90::tma_load_3d(box, &map, c0, c1, 0, bar);
     std::memcpy(&v, sbox + 1022, 2);
     *before = __bfloat162float(v);
+    if (!issuer_waits) return;
   }
   sm90::mbarrier_wait(bar, 0);
-  for (int e = t; e < 512; e += blockDim.x) {
+  const int first = issuer_waits ? t : t - 1, step = blockDim.x - (issuer_waits ? 0 : 1);
+  for (int e = first; e < 512; e += step) {
     const int r = e / 64, i = e % 64;
     std::memcpy(&v, sbox + r * 128 + (((i / 8) ^ r) << 4) + 2 * (i % 8), 2);
     out[e] = __bfloat162float(v);
@@ -444,10 +449,10 @@ TEST_CASE(
   float* before = device_copy(std::vector<float>(1, -1.f));
   float* out = device_copy(std::vector<float>(512, -1.f));
   const int c0 = -3, c1 = 5;  // inner -3 .. 60 (3 outside), rows 5 .. 12 (3 outside)
-  for (cuda_emu::AsyncMode mode : {cuda_emu::AsyncMode::Deferred, cuda_emu::AsyncMode::Eager}) {
-    CAPTURE(static_cast<int>(mode));
-    cuda_emu::set_async_mode(mode);
-    PSVAE_LAUNCH(1, 64, 4096, nullptr, tma_kernel)(map, before, out, c0, c1);
+  // The box read back; out reset to -1 first.
+  auto run = [&](bool issuer_waits) {
+    for (int e = 0; e < 512; ++e) out[e] = -1.f;
+    PSVAE_LAUNCH(1, 64, 4096, nullptr, tma_kernel)(map, before, out, c0, c1, issuer_waits);
     REQUIRE(cudaGetLastError() == cudaSuccess);
     int wrong = 0;
     for (int r = 0; r < 8; ++r)
@@ -456,7 +461,19 @@ TEST_CASE(
         const bool inside = gr < rows && gi >= 0 && gi < inner;
         wrong += out[r * 64 + i] != (inside ? value(gr, gi) : 0.f);
       }
-    CHECK(wrong == 0);
+    return wrong;
+  };
+  const cuda_emu::Order saved_order = cuda_emu::schedule_order();
+  for (cuda_emu::AsyncMode mode : {cuda_emu::AsyncMode::Deferred, cuda_emu::AsyncMode::Eager}) {
+    CAPTURE(static_cast<int>(mode));
+    cuda_emu::set_async_mode(mode);
+    for (cuda_emu::Order o : {cuda_emu::Order::Forward, cuda_emu::Order::Reverse}) {
+      CAPTURE(static_cast<int>(o));
+      cuda_emu::set_schedule_order(o);
+      CHECK(run(false) == 0);  // the readers may all be asleep before the copy is issued
+    }
+    cuda_emu::set_schedule_order(saved_order);
+    CHECK(run(true) == 0);
     // Before the wait: the poison (deferred: the copy lands at the wait) or the element (eager:
     // row 7's chunk 7 holds its chunk 0, element 7: row 12 is outside, so 0).
     if (mode == cuda_emu::AsyncMode::Deferred)

@@ -182,18 +182,6 @@ void attention_bwd_cuda(const OpCall& c) {
   a.D = D.raw_data();
   a.n = n;
   a.scale = c.reals[0];
-  // The fused form's scratch (attention_common.cuh): counters, and the running f32 sums of gq
-  // when more than one key tile adds to them (B H Tq d x 4 bytes: 302 MB for DiT-XL's batch 256).
-  Tensor order, dq_acc;
-  if (path == Path::kMma && variant == attn::BwdVariant::kFused) {
-    const int64_t bq = attn::bwd_fused_query_tile(n);
-    order = Tensor::empty({1 + n.B * n.H * ((n.Tq + bq - 1) / bq)}, DType::I32, q.device());
-    a.order = static_cast<unsigned*>(order.raw_data());
-    if (n.Tk > attn::kBwdKeyTile) {
-      dq_acc = Tensor::empty({n.B * n.H * n.Tq * n.d}, DType::F32, q.device());
-      a.dq_acc = dq_acc.data<float>();
-    }
-  }
   launch_on(q.device(), [&](cudaStream_t s, int dev) {
     attn::launch_rowdot(a, dt, s, dev);
     if (path == Path::kMma)

@@ -677,7 +677,6 @@ template <int kD>
 void bwd_mma(const BwdArgs& args, BwdVariant variant, cudaStream_t s, int dev) {
   constexpr int LDS = kLds<kD>, kRows = 16 * kBwdWarps, kThreads = 32 * kBwdWarps;
   constexpr int kBQ = kDkdvBQ<kD>;
-  static_assert(kRows == kBwdKeyTile, "the key tile the scratch is sized for");
   BwdArgs a = args;
   const int64_t pairs = a.n.B * a.n.H, nkt = (a.n.Tk + kRows - 1) / kRows;
   const int64_t kv_blocks = pairs * nkt;
@@ -690,9 +689,21 @@ void bwd_mma(const BwdArgs& args, BwdVariant variant, cudaStream_t s, int dev) {
           a.gq, 0, sizeof(bf16_t) * static_cast<size_t>(a.n.B * a.n.Tq * a.n.H * a.n.d), s));
       return;
     }
+    // Scratch: the ticket and one counter per (pair, query tile), zeroed; the running f32 sums
+    // of gq when more than one key tile adds to them (B H Tq d x 4 bytes: 302 MB for DiT-XL's
+    // batch 256). Freed when this returns: the allocator reuses them only for work queued on
+    // this stream after this launch.
     const int64_t nqt = (a.n.Tq + kBQ - 1) / kBQ;
+    const Device device = Device::cuda(dev);
+    const Tensor order = Tensor::empty({1 + pairs * nqt}, DType::I32, device);
+    a.order = static_cast<unsigned*>(order.raw_data());
     PSVAE_CUDA_CHECK(
         cudaMemsetAsync(a.order, 0, sizeof(unsigned) * static_cast<size_t>(1 + pairs * nqt), s));
+    Tensor dq_acc;
+    if (nkt > 1) {
+      dq_acc = Tensor::empty({pairs * a.n.Tq * a.n.d}, DType::F32, device);
+      a.dq_acc = dq_acc.data<float>();
+    }
     auto kernel = dkdv_mma_kernel<kD, kBwdWarps, kBQ, true>;
     const size_t fsmem = smem + sizeof(bf16_t) * kRows * DqPart<kD, kBwdWarps, kBQ>::kLdt;
     static const int per_sm = [&] {
@@ -746,10 +757,6 @@ void launch_bwd_mma(const BwdArgs& a, BwdVariant variant, cudaStream_t s, int de
     case 96: bwd_mma<96>(a, variant, s, dev); return;
     default: bwd_mma<128>(a, variant, s, dev); return;
   }
-}
-
-int64_t bwd_fused_query_tile(const Dims& n) {
-  return mma_capacity(std::max(n.d, n.dv)) <= 64 ? 64 : 32;
 }
 
 }  // namespace psvae::kernels::cuda::attn

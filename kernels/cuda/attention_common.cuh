@@ -43,10 +43,9 @@ struct FwdArgs {
 
 // (go, q, k, v, o, lse, [mask]) -> (gq, gk, gv). D = rowsum(go * o) per query row, (B, H, Tq) in
 // the math type (f32 for f32/bf16, f64 for f64), computed by launch_rowdot first.
-// The fused MMA backward's scratch (attention_bwd.cu; null otherwise): `order` holds 1 +
-// B H ceil(Tq / bwd_fused_query_tile(n)) counters (the block ticket, then one per query tile of
-// each pair), zeroed by the launcher; dq_acc the (B H, Tq, d) f32 running sums of gq, needed when
-// Tk > kBwdKeyTile.
+// The fused MMA backward's scratch and ticket grouping, set by its launcher (attention_bwd.cu;
+// null otherwise): `order` holds the block ticket, then one counter per query tile of each pair;
+// dq_acc the (B H, Tq, d) f32 running sums of gq.
 struct BwdArgs {
   const void *go, *q, *k, *v, *o, *lse;
   const int32_t* mask;
@@ -56,7 +55,7 @@ struct BwdArgs {
   double scale;
   unsigned* order;
   float* dq_acc;
-  int64_t group;  // pairs per ticket group (set by the launcher)
+  int64_t group;  // pairs per ticket group
 };
 
 // The MMA backward's two forms (PSVAE_ATTN_BWD, attention.cu):
@@ -64,10 +63,6 @@ struct BwdArgs {
 //          sum, key tiles in a fixed order (block_order.cuh): FlashAttention-2's 5 GEMMs;
 //   Split  a dkdv kernel and a separate dq kernel that rebuilds S and dP: 7 GEMMs, no hand-offs.
 enum class BwdVariant { kFused, kSplit };
-// Keys per block of the MMA backward's dkdv kernel (4 warps of 16).
-constexpr int64_t kBwdKeyTile = 64;
-// Query tile of the fused kernel for these head dims (64, or 32 above head dim 64).
-int64_t bwd_fused_query_tile(const Dims& n);
 
 // Where the pair bh = b * H + h starts in each tensor, for every kernel of both directions:
 // q, gq and k, gk are (B, T, H, d), o, go and v, gv are (B, T, H, dv), with T = Tq for the query

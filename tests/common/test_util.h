@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -50,6 +51,24 @@ struct PoisonScope {
   bool prev = poison_new_tensors();
   PoisonScope() { set_poison_new_tensors(true); }
   ~PoisonScope() { set_poison_new_tensors(prev); }
+};
+
+// Sets an environment variable for a scope and restores its previous value (or absence) after.
+struct EnvScope {
+  std::string name, prev;
+  bool had = false;
+  EnvScope(const char* n, const char* value) : name(n) {
+    if (const char* v = std::getenv(n)) had = true, prev = v;
+    ::setenv(n, value, 1);
+  }
+  ~EnvScope() {
+    if (had)
+      ::setenv(name.c_str(), prev.c_str(), 1);
+    else
+      ::unsetenv(name.c_str());
+  }
+  EnvScope(const EnvScope&) = delete;
+  EnvScope& operator=(const EnvScope&) = delete;
 };
 
 // f64 CPU tensor, uniform in [lo, hi).

@@ -38,37 +38,13 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-// Sets an environment variable for the scope and restores the previous value after:
-// PSVAE_ATTN (the CUDA attention path: auto, simt, mma) or PSVAE_ATTN_BWD (the MMA backward's
-// form: auto, fused, split).
-class EnvScope {
- public:
-  EnvScope(const char* name, const char* value) : name_(name) {
-    const char* prev = std::getenv(name);
-    had_ = prev != nullptr;
-    if (had_) prev_ = prev;
-    ::setenv(name, value, 1);
-  }
-  ~EnvScope() {
-    if (had_)
-      ::setenv(name_.c_str(), prev_.c_str(), 1);
-    else
-      ::unsetenv(name_.c_str());
-  }
-  EnvScope(const EnvScope&) = delete;
-  EnvScope& operator=(const EnvScope&) = delete;
-
- private:
-  std::string name_;
-  bool had_ = false;
-  std::string prev_;
+// PSVAE_ATTN (the CUDA attention path: auto, simt, mma) and PSVAE_ATTN_BWD (the MMA backward's
+// form: auto, fused, split) for a scope.
+struct AttnPath : test::EnvScope {
+  explicit AttnPath(const char* value) : test::EnvScope("PSVAE_ATTN", value) {}
 };
-
-struct AttnPath : EnvScope {
-  explicit AttnPath(const char* value) : EnvScope("PSVAE_ATTN", value) {}
-};
-struct AttnBwd : EnvScope {
-  explicit AttnBwd(const char* value) : EnvScope("PSVAE_ATTN_BWD", value) {}
+struct AttnBwd : test::EnvScope {
+  explicit AttnBwd(const char* value) : test::EnvScope("PSVAE_ATTN_BWD", value) {}
 };
 
 // The backward forms of a path: the MMA backward is fused (5 GEMMs, gq summed across key tiles

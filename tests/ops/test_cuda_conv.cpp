@@ -55,24 +55,6 @@ struct PathScope {
   PathScope& operator=(const PathScope&) = delete;
 };
 
-// Sets an environment variable for a scope and restores its previous value (or absence) after.
-struct EnvScope {
-  std::string name, prev;
-  bool had = false;
-  EnvScope(const char* n, const char* value) : name(n) {
-    if (const char* v = std::getenv(n)) had = true, prev = v;
-    setenv(n, value, 1);
-  }
-  ~EnvScope() {
-    if (had)
-      setenv(name.c_str(), prev.c_str(), 1);
-    else
-      unsetenv(name.c_str());
-  }
-  EnvScope(const EnvScope&) = delete;
-  EnvScope& operator=(const EnvScope&) = delete;
-};
-
 std::vector<ConvCase> conv_cases() {
   auto P = [](int sh, int sw, int ph, int pw) {
     ops::Conv2dParams p;
@@ -170,13 +152,13 @@ TEST_CASE("cuda kernels: conv2d path switch and bad input") {
   SUBCASE("PSVAE_CONV selects the path; auto is the default") {
     for (const char* v : {"own", "auto", ""}) {
       CAPTURE(v);
-      EnvScope env("PSVAE_CONV", v);
+      test::EnvScope env("PSVAE_CONV", v);
       CHECK(kernels::cuda::conv_path() ==
             (std::string(v) == "own" ? ConvPath::kOwn : ConvPath::kAuto));
       check_close(ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p), y_ref, DType::F32, "y");
     }
     {
-      EnvScope env("PSVAE_CONV", "cudnn");
+      test::EnvScope env("PSVAE_CONV", "cudnn");
       if (kernels::cuda::conv_has_cudnn()) {
         check_close(ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p), y_ref, DType::F32, "y");
       } else {
@@ -187,7 +169,7 @@ TEST_CASE("cuda kernels: conv2d path switch and bad input") {
   }
 
   SUBCASE("a bad PSVAE_CONV value is refused, naming the variable and the op") {
-    EnvScope env("PSVAE_CONV", "fastest");
+    test::EnvScope env("PSVAE_CONV", "fastest");
     CHECK_THROWS_WITH_AS(kernels::cuda::conv_path(), doctest::Contains("PSVAE_CONV"),
                          std::invalid_argument);
     CHECK_THROWS_WITH_AS(ops::conv2d(x.to(kGpu), w.to(kGpu), Tensor(), p),

@@ -6,7 +6,9 @@
 // forward (5 GEMMs of the same size). The tensor-core backward is timed in both its forms
 // (PSVAE_ATTN_BWD): "mma fused" does those 5 GEMMs, its key tiles adding to gq in a fixed order;
 // "mma split" does 7, rebuilding S and dP in a separate dq kernel, and is credited with 5 too so
-// the figures compare with other implementations.
+// the figures compare with other implementations. The tensor-core forward is timed on both its
+// kernels (PSVAE_ATTN_FWD): "mma" on mma.sync and, on an sm_90a device, "mma wgmma" on Hopper's
+// warpgroup MMA.
 // No key mask, self attention, scale 1/sqrt(d).
 //
 // Also d = 72 at 256 tokens, B = 256, H = 16: DiT-XL's attention (1152 / 16), padded to 80 inside.
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "bench/bench_common.cuh"
+#include "kernels/cuda/gemm.h"
 #include "kernels/op_table.h"
 #include "tensor/cuda/launch.cuh"
 #include "tensor/random.h"
@@ -94,19 +97,22 @@ int main(int argc, char** argv) {
     const double fwd_flops = 4.0 * static_cast<double>(r.B * r.H) * static_cast<double>(r.T) *
                              static_cast<double>(r.T) * static_cast<double>(r.d);
     const bool mma = std::string(r.path) == "mma";
-    // (direction, PSVAE_ATTN_BWD, the row's path label)
+    // (direction, PSVAE_ATTN_FWD, PSVAE_ATTN_BWD, the row's path label)
     struct Variant {
-      const char *dir, *bwd, *label;
+      const char *dir, *fwd, *bwd, *label;
     };
-    std::vector<Variant> variants = {{"fwd", "auto", r.path}};
+    std::vector<Variant> variants = {{"fwd", "mma", "auto", r.path}};
     if (mma) {
-      variants.push_back({"bwd", "fused", "mma fused"});
-      variants.push_back({"bwd", "split", "mma split"});
+      if (kernels::cuda::detail::gemm_wgmma_available(0))
+        variants.push_back({"fwd", "wgmma", "auto", "mma wgmma"});
+      variants.push_back({"bwd", "auto", "fused", "mma fused"});
+      variants.push_back({"bwd", "auto", "split", "mma split"});
     } else {
-      variants.push_back({"bwd", "auto", r.path});
+      variants.push_back({"bwd", "auto", "auto", r.path});
     }
     for (const Variant& v : variants) {
       const bool fwd = v.dir[0] == 'f';
+      ::setenv("PSVAE_ATTN_FWD", v.fwd, 1);
       ::setenv("PSVAE_ATTN_BWD", v.bwd, 1);
       const double ms = t.median_ms(
           [&] { kernels::run(fwd ? Op::attention : Op::attention_bwd, fwd ? b.fwd : b.bwd); });
@@ -117,6 +123,7 @@ int main(int argc, char** argv) {
     }
   }
   ::unsetenv("PSVAE_ATTN");
+  ::unsetenv("PSVAE_ATTN_FWD");
   ::unsetenv("PSVAE_ATTN_BWD");
   return 0;
 }

@@ -17,7 +17,9 @@
 # so PHASE_TIMEOUT=<seconds> caps each phase other than build (killed phases exit 124; their log so
 # far stays in $OUT) and every phase prints how long it took. SANITIZE_ARGS replaces the doctest
 # filter of the sanitizer runs (default: every test_cuda_*.cpp case of test_ops), SANITIZE_TOOLS
-# their list (default: memcheck racecheck synccheck).
+# their list (default: memcheck racecheck synccheck). STEP_TIMEOUT=<seconds> (default 300) caps
+# each test binary and each bench program inside a phase, so that one hung kernel costs that
+# program, not the phase (kernels that spin also trap after 60 s: kernels/cuda/spin_guard.cuh).
 # shellcheck disable=SC2317  # the phase_* functions are called through "phase_$p"
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -41,11 +43,11 @@ phase_build() {
       -DPSVAE_NATIVE=OFF -DPSVAE_CUDA_ARCHS="90a-real" -DPSVAE_DEPS_DIR="$PWD/.devdeps" \
       -DCUDNN_ROOT="$cudnn" || return 1
   time cmake --build "$BUILD" -j 16 || return 1
-  # The wgmma GEMMs must run on Hopper's warpgroup MMA: HGMMA in their SASS (HMMA would be the
+  # The wgmma kernels (two GEMMs, the attention forward) must run on Hopper's warpgroup MMA: HGMMA in their SASS (HMMA would be the
   # mma.sync path), and the TMA one on the copy engine (UTMALDG). No disassembler on the
   # development machine, so they are counted here.
   local obj name sass
-  for name in gemm_wgmma_sm90a gemm_wgmma_tma_sm90a; do
+  for name in gemm_wgmma_sm90a gemm_wgmma_tma_sm90a attention_fwd_wgmma_sm90a; do
     obj=$(find "$BUILD" -name "$name.cu.o" | head -1)
     if [ -n "$obj" ] && command -v cuobjdump >/dev/null; then
       sass=$(cuobjdump -sass "$obj")
@@ -61,13 +63,21 @@ export_libs() {
   [ -n "$cudnn" ] && export LD_LIBRARY_PATH="$cudnn/lib:${LD_LIBRARY_PATH:-}"
 }
 
+# One program of a phase, killed after STEP_TIMEOUT seconds (exit 124, said in the log).
+step() {
+  timeout --kill-after=10 "${STEP_TIMEOUT:-300}" "$@"
+  local rc=$?
+  [ "$rc" = 124 ] && echo "!! $1 killed after ${STEP_TIMEOUT:-300} s (STEP_TIMEOUT)"
+  return "$rc"
+}
+
 # Every CUDA test of every suite: the cases in the files named test_cuda_*.cpp.
 phase_test() {
   export_libs
   local rc=0
   for t in "$BUILD"/bin/test_*; do
     echo "== $t"
-    "$t" --no-intro=true -sf='*test_cuda_*' --duration=true || rc=1
+    step "$t" --no-intro=true -sf='*test_cuda_*' --duration=true || rc=1
   done
   return "$rc"
 }
@@ -97,11 +107,11 @@ phase_bench() {
       # DiT-XL at batch 256 fits in bf16 (about 99 GiB) but not in f32 (about 153 GiB of the
       # H200's 139): docs/kernels.md, "DiT-XL step memory". f32 runs at batch 128. The bf16 run
       # also prints one step op by op (the op profiler).
-      "$b" --precision bf16 --batch 256 --profile || rc=1
-      "$b" --precision f32 --batch 128 || rc=1
+      step "$b" --precision bf16 --batch 256 --profile || rc=1
+      step "$b" --precision f32 --batch 128 || rc=1
     else
       # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-      "$b" ${BENCH_ARGS:-} || rc=1
+      step "$b" ${BENCH_ARGS:-} || rc=1
     fi
     echo
   done
@@ -126,7 +136,7 @@ for p in "$@"; do
   start=$SECONDS
   if [ "$p" != build ] && [ -n "${PHASE_TIMEOUT:-}" ]; then
     # The phase functions run in a child bash so that timeout can kill them.
-    export -f "phase_$p" export_libs cudnn_root
+    export -f "phase_$p" export_libs cudnn_root step
     export BUILD OUT
     timeout --kill-after=10 "$PHASE_TIMEOUT" bash -c "phase_$p" 2>&1 | tee "$OUT/$p.log"
   else

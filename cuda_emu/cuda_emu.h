@@ -124,6 +124,11 @@ void wgmma_fence();
 // adding the 16 exact products in f32 in k order; either way it joins the open group.
 // Only the 128-byte swizzle with base offset 0 is modelled; anything else fails the launch.
 void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b);
+// The same with A in registers: a holds this thread's A fragment (the A layout of mma.m16n8k16
+// for the warp's 16 rows of the 64), read from every lane of the warp when issued, as the
+// hardware reads the registers (changing them before the wait is undefined there; here it has
+// no effect). Only B may be MN-major.
+void wgmma_bf16_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b);
 void wgmma_commit();
 void wgmma_wait(int pending_groups);  // retire every committed group but the newest n
 

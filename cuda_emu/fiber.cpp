@@ -139,6 +139,8 @@ struct Fiber {
     int n;
     uint64_t desc_a, desc_b;
     bool trans_a, trans_b;
+    bool a_in_regs;  // A is a_regs (rows g and g + 8 of the warp), read when issued, not desc_a
+    float a_regs[2][16];
   };
   AsyncGroups<Wgmma> wgmma;
   bool wg_fenced = false;  // a wgmma.fence since the last wgmma.wait_group
@@ -659,7 +661,8 @@ void run_wgmma(const Fiber::Wgmma& op, int linear) {
   float a[2][16];
   for (int h = 0; h < 2; ++h)
     for (int k = 0; k < 16; ++k)
-      a[h][k] = wgmma_operand(op.desc_a, op.trans_a, 16 * w + g + 8 * h, k);
+      a[h][k] = op.a_in_regs ? op.a_regs[h][k]
+                             : wgmma_operand(op.desc_a, op.trans_a, 16 * w + g + 8 * h, k);
   for (int i = 0; i < op.n / 8; ++i)
     for (int j = 0; j < 2; ++j) {
       float b[16];
@@ -673,34 +676,57 @@ void run_wgmma(const Fiber::Wgmma& op, int linear) {
     }
 }
 
-}  // namespace
-
-void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b) {
+// The checks and queueing shared by both forms: .sync.aligned, so every lane of the warp issues
+// the same shape, descriptors and transposes (and, for the register form, its part of A, which
+// `regs` gathers: lane l's 4 registers at regs[l]).
+void issue_wgmma(Fiber::Wgmma op, const uint32_t* a_regs) {
   Fiber* f = g_sched.cur;
   if (g_sched.block->nthreads % 128 != 0)
     fail("wgmma: the block's thread count is not a multiple of a warpgroup (128)");
   if (!f->wg_fenced) fail("wgmma: no wgmma.fence since the last wgmma.wait_group");
-  if (n % 8 != 0 || n < 8 || n > 256) fail("wgmma: N is not a multiple of 8 in 8..256");
-  // .sync.aligned: every lane issues the same instruction; the descriptors must agree.
+  if (op.n % 8 != 0 || op.n < 8 || op.n > 256) fail("wgmma: N is not a multiple of 8 in 8..256");
   struct Issue {
     uint64_t a, b;
     int n, trans;
+    uint32_t regs[4];
   };
-  const Issue mine{desc_a, desc_b, n, (trans_a ? 1 : 0) | (trans_b ? 2 : 0)};
+  Issue mine{op.desc_a,
+             op.desc_b,
+             op.n,
+             (op.trans_a ? 1 : 0) | (op.trans_b ? 2 : 0) | (op.a_in_regs ? 4 : 0),
+             {0, 0, 0, 0}};
+  if (a_regs) std::memcpy(mine.regs, a_regs, sizeof mine.regs);
   Issue all[32];
   gather(0xffffffffu, &mine, sizeof mine, all);
   for (const Issue& o : all)
     if (o.a != mine.a || o.b != mine.b || o.n != mine.n || o.trans != mine.trans)
       fail("wgmma: the lanes of a warp issued different descriptors, shapes or transposes");
-  const Fiber::Wgmma op{d, n, desc_a, desc_b, trans_a, trans_b};
+  if (op.a_in_regs) {
+    // PTX ISA, A fragment of wgmma .bf16 from registers (as mma.m16n8k16's A): A(r, k), r the
+    // row within the warp's 16, is in lane 4 (r % 8) + (k % 8) / 2, register (r >= 8) +
+    // 2 (k >= 8), half k % 2.
+    const int g = f->linear % 32 / 4;
+    for (int h = 0; h < 2; ++h)
+      for (int k = 0; k < 16; ++k)
+        op.a_regs[h][k] = bf16_half(all[4 * g + (k % 8) / 2].regs[h + (k >= 8 ? 2 : 0)], k % 2);
+  }
   if (schedule().async == AsyncMode::Deferred) {
     // Deferred copies, early reads: the wgmma reads shared memory now, the earliest a GPU may.
     // The group still counts (a null entry) for the waits and the exit check.
     run_wgmma(op, f->linear);
-    f->wgmma.open.push_back({nullptr, n, desc_a, desc_b, trans_a, trans_b});
-    return;
+    op.d = nullptr;
   }
   f->wgmma.open.push_back(op);  // eager copies, late reads: computed at the wait that retires it
+}
+
+}  // namespace
+
+void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b) {
+  issue_wgmma(Fiber::Wgmma{d, n, desc_a, desc_b, trans_a, trans_b, false, {}}, nullptr);
+}
+
+void wgmma_bf16_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b) {
+  issue_wgmma(Fiber::Wgmma{d, n, 0, desc_b, false, trans_b, true, {}}, a);
 }
 
 void wgmma_commit() { g_sched.cur->wgmma.commit(); }

@@ -16,6 +16,12 @@
 //   mma             the tensor-core kernels, and an error for a call they cannot take.
 // Any other value throws std::invalid_argument naming the op.
 //
+// The MMA forward's kernel (environment variable PSVAE_ATTN_FWD, read at every call):
+//   auto (default), mma  mma.sync, FlashAttention-2's structure (attention_fwd.cu), any sm_80+;
+//   wgmma                 Hopper's warpgroup MMA (attention_fwd_wgmma_sm90a.cu), FlashAttention-3's
+//                         products; an error on a device without sm_90a. Not yet the default:
+//                         no GPU has measured it (docs/kernels.md).
+//
 // The MMA backward's form (environment variable PSVAE_ATTN_BWD, read at every call; the SIMT
 // backward has one form, split):
 //   auto (default), fused  dK, dV and dQ in one kernel per key tile, dQ summed across key tiles
@@ -30,6 +36,7 @@
 #include <string>
 
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/gemm.h"
 #include "kernels/op_table.h"
 
 namespace psvae::kernels::cuda {
@@ -100,6 +107,16 @@ Path choose_path(const char* op, DType dt, const Dims& n,
   return mma_ok ? Path::kMma : Path::kSimt;
 }
 
+// The MMA forward's kernel for this call: PSVAE_ATTN_FWD (see the top of the file); true for
+// wgmma. Read (and a bad value refused) on every call, whichever path the call takes.
+bool choose_fwd_wgmma(const char* op) {
+  const char* env = std::getenv("PSVAE_ATTN_FWD");
+  const std::string mode = env ? env : "";
+  if (mode.empty() || mode == "auto" || mode == "mma") return false;
+  if (mode != "wgmma") fail(op, "PSVAE_ATTN_FWD must be auto, mma or wgmma, got '" + mode + "'");
+  return true;
+}
+
 // The MMA backward's form for this call: PSVAE_ATTN_BWD (see the top of the file).
 attn::BwdVariant choose_bwd_variant(const char* op) {
   const char* env = std::getenv("PSVAE_ATTN_BWD");
@@ -122,6 +139,7 @@ void attention_cuda(const OpCall& c) {
   check_tensor(op, "o", c.out[0], Shape({n.B, n.Tq, n.H, n.dv}), dt);
   check_tensor(op, "lse", c.out[1], Shape({n.B, n.H, n.Tq}), dt);
   const Path path = choose_path(op, dt, n, {&q, &k, &v, &c.out[0], &c.out[1]});
+  const bool wgmma = choose_fwd_wgmma(op);
   if (n.B * n.H * n.Tq == 0) return;  // o and lse are empty
 
   attn::FwdArgs a{};
@@ -133,11 +151,15 @@ void attention_cuda(const OpCall& c) {
   a.lse = c.out[1].raw_data();
   a.n = n;
   a.scale = c.reals[0];
-  launch_on(q.device(), [&](cudaStream_t s, int) {
-    if (path == Path::kMma)
-      attn::launch_fwd_mma(a, s);
-    else
+  launch_on(q.device(), [&](cudaStream_t s, int dev) {
+    if (path == Path::kSimt)
       attn::launch_fwd_simt(a, dt, s);
+    else if (wgmma && !detail::gemm_wgmma_available(dev))
+      fail(op, "PSVAE_ATTN_FWD=wgmma needs a device that runs this binary's sm_90a code (Hopper)");
+    else if (wgmma)
+      attn::launch_fwd_wgmma(a, s);
+    else
+      attn::launch_fwd_mma(a, s);
   });
 }
 

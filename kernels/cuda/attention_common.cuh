@@ -106,7 +106,8 @@ constexpr int64_t kMaxHeadDim = 128;
 
 // ---- host launchers (attention_fwd.cu, attention_bwd.cu) ---------------------------------------
 void launch_fwd_simt(const FwdArgs& a, DType dt, cudaStream_t s);
-void launch_fwd_mma(const FwdArgs& a, cudaStream_t s);  // bf16
+void launch_fwd_mma(const FwdArgs& a, cudaStream_t s);    // bf16
+void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t s);  // bf16, sm_90a
 void launch_rowdot(const BwdArgs& a, DType dt, cudaStream_t s, int dev);
 void launch_bwd_simt(const BwdArgs& a, DType dt, cudaStream_t s);
 void launch_bwd_mma(const BwdArgs& a, BwdVariant variant, cudaStream_t s, int dev);  // bf16
@@ -253,21 +254,29 @@ template <int kD>
 constexpr int kLds = kD + 8;
 
 // Rows [row0, row0 + kRows) x columns [0, kD) of the (nrows, width) bf16 matrix whose row r
-// starts at base + r * stride, into dst (row stride kLds<kD>), 16 bytes (8 elements) per cp.async.
-// Rows >= nrows and 8-column chunks >= width are zero-filled; width is a multiple of 8 (the MMA
-// path's precondition), so a chunk is either wholly inside or wholly outside. base (a valid
-// address of the tensor) stands in as the unread source of zero-filled chunks.
-template <int kRows, int kD, int kThreads>
-__device__ __forceinline__ void mma_load_tile(bf16_t* dst, const bf16_t* base, int64_t stride,
-                                              int64_t row0, int64_t nrows, int64_t width) {
+// starts at base + r * stride, into shared memory by 16-byte cp.async: 8-column chunk c of row r
+// goes to dst_of(r, c). Rows >= nrows and chunks >= width are zero-filled; width is a multiple
+// of 8 (the MMA path's precondition), so a chunk is either wholly inside or wholly outside. base
+// (a valid address of the tensor) stands in as the unread source of zero-filled chunks.
+// Consecutive threads take consecutive chunks of a row, so the global reads coalesce.
+template <int kRows, int kD, int kThreads, class DstOf>
+__device__ __forceinline__ void load_tile_chunks(DstOf dst_of, const bf16_t* base, int64_t stride,
+                                                 int64_t row0, int64_t nrows, int64_t width) {
   constexpr int kChunks = kD / 8;
   for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
     const int r = idx / kChunks, c = idx % kChunks;
     const int64_t gr = row0 + r;
     const bool valid = gr < nrows && c * 8 < width;
-    const bf16_t* src = valid ? base + gr * stride + c * 8 : base;
-    cp_async16(dst + r * kLds<kD> + c * 8, src, valid);
+    cp_async16(dst_of(r, c), valid ? base + gr * stride + c * 8 : base, valid);
   }
+}
+
+// load_tile_chunks into a row-major tile at dst with row stride kLds<kD>.
+template <int kRows, int kD, int kThreads>
+__device__ __forceinline__ void mma_load_tile(bf16_t* dst, const bf16_t* base, int64_t stride,
+                                              int64_t row0, int64_t nrows, int64_t width) {
+  load_tile_chunks<kRows, kD, kThreads>([dst](int r, int c) { return dst + r * kLds<kD> + c * 8; },
+                                        base, stride, row0, nrows, width);
 }
 
 // A-operand fragment of the 16x16 block (rows 0..15, columns k0..k0+15) of a row-major smem tile
@@ -327,6 +336,100 @@ __device__ __forceinline__ void warp_gemm_nn_regs(float (&acc)[kN / 8][4],
       mma_bf16(acc[2 * np], a, b[0], b[1]);
       mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
     }
+  }
+}
+
+// The query rows and (batch, head) pair a block of an MMA forward owns: blocks of kBQ query rows,
+// the blocks of one pair adjacent (so the pair's K and V stay in L2 between them).
+struct FwdBlock {
+  int64_t q0;  // first query row
+  HeadAt at;
+  const bf16_t *q, *k, *v;  // the pair's matrices
+};
+template <int kBQ>
+__device__ __forceinline__ FwdBlock fwd_block(const FwdArgs& a) {
+  const int64_t ntiles = (a.n.Tq + kBQ - 1) / kBQ;
+  FwdBlock f;
+  f.q0 = (blockIdx.x % ntiles) * kBQ;
+  f.at = head_at(a.n, blockIdx.x / ntiles);
+  f.q = elem<bf16_t>(a.q, f.at.q);
+  f.k = elem<bf16_t>(a.k, f.at.k);
+  f.v = elem<bf16_t>(a.v, f.at.v);
+  return f;
+}
+
+// ---- the online softmax of the two MMA forwards (attention_fwd.cu, *_wgmma_sm90a.cu) ----------
+// A warp's 16 query rows x kN keys of scores in the accumulator layout that mma.sync's n8 tiles
+// and wgmma's m64nN fragment share: s[c][2 h + j] = S(row g + 8 h, key 8 c + 2 t + j), g = lane /
+// 4, t = lane % 4, so a row's keys are spread over the 4 lanes of a quad. One key tile's step: s =
+// s sl2 + bias (the log2 domain; bias -inf for masked keys and tile tails), the row max m over the
+// quad, alpha = exp2(m_old - m_new) for the caller to rescale its O, s = p = exp2(s - m_new), and l
+// = l alpha + the lane's part of the row sum (summed across the quad in softmax_finish).
+template <int kN>
+__device__ __forceinline__ void softmax_tile(float (&s)[kN / 8][4], const float* bias, float sl2,
+                                             int t, float (&m)[2], float (&l)[2],
+                                             float (&alpha)[2]) {
+  float mx[2] = {-inf<float>(), -inf<float>()};
+#pragma unroll
+  for (int c = 0; c < kN / 8; ++c) {
+    const float b0 = bias[c * 8 + 2 * t], b1 = bias[c * 8 + 2 * t + 1];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      s[c][2 * h] = fmaf(s[c][2 * h], sl2, b0);
+      s[c][2 * h + 1] = fmaf(s[c][2 * h + 1], sl2, b1);
+      mx[h] = fmaxf(mx[h], fmaxf(s[c][2 * h], s[c][2 * h + 1]));
+    }
+  }
+  float mu[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float m_new = fmaxf(m[h], shfl_max(mx[h], 2));  // the quad holds the row's keys
+    // With no key seen yet m_new = -inf: subtract 0 instead so that no -inf - -inf = NaN arises;
+    // every p and alpha is then exp2(-inf) = 0 and the state stays zero.
+    mu[h] = m_new == -inf<float>() ? 0.f : m_new;
+    alpha[h] = exp2f(m[h] - mu[h]);  // 0 when m was -inf
+    m[h] = m_new;
+  }
+  float rs[2] = {0.f, 0.f};
+#pragma unroll
+  for (int c = 0; c < kN / 8; ++c) {
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      s[c][x] = exp2f(s[c][x] - mu[x / 2]);
+      rs[x / 2] += s[c][x];
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + rs[h];
+}
+
+// acc[c][2 h + j] *= f[h]: rescales the rows g (h = 0) and g + 8 (h = 1) of an accumulator
+// fragment in the layout above (the running O by alpha).
+template <int kN>
+__device__ __forceinline__ void scale_rows(float (&acc)[kN / 8][4], const float (&f)[2]) {
+#pragma unroll
+  for (int c = 0; c < kN / 8; ++c) {
+    acc[c][0] *= f[0];
+    acc[c][1] *= f[0];
+    acc[c][2] *= f[1];
+    acc[c][3] *= f[1];
+  }
+}
+
+// After the last key tile: l summed across the quad, inv = 1 / l per row half (0 for a row with
+// no key: every key masked, or Tk = 0), and lse = ln2 (m + log2 l) (-inf for such a row) stored
+// for rows row0 + g and row0 + g + 8 below Tq by the quad's lane 0.
+__device__ __forceinline__ void softmax_finish(float (&l)[2], const float (&m)[2], float (&inv)[2],
+                                               bf16_t* lse, int64_t row0, int64_t Tq, int lane) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] = shfl_sum(l[h], 2);
+    const bool any = l[h] > 0.f;
+    inv[h] = any ? 1.f / l[h] : 0.f;
+    const int64_t row = row0 + (lane >> 2) + 8 * h;
+    if ((lane & 3) == 0 && row < Tq)
+      lse[row] = __float2bfloat16_rn(any ? (m[h] + log2f(l[h])) * static_cast<float>(kLn2)
+                                         : -inf<float>());
   }
 }
 

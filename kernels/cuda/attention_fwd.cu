@@ -176,13 +176,10 @@ __global__ void __launch_bounds__(kWarps * 32) fwd_mma_kernel(FwdArgs a) {
 
   const Dims n = a.n;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, t = lane & 3;
-  const int64_t ntiles = (n.Tq + kBQ - 1) / kBQ;
-  const int64_t bh = blockIdx.x / ntiles, q0 = (blockIdx.x % ntiles) * kBQ;
-  const HeadAt at = head_at(n, bh);
-  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
-  const bf16_t* qb = elem<bf16_t>(a.q, at.q);
-  const bf16_t* kb = elem<bf16_t>(a.k, at.k);
-  const bf16_t* vb = elem<bf16_t>(a.v, at.v);
+  const FwdBlock fb = fwd_block<kBQ>(a);
+  const HeadAt& at = fb.at;
+  const int64_t q0 = fb.q0, b = at.b, sqk = at.sqk, sv = at.sv;
+  const bf16_t *qb = fb.q, *kb = fb.k, *vb = fb.v;
   const int64_t nkt = (n.Tk + kBK - 1) / kBK;
 
   auto load_kv = [&](int64_t j, int st) {
@@ -223,69 +220,16 @@ __global__ void __launch_bounds__(kWarps * 32) fwd_mma_kernel(FwdArgs a) {
     for (int c = 0; c < kBK / 8; ++c) s[c][0] = s[c][1] = s[c][2] = s[c][3] = 0.f;
     warp_gemm_nt<kD, kBK, kD>(s, q_frag, Ks + st * kBK * LDS, lane);
 
-    const float* bs = bias + st * kBK;
-    float mx[2] = {-inf<float>(), -inf<float>()};
-#pragma unroll
-    for (int c = 0; c < kBK / 8; ++c) {
-      const float b0 = bs[c * 8 + 2 * t], b1 = bs[c * 8 + 2 * t + 1];
-      s[c][0] = fmaf(s[c][0], sl2, b0);
-      s[c][1] = fmaf(s[c][1], sl2, b1);
-      s[c][2] = fmaf(s[c][2], sl2, b0);
-      s[c][3] = fmaf(s[c][3], sl2, b1);
-      mx[0] = fmaxf(mx[0], fmaxf(s[c][0], s[c][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[c][2], s[c][3]));
-    }
-    float mu[2], alpha[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m[r], shfl_max(mx[r], 2));  // the quad holds the row's keys
-      mu[r] = m_new == -inf<float>() ? 0.f : m_new;         // see the SIMT kernel
-      alpha[r] = exp2f(m[r] - mu[r]);
-      m[r] = m_new;
-    }
-    float rs[2] = {0.f, 0.f};
-#pragma unroll
-    for (int c = 0; c < kBK / 8; ++c) {
-      s[c][0] = exp2f(s[c][0] - mu[0]);
-      s[c][1] = exp2f(s[c][1] - mu[0]);
-      s[c][2] = exp2f(s[c][2] - mu[1]);
-      s[c][3] = exp2f(s[c][3] - mu[1]);
-      rs[0] += s[c][0] + s[c][1];
-      rs[1] += s[c][2] + s[c][3];
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + rs[r];
-#pragma unroll
-    for (int c = 0; c < kD / 8; ++c) {
-      o[c][0] *= alpha[0];
-      o[c][1] *= alpha[0];
-      o[c][2] *= alpha[1];
-      o[c][3] *= alpha[1];
-    }
+    float alpha[2];
+    softmax_tile<kBK>(s, bias + st * kBK, sl2, t, m, l, alpha);  // s becomes p
+    scale_rows<kD>(o, alpha);
     warp_gemm_nn_regs<kBK, kD, kD>(o, s, Vs + st * kBK * LDS, lane);
   }
 
-  float inv[2];
-  bool any[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] = shfl_sum(l[r], 2);
-    any[r] = l[r] > 0.f;
-    inv[r] = any[r] ? 1.f / l[r] : 0.f;
-  }
   const int64_t row0 = q0 + warp * 16;
-  bf16_t* ob = elem<bf16_t>(a.o, at.o);
-  mma_store_rows<kD>(ob, sv, row0, n.Tq, n.dv, o, inv, lane);
-  if (t == 0) {
-    bf16_t* lse = elem<bf16_t>(a.lse, at.row);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = row0 + (lane >> 2) + 8 * r;
-      if (row < n.Tq)
-        lse[row] = __float2bfloat16_rn(any[r] ? (m[r] + log2f(l[r])) * static_cast<float>(kLn2)
-                                              : -inf<float>());
-    }
-  }
+  float inv[2];
+  softmax_finish(l, m, inv, elem<bf16_t>(a.lse, at.row), row0, n.Tq, lane);
+  mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), sv, row0, n.Tq, n.dv, o, inv, lane);
 }
 
 template <int kD>

@@ -23,6 +23,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/spin_guard.cuh"
+
 namespace psvae::kernels::cuda::block_order {
 
 // This block's ticket from *counter (zero before the launch, one per launch): 0, 1, ... in the
@@ -36,9 +38,13 @@ __device__ __forceinline__ unsigned block_ticket(unsigned* counter) {
 
 // Spins until *count == value, then fences, so that what the block that stored `value` wrote
 // before its release is visible to this thread (and, after a following __syncthreads, to the
-// whole block). Called by one thread.
+// whole block). Called by one thread. Traps after spin_guard.cuh's limit.
 __device__ __forceinline__ void wait_count(const unsigned* count, unsigned value) {
-  while (*static_cast<const volatile unsigned*>(count) != value) __nanosleep(64);
+  SpinGuard guard;
+  while (*static_cast<const volatile unsigned*>(count) != value) {
+    __nanosleep(64);
+    guard.poll_failed();
+  }
   __threadfence();
 }
 

@@ -1,7 +1,8 @@
 // The PTX of the sm_90a tensor-core paths (kernels/cuda/gemm_wgmma_sm90a.cu,
-// gemm_wgmma_tma_sm90a.cu): warpgroup MMA (wgmma.mma_async) with both operands in shared memory,
-// its shared-memory matrix descriptors, the fences and waits around it; and the sm_90 pieces the
-// TMA kernel feeds it with: mbarriers, the bulk tensor copy (cp.async.bulk.tensor) and setmaxnreg.
+// gemm_wgmma_tma_sm90a.cu, attention_fwd_wgmma_sm90a.cu): warpgroup MMA (wgmma.mma_async) with
+// both operands in shared memory or A in registers, its shared-memory matrix descriptors, the
+// fences and waits around it; and the sm_90 pieces the TMA kernel feeds it with: mbarriers, the
+// bulk tensor copy (cp.async.bulk.tensor) and setmaxnreg.
 // wgmma and setmaxnreg exist only on the sm_90a target (compute_90a): files that use this header
 // are named *_sm90a.cu and compiled for that target alone (CMakeLists.txt).
 //
@@ -14,6 +15,8 @@
 // does.
 #pragma once
 #include <cstdint>
+
+#include "kernels/cuda/spin_guard.cuh"
 
 namespace psvae::kernels::cuda::sm90 {
 
@@ -186,6 +189,65 @@ __device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], uint64_t 
 #endif
 }
 
+// d (64 x N f32) += A (64 x 16 bf16, in registers) * B (16 x N bf16, shared memory through its
+// descriptor; kTransB: MN-major, the only transpose the register form has). Asynchronous like the
+// shared-memory form, and the A registers too must not change until wgmma_wait retires the group.
+// A fragment (PTX ISA, "Register Fragments" of wgmma .bf16; the A layout of mma.m16n8k16 per
+// warp): warp w holds rows 16 w .. 16 w + 15; a[0] = (16 w + g, k = 2 q, 2 q + 1), a[1] = (row + 8,
+// same k), a[2] = (16 w + g, k + 8), a[3] = (row + 8, k + 8), the lower k in the low half. So the
+// accumulator fragment of an m64nN product, rounded to bf16 pairs, is the A fragment of its k16
+// blocks: columns 16 kk .. 16 kk + 15 are d[8 kk .. 8 kk + 7] (FlashAttention-3's P, which never
+// leaves registers).
+template <bool kTransB>
+__device__ __forceinline__ void wgmma_m64n64k16_bf16_rs(float (&d)[32], const uint32_t (&a)[4],
+                                                        uint64_t desc_b) {
+#ifdef PSVAE_CUDA_EMULATION
+  ::cuda_emu::wgmma_bf16_rs(d, 64, a, desc_b, kTransB);
+#else
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
+      "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, "
+      "%35}, %36, 1, 1, 1, %37;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(kTransB ? 1 : 0)
+      : "memory");
+#endif
+}
+
+// As wgmma_m64n64k16_bf16_rs with N = 128.
+template <bool kTransB>
+__device__ __forceinline__ void wgmma_m64n128k16_bf16_rs(float (&d)[64], const uint32_t (&a)[4],
+                                                         uint64_t desc_b) {
+#ifdef PSVAE_CUDA_EMULATION
+  ::cuda_emu::wgmma_bf16_rs(d, 128, a, desc_b, kTransB);
+#else
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
+      "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, "
+      "%34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, "
+      "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, "
+      "%67}, %68, 1, 1, 1, %69;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(kTransB ? 1 : 0)
+      : "memory");
+#endif
+}
+
 // ---- mbarriers, the bulk tensor copy engine (TMA), setmaxnreg ----------------------------------
 // An mbarrier is 8 bytes of shared memory, named here by its shared-window address. Each phase
 // completes when `count` arrivals have come (mbarrier_init) and the transaction bytes announced by
@@ -221,21 +283,27 @@ __device__ __forceinline__ void mbarrier_arrive(uint32_t bar, uint32_t expect_tx
 #endif
 }
 
-// Blocks until the phase of the given parity has completed (try_wait in a loop; the labels are
-// local to the braces, so the asm may be inlined many times).
+// Blocks until the phase of the given parity has completed: try_wait (which itself suspends the
+// thread for a while before it answers false) in a loop, trapping after spin_guard.cuh's limit.
 __device__ __forceinline__ void mbarrier_wait(uint32_t bar, int parity) {
 #ifdef PSVAE_CUDA_EMULATION
   ::cuda_emu::mbarrier_wait(bar, parity);
 #else
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra WAIT;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
+  SpinGuard guard;
+  for (;;) {
+    uint32_t done;
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    if (done) return;
+    guard.poll_failed();
+  }
 #endif
 }
 

@@ -7,7 +7,9 @@
 //
 // Both implementations are run where they apply, forced through PSVAE_ATTN: the SIMT kernels
 // (every dtype) and the bf16 tensor-core kernels (head dims multiples of 8), whose backward runs
-// in both its forms (PSVAE_ATTN_BWD: fused, where key tiles add to gq in turn, and split). The
+// in both its forms (PSVAE_ATTN_BWD: fused, where key tiles add to gq in turn, and split) and
+// whose forward runs on both its kernels where the device has them (PSVAE_ATTN_FWD: mma.sync,
+// and Hopper's wgmma, which the emulator also runs). The
 // cases cover sequence lengths 1 to 4096, head dims 8 to 128 (32, 64, 72, 96, 128 and odd ones),
 // self and cross attention (Tq != Tk both ways), dv != d, no mask, random holes, a batch entry with
 // every key masked and one with nearly every key masked, and the empty edges (Tk = 0, d = 0). The
@@ -25,6 +27,7 @@
 
 #include "common/cuda_compare.h"
 #include "common/test_util.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/op_table.h"
 
 using namespace psvae;
@@ -38,10 +41,14 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-// PSVAE_ATTN (the CUDA attention path: auto, simt, mma) and PSVAE_ATTN_BWD (the MMA backward's
-// form: auto, fused, split) for a scope.
+// PSVAE_ATTN (the CUDA attention path: auto, simt, mma), PSVAE_ATTN_FWD (the MMA forward's
+// kernel: auto, mma, wgmma) and PSVAE_ATTN_BWD (the MMA backward's form: auto, fused, split) for
+// a scope.
 struct AttnPath : test::EnvScope {
   explicit AttnPath(const char* value) : test::EnvScope("PSVAE_ATTN", value) {}
+};
+struct AttnFwd : test::EnvScope {
+  explicit AttnFwd(const char* value) : test::EnvScope("PSVAE_ATTN_FWD", value) {}
 };
 struct AttnBwd : test::EnvScope {
   explicit AttnBwd(const char* value) : test::EnvScope("PSVAE_ATTN_BWD", value) {}
@@ -52,6 +59,19 @@ struct AttnBwd : test::EnvScope {
 std::vector<const char*> bwd_forms(const char* path) {
   if (std::string(path) == "mma") return {"fused", "split"};
   return {"auto"};
+}
+
+// The forward kernels of a path: the MMA forward on mma.sync, and on wgmma where the device runs
+// sm_90a code (said once when it does not); the SIMT forward has one kernel.
+std::vector<const char*> fwd_kernels(const char* path) {
+  if (std::string(path) != "mma") return {"auto"};
+  if (kernels::cuda::detail::gemm_wgmma_available(0)) return {"mma", "wgmma"};
+  static const bool said = [] {
+    MESSAGE("no sm_90a device: the wgmma attention forward is not tested here");
+    return true;
+  }();
+  (void)said;
+  return {"mma"};
 }
 
 // Key mask (B, Tk) i32, 0 = masked. kind 0: none (undefined tensor); 1: ~35% random holes, key
@@ -140,9 +160,13 @@ void check_case(Generator& g, const Cfg& c, DType dt) {
   for (const char* path : paths_for(c, dt)) {
     CAPTURE(std::string(path));
     AttnPath force(path);
-    const std::vector<Tensor> out = run_fwd(gin, scale, dt);
-    check_close(out[0], ref[0], dt, "o");
-    check_close(out[1], ref[1], dt, "lse");
+    for (const char* fwd : fwd_kernels(path)) {
+      CAPTURE(std::string(fwd));
+      AttnFwd force_fwd(fwd);
+      const std::vector<Tensor> out = run_fwd(gin, scale, dt);
+      check_close(out[0], ref[0], dt, "o");
+      check_close(out[1], ref[1], dt, "lse");
+    }
     for (const char* form : bwd_forms(path)) {
       CAPTURE(std::string(form));
       AttnBwd force_bwd(form);
@@ -216,13 +240,16 @@ TEST_CASE("cuda attention: forward and backward are bit-identical run to run") {
   Generator g(47);
   const int64_t B = 2, Tq = 300, Tk = 333, H = 2, d = 64;
   for (DType dt : {DType::BF16, DType::F32}) {
-    for (const char* path : {"simt", "mma", "mma split"}) {
-      const bool mma = std::string(path).rfind("mma", 0) == 0;
+    for (const char* path : {"simt", "mma", "mma split", "mma wgmma"}) {
+      const std::string p = path;
+      const bool mma = p.rfind("mma", 0) == 0;
       if (dt != DType::BF16 && mma) continue;
+      if (p == "mma wgmma" && !kernels::cuda::detail::gemm_wgmma_available(0)) continue;
       CAPTURE(std::string(dtype_name(dt)));
-      CAPTURE(std::string(path));
+      CAPTURE(p);
       AttnPath force(mma ? "mma" : path);
-      AttnBwd force_bwd(std::string(path) == "mma split" ? "split" : "fused");
+      AttnFwd force_fwd(p == "mma wgmma" ? "wgmma" : "mma");
+      AttnBwd force_bwd(p == "mma split" ? "split" : "fused");
       const Tensor mask = make_mask(g, B, Tk, 1).to(kGpu);
       std::vector<Tensor> in = {as_dtype(test::normal(g, {B, Tq, H, d}), dt).to(kGpu),
                                 as_dtype(test::normal(g, {B, Tk, H, d}), dt).to(kGpu),
@@ -257,6 +284,12 @@ TEST_CASE("cuda attention: bad input and a bad PSVAE_ATTN throw naming the op") 
     AttnPath force("mma");  // f32 has no tensor-core path
     CHECK_THROWS_WITH_AS(run_fwd(ok, 1.0, DType::F32),
                          doctest::Contains("attention: PSVAE_ATTN=mma"), std::invalid_argument);
+  }
+  {
+    AttnFwd force("fastest");
+    CHECK_THROWS_WITH_AS(run_fwd(ok, 1.0, DType::F32),
+                         doctest::Contains("attention: PSVAE_ATTN_FWD must be auto, mma or wgmma"),
+                         std::invalid_argument);
   }
   {
     AttnBwd force("fastest");

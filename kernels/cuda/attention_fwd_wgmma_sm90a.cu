@@ -1,0 +1,216 @@
+// CUDA attention forward on Hopper's warpgroup MMA (the `wgmma` forward, PSVAE_ATTN_FWD):
+// the algorithm of attention_fwd.cu's MMA kernel (FlashAttention-2's online softmax in the log2
+// domain, no T x T matrix, lse saved), with both products on wgmma instead of mma.sync, as
+// FlashAttention-3 (Shah et al. 2024) does:
+//   S = Q K^T  wgmma.m64n128k16 with Q and K read from shared memory through descriptors (both
+//              K-major: the head dim is contiguous in both);
+//   O += P V   wgmma.m64nDk16 with P in registers (the S accumulators rounded to bf16 pairs are
+//              already its A fragment, mma_sm90.cuh) and V from shared memory, MN-major (the
+//              head dim, wgmma's N, is contiguous in V), which wgmma transposes on read.
+// Why: mma.sync feeds each warp's 16 rows from registers loaded by ldmatrix, and on an H200 it
+// reaches about two thirds of the tensor cores' rate; wgmma reads shared memory itself for a
+// warpgroup's 64 rows. PyTorch's default SDPA on an H200 (cuDNN's Hopper kernel) is built on it.
+//
+// Design (bf16 in, fp32 softmax state and accumulators), built for sm_90a alone:
+//   - Block: 2 warpgroups (256 threads), 128 query rows of one (batch, head) pair, warpgroup w
+//     owns rows 64 w .. 64 w + 63. Key tiles of kBN = 128, double-buffered.
+//   - Head-dim capacity kD = 64 or 128 (d, dv <= kD, multiples of 8; columns past them are
+//     zero-filled, so they add nothing to S and come out of P V as zeros that are not stored).
+//   - Shared memory, every tile in 128-byte-swizzled slabs of 64 head-dim columns (mma_sm90.cuh):
+//     row r of a slab at r x 128 B, its 16-byte chunk c at c ^ (r % 8). Q 128 rows, K and V kBN
+//     rows each, two buffers of K and V, the keys' biases; kD = 128: 32 + 2 x (32 + 32) KiB + 1 KiB
+//     + 1 KiB of alignment = 162 KiB (one block per SM); kD = 64: 82 KiB.
+//     The same slab is the K-major layout for Q (A) and K (B: rows are N = keys) and the MN-major
+//     layout for V (B: rows are K = keys, 64 N = head-dim values each, slabs the blocks of 64 N).
+//   - Per key tile j: wait for its copies (cp.async), fence.proxy.async, barrier (which also ends
+//     every warpgroup's reads of the other buffer: each retired its P V of tile j - 1), start the
+//     copies of tile j + 1 into the other buffer, then per warpgroup: S by kD / 16 wgmma, wait;
+//     scale, bias, row max over the quad, rescale O, P = exp2(S - m) as bf16 A fragments; P V by
+//     kBN / 16 wgmma, wait. The two warpgroups interleave on their own (one's softmax under the
+//     other's wgmma); FlashAttention-3's explicit ping-pong and its overlap of S(j + 1) with the
+//     softmax of tile j (a second S in registers) are not done: the next steps once a GPU has
+//     measured this one (docs/kernels.md).
+// Semantics, tails and masks as attention_fwd.cu: keys past Tk and masked keys get a -inf bias,
+// a row with no key ends with o = 0 and lse = -inf, rows past Tq are computed on zeros and not
+// stored. Each output element is written by one thread; no atomics.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/mma_sm90.cuh"
+
+namespace psvae::kernels::cuda::attn {
+
+namespace {
+
+constexpr int kWgThreads = 128;
+constexpr int kWarpgroups = 2;
+constexpr int kThreads = kWarpgroups * kWgThreads;
+constexpr int kBQ = 64 * kWarpgroups;  // query rows per block
+constexpr int kBN = 128;               // keys per tile
+constexpr int kSlabRow = 128;          // bytes per slab row: 64 bf16
+constexpr int kSwizzlePeriod = 1024;   // 8 slab rows: where a swizzle pattern starts
+
+// Bytes of a tile of `rows` rows at head-dim capacity kD (kD / 64 slabs of rows x 128 B).
+template <int kD>
+constexpr int tile_bytes(int rows) {
+  return kD / 64 * rows * kSlabRow;
+}
+template <int kD>
+constexpr int smem_bytes() {
+  return tile_bytes<kD>(kBQ) + 4 * tile_bytes<kD>(kBN) + 2 * kBN * 4 + kSwizzlePeriod;
+}
+
+// attention_common.cuh's load_tile_chunks into the slabs at dst: chunk c (head-dim columns
+// 8 c .. 8 c + 7) of row r goes to slab c / 8, row r, 16-byte chunk (c % 8) ^ (r % 8).
+template <int kRows, int kD>
+__device__ __forceinline__ void load_slabs(unsigned char* dst, const bf16_t* base, int64_t stride,
+                                           int64_t row0, int64_t nrows, int64_t width) {
+  load_tile_chunks<kRows, kD, kThreads>(
+      [dst](int r, int c) {
+        return dst + (c / 8) * kRows * kSlabRow + r * kSlabRow + (((c % 8) ^ (r % 8)) << 4);
+      },
+      base, stride, row0, nrows, width);
+}
+
+// Descriptors (mma_sm90.cuh's desc_sw128) for k16 step kk:
+// A = Q, K-major: rows 64 wg .. of the Q slabs, head-dim columns 16 kk .. (slab kk / 4, 32 B per
+// step inside the 128-byte row); groups of 8 rows 1024 B apart.
+__device__ __forceinline__ uint64_t q_desc(uint32_t q, int wg, int kk) {
+  return sm90::desc_sw128(
+      q + static_cast<uint32_t>((kk / 4) * kBQ * kSlabRow + wg * 64 * kSlabRow + (kk % 4) * 32), 16,
+      kSwizzlePeriod);
+}
+// B = K, K-major (N = the tile's kBN keys): same steps over the K slabs.
+__device__ __forceinline__ uint64_t k_desc(uint32_t k, int kk) {
+  return sm90::desc_sw128(k + static_cast<uint32_t>((kk / 4) * kBN * kSlabRow + (kk % 4) * 32), 16,
+                          kSwizzlePeriod);
+}
+// B = V, MN-major (K = keys 16 kk .., N = head-dim columns): 16 key rows per step (2 groups of 8,
+// 1024 B apart: the stride offset), blocks of 64 columns one slab apart (the leading offset).
+__device__ __forceinline__ uint64_t v_desc(uint32_t v, int kk) {
+  return sm90::desc_sw128(v + static_cast<uint32_t>(kk * 16 * kSlabRow), kBN * kSlabRow,
+                          kSwizzlePeriod);
+}
+
+// O (64 x kD per warpgroup) += P (64 x 16, registers) V (16 x kD): the wgmma of this capacity.
+template <int kD>
+__device__ __forceinline__ void pv_wgmma(float (&o)[kD / 2], const uint32_t (&p)[4], uint64_t v);
+template <>
+__device__ __forceinline__ void pv_wgmma<64>(float (&o)[32], const uint32_t (&p)[4], uint64_t v) {
+  sm90::wgmma_m64n64k16_bf16_rs<true>(o, p, v);
+}
+template <>
+__device__ __forceinline__ void pv_wgmma<128>(float (&o)[64], const uint32_t (&p)[4], uint64_t v) {
+  sm90::wgmma_m64n128k16_bf16_rs<true>(o, p, v);
+}
+
+template <int kD>
+__global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(FwdArgs a) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // compiled for sm_90a only (CMakeLists.txt); this branch is never built
+#else
+  unsigned char* raw = attn_smem();
+  // The tiles start on the swizzle period in the shared window (the descriptors' base offset 0).
+  const uint32_t raw_addr = sm90::smem_addr(raw);
+  unsigned char* Qs = raw + (kSwizzlePeriod - raw_addr % kSwizzlePeriod) % kSwizzlePeriod;
+  unsigned char* Ks = Qs + tile_bytes<kD>(kBQ);                          // 2 buffers
+  unsigned char* Vs = Ks + 2 * tile_bytes<kD>(kBN);                      // 2 buffers
+  float* bias = reinterpret_cast<float*>(Vs + 2 * tile_bytes<kD>(kBN));  // 2 x kBN
+
+  const Dims n = a.n;
+  const int tid = threadIdx.x, wg = tid / kWgThreads, lane = tid & 31, t = lane & 3;
+  const FwdBlock fb = fwd_block<kBQ>(a);
+  const HeadAt& at = fb.at;
+  const int64_t q0 = fb.q0, b = at.b, sqk = at.sqk, sv = at.sv;
+  const bf16_t *qb = fb.q, *kb = fb.k, *vb = fb.v;
+  const int64_t nkt = (n.Tk + kBN - 1) / kBN;
+
+  auto load_kv = [&](int64_t j, int st) {
+    load_slabs<kBN, kD>(Ks + st * tile_bytes<kD>(kBN), kb, sqk, j * kBN, n.Tk, n.d);
+    load_slabs<kBN, kD>(Vs + st * tile_bytes<kD>(kBN), vb, sv, j * kBN, n.Tk, n.dv);
+    for (int c = tid; c < kBN; c += kThreads)
+      bias[st * kBN + c] = key_bias<float>(a.mask, b, n.Tk, j * kBN + c);
+  };
+  load_slabs<kBQ, kD>(Qs, qb, sqk, q0, n.Tq, n.d);
+  if (nkt > 0) load_kv(0, 0);
+  cp_async_commit();
+
+  const uint32_t q_addr = sm90::smem_addr(Qs), k_addr = sm90::smem_addr(Ks);
+  const uint32_t v_addr = sm90::smem_addr(Vs);
+  const float sl2 = static_cast<float>(a.scale * kLog2e);
+  // Accumulator fragments, as attention_common.cuh's softmax_tile takes them; wgmma takes the
+  // same registers flat: x[c][2 h + j] = X(16 w + g + 8 h, 8 c + 2 t + j).
+  float o[kD / 8][4];
+#pragma unroll
+  for (int c = 0; c < kD / 8; ++c) o[c][0] = o[c][1] = o[c][2] = o[c][3] = 0.f;
+  auto& o_flat = reinterpret_cast<float(&)[kD / 2]>(o);
+  float m[2] = {-inf<float>(), -inf<float>()}, l[2] = {0.f, 0.f};  // rows g and g + 8
+
+  for (int64_t j = 0; j < nkt; ++j) {
+    const int st = static_cast<int>(j & 1);
+    cp_async_wait_all();
+    sm90::fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads async
+    __syncthreads();  // tile j visible; every warpgroup is done with buffer st ^ 1 (tile j - 1)
+    if (j + 1 < nkt) load_kv(j + 1, st ^ 1);
+    cp_async_commit();
+
+    const uint32_t kt = k_addr + static_cast<uint32_t>(st * tile_bytes<kD>(kBN));
+    const uint32_t vt = v_addr + static_cast<uint32_t>(st * tile_bytes<kD>(kBN));
+    float s[kBN / 8][4];
+#pragma unroll
+    for (int c = 0; c < kBN / 8; ++c) s[c][0] = s[c][1] = s[c][2] = s[c][3] = 0.f;
+    auto& s_flat = reinterpret_cast<float(&)[kBN / 2]>(s);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk)
+      sm90::wgmma_m64n128k16_bf16<false, false>(s_flat, q_desc(q_addr, wg, kk), k_desc(kt, kk));
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>(s_flat);
+
+    float alpha[2];
+    softmax_tile<kBN>(s, bias + st * kBN, sl2, t, m, l, alpha);  // s becomes p
+    scale_rows<kD>(o, alpha);
+    // P as the A fragments of k16 blocks kk (keys 16 kk ..): n8 block c is registers 0, 1
+    // (keys 2 t) or 2, 3 (keys 8 + 2 t) of block c / 2, rows g and g + 8.
+    uint32_t p[kBN / 16][4];
+#pragma unroll
+    for (int c = 0; c < kBN / 8; ++c) {
+      p[c / 2][2 * (c % 2)] = pack_bf16(s[c][0], s[c][1]);
+      p[c / 2][2 * (c % 2) + 1] = pack_bf16(s[c][2], s[c][3]);
+    }
+
+    sm90::wgmma_fence();  // o was rescaled by ordinary instructions
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) pv_wgmma<kD>(o_flat, p[kk], v_desc(vt, kk));
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>(o_flat);
+  }
+  cp_async_wait_all();  // only an empty group can be left; drain it before the block exits
+
+  const int64_t row0 = q0 + 64 * wg + 16 * ((tid / 32) % 4);  // this warp's 16 rows
+  float inv[2];
+  softmax_finish(l, m, inv, elem<bf16_t>(a.lse, at.row), row0, n.Tq, lane);
+  mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), sv, row0, n.Tq, n.dv, o, inv, lane);
+#endif
+}
+
+template <int kD>
+void fwd_wgmma(const FwdArgs& a, cudaStream_t s) {
+  const int64_t blocks = a.n.B * a.n.H * ((a.n.Tq + kBQ - 1) / kBQ);
+  if (blocks == 0) return;
+  launch_big_smem(fwd_wgmma_kernel<kD>, static_cast<unsigned>(blocks), kThreads, smem_bytes<kD>(),
+                  s, a);
+}
+
+}  // namespace
+
+void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t s) {
+  if (std::max(a.n.d, a.n.dv) <= 64)
+    fwd_wgmma<64>(a, s);
+  else
+    fwd_wgmma<128>(a, s);
+}
+
+}  // namespace psvae::kernels::cuda::attn

@@ -7,9 +7,11 @@
 //   O += P V   wgmma.m64nDk16 with P in registers (the S accumulators rounded to bf16 pairs are
 //              already its A fragment, mma_sm90.cuh) and V from shared memory, MN-major (the
 //              head dim, wgmma's N, is contiguous in V), which wgmma transposes on read.
-// Why: mma.sync feeds each warp's 16 rows from registers loaded by ldmatrix, and on an H200 it
-// reaches about two thirds of the tensor cores' rate; wgmma reads shared memory itself for a
-// warpgroup's 64 rows. PyTorch's default SDPA on an H200 (cuDNN's Hopper kernel) is built on it.
+// Why: mma.sync is Ampere's instruction, each warp's 16 rows fed from registers that ldmatrix
+// loads; Hopper's full tensor-core rate is reached through wgmma, which reads shared memory
+// itself for a warpgroup's 64 rows. How far mma.sync falls short on an H200 is for bench_gemm
+// (rows own / own wgmma) and bench_attention (mma / mma wgmma) to say; PyTorch's default SDPA on
+// Hopper, the issue's baseline, is cuDNN's sm90 kernel (docs/kernels.md).
 //
 // Design (bf16 in, fp32 softmax state and accumulators), built for sm_90a alone:
 //   - Block: 2 warpgroups (256 threads), 128 query rows of one (batch, head) pair, warpgroup w

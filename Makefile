@@ -51,7 +51,9 @@ test: build
 # sources compiled as C++ and every kernel run against the CPU, so a machine without a GPU still
 # runs them; with them the whole DiT and PS-VAE training steps on CUDA against the CPU's, and the
 # whole `psvae demo --tiny` pipeline on CUDA against the CPU run; then the kernel tests once more
-# with the emulator's blocks and threads in shuffled order, which exposes missing barriers; then
+# with the emulator's blocks and threads in shuffled order, which exposes missing barriers, and
+# once in warps order (one warp running ahead through its warp collectives), which exposes the
+# barriers missing between stores and a collective that reads them; then
 # the kernels that use cp.async and wgmma with those landing and reading at the opposite extreme
 # (PSVAE_EMU_ASYNC=eager: a buffer refilled too early). Needs the CUDA headers only; skipped with
 # a message when there are none.
@@ -67,6 +69,10 @@ test-emu: deps
 	echo "test-emu: the kernel tests again with blocks and threads in shuffled order (races)" && \
 	for t in test_tensor test_ops; do \
 	  PSVAE_EMU_ORDER=shuffle PSVAE_EMU_SEED=1 $(BUILD)-emu/bin/$$t --no-intro=true -tc="*cuda*" || exit 1; \
+	done && \
+	echo "test-emu: the kernel tests again with one warp at a time running ahead (races across warp collectives)" && \
+	for t in test_tensor test_ops; do \
+	  PSVAE_EMU_ORDER=warps $(BUILD)-emu/bin/$$t --no-intro=true -tc="*cuda*" || exit 1; \
 	done && \
 	echo "test-emu: the async-copy kernels (GEMM, attention) again with copies landing early and wgmma reading late" && \
 	PSVAE_EMU_ASYNC=eager $(BUILD)-emu/bin/test_ops --no-intro=true -tc="cuda gemm*,cuda attention*"

@@ -6,12 +6,13 @@
 // forward (5 GEMMs of the same size). The tensor-core backward is timed in both its forms
 // (PSVAE_ATTN_BWD): "mma fused" does those 5 GEMMs, its key tiles adding to gq in a fixed order;
 // "mma split" does 7, rebuilding S and dP in a separate dq kernel, and is credited with 5 too so
-// the figures compare with other implementations. The tensor-core forward is timed on both its
-// kernels (PSVAE_ATTN_FWD): "mma" on mma.sync and, on an sm_90a device, "mma wgmma" on Hopper's
-// warpgroup MMA.
+// the figures compare with other implementations; on an sm_90a device "mma wgmma" is the fused
+// form on Hopper's warpgroup MMA. The tensor-core forward is timed on both its kernels
+// (PSVAE_ATTN_FWD): "mma" on mma.sync and, on an sm_90a device, "mma wgmma".
 // No key mask, self attention, scale 1/sqrt(d).
 //
-// Also d = 72 at 256 tokens, B = 256, H = 16: DiT-XL's attention (1152 / 16), padded to 80 inside.
+// Also d = 72 at 256 tokens, B = 256, H = 16: DiT-XL's attention (1152 / 16), padded to 80 inside
+// (128 in the wgmma kernels).
 // The PyTorch SDPA comparison is taken by a separate script; rows carry stable keys (op,
 // direction, dtype, path, B, H, T, d). cuDNN's fused attention is measured there too, through
 // PyTorch's cuDNN SDPA backend: calling it directly needs the cuDNN graph (frontend) API, which is
@@ -103,10 +104,11 @@ int main(int argc, char** argv) {
     };
     std::vector<Variant> variants = {{"fwd", "mma", "auto", r.path}};
     if (mma) {
-      if (kernels::cuda::detail::gemm_wgmma_available(0))
-        variants.push_back({"fwd", "wgmma", "auto", "mma wgmma"});
+      const bool wgmma = kernels::cuda::detail::gemm_wgmma_available(0);
+      if (wgmma) variants.push_back({"fwd", "wgmma", "auto", "mma wgmma"});
       variants.push_back({"bwd", "auto", "fused", "mma fused"});
       variants.push_back({"bwd", "auto", "split", "mma split"});
+      if (wgmma) variants.push_back({"bwd", "auto", "wgmma", "mma wgmma"});
     } else {
       variants.push_back({"bwd", "auto", "auto", r.path});
     }

@@ -43,11 +43,12 @@ phase_build() {
       -DPSVAE_NATIVE=OFF -DPSVAE_CUDA_ARCHS="90a-real" -DPSVAE_DEPS_DIR="$PWD/.devdeps" \
       -DCUDNN_ROOT="$cudnn" || return 1
   time cmake --build "$BUILD" -j 16 || return 1
-  # The wgmma kernels (two GEMMs, the attention forward) must run on Hopper's warpgroup MMA: HGMMA in their SASS (HMMA would be the
-  # mma.sync path), and the TMA one on the copy engine (UTMALDG). No disassembler on the
-  # development machine, so they are counted here.
+  # The wgmma kernels (two GEMMs, the attention forward and backward) must run on Hopper's
+  # warpgroup MMA: HGMMA in their SASS (HMMA would be the mma.sync path), and the TMA one on the
+  # copy engine (UTMALDG). No disassembler on the development machine, so they are counted here.
   local obj name sass
-  for name in gemm_wgmma_sm90a gemm_wgmma_tma_sm90a attention_fwd_wgmma_sm90a; do
+  for name in gemm_wgmma_sm90a gemm_wgmma_tma_sm90a attention_fwd_wgmma_sm90a \
+    attention_bwd_wgmma_sm90a; do
     obj=$(find "$BUILD" -name "$name.cu.o" | head -1)
     if [ -n "$obj" ] && command -v cuobjdump >/dev/null; then
       sass=$(cuobjdump -sass "$obj")

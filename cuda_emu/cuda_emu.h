@@ -161,9 +161,12 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
               const std::function<void()>& body);
 
 // The order blocks run in, and ready threads within each round of a block: Forward (index order,
-// the default), Reverse, or Shuffle (seeded permutations). A result that depends on it is a race.
-// The env PSVAE_EMU_ORDER (forward, reverse, shuffle) and PSVAE_EMU_SEED set the initial value.
-enum class Order { Forward, Reverse, Shuffle };
+// the default), Reverse, Shuffle (seeded permutations), or Warps (blocks and warps in index order,
+// each warp running on through its warp collectives until every lane waits at a block-level
+// point: a warp ahead of the others, as a GPU's scheduler may leave it). A result that depends on
+// it is a race. The env PSVAE_EMU_ORDER (forward, reverse, shuffle, warps) and PSVAE_EMU_SEED set
+// the initial value.
+enum class Order { Forward, Reverse, Shuffle, Warps };
 Order schedule_order();
 void set_schedule_order(Order order);
 

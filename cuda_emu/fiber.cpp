@@ -11,12 +11,17 @@
 // (nothing they poll can change: other blocks do not run meanwhile), and some have not ended,
 // the block is deadlocked: the launch fails naming where the threads wait.
 // Order (env PSVAE_EMU_ORDER): "forward" (the default: blocks in index order, and in each round
-// the ready threads in index order), "reverse" (both reversed) or "shuffle" (a fresh permutation
-// of the blocks per launch and of the threads per round, from PSVAE_EMU_SEED). A kernel whose
-// result depends on the order has a race: a missing __syncthreads or __syncwarp (thread t reads a
-// slot thread u writes, which works when u happens to run first), or a block that reads another
-// block's output. Running the tests in more than one order finds the races one order hides; it
-// cannot find those that need two threads interleaved within one segment between yield points.
+// the ready threads in index order), "reverse" (both reversed), "shuffle" (a fresh permutation
+// of the blocks per launch and of the threads per round, from PSVAE_EMU_SEED) or "warps" (blocks
+// in index order; in each round the warps in index order, each run until all its lanes wait at a
+// block-level point: a barrier, an mbarrier, a spin, the end). A kernel whose result depends on
+// the order has a race: a missing __syncthreads or __syncwarp (thread t reads a slot thread u
+// writes, which works when u happens to run first), or a block that reads another block's output.
+// Running the tests in more than one order finds the races one order hides. The first three run
+// every thread to its next yield point before any runs on, so a missing __syncthreads between
+// two segments that warp collectives separate (stores, then a shuffle, ldmatrix or wgmma that
+// reads them) is hidden in all three; "warps" lets warp 0 pass such collectives before the other
+// warps have stored. No order finds races that need two threads interleaved within one segment.
 // Async copies and wgmma (env PSVAE_EMU_ASYNC), two opposite extremes of what a GPU may do:
 //   "deferred" (the default): each cp.async lands at the wait that retires its group (the latest)
 //     and each wgmma reads shared memory when issued (the earliest), so a read that comes before
@@ -241,9 +246,11 @@ Schedule& schedule() {
       r->order = Order::Reverse;
     else if (order == "shuffle")
       r->order = Order::Shuffle;
+    else if (order == "warps")
+      r->order = Order::Warps;
     else if (!order.empty() && order != "forward")
       std::fprintf(stderr,
-                   "cuda_emu: PSVAE_EMU_ORDER=%s is not forward, reverse or shuffle; "
+                   "cuda_emu: PSVAE_EMU_ORDER=%s is not forward, reverse, shuffle or warps; "
                    "using forward\n",
                    order.c_str());
     const char* a = std::getenv("PSVAE_EMU_ASYNC");
@@ -368,13 +375,38 @@ bool run_block(Block& b) {
     // round without it ran only spin-waits that saw nothing change, and the next would be the
     // same: a deadlock, as a round where nothing could run at all.
     bool progress = false;
-    schedule().permutation(order, b.nthreads);
-    for (const int i : order) {
-      Fiber& f = fiber(i);
-      if (f.state != State::Ready && f.state != State::Spinning) continue;
-      resume(f);
-      if (f.state != State::Spinning) progress = true;
-      if (!b.error.empty()) return false;
+    if (schedule().order == Order::Warps) {
+      // Each warp in turn: its ready lanes again and again (a warp collective that completes
+      // makes its lanes ready), then its spinning lanes once (they poll other warps' stores).
+      for (int w0 = 0; w0 < b.nthreads; w0 += 32) {
+        const int w1 = std::min(w0 + 32, b.nthreads);
+        for (bool ran = true; ran;) {
+          ran = false;
+          for (int i = w0; i < w1; ++i) {
+            Fiber& f = fiber(i);
+            if (f.state != State::Ready) continue;
+            resume(f);
+            ran = progress = true;
+            if (!b.error.empty()) return false;
+          }
+        }
+        for (int i = w0; i < w1; ++i) {
+          Fiber& f = fiber(i);
+          if (f.state != State::Spinning) continue;
+          resume(f);
+          if (f.state != State::Spinning) progress = true;
+          if (!b.error.empty()) return false;
+        }
+      }
+    } else {
+      schedule().permutation(order, b.nthreads);
+      for (const int i : order) {
+        Fiber& f = fiber(i);
+        if (f.state != State::Ready && f.state != State::Spinning) continue;
+        resume(f);
+        if (f.state != State::Spinning) progress = true;
+        if (!b.error.empty()) return false;
+      }
     }
     if (b.live == 0) {
       for (int i = 0; i < b.nthreads; ++i)

@@ -27,8 +27,11 @@
 //   auto (default), fused  dK, dV and dQ in one kernel per key tile, dQ summed across key tiles
 //                          in a fixed order through per-tile counters (5 GEMMs, FlashAttention-2's
 //                          count; scratch: an f32 copy of gq and a counter per query tile);
-//   split                  dK/dV and dQ in two kernels, S and dP rebuilt by the second (7 GEMMs).
-// Both are deterministic; they round differently (their sums run in different orders).
+//   split                  dK/dV and dQ in two kernels, S and dP rebuilt by the second (7 GEMMs);
+//   wgmma                  the fused form on Hopper's warpgroup MMA (attention_bwd_wgmma_sm90a.cu);
+//                          an error on a device without sm_90a. Not yet the default: no GPU has
+//                          measured it (docs/kernels.md).
+// All are deterministic; they round differently (their sums run in different orders).
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -86,6 +89,8 @@ void check_tensor(const char* op, const char* name, const Tensor& t, const Shape
 
 enum class Path { kSimt, kMma };
 
+constexpr const char* kNeedsSm90a = " needs a device that runs this binary's sm_90a code (Hopper)";
+
 // The path for this call: PSVAE_ATTN (see the top of the file) and whether the MMA kernels can
 // take it. `tensors` are all the call's float tensors (inputs and outputs).
 Path choose_path(const char* op, DType dt, const Dims& n,
@@ -123,7 +128,8 @@ attn::BwdVariant choose_bwd_variant(const char* op) {
   const std::string mode = env ? env : "";
   if (mode.empty() || mode == "auto" || mode == "fused") return attn::BwdVariant::kFused;
   if (mode == "split") return attn::BwdVariant::kSplit;
-  fail(op, "PSVAE_ATTN_BWD must be auto, fused or split, got '" + mode + "'");
+  if (mode == "wgmma") return attn::BwdVariant::kWgmma;
+  fail(op, "PSVAE_ATTN_BWD must be auto, fused, split or wgmma, got '" + mode + "'");
 }
 
 // (q, k, v, [key_mask]) -> (o, lse); reals: scale.
@@ -155,7 +161,7 @@ void attention_cuda(const OpCall& c) {
     if (path == Path::kSimt)
       attn::launch_fwd_simt(a, dt, s);
     else if (wgmma && !detail::gemm_wgmma_available(dev))
-      fail(op, "PSVAE_ATTN_FWD=wgmma needs a device that runs this binary's sm_90a code (Hopper)");
+      fail(op, std::string("PSVAE_ATTN_FWD=wgmma") + kNeedsSm90a);
     else if (wgmma)
       attn::launch_fwd_wgmma(a, s);
     else
@@ -205,8 +211,13 @@ void attention_bwd_cuda(const OpCall& c) {
   a.n = n;
   a.scale = c.reals[0];
   launch_on(q.device(), [&](cudaStream_t s, int dev) {
+    const bool wgmma = path == Path::kMma && variant == attn::BwdVariant::kWgmma;
+    if (wgmma && !detail::gemm_wgmma_available(dev))
+      fail(op, std::string("PSVAE_ATTN_BWD=wgmma") + kNeedsSm90a);
     attn::launch_rowdot(a, dt, s, dev);
-    if (path == Path::kMma)
+    if (wgmma)
+      attn::launch_bwd_wgmma(a, s, dev);
+    else if (path == Path::kMma)
       attn::launch_bwd_mma(a, variant, s, dev);
     else
       attn::launch_bwd_simt(a, dt, s);

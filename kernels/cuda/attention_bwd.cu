@@ -490,16 +490,8 @@ struct DqPart {
           for (int h = 0; h < 2; ++h) {
             const int np = cs + (c0 + p) * kCS, col = np * 16 + h * 8 + 2 * t;
             if (c0 + p >= kMyPairs || np >= kPairs || col >= d) continue;
-            float2 v = make_float2(part[p][h][2 * r], part[p][h][2 * r + 1]);
-            if (!first) {  // .cg: from L2, where another SM's block left it
-              const float2 prev = __ldcg(reinterpret_cast<const float2*>(acc + row * d + col));
-              v = make_float2(prev.x + v.x, prev.y + v.y);
-            }
-            if (last)
-              *reinterpret_cast<__nv_bfloat162*>(gq + row * sqk + col) =
-                  __floats2bfloat162_rn(v.x, v.y);
-            else
-              __stcg(reinterpret_cast<float2*>(acc + row * d + col), v);
+            dq_sum_pair(acc, gq, sqk, d, row, col,
+                        make_float2(part[p][h][2 * r], part[p][h][2 * r + 1]), first, last);
           }
       }
     }
@@ -511,10 +503,7 @@ struct DqPart {
 //   S^T = K Q^T, dP^T = V dO^T (16 x kBQ), P^T = exp2(S^T sl2 + bias_key - lse2_query),
 //   dS^T = scale P^T (dP^T - D_query), gv += P^T dO, gk += dS^T Q.
 // With kFusedDq the block also adds its part of gq per query tile (DqPart above), and takes its
-// (pair, key tile) from a ticket instead of blockIdx (block_order.cuh): tickets come in groups of
-// a.group pairs, key-tile major within a group, so the block that key tile kt waits for (kt - 1
-// of the same pair) is a.group tickets earlier and, with a.group large enough, long past the
-// query tile it waits on.
+// (pair, key tile) from a ticket instead of blockIdx (attention_common.cuh, fused_tile).
 // Shared memory: Ks, Vs kBKeys x kLds | Qs, dOs 2 x kBQ x kLds | lse2, D 2 x kBQ f32
 // [| dS^T kBKeys x (kBQ + 8) bf16]. kD = 128, 4 warps, kBQ = 32: 2 x 17 + 4 x 8.7 KB = 70 KB
 // (fused: 75 KB). kBQ is 32 for kD > 64 so that the two kD-wide accumulators (2 x kD/2
@@ -546,12 +535,9 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
   const int64_t nkt = (n.Tk + kBKeys - 1) / kBKeys, nqt = (n.Tq + kBQ - 1) / kBQ;
   int64_t bh, kt;
   if constexpr (kFusedDq) {
-    const int64_t L = block_order::block_ticket(a.order);
-    const int64_t pairs = n.B * n.H, grp = L / (a.group * nkt), rem = L % (a.group * nkt);
-    const int64_t left = pairs - grp * a.group;  // the last group may be short
-    const int64_t gsize = left < a.group ? left : a.group;
-    kt = rem / gsize;
-    bh = grp * a.group + rem % gsize;
+    const FusedTile ft = fused_tile(a, nkt);
+    bh = ft.bh;
+    kt = ft.kt;
   } else {
     bh = blockIdx.x / nkt;
     kt = blockIdx.x % nkt;
@@ -559,12 +545,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
   const int64_t k0 = kt * kBKeys;
   const HeadAt at = head_at(n, bh);
   const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
-  const bf16_t* qb = elem<bf16_t>(a.q, at.q);
-  const bf16_t* gob = elem<bf16_t>(a.go, at.o);
-  const bf16_t* kb = elem<bf16_t>(a.k, at.k);
-  const bf16_t* vb = elem<bf16_t>(a.v, at.v);
-  const bf16_t* lse = elem<bf16_t>(a.lse, at.row);
-  const float* D = elem<float>(a.D, at.row);
+  const BwdInputs in = bwd_inputs(a, at);
   unsigned* done = kFusedDq ? a.order + 1 + bh * nqt : nullptr;  // per query tile: tiles added
   float* dq_acc = kFusedDq && a.dq_acc ? a.dq_acc + bh * n.Tq * n.d : nullptr;
   bf16_t* gqb = kFusedDq ? elem<bf16_t>(a.gq, at.q) : nullptr;
@@ -576,17 +557,12 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
     kbias[r] = key_bias<float>(a.mask, b, n.Tk, k0 + warp * 16 + g + 8 * r);
 
   auto load_q = [&](int64_t i, int st) {
-    mma_load_tile<kBQ, kD, kThreads>(Qs + st * kBQ * LDS, qb, sqk, i * kBQ, n.Tq, n.d);
-    mma_load_tile<kBQ, kD, kThreads>(dOs + st * kBQ * LDS, gob, sv, i * kBQ, n.Tq, n.dv);
-    for (int c = tid; c < kBQ; c += kThreads) {
-      const int64_t row = i * kBQ + c;
-      const bool valid = row < n.Tq;
-      lse2s[st * kBQ + c] = lse2_of<float>(valid ? __bfloat162float(lse[row]) : 0.f, valid);
-      Ds[st * kBQ + c] = valid ? D[row] : 0.f;
-    }
+    mma_load_tile<kBQ, kD, kThreads>(Qs + st * kBQ * LDS, in.q, sqk, i * kBQ, n.Tq, n.d);
+    mma_load_tile<kBQ, kD, kThreads>(dOs + st * kBQ * LDS, in.go, sv, i * kBQ, n.Tq, n.dv);
+    load_row_stats<kBQ, kThreads>(lse2s + st * kBQ, Ds + st * kBQ, in, i * kBQ, n.Tq);
   };
-  mma_load_tile<kBKeys, kD, kThreads>(Ks, kb, sqk, k0, n.Tk, n.d);
-  mma_load_tile<kBKeys, kD, kThreads>(Vs, vb, sv, k0, n.Tk, n.dv);
+  mma_load_tile<kBKeys, kD, kThreads>(Ks, in.k, sqk, k0, n.Tk, n.d);
+  mma_load_tile<kBKeys, kD, kThreads>(Vs, in.v, sv, k0, n.Tk, n.dv);
   if (nqt > 0) load_q(0, 0);
   cp_async_commit();
 
@@ -660,7 +636,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
 template <int kD>
 constexpr int kDkdvBQ = kD <= 64 ? 64 : 32;  // query tile of dkdv
 
-// Ticket groups of the fused kernel (a.group pairs each). Key tile kt of a pair waits for kt - 1
+// Ticket groups of the fused kernels (a.group pairs each). Key tile kt of a pair waits for kt - 1
 // to finish each query tile; their tickets are a.group apart. Blocks start at about
 // `resident / nqt` per query-tile step (resident = blocks that fit on the GPU at once, each
 // running nqt steps), so kt - 1 started a.group nqt / resident steps earlier. a.group = 4
@@ -683,38 +659,13 @@ void bwd_mma(const BwdArgs& args, BwdVariant variant, cudaStream_t s, int dev) {
   const size_t smem =
       sizeof(bf16_t) * static_cast<size_t>((2 * kRows + 4 * kBQ) * LDS) + sizeof(float) * 4 * kBQ;
   if (variant == BwdVariant::kFused) {
-    // gq: no key tile (Tk = 0) adds anything, so it is zero.
-    if (nkt == 0) {
-      PSVAE_CUDA_CHECK(cudaMemsetAsync(
-          a.gq, 0, sizeof(bf16_t) * static_cast<size_t>(a.n.B * a.n.Tq * a.n.H * a.n.d), s));
-      return;
-    }
-    // Scratch: the ticket and one counter per (pair, query tile), zeroed; the running f32 sums
-    // of gq when more than one key tile adds to them (B H Tq d x 4 bytes: 302 MB for DiT-XL's
-    // batch 256). Freed when this returns: the allocator reuses them only for work queued on
-    // this stream after this launch.
-    const int64_t nqt = (a.n.Tq + kBQ - 1) / kBQ;
-    const Device device = Device::cuda(dev);
-    const Tensor order = Tensor::empty({1 + pairs * nqt}, DType::I32, device);
-    a.order = static_cast<unsigned*>(order.raw_data());
-    PSVAE_CUDA_CHECK(
-        cudaMemsetAsync(a.order, 0, sizeof(unsigned) * static_cast<size_t>(1 + pairs * nqt), s));
-    Tensor dq_acc;
-    if (nkt > 1) {
-      dq_acc = Tensor::empty({pairs * a.n.Tq * a.n.d}, DType::F32, device);
-      a.dq_acc = dq_acc.data<float>();
-    }
     auto kernel = dkdv_mma_kernel<kD, kBwdWarps, kBQ, true>;
     const size_t fsmem = smem + sizeof(bf16_t) * kRows * DqPart<kD, kBwdWarps, kBQ>::kLdt;
-    static const int per_sm = [&] {
-      PSVAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(fsmem)));
-      int b = 0;
-      PSVAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, fsmem));
-      return std::max(b, 1);
-    }();
-    a.group = fused_group(pairs, nqt, static_cast<int64_t>(per_sm) * rt::sm_count(dev));
-    launch_big_smem(kernel, static_cast<unsigned>(kv_blocks), kThreads, fsmem, s, a);
+    static const int per_sm = blocks_per_sm(kernel, kThreads, fsmem);
+    const FusedScratch scratch = fused_scratch(
+        a, nkt, (a.n.Tq + kBQ - 1) / kBQ, static_cast<int64_t>(per_sm) * rt::sm_count(dev), s, dev);
+    if (scratch.launch)
+      launch_big_smem(kernel, static_cast<unsigned>(kv_blocks), kThreads, fsmem, s, a);
     return;
   }
   if (kv_blocks > 0)
@@ -730,6 +681,30 @@ void bwd_mma(const BwdArgs& args, BwdVariant variant, cudaStream_t s, int dev) {
 }
 
 }  // namespace
+
+FusedScratch fused_scratch(BwdArgs& a, int64_t nkt, int64_t nqt, int64_t resident, cudaStream_t s,
+                           int dev) {
+  FusedScratch f;
+  f.launch = nkt > 0;
+  if (!f.launch) {
+    PSVAE_CUDA_CHECK(cudaMemsetAsync(
+        a.gq, 0, sizeof(bf16_t) * static_cast<size_t>(a.n.B * a.n.Tq * a.n.H * a.n.d), s));
+    return f;
+  }
+  // The running sums: B H Tq d x 4 bytes (302 MB for DiT-XL's batch 256).
+  const int64_t pairs = a.n.B * a.n.H;
+  const Device device = Device::cuda(dev);
+  f.order = Tensor::empty({1 + pairs * nqt}, DType::I32, device);
+  a.order = static_cast<unsigned*>(f.order.raw_data());
+  PSVAE_CUDA_CHECK(
+      cudaMemsetAsync(a.order, 0, sizeof(unsigned) * static_cast<size_t>(1 + pairs * nqt), s));
+  if (nkt > 1) {
+    f.dq_acc = Tensor::empty({pairs * a.n.Tq * a.n.d}, DType::F32, device);
+    a.dq_acc = f.dq_acc.data<float>();
+  }
+  a.group = fused_group(pairs, nqt, resident);
+  return f;
+}
 
 void launch_rowdot(const BwdArgs& a, DType dt, cudaStream_t s, int dev) {
   const int64_t rows = a.n.B * a.n.Tq * a.n.H;

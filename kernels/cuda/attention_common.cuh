@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cuda/block_order.cuh"
 #include "kernels/cuda/elementwise_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "tensor/cuda/launch.cuh"
@@ -58,11 +59,12 @@ struct BwdArgs {
   int64_t group;  // pairs per ticket group
 };
 
-// The MMA backward's two forms (PSVAE_ATTN_BWD, attention.cu):
+// The MMA backward's forms (PSVAE_ATTN_BWD, attention.cu):
 //   Fused  one kernel per key tile computes gk, gv and adds its part of gq (dS K) into a running
 //          sum, key tiles in a fixed order (block_order.cuh): FlashAttention-2's 5 GEMMs;
-//   Split  a dkdv kernel and a separate dq kernel that rebuilds S and dP: 7 GEMMs, no hand-offs.
-enum class BwdVariant { kFused, kSplit };
+//   Split  a dkdv kernel and a separate dq kernel that rebuilds S and dP: 7 GEMMs, no hand-offs;
+//   Wgmma  the fused form on Hopper's warpgroup MMA (attention_bwd_wgmma_sm90a.cu, sm_90a).
+enum class BwdVariant { kFused, kSplit, kWgmma };
 
 // Where the pair bh = b * H + h starts in each tensor, for every kernel of both directions:
 // q, gq and k, gk are (B, T, H, d), o, go and v, gv are (B, T, H, dv), with T = Tq for the query
@@ -111,7 +113,20 @@ void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t s);  // bf16, sm_90a
 void launch_rowdot(const BwdArgs& a, DType dt, cudaStream_t s, int dev);
 void launch_bwd_simt(const BwdArgs& a, DType dt, cudaStream_t s);
 void launch_bwd_mma(const BwdArgs& a, BwdVariant variant, cudaStream_t s, int dev);  // bf16
+void launch_bwd_wgmma(const BwdArgs& a, cudaStream_t s, int dev);                    // bf16, sm_90a
 
+// The fused backwards' scratch (attention_bwd.cu), set up in `a` for a launch of pairs x nkt
+// blocks of which `resident` fit on the GPU at once: the ticket and one counter per (pair, query
+// tile of nqt), zeroed; the f32 running sums of gq when more than one key tile adds to them; the
+// ticket group size. The tensors must live until the launch is queued (the allocator reuses
+// them only for work queued after it). With nkt = 0 no key adds to gq: it is zeroed and
+// `launch` is false.
+struct FusedScratch {
+  Tensor order, dq_acc;
+  bool launch;
+};
+FusedScratch fused_scratch(BwdArgs& a, int64_t nkt, int64_t nqt, int64_t resident, cudaStream_t s,
+                           int dev);
 // Head-dim capacity (compile-time tile width) of each path for a runtime max(d, dv).
 inline int simt_capacity(int64_t dmax) { return dmax <= 32 ? 32 : dmax <= 64 ? 64 : 128; }
 inline int mma_capacity(int64_t dmax) {
@@ -128,6 +143,17 @@ void launch_big_smem(Kernel kernel, unsigned blocks, int threads, size_t smem, c
                                           static_cast<int>(smem)));
   PSVAE_LAUNCH(blocks, threads, smem, s, kernel)(a);
   PSVAE_CUDA_CHECK(cudaGetLastError());
+}
+
+// Blocks of `kernel` (threads, smem bytes of dynamic shared memory) that fit on one SM, at least
+// 1: the occupancy calculator's answer after opting the kernel into that much shared memory.
+template <class Kernel>
+int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
+  PSVAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  int b = 0;
+  PSVAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, threads, smem));
+  return b > 1 ? b : 1;
 }
 
 // ---- device helpers shared by both paths -------------------------------------------------------
@@ -455,6 +481,65 @@ __device__ __forceinline__ void mma_store_rows(bf16_t* base, int64_t stride, int
             __floats2bfloat162_rn(acc[c][2 * r] * mul[r], acc[c][2 * r + 1] * mul[r]);
     }
   }
+}
+
+// The inputs of pair `at` that the bf16 MMA backwards read: its q, go, k, v rows and its lse, D.
+struct BwdInputs {
+  const bf16_t *q, *go, *k, *v, *lse;
+  const float* D;
+};
+__device__ __forceinline__ BwdInputs bwd_inputs(const BwdArgs& a, const HeadAt& at) {
+  return {elem<bf16_t>(a.q, at.q), elem<bf16_t>(a.go, at.o),    elem<bf16_t>(a.k, at.k),
+          elem<bf16_t>(a.v, at.v), elem<bf16_t>(a.lse, at.row), elem<float>(a.D, at.row)};
+}
+
+// The log2-domain lse and D of query rows row0 .. row0 + kRows - 1 into shared memory (rows past
+// Tq: lse2_of's +inf and 0), kThreads threads striding over the rows.
+template <int kRows, int kThreads>
+__device__ __forceinline__ void load_row_stats(float* lse2s, float* Ds, const BwdInputs& in,
+                                               int64_t row0, int64_t Tq) {
+  for (int c = threadIdx.x; c < kRows; c += kThreads) {
+    const int64_t row = row0 + c;
+    const bool valid = row < Tq;
+    lse2s[c] = lse2_of<float>(valid ? __bfloat162float(in.lse[row]) : 0.f, valid);
+    Ds[c] = valid ? in.D[row] : 0.f;
+  }
+}
+
+// ---- the fused backwards' ordered gq sums (attention_bwd.cu, attention_bwd_wgmma_sm90a.cu) ----
+// A block per (pair, key tile) adds its part of gq (dS K) for each query tile in key-tile order:
+// key tile kt waits until tiles 0 .. kt - 1 have added theirs (block_order.cuh), so gq =
+// ((p_0 + p_1) + p_2) + ... in the same order every run.
+
+// The (pair, key tile) of a fused backward's block, from its ticket: tickets come in groups of
+// a.group pairs, key-tile major within a group, so the block that key tile kt waits for (kt - 1
+// of the same pair) drew its ticket a.group tickets earlier and, with a.group large enough, is
+// long past the query tile it waits on (attention_bwd.cu, fused_group). Contains a barrier.
+struct FusedTile {
+  int64_t bh, kt;
+};
+__device__ __forceinline__ FusedTile fused_tile(const BwdArgs& a, int64_t nkt) {
+  const int64_t L = block_order::block_ticket(a.order);
+  const int64_t pairs = a.n.B * a.n.H, grp = L / (a.group * nkt), rem = L % (a.group * nkt);
+  const int64_t left = pairs - grp * a.group;  // the last group may be short
+  const int64_t gsize = left < a.group ? left : a.group;
+  return {grp * a.group + rem % gsize, rem / gsize};
+}
+
+// Adds v, this key tile's part of gq at (row, col .. col + 1), to the running sum acc (row
+// stride d, f32), or starts it (first: key tile 0), or writes the total as gq in bf16 (last: the
+// pair's last key tile; row stride sqk). acc goes through L2 (.cg), where another SM's block
+// left it.
+__device__ __forceinline__ void dq_sum_pair(float* acc, bf16_t* gq, int64_t sqk, int64_t d,
+                                            int64_t row, int col, float2 v, bool first, bool last) {
+  if (!first) {
+    const float2 prev = __ldcg(reinterpret_cast<const float2*>(acc + row * d + col));
+    v = make_float2(prev.x + v.x, prev.y + v.y);
+  }
+  if (last)
+    *reinterpret_cast<__nv_bfloat162*>(gq + row * sqk + col) = __floats2bfloat162_rn(v.x, v.y);
+  else
+    __stcg(reinterpret_cast<float2*>(acc + row * d + col), v);
 }
 
 }  // namespace psvae::kernels::cuda::attn

@@ -18,12 +18,10 @@
 //     owns rows 64 w .. 64 w + 63. Key tiles of kBN = 128, double-buffered.
 //   - Head-dim capacity kD = 64 or 128 (d, dv <= kD, multiples of 8; columns past them are
 //     zero-filled, so they add nothing to S and come out of P V as zeros that are not stored).
-//   - Shared memory, every tile in 128-byte-swizzled slabs of 64 head-dim columns (mma_sm90.cuh):
-//     row r of a slab at r x 128 B, its 16-byte chunk c at c ^ (r % 8). Q 128 rows, K and V kBN
-//     rows each, two buffers of K and V, the keys' biases; kD = 128: 32 + 2 x (32 + 32) KiB + 1 KiB
-//     + 1 KiB of alignment = 162 KiB (one block per SM); kD = 64: 82 KiB.
-//     The same slab is the K-major layout for Q (A) and K (B: rows are N = keys) and the MN-major
-//     layout for V (B: rows are K = keys, 64 N = head-dim values each, slabs the blocks of 64 N).
+//   - Shared memory, every tile in attention_wgmma.cuh's 128-byte-swizzled slabs of 64 head-dim
+//     columns: Q 128 rows, K and V kBN rows each, two buffers of K and V, the keys' biases;
+//     kD = 128: 32 + 2 x (32 + 32) KiB + 1 KiB + 1 KiB of alignment = 162 KiB (one block per
+//     SM); kD = 64: 82 KiB. Q and K are read K-major (S = Q K^T), V MN-major (O += P V).
 //   - Per key tile j: wait for its copies (cp.async), fence.proxy.async, barrier (which also ends
 //     every warpgroup's reads of the other buffer: each retired its P V of tile j - 1), start the
 //     copies of tile j + 1 into the other buffer, then per warpgroup: S by kD / 16 wgmma, wait;
@@ -39,73 +37,20 @@
 
 #include <algorithm>
 
-#include "kernels/cuda/attention_common.cuh"
-#include "kernels/cuda/mma_sm90.cuh"
+#include "kernels/cuda/attention_wgmma.cuh"
 
 namespace psvae::kernels::cuda::attn {
 
 namespace {
 
-constexpr int kWgThreads = 128;
 constexpr int kWarpgroups = 2;
 constexpr int kThreads = kWarpgroups * kWgThreads;
 constexpr int kBQ = 64 * kWarpgroups;  // query rows per block
 constexpr int kBN = 128;               // keys per tile
-constexpr int kSlabRow = 128;          // bytes per slab row: 64 bf16
-constexpr int kSwizzlePeriod = 1024;   // 8 slab rows: where a swizzle pattern starts
 
-// Bytes of a tile of `rows` rows at head-dim capacity kD (kD / 64 slabs of rows x 128 B).
-template <int kD>
-constexpr int tile_bytes(int rows) {
-  return kD / 64 * rows * kSlabRow;
-}
 template <int kD>
 constexpr int smem_bytes() {
   return tile_bytes<kD>(kBQ) + 4 * tile_bytes<kD>(kBN) + 2 * kBN * 4 + kSwizzlePeriod;
-}
-
-// attention_common.cuh's load_tile_chunks into the slabs at dst: chunk c (head-dim columns
-// 8 c .. 8 c + 7) of row r goes to slab c / 8, row r, 16-byte chunk (c % 8) ^ (r % 8).
-template <int kRows, int kD>
-__device__ __forceinline__ void load_slabs(unsigned char* dst, const bf16_t* base, int64_t stride,
-                                           int64_t row0, int64_t nrows, int64_t width) {
-  load_tile_chunks<kRows, kD, kThreads>(
-      [dst](int r, int c) {
-        return dst + (c / 8) * kRows * kSlabRow + r * kSlabRow + (((c % 8) ^ (r % 8)) << 4);
-      },
-      base, stride, row0, nrows, width);
-}
-
-// Descriptors (mma_sm90.cuh's desc_sw128) for k16 step kk:
-// A = Q, K-major: rows 64 wg .. of the Q slabs, head-dim columns 16 kk .. (slab kk / 4, 32 B per
-// step inside the 128-byte row); groups of 8 rows 1024 B apart.
-__device__ __forceinline__ uint64_t q_desc(uint32_t q, int wg, int kk) {
-  return sm90::desc_sw128(
-      q + static_cast<uint32_t>((kk / 4) * kBQ * kSlabRow + wg * 64 * kSlabRow + (kk % 4) * 32), 16,
-      kSwizzlePeriod);
-}
-// B = K, K-major (N = the tile's kBN keys): same steps over the K slabs.
-__device__ __forceinline__ uint64_t k_desc(uint32_t k, int kk) {
-  return sm90::desc_sw128(k + static_cast<uint32_t>((kk / 4) * kBN * kSlabRow + (kk % 4) * 32), 16,
-                          kSwizzlePeriod);
-}
-// B = V, MN-major (K = keys 16 kk .., N = head-dim columns): 16 key rows per step (2 groups of 8,
-// 1024 B apart: the stride offset), blocks of 64 columns one slab apart (the leading offset).
-__device__ __forceinline__ uint64_t v_desc(uint32_t v, int kk) {
-  return sm90::desc_sw128(v + static_cast<uint32_t>(kk * 16 * kSlabRow), kBN * kSlabRow,
-                          kSwizzlePeriod);
-}
-
-// O (64 x kD per warpgroup) += P (64 x 16, registers) V (16 x kD): the wgmma of this capacity.
-template <int kD>
-__device__ __forceinline__ void pv_wgmma(float (&o)[kD / 2], const uint32_t (&p)[4], uint64_t v);
-template <>
-__device__ __forceinline__ void pv_wgmma<64>(float (&o)[32], const uint32_t (&p)[4], uint64_t v) {
-  sm90::wgmma_m64n64k16_bf16_rs<true>(o, p, v);
-}
-template <>
-__device__ __forceinline__ void pv_wgmma<128>(float (&o)[64], const uint32_t (&p)[4], uint64_t v) {
-  sm90::wgmma_m64n128k16_bf16_rs<true>(o, p, v);
 }
 
 template <int kD>
@@ -113,10 +58,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(FwdArgs a) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // compiled for sm_90a only (CMakeLists.txt); this branch is never built
 #else
-  unsigned char* raw = attn_smem();
-  // The tiles start on the swizzle period in the shared window (the descriptors' base offset 0).
-  const uint32_t raw_addr = sm90::smem_addr(raw);
-  unsigned char* Qs = raw + (kSwizzlePeriod - raw_addr % kSwizzlePeriod) % kSwizzlePeriod;
+  unsigned char* Qs = swizzle_aligned_smem();
   unsigned char* Ks = Qs + tile_bytes<kD>(kBQ);                          // 2 buffers
   unsigned char* Vs = Ks + 2 * tile_bytes<kD>(kBN);                      // 2 buffers
   float* bias = reinterpret_cast<float*>(Vs + 2 * tile_bytes<kD>(kBN));  // 2 x kBN
@@ -130,12 +72,12 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(FwdArgs a) {
   const int64_t nkt = (n.Tk + kBN - 1) / kBN;
 
   auto load_kv = [&](int64_t j, int st) {
-    load_slabs<kBN, kD>(Ks + st * tile_bytes<kD>(kBN), kb, sqk, j * kBN, n.Tk, n.d);
-    load_slabs<kBN, kD>(Vs + st * tile_bytes<kD>(kBN), vb, sv, j * kBN, n.Tk, n.dv);
+    load_slabs<kBN, kD, kThreads>(Ks + st * tile_bytes<kD>(kBN), kb, sqk, j * kBN, n.Tk, n.d);
+    load_slabs<kBN, kD, kThreads>(Vs + st * tile_bytes<kD>(kBN), vb, sv, j * kBN, n.Tk, n.dv);
     for (int c = tid; c < kBN; c += kThreads)
       bias[st * kBN + c] = key_bias<float>(a.mask, b, n.Tk, j * kBN + c);
   };
-  load_slabs<kBQ, kD>(Qs, qb, sqk, q0, n.Tq, n.d);
+  load_slabs<kBQ, kD, kThreads>(Qs, qb, sqk, q0, n.Tq, n.d);
   if (nkt > 0) load_kv(0, 0);
   cp_async_commit();
 
@@ -167,25 +109,21 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(FwdArgs a) {
     sm90::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk)
-      sm90::wgmma_m64n128k16_bf16<false, false>(s_flat, q_desc(q_addr, wg, kk), k_desc(kt, kk));
+      sm90::wgmma_m64n128k16_bf16<false, false>(s_flat, kmajor_desc<kBQ>(q_addr, 64 * wg, kk),
+                                                kmajor_desc<kBN>(kt, 0, kk));
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>(s_flat);
 
     float alpha[2];
     softmax_tile<kBN>(s, bias + st * kBN, sl2, t, m, l, alpha);  // s becomes p
     scale_rows<kD>(o, alpha);
-    // P as the A fragments of k16 blocks kk (keys 16 kk ..): n8 block c is registers 0, 1
-    // (keys 2 t) or 2, 3 (keys 8 + 2 t) of block c / 2, rows g and g + 8.
-    uint32_t p[kBN / 16][4];
-#pragma unroll
-    for (int c = 0; c < kBN / 8; ++c) {
-      p[c / 2][2 * (c % 2)] = pack_bf16(s[c][0], s[c][1]);
-      p[c / 2][2 * (c % 2) + 1] = pack_bf16(s[c][2], s[c][3]);
-    }
+    uint32_t p[kBN / 16][4];  // P as the A fragments of k16 blocks kk (keys 16 kk ..)
+    pack_a_frags<kBN>(p, s);
 
     sm90::wgmma_fence();  // o was rescaled by ordinary instructions
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) pv_wgmma<kD>(o_flat, p[kk], v_desc(vt, kk));
+    for (int kk = 0; kk < kBN / 16; ++kk)
+      wgmma_rs_kd<kD>(o_flat, p[kk], mnmajor_desc<kBN>(vt, 0, kk));
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>(o_flat);
   }

@@ -92,6 +92,9 @@ __device__ __forceinline__ void wgmma_commit() {
 // Keeps the compiler from moving accesses of the accumulators across the asm statements around it
 // (an empty asm that "reads and writes" each register): wgmma writes them asynchronously, behind
 // the compiler's back, so reads must stay after the wait and writes before the issue.
+// Before the issue it also keeps the instructions that set them (zeroing, packing P into A
+// fragments) from sinking past wgmma.fence, which would make ptxas insert its own
+// warpgroup.arrive and serialise the wgmma (C7520).
 template <int R>
 __device__ __forceinline__ void fence_operands(float (&d)[R]) {
 #ifndef PSVAE_CUDA_EMULATION
@@ -99,6 +102,16 @@ __device__ __forceinline__ void fence_operands(float (&d)[R]) {
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 #else
   (void)d;
+#endif
+}
+// The same for register A fragments (bf16 pairs).
+template <int R>
+__device__ __forceinline__ void fence_operands(uint32_t (&a)[R]) {
+#ifndef PSVAE_CUDA_EMULATION
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+r"(a[i])::"memory");
+#else
+  (void)a;
 #endif
 }
 
@@ -142,6 +155,48 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t d
         "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
         "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "n"(kTransA ? 1 : 0), "n"(kTransB ? 1 : 0)
+      : "memory");
+#endif
+}
+
+// As wgmma_m64n128k16_bf16 with N = 64: d (64 x 64 f32) += A (64 x 16) * B (16 x 64); 32
+// accumulators per thread, d[4i + 2h + j] = D(16 w + g + 8 h, 8 i + 2 q + j), i = 0..7.
+template <bool kTransA, bool kTransB>
+__device__ __forceinline__ void wgmma_m64n64k16_bf16(float (&d)[32], uint64_t desc_a,
+                                                     uint64_t desc_b) {
+#ifdef PSVAE_CUDA_EMULATION
+  ::cuda_emu::wgmma_bf16(d, 64, desc_a, desc_b, kTransA, kTransB);
+#else
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
+      "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 1, 1, 1, %34, %35;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "n"(kTransA ? 1 : 0), "n"(kTransB ? 1 : 0)
+      : "memory");
+#endif
+}
+
+// As wgmma_m64n128k16_bf16 with N = 32: d (64 x 32 f32) += A (64 x 16) * B (16 x 32); 16
+// accumulators per thread, d[4i + 2h + j] = D(16 w + g + 8 h, 8 i + 2 q + j), i = 0..3.
+template <bool kTransA, bool kTransB>
+__device__ __forceinline__ void wgmma_m64n32k16_bf16(float (&d)[16], uint64_t desc_a,
+                                                     uint64_t desc_b) {
+#ifdef PSVAE_CUDA_EMULATION
+  ::cuda_emu::wgmma_bf16(d, 32, desc_a, desc_b, kTransA, kTransB);
+#else
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, 1, 1, 1, "
+      "%18, %19;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
       : "l"(desc_a), "l"(desc_b), "n"(kTransA ? 1 : 0), "n"(kTransB ? 1 : 0)
       : "memory");
 #endif

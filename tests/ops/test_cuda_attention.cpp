@@ -7,9 +7,10 @@
 //
 // Both implementations are run where they apply, forced through PSVAE_ATTN: the SIMT kernels
 // (every dtype) and the bf16 tensor-core kernels (head dims multiples of 8), whose backward runs
-// in both its forms (PSVAE_ATTN_BWD: fused, where key tiles add to gq in turn, and split) and
-// whose forward runs on both its kernels where the device has them (PSVAE_ATTN_FWD: mma.sync,
-// and Hopper's wgmma, which the emulator also runs). The
+// in all its forms (PSVAE_ATTN_BWD: fused, where key tiles add to gq in turn, split, and the
+// fused form on Hopper's wgmma) and whose forward runs on both its kernels (PSVAE_ATTN_FWD:
+// mma.sync and wgmma); the wgmma kernels where the device runs sm_90a code, as the emulator
+// does. The
 // cases cover sequence lengths 1 to 4096, head dims 8 to 128 (32, 64, 72, 96, 128 and odd ones),
 // self and cross attention (Tq != Tk both ways), dv != d, no mask, random holes, a batch entry with
 // every key masked and one with nearly every key masked, and the empty edges (Tk = 0, d = 0). The
@@ -42,8 +43,8 @@ namespace {
 const Device kGpu = Device::cuda(0);
 
 // PSVAE_ATTN (the CUDA attention path: auto, simt, mma), PSVAE_ATTN_FWD (the MMA forward's
-// kernel: auto, mma, wgmma) and PSVAE_ATTN_BWD (the MMA backward's form: auto, fused, split) for
-// a scope.
+// kernel: auto, mma, wgmma) and PSVAE_ATTN_BWD (the MMA backward's form: auto, fused, split,
+// wgmma) for a scope.
 struct AttnPath : test::EnvScope {
   explicit AttnPath(const char* value) : test::EnvScope("PSVAE_ATTN", value) {}
 };
@@ -54,23 +55,31 @@ struct AttnBwd : test::EnvScope {
   explicit AttnBwd(const char* value) : test::EnvScope("PSVAE_ATTN_BWD", value) {}
 };
 
-// The backward forms of a path: the MMA backward is fused (5 GEMMs, gq summed across key tiles
-// through ordered hand-offs) or split (a separate dq kernel); the SIMT backward has one form.
-std::vector<const char*> bwd_forms(const char* path) {
-  if (std::string(path) == "mma") return {"fused", "split"};
-  return {"auto"};
-}
-
-// The forward kernels of a path: the MMA forward on mma.sync, and on wgmma where the device runs
-// sm_90a code (said once when it does not); the SIMT forward has one kernel.
-std::vector<const char*> fwd_kernels(const char* path) {
-  if (std::string(path) != "mma") return {"auto"};
-  if (kernels::cuda::detail::gemm_wgmma_available(0)) return {"mma", "wgmma"};
-  static const bool said = [] {
-    MESSAGE("no sm_90a device: the wgmma attention forward is not tested here");
+// Whether the device runs sm_90a code, for the wgmma kernels (said once when it does not).
+bool have_wgmma() {
+  const bool yes = kernels::cuda::detail::gemm_wgmma_available(0);
+  static const bool said = [yes] {
+    if (!yes) MESSAGE("no sm_90a device: the wgmma attention kernels are not tested here");
     return true;
   }();
   (void)said;
+  return yes;
+}
+
+// The backward forms of a path: the MMA backward is fused (5 GEMMs, gq summed across key tiles
+// through ordered hand-offs), split (a separate dq kernel) or the fused form on wgmma; the SIMT
+// backward has one form.
+std::vector<const char*> bwd_forms(const char* path) {
+  if (std::string(path) != "mma") return {"auto"};
+  if (have_wgmma()) return {"fused", "split", "wgmma"};
+  return {"fused", "split"};
+}
+
+// The forward kernels of a path: the MMA forward on mma.sync or wgmma; the SIMT forward has one
+// kernel.
+std::vector<const char*> fwd_kernels(const char* path) {
+  if (std::string(path) != "mma") return {"auto"};
+  if (have_wgmma()) return {"mma", "wgmma"};
   return {"mma"};
 }
 
@@ -215,6 +224,9 @@ TEST_CASE("cuda attention: forward and backward match the CPU on both paths") {
       // (4 SMs, 3 blocks each at d = 128) 32 query tiles give groups of 2 pairs, so the third
       // pair is a short last group; 4 key tiles add to each gq tile in turn.
       {1, 1000, 200, 3, 128, 128, 1, 1.0, {DType::BF16}},
+      // The same for the wgmma backward (128 keys x 64 queries, 1 block per SM at d = 128): 10
+      // query tiles give groups of 2 pairs, a short third; 3 key tiles add to each gq tile.
+      {1, 600, 300, 3, 128, 128, 1, 1.0, {DType::BF16}},
   };
   for (const Cfg& c : cases)
     for (DType dt : c.dtypes) check_case(g, c, dt);
@@ -244,12 +256,12 @@ TEST_CASE("cuda attention: forward and backward are bit-identical run to run") {
       const std::string p = path;
       const bool mma = p.rfind("mma", 0) == 0;
       if (dt != DType::BF16 && mma) continue;
-      if (p == "mma wgmma" && !kernels::cuda::detail::gemm_wgmma_available(0)) continue;
+      if (p == "mma wgmma" && !have_wgmma()) continue;
       CAPTURE(std::string(dtype_name(dt)));
       CAPTURE(p);
       AttnPath force(mma ? "mma" : path);
       AttnFwd force_fwd(p == "mma wgmma" ? "wgmma" : "mma");
-      AttnBwd force_bwd(p == "mma split" ? "split" : "fused");
+      AttnBwd force_bwd(p == "mma split" ? "split" : p == "mma wgmma" ? "wgmma" : "fused");
       const Tensor mask = make_mask(g, B, Tk, 1).to(kGpu);
       std::vector<Tensor> in = {as_dtype(test::normal(g, {B, Tq, H, d}), dt).to(kGpu),
                                 as_dtype(test::normal(g, {B, Tk, H, d}), dt).to(kGpu),
@@ -296,7 +308,7 @@ TEST_CASE("cuda attention: bad input and a bad PSVAE_ATTN throw naming the op") 
     const std::vector<Tensor> f = run_fwd(ok, 1.0, DType::F32);
     CHECK_THROWS_WITH_AS(
         run_bwd({f[0], ok[0], ok[1], ok[2], f[0], f[1]}, 1.0, DType::F32),
-        doctest::Contains("attention_bwd: PSVAE_ATTN_BWD must be auto, fused or split"),
+        doctest::Contains("attention_bwd: PSVAE_ATTN_BWD must be auto, fused, split or wgmma"),
         std::invalid_argument);
   }
   AttnPath force("auto");

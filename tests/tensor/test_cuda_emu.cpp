@@ -88,6 +88,20 @@ __global__ void neighbour_kernel(float* out, bool sync) {
   out[t] = t > 0 ? s[t - 1] : -1.f;
 }
 
+// Thread t stores t, passes a warp collective (__syncwarp) or, with sync, a barrier, and reads the
+// slot of thread t + 32 (mod the block): another warp's store, which only the barrier orders.
+__global__ void next_warp_kernel(float* out, bool sync) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  float* s = reinterpret_cast<float*>(smem);
+  const int t = threadIdx.x, n = blockDim.x;
+  s[t] = static_cast<float>(t);
+  if (sync)
+    __syncthreads();
+  else
+    __syncwarp();
+  out[t] = s[(t + 32) % n];
+}
+
 // A chain through every block of the grid (kernels/cuda/block_order.cuh): block n (numbered by
 // its ticket, or by blockIdx) waits until counter[1] == n, logs its number at position n, and
 // hands on n + 1. counter[0] is the ticket counter; both start at 0.
@@ -325,6 +339,33 @@ TEST_CASE("cuda emulator: a missing __syncthreads that index order hides shows i
   CHECK(correct(cuda_emu::Order::Forward, false) == 127);  // hidden
   CHECK(correct(cuda_emu::Order::Reverse, false) == 0);    // every read is of the poison
   CHECK(correct(cuda_emu::Order::Shuffle, false) < 127);
+  cuda_emu::set_schedule_order(saved);
+  cudaFree(out);
+}
+
+TEST_CASE("cuda emulator: a barrier missing between warp collectives shows in warps order only") {
+  const cuda_emu::Order saved = cuda_emu::schedule_order();
+  float* out = device_copy(std::vector<float>(128, -2.f));
+  // How many threads read the value thread t + 32 stored, under each order, with and without the
+  // barrier.
+  auto correct = [&](cuda_emu::Order order, bool sync) {
+    cuda_emu::set_schedule_order(order);
+    PSVAE_LAUNCH(1, 128, 128 * sizeof(float), nullptr, next_warp_kernel)(out, sync);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    int n = 0;
+    for (int t = 0; t < 128; ++t) n += out[t] == static_cast<float>((t + 32) % 128);
+    return n;
+  };
+  for (cuda_emu::Order o : {cuda_emu::Order::Forward, cuda_emu::Order::Reverse,
+                            cuda_emu::Order::Shuffle, cuda_emu::Order::Warps}) {
+    CAPTURE(static_cast<int>(o));
+    CHECK(correct(o, true) == 128);
+  }
+  // Forward: every thread stores before any reads, except lane 31 of warps 0-2, the last to reach
+  // its warp's __syncwarp, which goes on at once and reads before the next warp has stored.
+  CHECK(correct(cuda_emu::Order::Forward, false) == 125);
+  // Warps: warps 0-2 read slots the next warp has not stored yet; warp 3 reads warp 0's.
+  CHECK(correct(cuda_emu::Order::Warps, false) == 32);
   cuda_emu::set_schedule_order(saved);
   cudaFree(out);
 }

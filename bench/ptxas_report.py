@@ -7,7 +7,9 @@ directory's compile_commands.json for one real architecture with `-Xptxas -v`, o
     bench/ptxas_report.py [--build build-cu] [--arch sm_90] [--jobs 2] [--all]
 
 Prints one markdown row per kernel instantiation that spills or uses more than 128 registers
-(--all: every one), then a summary line. A kernel needs registers x threads <= 65536 per block to
+(--all: every one), then a summary line, then every kernel whose wgmma ptxas serialised (its
+"Potential Performance Loss" infos C7510-C7520: a warpgroup wait or arrive it had to insert, so
+the tensor cores run one wgmma at a time; --only REGEX restricts the report to matching files). A kernel needs registers x threads <= 65536 per block to
 launch at all, and registers decide how many blocks share an SM; spilled bytes go to local memory
 (L1, then L2). docs/kernels.md, "Registers and spills", quotes this report.
 """
@@ -72,26 +74,40 @@ def parse(lines):
     return rows
 
 
+SERIALISED = re.compile(r"\((C75\d\d)\) Potential Performance Loss: wgmma\.mma_async instructions "
+                        r"are serialized (.*) in the function '(\S+)'")
+
+
+def serialised(lines):
+    """[(mangled name, code, reason)] of the kernels whose wgmma ptxas serialised."""
+    return [(m.group(3), m.group(1), m.group(2)) for m in map(SERIALISED.search, lines) if m]
+
+
+def demangle(names):
+    return subprocess.run(["c++filt"], input="\n".join(names), capture_output=True,
+                          text=True).stdout.splitlines()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--build", default="build-cu", help="a CMake build dir with the CUDA backend")
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--all", action="store_true", help="every kernel, not only the notable ones")
+    p.add_argument("--only", default="", help="only the .cu files whose path matches this regex")
     a = p.parse_args()
     db = os.path.join(a.build, "compile_commands.json")
     if not os.path.exists(db):
         sys.exit(f"ptxas_report: {db} not found (configure a CUDA build there first)")
     entries = [e for e in json.load(open(db))
                if e["file"].endswith(".cu") and
-               re.search(r"/(kernels|tensor)/cuda/", e["file"])]
+               re.search(r"/(kernels|tensor)/cuda/", e["file"]) and re.search(a.only, e["file"])]
     if not entries:
         sys.exit(f"ptxas_report: no kernels/ or tensor/ .cu files in {db} (not a CUDA build?)")
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-        results = list(pool.map(lambda e: (e["file"], parse(ptxas_lines(e, a.arch))), entries))
-    rows = [(os.path.basename(f), *r) for f, rs in results for r in rs]
-    names = subprocess.run(["c++filt"], input="\n".join(r[1] for r in rows), capture_output=True,
-                           text=True).stdout.splitlines()
+        results = list(pool.map(lambda e: (e["file"], ptxas_lines(e, a.arch)), entries))
+    rows = [(os.path.basename(f), *r) for f, lines in results for r in parse(lines)]
+    names = demangle([r[1] for r in rows])
     strip = re.compile(r"psvae::kernels::cuda::|psvae::cuda::|\(anonymous namespace\)::|detail::")
     print(f"| file | kernel | registers | spill stores / loads (B) | static smem (B) |")
     print("|---|---|---|---|---|")
@@ -107,6 +123,13 @@ def main():
           f"{len(spills)} spill (at most {max((r[4] for r in rows), default=0)} bytes stored), "
           f"{sum(r[2] > 128 for r in rows)} use more than 128 registers, "
           f"the most is {max(r[2] for r in rows)}.")
+    ser = [(os.path.basename(f), *x) for f, lines in results for x in serialised(lines)]
+    if not ser:
+        print("wgmma serialised by ptxas (C7510-C7520): in no kernel.")
+        return
+    print(f"\nwgmma serialised by ptxas in {len(ser)} kernel(s):")
+    for (f, _, code, why), n in zip(ser, demangle([x[1] for x in ser])):
+        print(f"- {f} `{strip.sub('', n)}`: {code}, {why}")
 
 
 if __name__ == "__main__":

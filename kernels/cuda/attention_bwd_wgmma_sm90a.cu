@@ -35,8 +35,11 @@
 //     gv and gk are issued with gq's part, after the barrier, not before the dS^T stores: in
 //     flight across the spin-wait (a divergent branch) they make ptxas serialise every wgmma
 //     (C7518), and in flight across the stores alone they push kD = 128 to 108 bytes of spill.
-//     Each group's operands are pinned before its wgmma.fence (mma_sm90.cuh, fence_operands):
-//     else the compiler sinks the zeroing of dP^T past it and ptxas serialises (C7520).
+//     Each group's operands are pinned before its wgmma.fence (mma_sm90.cuh, fence_operands).
+//     By bench/ptxas_report.py: without the pin on gq's part the compiler sinks its zeroing past
+//     the fence and ptxas serialises every wgmma (C7520); without those on S^T and dP^T kD = 128
+//     spills 128 bytes; without those on the A fragments nothing changes (kept: the ISA wants
+//     them written before the fence).
 //   - Registers (ptxas, nvcc 13.0): 255 at kD = 128, 249 at kD = 64, no spills: gk, gv 2 x kD / 2
 //     accumulators, S^T and dP^T 2 x 32, their bf16 pairs 2 x 16 (live until the register-A wgmma
 //     retire), gq's part kD / 4.

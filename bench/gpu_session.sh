@@ -109,6 +109,10 @@ phase_bench() {
       # H200's 139): docs/kernels.md, "DiT-XL step memory". f32 runs at batch 128. The bf16 run
       # also prints one step op by op (the op profiler).
       step "$b" --precision bf16 --batch 256 --profile || rc=1
+      # The same bf16 step with the attention forward and backward on Hopper's wgmma kernels (not
+      # yet the default): whether they should be, measured on the whole step.
+      echo "-- with PSVAE_ATTN_FWD=wgmma PSVAE_ATTN_BWD=wgmma"
+      PSVAE_ATTN_FWD=wgmma PSVAE_ATTN_BWD=wgmma step "$b" --precision bf16 --batch 256 || rc=1
       step "$b" --precision f32 --batch 128 || rc=1
     else
       # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags

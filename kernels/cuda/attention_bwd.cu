@@ -22,7 +22,6 @@ namespace psvae::kernels::cuda::attn {
 
 namespace {
 
-namespace rt = ::psvae::cuda;
 using detail::Math;
 
 // ---- D = rowsum(go * o) ------------------------------------------------------------------------
@@ -592,8 +591,6 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
 
     const bf16_t* Qt = Qs + st * kBQ * LDS;
     const bf16_t* dOt = dOs + st * kBQ * LDS;
-    const float* l2 = lse2s + st * kBQ;
-    const float* Dt = Ds + st * kBQ;
     float s[kBQ / 8][4], dp[kBQ / 8][4];
 #pragma unroll
     for (int c = 0; c < kBQ / 8; ++c)
@@ -601,15 +598,8 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
       for (int x = 0; x < 4; ++x) s[c][x] = dp[c][x] = 0.f;
     warp_gemm_nt<kD, kBQ, kD>(s, k_frag, Qt, lane);
     warp_gemm_nt<kD, kBQ, kD>(dp, v_frag, dOt, lane);
-#pragma unroll
-    for (int c = 0; c < kBQ / 8; ++c)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const int r = x >> 1, col = c * 8 + 2 * t + (x & 1);  // key row g + 8r, query col
-        const float p = exp2f(fmaf(s[c][x], sl2, kbias[r]) - l2[col]);
-        s[c][x] = p;                                  // P^T
-        dp[c][x] = p * (dp[c][x] - Dt[col]) * scale;  // dS^T
-      }
+    // s = P^T, dp = dS^T
+    p_ds_transposed<kBQ>(s, dp, kbias, lse2s + st * kBQ, Ds + st * kBQ, sl2, scale, t);
     warp_gemm_nn_regs<kBQ, kD, kD>(dv, s, dOt, lane);
     warp_gemm_nn_regs<kBQ, kD, kD>(dk, dp, Qt, lane);
     if constexpr (kFusedDq) {
@@ -650,22 +640,17 @@ int64_t fused_group(int64_t pairs, int64_t nqt, int64_t resident) {
 }
 
 template <int kD>
-void bwd_mma(const BwdArgs& args, BwdVariant variant, cudaStream_t s, int dev) {
+void bwd_mma(const BwdArgs& a, BwdVariant variant, cudaStream_t s, int dev) {
   constexpr int LDS = kLds<kD>, kRows = 16 * kBwdWarps, kThreads = 32 * kBwdWarps;
   constexpr int kBQ = kDkdvBQ<kD>;
-  BwdArgs a = args;
   const int64_t pairs = a.n.B * a.n.H, nkt = (a.n.Tk + kRows - 1) / kRows;
   const int64_t kv_blocks = pairs * nkt;
   const size_t smem =
       sizeof(bf16_t) * static_cast<size_t>((2 * kRows + 4 * kBQ) * LDS) + sizeof(float) * 4 * kBQ;
   if (variant == BwdVariant::kFused) {
-    auto kernel = dkdv_mma_kernel<kD, kBwdWarps, kBQ, true>;
-    const size_t fsmem = smem + sizeof(bf16_t) * kRows * DqPart<kD, kBwdWarps, kBQ>::kLdt;
-    static const int per_sm = blocks_per_sm(kernel, kThreads, fsmem);
-    const FusedScratch scratch = fused_scratch(
-        a, nkt, (a.n.Tq + kBQ - 1) / kBQ, static_cast<int64_t>(per_sm) * rt::sm_count(dev), s, dev);
-    if (scratch.launch)
-      launch_big_smem(kernel, static_cast<unsigned>(kv_blocks), kThreads, fsmem, s, a);
+    launch_fused<dkdv_mma_kernel<kD, kBwdWarps, kBQ, true>>(
+        a, kThreads, smem + sizeof(bf16_t) * kRows * DqPart<kD, kBwdWarps, kBQ>::kLdt, nkt,
+        (a.n.Tq + kBQ - 1) / kBQ, s, dev);
     return;
   }
   if (kv_blocks > 0)

@@ -61,8 +61,6 @@ namespace psvae::kernels::cuda::attn {
 
 namespace {
 
-namespace rt = ::psvae::cuda;
-
 constexpr int kWarpgroups = 2;
 constexpr int kThreads = kWarpgroups * kWgThreads;
 constexpr int kBN = 64 * kWarpgroups;  // keys per block
@@ -179,18 +177,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_wgmma_kernel(BwdArgs a) {
     sm90::wgmma_wait<0>(s_flat);
     sm90::fence_operands(dp_flat);
 
-    // P^T and dS^T in place: key row g + 8 (x / 2) of the warp, query column 8 c + 2 t + x % 2.
-    const float* l2 = lse2s + st * kBM;
-    const float* Dt = Ds + st * kBM;
-#pragma unroll
-    for (int c = 0; c < kBM / 8; ++c)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const int col = c * 8 + 2 * t + (x & 1);
-        const float p = exp2f(fmaf(s[c][x], sl2, kbias[x >> 1]) - l2[col]);
-        s[c][x] = p;
-        dp[c][x] = p * (dp[c][x] - Dt[col]) * scale;
-      }
+    p_ds_transposed<kBM>(s, dp, kbias, lse2s + st * kBM, Ds + st * kBM, sl2, scale, t);
     uint32_t pa[kBM / 16][4], dsa[kBM / 16][4];  // A fragments of k16 blocks (queries 16 kk ..)
     pack_a_frags<kBM>(pa, s);
     pack_a_frags<kBM>(dsa, dp);
@@ -262,16 +249,9 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_wgmma_kernel(BwdArgs a) {
 }
 
 template <int kD>
-void bwd_wgmma(const BwdArgs& args, cudaStream_t s, int dev) {
-  BwdArgs a = args;
-  const int64_t nkt = (a.n.Tk + kBN - 1) / kBN, nqt = (a.n.Tq + kBM - 1) / kBM;
-  auto kernel = bwd_wgmma_kernel<kD>;
-  constexpr int smem = smem_bytes<kD>();
-  static const int per_sm = blocks_per_sm(kernel, kThreads, smem);
-  const FusedScratch scratch =
-      fused_scratch(a, nkt, nqt, static_cast<int64_t>(per_sm) * rt::sm_count(dev), s, dev);
-  if (scratch.launch)
-    launch_big_smem(kernel, static_cast<unsigned>(a.n.B * a.n.H * nkt), kThreads, smem, s, a);
+void bwd_wgmma(const BwdArgs& a, cudaStream_t s, int dev) {
+  launch_fused<bwd_wgmma_kernel<kD>>(a, kThreads, smem_bytes<kD>(), (a.n.Tk + kBN - 1) / kBN,
+                                     (a.n.Tq + kBM - 1) / kBM, s, dev);
 }
 
 }  // namespace

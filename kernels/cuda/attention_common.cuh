@@ -145,15 +145,19 @@ void launch_big_smem(Kernel kernel, unsigned blocks, int threads, size_t smem, c
   PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 
-// Blocks of `kernel` (threads, smem bytes of dynamic shared memory) that fit on one SM, at least
-// 1: the occupancy calculator's answer after opting the kernel into that much shared memory.
-template <class Kernel>
-int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
-  PSVAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-  int b = 0;
-  PSVAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, threads, smem));
-  return b > 1 ? b : 1;
+// Launches a fused backward `Kernel` (a block per (pair, key tile): pairs x nkt blocks of
+// `threads`, `smem` bytes of dynamic shared memory; nqt query tiles) after setting up its scratch
+// in a copy of `args` (fused_scratch; the ticket groups sized by the blocks resident at once,
+// whose per-SM count is queried once per kernel); with no key tile it only zeroes gq.
+template <auto Kernel>
+void launch_fused(const BwdArgs& args, int threads, size_t smem, int64_t nkt, int64_t nqt,
+                  cudaStream_t s, int dev) {
+  static const int per_sm = ::psvae::cuda::blocks_per_sm(Kernel, threads, smem);
+  BwdArgs a = args;
+  const FusedScratch scratch = fused_scratch(
+      a, nkt, nqt, static_cast<int64_t>(per_sm) * ::psvae::cuda::sm_count(dev), s, dev);
+  if (scratch.launch)
+    launch_big_smem(Kernel, static_cast<unsigned>(a.n.B * a.n.H * nkt), threads, smem, s, a);
 }
 
 // ---- device helpers shared by both paths -------------------------------------------------------
@@ -338,6 +342,18 @@ __device__ __forceinline__ void warp_gemm_nt(float (&acc)[kN / 8][4], AFrag a_fr
   }
 }
 
+// The A fragment of k16 block kk of a 16 x kK product held as accumulator fragments x (n8 tiles
+// 2 kk and 2 kk + 1), rounded to bf16 pairs: the accumulator layout of those two tiles is exactly
+// the A layout of the block (FlashAttention-2's register reuse; wgmma's register A fragment is
+// the same per warp, mma_sm90.cuh).
+template <int kK>
+__device__ __forceinline__ void pack_a_frag(uint32_t (&a)[4], const float (&x)[kK / 8][4], int kk) {
+  a[0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+  a[1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+  a[2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+  a[3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+}
+
 // Warp GEMM "NN" with A in registers: acc (16 x kN) += A (16 x kK) * Bm, A the fp32 accumulator
 // fragments p of a 16 x kK product rounded to bf16 (the accumulator layout of n8 tiles 2kk and
 // 2kk+1 is exactly the A layout of k-block kk: FlashAttention-2's register reuse), Bm a
@@ -351,10 +367,8 @@ __device__ __forceinline__ void warp_gemm_nn_regs(float (&acc)[kN / 8][4],
   static_assert(kK % 16 == 0 && kN % 16 == 0, "MMA tiles are 16 wide");
 #pragma unroll
   for (int kk = 0; kk < kK / 16; ++kk) {
-    const uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]),
-                           pack_bf16(p[2 * kk][2], p[2 * kk][3]),
-                           pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                           pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    uint32_t a[4];
+    pack_a_frag<kK>(a, p, kk);
 #pragma unroll
     for (int np = 0; np < kN / 16; ++np) {
       uint32_t b[4];
@@ -504,6 +518,26 @@ __device__ __forceinline__ void load_row_stats(float* lse2s, float* Ds, const Bw
     lse2s[c] = lse2_of<float>(valid ? __bfloat162float(in.lse[row]) : 0.f, valid);
     Ds[c] = valid ? in.D[row] : 0.f;
   }
+}
+
+// The backward's P^T and dS^T in place (the dkdv kernels' transposed scores): s and dp hold a
+// warp's 16 keys x kN queries of S^T and dP^T in the accumulator layout, key row g + 8 (x / 2),
+// query column 8 c + 2 t + x % 2. P^T = exp2(S^T sl2 + key bias - lse2 of the query) replaces s,
+// dS^T = scale P^T (dP^T - D of the query) replaces dp; kbias holds the lane's two key rows',
+// lse2 and D the tile's queries'.
+template <int kN>
+__device__ __forceinline__ void p_ds_transposed(float (&s)[kN / 8][4], float (&dp)[kN / 8][4],
+                                                const float (&kbias)[2], const float* lse2,
+                                                const float* D, float sl2, float scale, int t) {
+#pragma unroll
+  for (int c = 0; c < kN / 8; ++c)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int col = c * 8 + 2 * t + (x & 1);
+      const float p = exp2f(fmaf(s[c][x], sl2, kbias[x >> 1]) - lse2[col]);
+      s[c][x] = p;
+      dp[c][x] = p * (dp[c][x] - D[col]) * scale;
+    }
 }
 
 // ---- the fused backwards' ordered gq sums (attention_bwd.cu, attention_bwd_wgmma_sm90a.cu) ----

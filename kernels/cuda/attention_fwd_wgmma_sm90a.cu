@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(FwdArgs a) {
   }
   cp_async_wait_all();  // only an empty group can be left; drain it before the block exits
 
-  const int64_t row0 = q0 + 64 * wg + 16 * ((tid / 32) % 4);  // this warp's 16 rows
+  const int64_t row0 = q0 + 16 * (tid / 32);  // this warp's 16 rows
   float inv[2];
   softmax_finish(l, m, inv, elem<bf16_t>(a.lse, at.row), row0, n.Tq, lane);
   mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), sv, row0, n.Tq, n.dv, o, inv, lane);

@@ -87,18 +87,12 @@ __device__ __forceinline__ void wgmma_rs_kd<128>(float (&acc)[64], const uint32_
   sm90::wgmma_m64n128k16_bf16_rs<true>(acc, a, b);
 }
 
-// The accumulator fragment of a 64 x (16 kk' ...) product (softmax_tile's layout: x[c][2 h + j]
-// = X(16 w + g + 8 h, 8 c + 2 t + j)) rounded to bf16 pairs: the register A fragments of its k16
-// blocks (mma_sm90.cuh): n8 block c is registers 0, 1 (columns 2 t) or 2, 3 (8 + 2 t) of block
-// c / 2, rows g and g + 8.
+// attention_common.cuh's pack_a_frag for every k16 block of a kN-wide accumulator fragment.
 template <int kN>
 __device__ __forceinline__ void pack_a_frags(uint32_t (&a)[kN / 16][4],
                                              const float (&x)[kN / 8][4]) {
 #pragma unroll
-  for (int c = 0; c < kN / 8; ++c) {
-    a[c / 2][2 * (c % 2)] = pack_bf16(x[c][0], x[c][1]);
-    a[c / 2][2 * (c % 2) + 1] = pack_bf16(x[c][2], x[c][3]);
-  }
+  for (int kk = 0; kk < kN / 16; ++kk) pack_a_frag<kN>(a[kk], x, kk);
 }
 
 }  // namespace psvae::kernels::cuda::attn

@@ -1,6 +1,6 @@
 // The PTX of the sm_90a tensor-core paths (kernels/cuda/gemm_wgmma_sm90a.cu,
-// gemm_wgmma_tma_sm90a.cu, attention_fwd_wgmma_sm90a.cu): warpgroup MMA (wgmma.mma_async) with
-// both operands in shared memory or A in registers, its shared-memory matrix descriptors, the
+// gemm_wgmma_tma_sm90a.cu, attention_{fwd,bwd}_wgmma_sm90a.cu): warpgroup MMA (wgmma.mma_async)
+// with both operands in shared memory or A in registers, its shared-memory matrix descriptors, the
 // fences and waits around it; and the sm_90 pieces the TMA kernel feeds it with: mbarriers, the
 // bulk tensor copy (cp.async.bulk.tensor) and setmaxnreg.
 // wgmma and setmaxnreg exist only on the sm_90a target (compute_90a): files that use this header
@@ -92,9 +92,9 @@ __device__ __forceinline__ void wgmma_commit() {
 // Keeps the compiler from moving accesses of the accumulators across the asm statements around it
 // (an empty asm that "reads and writes" each register): wgmma writes them asynchronously, behind
 // the compiler's back, so reads must stay after the wait and writes before the issue.
-// Before the issue it also keeps the instructions that set them (zeroing, packing P into A
-// fragments) from sinking past wgmma.fence, which would make ptxas insert its own
-// warpgroup.arrive and serialise the wgmma (C7520).
+// Before the issue it also keeps the instructions that set them from sinking past wgmma.fence:
+// the zeroing of an accumulator, sunk there, made ptxas insert its own warpgroup.arrive and
+// serialise every wgmma of the attention backward (C7520, attention_bwd_wgmma_sm90a.cu).
 template <int R>
 __device__ __forceinline__ void fence_operands(float (&d)[R]) {
 #ifndef PSVAE_CUDA_EMULATION

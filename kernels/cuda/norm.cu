@@ -940,19 +940,11 @@ int col_threads(int P) {
   return std::max(32, (per_pass + 31) / 32 * 32);
 }
 
-// Blocks of `kernel` resident at once on the device: occupancy x SMs.
-template <class Kernel>
-int64_t resident_blocks(Kernel kernel, int threads, int dev, size_t smem = 0) {
-  int per_sm = 0;
-  PSVAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  return static_cast<int64_t>(std::max(1, per_sm)) * rt::sm_count(dev);
-}
-
 // Grid of a warp-per-row kernel: a warp per row up to one full wave, then warps stride.
 template <class Kernel>
 unsigned row_grid(Kernel kernel, int64_t rows, int dev) {
   return static_cast<unsigned>(std::max<int64_t>(
-      1, std::min(ceil_div(rows, kWarps), resident_blocks(kernel, kThreads, dev))));
+      1, std::min(ceil_div(rows, kWarps), rt::resident_blocks(kernel, kThreads, dev))));
 }
 
 // nseg segments of seg_len rows, each cut into K chunks of rpc rows (the last may be shorter,
@@ -1119,7 +1111,7 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
             PSVAE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                   static_cast<int>(smem)));
             const Chunks ch =
-                make_chunks(op, nseg, seg_len, resident_blocks(k, kThreads, dev, smem), 64);
+                make_chunks(op, nseg, seg_len, rt::resident_blocks(k, kThreads, dev, smem), 64);
             K = ch.K;
             part = Tensor::empty(Shape{2 * nseg * K * D64}, acc_dtype(x.dtype()), x.device());
             a.pw = static_cast<A*>(part.raw_data());
@@ -1129,7 +1121,8 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
             PSVAE_LAUNCH(static_cast<unsigned>(nseg * K), kThreads, smem, s, k)(a);
           } else {
             auto* k = &ln_bwd_reg_kernel<T, C, false>;
-            const Chunks ch = make_chunks(op, 1, rows, resident_blocks(k, kThreads, dev), kWarps);
+            const Chunks ch =
+                make_chunks(op, 1, rows, rt::resident_blocks(k, kThreads, dev), kWarps);
             a.seg_len = rows;
             a.rpc = ch.rpc;
             a.K = ch.K;
@@ -1152,7 +1145,8 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
           const int v = vec ? V : 1;
           const int threads = col_threads(D / v);
           auto* ck = vec ? &col_kernel<T, V> : &col_kernel<T, 1>;
-          const Chunks ch = make_chunks(op, nseg, seg_len, resident_blocks(ck, threads, dev), 64);
+          const Chunks ch =
+              make_chunks(op, nseg, seg_len, rt::resident_blocks(ck, threads, dev), 64);
           K = ch.K;
           part = Tensor::empty(Shape{2 * nseg * K * D64}, acc_dtype(x.dtype()), x.device());
           c.pw = static_cast<A*>(part.raw_data());
@@ -1282,7 +1276,7 @@ void col_backward(const char* op, int kind, const Tensor& gy, const Tensor& x, c
       const int v = vec ? V : 1;
       const int threads = col_threads(D / v);
       auto* k = vec ? &col_kernel<T_, V> : &col_kernel<T_, 1>;
-      const Chunks ch = make_chunks(op, N, T, resident_blocks(k, threads, dev), 64);
+      const Chunks ch = make_chunks(op, N, T, rt::resident_blocks(k, threads, dev), 64);
       const bool with_b = sum_b.defined();
       const int64_t plane = N * ch.K * D64;
       Tensor part =
@@ -1390,7 +1384,8 @@ void groupnorm_cuda(const OpCall& c) {
       a.rstd = ptr<T>(c.out[2]);
       const bool vec = g.S % V == 0 && all_aligned({a.x, a.y});
       auto* k = vec ? &gn_fwd_kernel<T, V> : &gn_fwd_kernel<T, 1>;
-      const auto grid = static_cast<unsigned>(std::min(g.NG, resident_blocks(k, kThreads, dev)));
+      const auto grid =
+          static_cast<unsigned>(std::min(g.NG, rt::resident_blocks(k, kThreads, dev)));
       PSVAE_LAUNCH(grid, kThreads, 0, s, k)(a);
     });
   });
@@ -1439,7 +1434,8 @@ void groupnorm_bwd_cuda(const OpCall& c) {
       }
       const bool vec = g.S % V == 0 && all_aligned({a.gy, a.x, a.y});
       auto* k = vec ? &gn_bwd_kernel<T, V> : &gn_bwd_kernel<T, 1>;
-      const auto grid = static_cast<unsigned>(std::min(g.NG, resident_blocks(k, kThreads, dev)));
+      const auto grid =
+          static_cast<unsigned>(std::min(g.NG, rt::resident_blocks(k, kThreads, dev)));
       PSVAE_LAUNCH(grid, kThreads, 0, s, k)(a);
       if (affine) {
         reduce_partials<T>(a.pw, ptr<T>(c.out[1]), 1, K, g.C, s, dev);

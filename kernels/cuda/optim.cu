@@ -386,11 +386,7 @@ __global__ void __launch_bounds__(kThreads)
 // The occupancy is queried once per kernel (every device is taken to be the same model).
 template <auto Kernel>
 unsigned resident_grid(int64_t packs, int dev) {
-  static const int per_sm = [] {
-    int b = 0;
-    PSVAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, Kernel, kThreads, 0));
-    return std::max(b, 1);
-  }();
+  static const int per_sm = rt::blocks_per_sm(Kernel, kThreads);
   const int64_t cap = static_cast<int64_t>(per_sm) * rt::sm_count(dev);
   return static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>(cap, (packs + kThreads - 1) / kThreads)));

@@ -6,7 +6,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+
+#include "tensor/cuda/cuda_check.cuh"
 
 // kernel<<<grid, block, smem, stream>>>(args...) is written
 //   PSVAE_LAUNCH(grid, block, smem, stream, kernel)(args...)
@@ -60,6 +63,26 @@ inline unsigned grid_for(int64_t work_items, int device) {
   int64_t blocks = (work_items + kBlockThreads - 1) / kBlockThreads;
   int64_t cap = static_cast<int64_t>(sm_count(device)) * 8;
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(blocks, cap)));
+}
+
+// Blocks of `kernel` (`threads` per block, `smem` bytes of dynamic shared memory) that are
+// resident at once on one SM, at least 1, by the occupancy calculator. Above 48 KiB of dynamic
+// shared memory the kernel is first opted into that much (cudaFuncSetAttribute; the calculator
+// answers 0 without it, and the launch needs it too).
+template <class Kernel>
+int blocks_per_sm(Kernel kernel, int threads, size_t smem = 0) {
+  if (smem > 48 * 1024)
+    PSVAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+  int per_sm = 0;
+  PSVAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return std::max(per_sm, 1);
+}
+
+// The same on the whole of `device`: blocks_per_sm x SMs, one full wave.
+template <class Kernel>
+int64_t resident_blocks(Kernel kernel, int threads, int device, size_t smem = 0) {
+  return static_cast<int64_t>(blocks_per_sm(kernel, threads, smem)) * sm_count(device);
 }
 
 // Index of this thread in a grid-stride loop and the stride, in 64 bits (tensors may exceed 2^31

@@ -139,16 +139,18 @@ void wgmma_wait(int pending_groups);  // retire every committed group but the ne
 void mbarrier_init(uint32_t bar, int count);
 // mbarrier.arrive (expect_tx_bytes == 0) or mbarrier.arrive.expect_tx: adds the bytes to the
 // phase's transaction count, then arrives. The phase completes when every expected arrival has
-// come and the transaction count is back to zero.
+// come and the transaction count is back to zero; an arrival that completes it yields, so the
+// waiters may run before the arriving thread goes on.
 void mbarrier_arrive(uint32_t bar, uint32_t expect_tx_bytes);
 // Loops on mbarrier.try_wait.parity until the phase of that parity has completed (the current
 // phase's parity differs), yielding to the other threads meanwhile.
 void mbarrier_wait(uint32_t bar, int parity);
-// cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes: the box of
-// `tensor_map` (a CUtensorMap the emulated cuTensorMapEncodeTiled wrote) at coordinates
-// (c0, c1, c2) into shared memory at window address `dst` (128-byte aligned), out-of-bounds
-// elements as zeros, 16-byte chunks swizzled as the map says; completes the box's bytes on `bar`.
-void tma_load(uint32_t dst, const void* tensor_map, int c0, int c1, int c2, uint32_t bar);
+// cp.async.bulk.tensor.<rank>d.shared::cluster.global.tile.mbarrier::complete_tx::bytes: the box
+// of `tensor_map` (a CUtensorMap the emulated cuTensorMapEncodeTiled wrote) at coordinates
+// coords[0 .. rank) (innermost first) into shared memory at window address `dst` (128-byte
+// aligned), out-of-bounds elements as zeros, 16-byte chunks swizzled as the map says; completes
+// the box's bytes on `bar`. rank must be the map's (as the instruction's .<rank>d must).
+void tma_load(uint32_t dst, const void* tensor_map, const int* coords, int rank, uint32_t bar);
 // setmaxnreg.{inc,dec}.sync.aligned.u32: registers are not modelled; the count is checked (a
 // multiple of 8 in 24..256, as the ISA requires).
 void setmaxnreg(int regs);

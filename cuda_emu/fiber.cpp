@@ -166,7 +166,7 @@ struct MBarrier {
 struct TmaCopy {
   uint32_t dst;
   TensorMap map;
-  int c[3];
+  int c[TensorMap::kMaxRank];  // the box's first element; 0 past the map's rank
   uint32_t bar;
 };
 
@@ -812,27 +812,29 @@ void mbar_maybe_complete(uint32_t bar, MBarrier& m) {
 // its mbarrier.
 void land_tma(const TmaCopy& c) {
   const TensorMap& m = c.map;
-  const uint64_t box_bytes = uint64_t(m.box[0]) * m.box[1] * m.box[2] * m.elem;
+  constexpr int kR = TensorMap::kMaxRank;
+  uint64_t box_elems = 1;
+  for (int d = 0; d < kR; ++d) box_elems *= m.box[d];
+  const uint64_t box_bytes = box_elems * m.elem;
   window_bytes(c.dst, box_bytes, "bulk tensor copy: the box runs past the dynamic shared memory");
-  uint64_t o = 0;
-  for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
-    for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
-      for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, o += m.elem) {
-        const int64_t g[3] = {int64_t(c.c[0]) + i0, int64_t(c.c[1]) + i1, int64_t(c.c[2]) + i2};
-        bool inside = true;
-        uint64_t src = 0;
-        for (int d = 0; d < 3; ++d) {
-          inside = inside && g[d] >= 0 && static_cast<uint64_t>(g[d]) < m.dim[d];
-          src += static_cast<uint64_t>(g[d]) * m.stride[d];
-        }
-        uint32_t addr = c.dst + static_cast<uint32_t>(o);
-        if (m.swizzle_bytes == 128) addr ^= ((addr >> 7) & 7) << 4;
-        unsigned char* dst = g_dynamic_smem + (addr - kSmemWindowBase);
-        if (inside)
-          std::memcpy(dst, m.base + src, m.elem);
-        else
-          std::memset(dst, 0, m.elem);
-      }
+  uint32_t i[kR] = {};  // the element's index in the box, innermost first
+  for (uint64_t o = 0; o < box_bytes; o += m.elem) {
+    bool inside = true;
+    uint64_t src = 0;
+    for (int d = 0; d < kR; ++d) {
+      const int64_t g = int64_t(c.c[d]) + i[d];
+      inside = inside && g >= 0 && static_cast<uint64_t>(g) < m.dim[d];
+      src += static_cast<uint64_t>(g) * m.stride[d];
+    }
+    uint32_t addr = c.dst + static_cast<uint32_t>(o);
+    if (m.swizzle_bytes == 128) addr ^= ((addr >> 7) & 7) << 4;
+    unsigned char* dst = g_dynamic_smem + (addr - kSmemWindowBase);
+    if (inside)
+      std::memcpy(dst, m.base + src, m.elem);
+    else
+      std::memset(dst, 0, m.elem);
+    for (int d = 0; d < kR && ++i[d] == m.box[d]; ++d) i[d] = 0;  // the next index, odometer-wise
+  }
   MBarrier& bar = mbar_state(c.bar);
   bar.tx -= static_cast<int64_t>(box_bytes);
   mbar_maybe_complete(c.bar, bar);
@@ -855,7 +857,19 @@ void mbarrier_arrive(uint32_t bar, uint32_t expect_tx_bytes) {
   if (m.pending == 0) fail("mbarrier.arrive: more arrivals than the phase expects");
   m.tx += expect_tx_bytes;
   --m.pending;
+  const uint32_t phase = m.phase;
   mbar_maybe_complete(bar, m);
+  // An arrival that completes a phase lets its waiters run on, on a GPU possibly before the
+  // arriving thread's next instruction: yield to them (they run before it in the next round).
+  // Without this a thread that frees a buffer (arrives) and only then waits for its own last read
+  // of it (wgmma.wait_group), or stores what its arrival should have published, is never
+  // overtaken. (Only completing arrivals yield: a yield at every arrival would also split a copy
+  // producer's arrive.expect_tx from its copy, which hides the first race in index order.)
+  if (m.phase != phase) {
+    Fiber* f = g_sched.cur;
+    to_scheduler();
+    f->state = State::Ready;
+  }
 }
 
 void mbarrier_wait(uint32_t bar, int parity) {
@@ -883,11 +897,14 @@ void mbarrier_wait(uint32_t bar, int parity) {
   }
 }
 
-void tma_load(uint32_t dst, const void* tensor_map, int c0, int c1, int c2, uint32_t bar) {
-  TmaCopy c{dst, {}, {c0, c1, c2}, bar};
+void tma_load(uint32_t dst, const void* tensor_map, const int* coords, int rank, uint32_t bar) {
+  TmaCopy c{dst, {}, {}, bar};
   std::memcpy(&c.map, tensor_map, sizeof c.map);
   if (c.map.magic != TensorMap::kMagic)
     fail("bulk tensor copy: the tensor map was not written by cuTensorMapEncodeTiled");
+  if (static_cast<uint32_t>(rank) != c.map.rank)
+    fail("bulk tensor copy: the instruction's dimensions differ from the tensor map's rank");
+  for (int d = 0; d < rank; ++d) c.c[d] = coords[d];
   if (dst % 128 != 0)
     fail("bulk tensor copy: the shared-memory destination is not 128-byte aligned");
   if (c.map.swizzle_bytes == 128 && dst % 1024 != 0)

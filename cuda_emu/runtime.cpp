@@ -79,7 +79,7 @@ cudaError_t check_device(int d) {
 }
 
 // cuTensorMapEncodeTiled as the CUDA driver API documents it, for what the emulator models: tiled
-// maps of rank 1..3, no interleave, unit element strides, no swizzle or the 128-byte one. The
+// maps of rank 1..5, no interleave, unit element strides, no swizzle or the 128-byte one. The
 // documented requirements are checked (the global address 16-byte aligned, dimensions in
 // 1..2^32, strides multiples of 16 below 2^40, box sizes in 1..256 with an inner extent that is
 // a multiple of 16 bytes and at most the swizzle span); a map outside what is modelled is
@@ -106,7 +106,8 @@ CUresult encode_tiled(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t ran
     case CU_TENSOR_MAP_DATA_TYPE_FLOAT32: elem = 4; break;
     default: return bad("data type not modelled");
   }
-  if (rank < 1 || rank > 3) return bad("rank " + std::to_string(rank) + " (modelled: 1..3)");
+  if (rank < 1 || rank > cuda_emu::TensorMap::kMaxRank)
+    return bad("rank " + std::to_string(rank) + " (modelled: 1..5)");
   if (!address || (reinterpret_cast<uintptr_t>(address) & 15) != 0)
     return bad("the global address is not 16-byte aligned");
   if (interleave != CU_TENSOR_MAP_INTERLEAVE_NONE) return bad("interleave not modelled");
@@ -122,7 +123,7 @@ CUresult encode_tiled(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t ran
   m.rank = rank;
   m.elem = elem;
   m.swizzle_bytes = span;
-  for (uint32_t i = 0; i < 3; ++i) {
+  for (int i = 0; i < cuda_emu::TensorMap::kMaxRank; ++i) {
     m.dim[i] = 1;
     m.box[i] = 1;
   }

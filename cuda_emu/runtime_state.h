@@ -24,13 +24,14 @@ void set_launch_error(cudaError_t code, const std::string& message);
 // else passed as one.
 struct TensorMap {
   static constexpr uint64_t kMagic = 0x70737661652d746dull;  // "psvae-tm"
+  static constexpr int kMaxRank = 5;                         // the driver's limit for tiled maps
   uint64_t magic;
   const unsigned char* base;
-  uint64_t dim[3];         // elements per dimension (1 past the rank)
-  uint64_t stride[3];      // bytes between consecutive indices (stride[0] = the element size)
-  uint32_t box[3];         // the box a copy moves (1 past the rank)
-  uint32_t rank, elem;     // rank; bytes per element
-  uint32_t swizzle_bytes;  // 0 (none) or 128: the modelled modes
+  uint64_t dim[kMaxRank];     // elements per dimension (1 past the rank)
+  uint64_t stride[kMaxRank];  // bytes between consecutive indices (stride[0] = the element size)
+  uint32_t box[kMaxRank];     // the box a copy moves (1 past the rank)
+  uint32_t rank, elem;        // rank; bytes per element
+  uint32_t swizzle_bytes;     // 0 (none) or 128: the modelled modes
 };
 static_assert(sizeof(TensorMap) <= 128, "a CUtensorMap holds 128 bytes");
 

@@ -19,8 +19,13 @@
 // The MMA forward's kernel (environment variable PSVAE_ATTN_FWD, read at every call):
 //   auto (default), mma  mma.sync, FlashAttention-2's structure (attention_fwd.cu), any sm_80+;
 //   wgmma                 Hopper's warpgroup MMA (attention_fwd_wgmma_sm90a.cu), FlashAttention-3's
-//                         products; an error on a device without sm_90a. Not yet the default:
-//                         no GPU has measured it (docs/kernels.md).
+//                         products; an error on a device without sm_90a;
+//   wgmma_tma             the same products with FlashAttention-3's warp specialisation (a TMA
+//                         copy warpgroup) and intra-warpgroup pipelining
+//                         (attention_fwd_wgmma_tma_sm90a.cu); an error without sm_90a or without
+//                         the driver's tensor-map encoder.
+//                         Neither wgmma kernel is the default yet: no GPU has measured them
+//                         (docs/kernels.md).
 //
 // The MMA backward's form (environment variable PSVAE_ATTN_BWD, read at every call; the SIMT
 // backward has one form, split):
@@ -112,14 +117,17 @@ Path choose_path(const char* op, DType dt, const Dims& n,
   return mma_ok ? Path::kMma : Path::kSimt;
 }
 
-// The MMA forward's kernel for this call: PSVAE_ATTN_FWD (see the top of the file); true for
-// wgmma. Read (and a bad value refused) on every call, whichever path the call takes.
-bool choose_fwd_wgmma(const char* op) {
+enum class FwdKernel { kMma, kWgmma, kWgmmaTma };
+
+// The MMA forward's kernel for this call: PSVAE_ATTN_FWD (see the top of the file). Read (and a
+// bad value refused) on every call, whichever path the call takes.
+FwdKernel choose_fwd_kernel(const char* op) {
   const char* env = std::getenv("PSVAE_ATTN_FWD");
   const std::string mode = env ? env : "";
-  if (mode.empty() || mode == "auto" || mode == "mma") return false;
-  if (mode != "wgmma") fail(op, "PSVAE_ATTN_FWD must be auto, mma or wgmma, got '" + mode + "'");
-  return true;
+  if (mode.empty() || mode == "auto" || mode == "mma") return FwdKernel::kMma;
+  if (mode == "wgmma") return FwdKernel::kWgmma;
+  if (mode == "wgmma_tma") return FwdKernel::kWgmmaTma;
+  fail(op, "PSVAE_ATTN_FWD must be auto, mma, wgmma or wgmma_tma, got '" + mode + "'");
 }
 
 // The MMA backward's form for this call: PSVAE_ATTN_BWD (see the top of the file).
@@ -145,7 +153,7 @@ void attention_cuda(const OpCall& c) {
   check_tensor(op, "o", c.out[0], Shape({n.B, n.Tq, n.H, n.dv}), dt);
   check_tensor(op, "lse", c.out[1], Shape({n.B, n.H, n.Tq}), dt);
   const Path path = choose_path(op, dt, n, {&q, &k, &v, &c.out[0], &c.out[1]});
-  const bool wgmma = choose_fwd_wgmma(op);
+  const FwdKernel kernel = choose_fwd_kernel(op);
   if (n.B * n.H * n.Tq == 0) return;  // o and lse are empty
 
   attn::FwdArgs a{};
@@ -158,14 +166,20 @@ void attention_cuda(const OpCall& c) {
   a.n = n;
   a.scale = c.reals[0];
   launch_on(q.device(), [&](cudaStream_t s, int dev) {
-    if (path == Path::kSimt)
+    if (path == Path::kSimt) {
       attn::launch_fwd_simt(a, dt, s);
-    else if (wgmma && !detail::gemm_wgmma_available(dev))
-      fail(op, std::string("PSVAE_ATTN_FWD=wgmma") + kNeedsSm90a);
-    else if (wgmma)
+    } else if (kernel == FwdKernel::kWgmma) {
+      if (!detail::gemm_wgmma_available(dev))
+        fail(op, std::string("PSVAE_ATTN_FWD=wgmma") + kNeedsSm90a);
       attn::launch_fwd_wgmma(a, s);
-    else
+    } else if (kernel == FwdKernel::kWgmmaTma) {
+      if (!detail::gemm_wgmma_tma_available(dev))
+        fail(op, std::string("PSVAE_ATTN_FWD=wgmma_tma") + kNeedsSm90a +
+                     " and a driver with cuTensorMapEncodeTiled");
+      attn::launch_fwd_wgmma_tma(a, s);
+    } else {
       attn::launch_fwd_mma(a, s);
+    }
   });
 }
 

@@ -108,8 +108,9 @@ constexpr int64_t kMaxHeadDim = 128;
 
 // ---- host launchers (attention_fwd.cu, attention_bwd.cu) ---------------------------------------
 void launch_fwd_simt(const FwdArgs& a, DType dt, cudaStream_t s);
-void launch_fwd_mma(const FwdArgs& a, cudaStream_t s);    // bf16
-void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t s);  // bf16, sm_90a
+void launch_fwd_mma(const FwdArgs& a, cudaStream_t s);        // bf16
+void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t s);      // bf16, sm_90a
+void launch_fwd_wgmma_tma(const FwdArgs& a, cudaStream_t s);  // bf16, sm_90a, TMA
 void launch_rowdot(const BwdArgs& a, DType dt, cudaStream_t s, int dev);
 void launch_bwd_simt(const BwdArgs& a, DType dt, cudaStream_t s);
 void launch_bwd_mma(const BwdArgs& a, BwdVariant variant, cudaStream_t s, int dev);  // bf16
@@ -135,13 +136,13 @@ inline int mma_capacity(int64_t dmax) {
 
 // Opts a kernel into more than the default 48 KB of dynamic shared memory (up to 227 KB on
 // sm_90), then launches it.
-template <class Kernel, class Args>
+template <class Kernel, class... Args>
 void launch_big_smem(Kernel kernel, unsigned blocks, int threads, size_t smem, cudaStream_t s,
-                     const Args& a) {
+                     const Args&... a) {
   if (smem > 48 * 1024)
     PSVAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
-  PSVAE_LAUNCH(blocks, threads, smem, s, kernel)(a);
+  PSVAE_LAUNCH(blocks, threads, smem, s, kernel)(a...);
   PSVAE_CUDA_CHECK(cudaGetLastError());
 }
 

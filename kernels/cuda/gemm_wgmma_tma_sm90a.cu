@@ -40,6 +40,7 @@
 
 #include "kernels/cuda/gemm_tile_common.cuh"
 #include "kernels/cuda/mma_sm90.cuh"
+#include "kernels/cuda/tensor_map.h"
 #include "tensor/cuda/cuda_check.cuh"
 #include "tensor/cuda/launch.cuh"
 
@@ -138,25 +139,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// cuTensorMapEncodeTiled, fetched from the driver through the runtime (no link against libcuda),
-// once; null when the driver lacks it.
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-EncodeTiled encoder() {
-  static const EncodeTiled fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
-                                                           cudaEnableDefault, &q);
-    if (e != cudaSuccess) (void)cudaGetLastError();  // not an error of the caller's work
-    return e == cudaSuccess && q == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiled>(f)
-                                                                : nullptr;
-  }();
-  return fn;
-}
-
 // One operand as a 3-D map: `rows` rows of `inner` contiguous bf16, `ld` elements apart, in
 // `batch` entries `batch_stride` apart; boxes of 64 inner x box_rows x 1, 128-byte swizzle, zeros
 // outside. Returns the driver's result (CUDA_SUCCESS or why not).
@@ -164,19 +146,14 @@ CUresult encode(CUtensorMap* map, const bf16_t* base, int64_t inner, int64_t row
                 int64_t batch, int64_t batch_stride, uint32_t box_rows) {
   // K = 0 gives an empty operand, which a map cannot describe; no copy is issued then (no slab),
   // so a 1-element extent stands in.
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(std::max<int64_t>(inner, 1)),
-                              static_cast<cuuint64_t>(std::max<int64_t>(rows, 1)),
-                              static_cast<cuuint64_t>(batch)};
+  const uint64_t dims[3] = {static_cast<uint64_t>(std::max<int64_t>(inner, 1)),
+                            static_cast<uint64_t>(std::max<int64_t>(rows, 1)),
+                            static_cast<uint64_t>(batch)};
   // With one entry the batch stride is never stepped; the matrix's own size stands in for it.
   const int64_t bstride = batch > 1 ? batch_stride : ld * std::max<int64_t>(rows, 1);
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(ld) * 2,
-                                 static_cast<cuuint64_t>(bstride) * 2};
-  const cuuint32_t box[3] = {static_cast<cuuint32_t>(kBK), box_rows, 1};
-  const cuuint32_t unit[3] = {1, 1, 1};
-  return encoder()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
-                   const_cast<void*>(static_cast<const void*>(base)), dims, strides, box, unit,
-                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const uint64_t strides[2] = {static_cast<uint64_t>(ld) * 2, static_cast<uint64_t>(bstride) * 2};
+  const uint32_t box[3] = {static_cast<uint32_t>(kBK), box_rows, 1};
+  return encode_bf16_sw128(map, base, 3, dims, strides, box);
 }
 
 // Both operands' maps for parameters p over `batch` entries; returns the first failure.
@@ -202,7 +179,9 @@ void launch(const CUtensorMap& a, const CUtensorMap& b, const GemmParams<bf16_t>
 
 }  // namespace
 
-bool wgmma_tma_available(int device) { return wgmma_available(device) && encoder() != nullptr; }
+bool wgmma_tma_available(int device) {
+  return wgmma_available(device) && tensor_map_encoder_available();
+}
 
 bool wgmma_tma_fits(const GemmParams<bf16_t>& p, bool ta, bool tb, int64_t batch) {
   if (batch > 1 && (p.stride_a == 0 || p.stride_b == 0)) return false;  // broadcast: not tried

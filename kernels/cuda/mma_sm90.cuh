@@ -369,12 +369,28 @@ __device__ __forceinline__ void mbarrier_wait(uint32_t bar, int parity) {
 __device__ __forceinline__ void tma_load_3d(uint32_t dst, const void* tensor_map, int c0, int c1,
                                             int c2, uint32_t bar) {
 #ifdef PSVAE_CUDA_EMULATION
-  ::cuda_emu::tma_load(dst, tensor_map, c0, c1, c2, bar);
+  const int c[3] = {c0, c1, c2};
+  ::cuda_emu::tma_load(dst, tensor_map, c, 3, bar);
 #else
   asm volatile(
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+#endif
+}
+
+// The same for a 4-D map, coordinates (c0, c1, c2, c3) innermost first.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tensor_map, int c0, int c1,
+                                            int c2, int c3, uint32_t bar) {
+#ifdef PSVAE_CUDA_EMULATION
+  const int c[4] = {c0, c1, c2, c3};
+  ::cuda_emu::tma_load(dst, tensor_map, c, 4, bar);
+#else
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
       : "memory");
 #endif
 }

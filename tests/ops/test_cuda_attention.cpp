@@ -8,15 +8,14 @@
 // Both implementations are run where they apply, forced through PSVAE_ATTN: the SIMT kernels
 // (every dtype) and the bf16 tensor-core kernels (head dims multiples of 8), whose backward runs
 // in all its forms (PSVAE_ATTN_BWD: fused, where key tiles add to gq in turn, split, and the
-// fused form on Hopper's wgmma) and whose forward runs on both its kernels (PSVAE_ATTN_FWD:
-// mma.sync and wgmma); the wgmma kernels where the device runs sm_90a code, as the emulator
-// does. The
-// cases cover sequence lengths 1 to 4096, head dims 8 to 128 (32, 64, 72, 96, 128 and odd ones),
-// self and cross attention (Tq != Tk both ways), dv != d, no mask, random holes, a batch entry with
-// every key masked and one with nearly every key masked, and the empty edges (Tk = 0, d = 0). The
-// backward of each case is fed o and lse of the f64 reference rounded to the dtype, so both
-// sides differentiate the same forward. Determinism: the backward run twice gives the same bits.
-// Skipped without a CUDA device.
+// fused form on Hopper's wgmma) and whose forward runs on each of its kernels (PSVAE_ATTN_FWD:
+// mma.sync, wgmma, and wgmma with a TMA copy warpgroup); the wgmma kernels where the device runs
+// sm_90a code, as the emulator does. The cases cover sequence lengths 1 to 4096, head dims 8 to 128
+// (32, 64, 72, 96, 128 and odd ones), self and cross attention (Tq != Tk both ways), dv != d, no
+// mask, random holes, a batch entry with every key masked and one with nearly every key masked, and
+// the empty edges (Tk = 0, d = 0). The backward of each case is fed o and lse of the f64 reference
+// rounded to the dtype, so both sides differentiate the same forward. Determinism: the backward run
+// twice gives the same bits. Skipped without a CUDA device.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
@@ -43,8 +42,8 @@ namespace {
 const Device kGpu = Device::cuda(0);
 
 // PSVAE_ATTN (the CUDA attention path: auto, simt, mma), PSVAE_ATTN_FWD (the MMA forward's
-// kernel: auto, mma, wgmma) and PSVAE_ATTN_BWD (the MMA backward's form: auto, fused, split,
-// wgmma) for a scope.
+// kernel: auto, mma, wgmma, wgmma_tma) and PSVAE_ATTN_BWD (the MMA backward's form: auto, fused,
+// split, wgmma) for a scope.
 struct AttnPath : test::EnvScope {
   explicit AttnPath(const char* value) : test::EnvScope("PSVAE_ATTN", value) {}
 };
@@ -75,10 +74,14 @@ std::vector<const char*> bwd_forms(const char* path) {
   return {"fused", "split"};
 }
 
-// The forward kernels of a path: the MMA forward on mma.sync or wgmma; the SIMT forward has one
-// kernel.
+// Whether the device also has the tensor-map encoder, for the TMA forward.
+bool have_wgmma_tma() { return have_wgmma() && kernels::cuda::detail::gemm_wgmma_tma_available(0); }
+
+// The forward kernels of a path: the MMA forward on mma.sync, wgmma or wgmma fed by TMA; the
+// SIMT forward has one kernel.
 std::vector<const char*> fwd_kernels(const char* path) {
   if (std::string(path) != "mma") return {"auto"};
+  if (have_wgmma_tma()) return {"mma", "wgmma", "wgmma_tma"};
   if (have_wgmma()) return {"mma", "wgmma"};
   return {"mma"};
 }
@@ -227,6 +230,9 @@ TEST_CASE("cuda attention: forward and backward match the CPU on both paths") {
       // The same for the wgmma backward (128 keys x 64 queries, 1 block per SM at d = 128): 10
       // query tiles give groups of 2 pairs, a short third; 3 key tiles add to each gq tile.
       {1, 600, 300, 3, 128, 128, 1, 1.0, {DType::BF16}},
+      // The wgmma forwards at head-dim capacity 128 with d <= 64: Q's and K's second slab is
+      // never loaded (the TMA kernel zeroes it once), V's is.
+      {1, 200, 300, 2, 40, 128, 1, 1.0, {DType::BF16}},
   };
   for (const Cfg& c : cases)
     for (DType dt : c.dtypes) check_case(g, c, dt);
@@ -252,15 +258,16 @@ TEST_CASE("cuda attention: forward and backward are bit-identical run to run") {
   Generator g(47);
   const int64_t B = 2, Tq = 300, Tk = 333, H = 2, d = 64;
   for (DType dt : {DType::BF16, DType::F32}) {
-    for (const char* path : {"simt", "mma", "mma split", "mma wgmma"}) {
+    for (const char* path : {"simt", "mma", "mma split", "mma wgmma", "mma wgmma_tma"}) {
       const std::string p = path;
       const bool mma = p.rfind("mma", 0) == 0;
       if (dt != DType::BF16 && mma) continue;
       if (p == "mma wgmma" && !have_wgmma()) continue;
+      if (p == "mma wgmma_tma" && !have_wgmma_tma()) continue;
       CAPTURE(std::string(dtype_name(dt)));
       CAPTURE(p);
       AttnPath force(mma ? "mma" : path);
-      AttnFwd force_fwd(p == "mma wgmma" ? "wgmma" : "mma");
+      AttnFwd force_fwd(p == "mma wgmma" ? "wgmma" : p == "mma wgmma_tma" ? "wgmma_tma" : "mma");
       AttnBwd force_bwd(p == "mma split" ? "split" : p == "mma wgmma" ? "wgmma" : "fused");
       const Tensor mask = make_mask(g, B, Tk, 1).to(kGpu);
       std::vector<Tensor> in = {as_dtype(test::normal(g, {B, Tq, H, d}), dt).to(kGpu),
@@ -299,9 +306,10 @@ TEST_CASE("cuda attention: bad input and a bad PSVAE_ATTN throw naming the op") 
   }
   {
     AttnFwd force("fastest");
-    CHECK_THROWS_WITH_AS(run_fwd(ok, 1.0, DType::F32),
-                         doctest::Contains("attention: PSVAE_ATTN_FWD must be auto, mma or wgmma"),
-                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(
+        run_fwd(ok, 1.0, DType::F32),
+        doctest::Contains("attention: PSVAE_ATTN_FWD must be auto, mma, wgmma or wgmma_tma"),
+        std::invalid_argument);
   }
   {
     AttnBwd force("fastest");

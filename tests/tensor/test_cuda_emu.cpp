@@ -209,14 +209,16 @@ EncodeTiled encoder() {
   return reinterpret_cast<EncodeTiled>(f);
 }
 
-// A 2-D bf16 map of rows x inner elements (row stride ld), boxes of box_inner x box_rows.
+// A bf16 map of rows x inner elements (row stride ld), boxes of box_inner x box_rows, as a 3-D
+// map with one entry in its outer dimension (what tma_load_3d reads: the instruction's
+// dimensions must be the map's).
 CUresult encode_2d(CUtensorMap* m, void* base, uint64_t inner, uint64_t rows, uint64_t ld_bytes,
                    uint32_t box_inner, uint32_t box_rows, CUtensorMapSwizzle swizzle) {
-  const cuuint64_t dims[2] = {inner, rows};
-  const cuuint64_t strides[1] = {ld_bytes};
-  const cuuint32_t box[2] = {box_inner, box_rows};
-  const cuuint32_t unit[2] = {1, 1};
-  return encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, dims, strides, box, unit,
+  const cuuint64_t dims[3] = {inner, rows, 1};
+  const cuuint64_t strides[2] = {ld_bytes, ld_bytes * rows};
+  const cuuint32_t box[3] = {box_inner, box_rows, 1};
+  const cuuint32_t unit[3] = {1, 1, 1};
+  return encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, base, dims, strides, box, unit,
                    CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_NONE,
                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
 }
@@ -258,6 +260,56 @@ __global__ void tma_kernel(const __grid_constant__ CUtensorMap map, float* befor
   }
 }
 
+// One 64 x 8 box of a 4-D (B, T, H, d) bf16 map, the layout of attention's q, k, v, at
+// (c0, h, t0, b): head h's rows t0 .. t0 + 7 of batch entry b, head-dim columns c0 .. c0 + 63.
+// Thread 0 initialises the mbarrier and issues; every thread waits and reads the box back through
+// the 128-byte swizzle into out[r * 64 + i].
+__global__ void tma_4d_kernel(const __grid_constant__ CUtensorMap map, float* out, int c0, int h,
+                              int t0, int b) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  const uint32_t raw = sm90::smem_addr(smem);
+  const uint32_t box = raw + (1024 - raw % 1024) % 1024, bar = box + 1024;
+  const unsigned char* sbox = smem + (box - raw);
+  if (threadIdx.x == 0) {
+    sm90::mbarrier_init(bar, 1);
+    sm90::fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    sm90::mbarrier_arrive(bar, 1024);
+    sm90::tma_load_4d(box, &map, c0, h, t0, b, bar);
+  }
+  sm90::mbarrier_wait(bar, 0);
+  for (int e = static_cast<int>(threadIdx.x); e < 512; e += static_cast<int>(blockDim.x)) {
+    const int r = e / 64, i = e % 64;
+    __nv_bfloat16 v;
+    std::memcpy(&v, sbox + r * 128 + (((i / 8) ^ r) << 4) + 2 * (i % 8), 2);
+    out[e] = __bfloat162float(v);
+  }
+}
+
+// Thread 0 arrives on an mbarrier and only then stores a flag (a store the arrival should have
+// published); thread 1 waits on the barrier and reads the flag into *out.
+__global__ void store_after_arrive_kernel(int* out) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  const uint32_t raw = sm90::smem_addr(smem);
+  const uint32_t bar = raw + 8;
+  int* flag = reinterpret_cast<int*>(smem);
+  if (threadIdx.x == 0) {
+    *flag = 0;
+    sm90::mbarrier_init(bar, 1);
+    sm90::fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    sm90::mbarrier_arrive(bar);
+    *flag = 1;
+  } else {
+    sm90::mbarrier_wait(bar, 0);
+    *out = *flag;
+  }
+}
+
 // The mbarrier misuses the emulator refuses, one per `what` (see the test).
 __global__ void mbarrier_misuse_kernel(const __grid_constant__ CUtensorMap map, int what) {
   PSVAE_DYNAMIC_SMEM(smem);
@@ -279,6 +331,11 @@ __global__ void mbarrier_misuse_kernel(const __grid_constant__ CUtensorMap map, 
     case 4:  // a copy no thread waits for
       sm90::mbarrier_arrive(bar, 1024);
       sm90::tma_load_3d(box, &map, 0, 0, 0, bar);
+      break;
+    case 5:  // a 4-D copy through a 3-D map
+      sm90::mbarrier_arrive(bar, 1024);
+      sm90::tma_load_4d(box, &map, 0, 0, 0, 0, bar);
+      sm90::mbarrier_wait(bar, 0);
       break;
     default: break;
   }
@@ -528,6 +585,62 @@ TEST_CASE(
   cudaFree(out);
 }
 
+TEST_CASE("cuda emulator: a 4-D bulk tensor copy gathers one head's rows, zeros outside") {
+  // (B, T, H, d) = (2, 5, 3, 72), element (b, t, h, c) = b * 128 + t * 16 + h * 4 + c % 4 (exact
+  // in bf16: below 256).
+  const int B = 2, T = 5, H = 3, D = 72;
+  std::vector<__nv_bfloat16> host(static_cast<size_t>(B * T * H * D));
+  auto value = [](int b, int t, int h, int c) {
+    return static_cast<float>(b * 128 + t * 16 + h * 4 + c % 4);
+  };
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t)
+      for (int h = 0; h < H; ++h)
+        for (int c = 0; c < D; ++c)
+          host[((b * T + t) * H + h) * D + c] = __float2bfloat16(value(b, t, h, c));
+  __nv_bfloat16* g = device_copy(host);
+  alignas(64) CUtensorMap map;
+  const cuuint64_t dims[4] = {D, H, T, B};
+  const cuuint64_t strides[3] = {D * 2, H * D * 2, T * H * D * 2};
+  const cuuint32_t box[4] = {64, 1, 8, 1};
+  const cuuint32_t unit[4] = {1, 1, 1, 1};
+  REQUIRE(encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, g, dims, strides, box, unit,
+                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                    CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS);
+  float* out = device_copy(std::vector<float>(512, -1.f));
+  // Columns 64 .. 127 (8 inside: d = 72), rows -1 .. 6 of head 2, batch entry 1 (6 rows inside).
+  for (const int c0 : {0, 64}) {
+    CAPTURE(c0);
+    PSVAE_LAUNCH(1, 64, 4096, nullptr, tma_4d_kernel)(map, out, c0, 2, -1, 1);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    int wrong = 0;
+    for (int r = 0; r < 8; ++r)
+      for (int i = 0; i < 64; ++i) {
+        const int t = r - 1, c = c0 + i;
+        const bool inside = t >= 0 && t < T && c < D;
+        wrong += out[r * 64 + i] != (inside ? value(1, t, 2, c) : 0.f);
+      }
+    CHECK(wrong == 0);
+  }
+  cudaFree(g);
+  cudaFree(out);
+}
+
+TEST_CASE("cuda emulator: an mbarrier arrival yields, so a store after it is overtaken") {
+  // On a GPU the waiter may run on as soon as the phase completes, before the arriving thread's
+  // next store; the emulator yields at the arrival, so in index order thread 1 reads the flag
+  // before thread 0 sets it, and the missing order shows.
+  const cuda_emu::Order saved = cuda_emu::schedule_order();
+  cuda_emu::set_schedule_order(cuda_emu::Order::Forward);
+  int* out = device_copy(std::vector<int>(1, -1));
+  PSVAE_LAUNCH(1, 2, 64, nullptr, store_after_arrive_kernel)(out);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  CHECK(*out == 0);
+  cuda_emu::set_schedule_order(saved);
+  cudaFree(out);
+}
+
 TEST_CASE("cuda emulator: mbarrier misuse and copies no one waits for fail the launch") {
   const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
   cuda_emu::set_async_mode(cuda_emu::AsyncMode::Deferred);  // case 4: the copy stays in flight
@@ -535,9 +648,10 @@ TEST_CASE("cuda emulator: mbarrier misuse and copies no one waits for fail the l
   __nv_bfloat16* g = device_copy(host);
   alignas(64) CUtensorMap map;
   REQUIRE(encode_2d(&map, g, 64, 8, 128, 64, 8, CU_TENSOR_MAP_SWIZZLE_128B) == CUDA_SUCCESS);
-  const char* expect[] = {"waiting on an mbarrier", "before mbarrier.init", "overwritten",
-                          "more arrivals", "no thread waited"};
-  for (int what = 0; what < 5; ++what) {
+  const char* expect[] = {
+      "waiting on an mbarrier", "before mbarrier.init", "overwritten",
+      "more arrivals",          "no thread waited",     "differ from the tensor map's rank"};
+  for (int what = 0; what < 6; ++what) {
     CAPTURE(what);
     (void)cudaGetLastError();
     PSVAE_LAUNCH(1, 32, 4096, nullptr, mbarrier_misuse_kernel)(map, what);

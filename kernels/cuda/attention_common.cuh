@@ -71,7 +71,7 @@ enum class BwdVariant { kFused, kSplit, kWgmma };
 // side and Tk for the key side, so a row of one head is H * d (or H * dv) elements after the
 // previous; lse and D are (B, H, Tq).
 struct HeadAt {
-  int64_t b;                // batch index (the key mask's row)
+  int64_t b, h;             // batch index (the key mask's row), head
   int64_t q, o, k, v, row;  // element offsets of q/gq, o/go, k/gk, v/gv and of lse/D
   int64_t sqk, sv;          // row strides of q/k and of v/o
 };
@@ -80,6 +80,7 @@ __device__ __forceinline__ HeadAt head_at(const Dims& n, int64_t bh) {
   const int64_t b = bh / n.H, h = bh % n.H;
   HeadAt at;
   at.b = b;
+  at.h = h;
   at.q = (b * n.Tq * n.H + h) * n.d;
   at.o = (b * n.Tq * n.H + h) * n.dv;
   at.k = (b * n.Tk * n.H + h) * n.d;

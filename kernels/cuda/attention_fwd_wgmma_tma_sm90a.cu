@@ -98,12 +98,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto k_full = [&](int s) { return bars + 8u * static_cast<uint32_t>(1 + s); };
   auto v_full = [&](int s) { return bars + 8u * static_cast<uint32_t>(1 + kS + s); };
   auto empty = [&](int s) { return bars + 8u * static_cast<uint32_t>(1 + 2 * kS + s); };
+  // Stage s of the K and V rings.
+  auto k_stage = [&](int s) { return k_addr + static_cast<uint32_t>(s * L::kTile); };
+  auto v_stage = [&](int s) { return v_addr + static_cast<uint32_t>(s * L::kTile); };
 
   const Dims n = a.n;
   const int tid = threadIdx.x, wg = tid / kWgThreads;
-  const int64_t ntiles = (n.Tq + kBQ - 1) / kBQ, bh = blockIdx.x / ntiles;
-  const int q0 = static_cast<int>((blockIdx.x % ntiles) * kBQ);
-  const int b = static_cast<int>(bh / n.H), h = static_cast<int>(bh % n.H);
+  const FwdBlock fb = fwd_block<kBQ>(a);  // only its rows and head: the copies need no pointers
+  const HeadAt& at = fb.at;
+  // The copies' coordinates (launch_fwd_wgmma_tma checked that they fit in 32 bits).
+  const int q0 = static_cast<int>(fb.q0), b = static_cast<int>(at.b), h = static_cast<int>(at.h);
   const int nkt = static_cast<int>((n.Tk + kBN - 1) / kBN);
   // Slabs that hold some of the head dim: the others are zeros, written once below.
   const int q_slabs = static_cast<int>((n.d + 63) / 64),
@@ -149,8 +153,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         sm90::mbarrier_arrive(k_full(s));  // releases the bias store
         continue;
       }
-      const uint32_t ks = k_addr + static_cast<uint32_t>(s * L::kTile);
-      const uint32_t vs = v_addr + static_cast<uint32_t>(s * L::kTile);
+      const uint32_t ks = k_stage(s), vs = v_stage(s);
       sm90::mbarrier_arrive(k_full(s), static_cast<uint32_t>(q_slabs * kBN * kSlabRow));
       for (int sl = 0; sl < q_slabs; ++sl)
         sm90::tma_load_4d(ks + sl * kBN * kSlabRow, &map_k, 64 * sl, h, j * kBN, b, k_full(s));
@@ -176,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // S = Q K^T of tile j into s, issued as one group (not waited for).
   auto issue_s = [&](int j) {
-    const uint32_t ks = k_addr + static_cast<uint32_t>((j % kS) * L::kTile);
+    const uint32_t ks = k_stage(j % kS);
 #pragma unroll
     for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
     sm90::fence_operands(s_flat);
@@ -190,7 +193,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   // O += P V of tile j, issued as one group (not waited for).
   auto issue_pv = [&](int j) {
-    const uint32_t vs = v_addr + static_cast<uint32_t>((j % kS) * L::kTile);
+    const uint32_t vs = v_stage(j % kS);
     sm90::mbarrier_wait(v_full(j % kS), (j / kS) & 1);
     sm90::fence_operands(reinterpret_cast<uint32_t(&)[kBN / 4]>(p));
     sm90::wgmma_fence();
@@ -226,8 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     release(nkt - 1);
   }
 
-  const int64_t row0 = q0 + 16 * (ct / 32);  // this warp's 16 rows
-  const HeadAt at = head_at(n, bh);
+  const int64_t row0 = fb.q0 + 16 * (ct / 32);  // this warp's 16 rows
   float inv[2];
   softmax_finish(l, m, inv, elem<bf16_t>(a.lse, at.row), row0, n.Tq, lane);
   mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), at.sv, row0, n.Tq, n.dv, o, inv, lane);

@@ -258,17 +258,25 @@ TEST_CASE("cuda attention: forward and backward are bit-identical run to run") {
   Generator g(47);
   const int64_t B = 2, Tq = 300, Tk = 333, H = 2, d = 64;
   for (DType dt : {DType::BF16, DType::F32}) {
-    for (const char* path : {"simt", "mma", "mma split", "mma wgmma", "mma wgmma_tma"}) {
-      const std::string p = path;
-      const bool mma = p.rfind("mma", 0) == 0;
-      if (dt != DType::BF16 && mma) continue;
-      if (p == "mma wgmma" && !have_wgmma()) continue;
-      if (p == "mma wgmma_tma" && !have_wgmma_tma()) continue;
+    // (PSVAE_ATTN, PSVAE_ATTN_FWD, PSVAE_ATTN_BWD, whether the device runs it)
+    struct Run {
+      const char *path, *fwd, *bwd;
+      bool (*runs)();
+    };
+    auto always = [] { return true; };
+    const Run runs[] = {{"simt", "mma", "fused", always},
+                        {"mma", "mma", "fused", always},
+                        {"mma", "mma", "split", always},
+                        {"mma", "wgmma", "wgmma", have_wgmma},
+                        {"mma", "wgmma_tma", "fused", have_wgmma_tma}};
+    for (const Run& r : runs) {
+      const bool mma = std::string(r.path) == "mma";
+      if ((dt != DType::BF16 && mma) || !r.runs()) continue;
       CAPTURE(std::string(dtype_name(dt)));
-      CAPTURE(p);
-      AttnPath force(mma ? "mma" : path);
-      AttnFwd force_fwd(p == "mma wgmma" ? "wgmma" : p == "mma wgmma_tma" ? "wgmma_tma" : "mma");
-      AttnBwd force_bwd(p == "mma split" ? "split" : p == "mma wgmma" ? "wgmma" : "fused");
+      CAPTURE(std::string(r.path) + " fwd " + r.fwd + " bwd " + r.bwd);
+      AttnPath force(r.path);
+      AttnFwd force_fwd(r.fwd);
+      AttnBwd force_bwd(r.bwd);
       const Tensor mask = make_mask(g, B, Tk, 1).to(kGpu);
       std::vector<Tensor> in = {as_dtype(test::normal(g, {B, Tq, H, d}), dt).to(kGpu),
                                 as_dtype(test::normal(g, {B, Tk, H, d}), dt).to(kGpu),

@@ -223,13 +223,21 @@ CUresult encode_2d(CUtensorMap* m, void* base, uint64_t inner, uint64_t rows, ui
                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
 }
 
+// Element e (row e / 64, column e % 64) of a 64 x 8 bf16 box that a copy with the 128-byte
+// swizzle wrote at sbox: row r's 16-byte chunk c sits at chunk c ^ r.
+__device__ float swizzled_box_elem(const unsigned char* sbox, int e) {
+  const int r = e / 64, i = e % 64;
+  __nv_bfloat16 v;
+  std::memcpy(&v, sbox + r * 128 + (((i / 8) ^ r) << 4) + 2 * (i % 8), 2);
+  return __bfloat162float(v);
+}
+
 // One 64 x 8 box of bf16 (128-byte swizzle) at (c0, c1) through an mbarrier: thread 0 initialises
 // the barrier, announces the 1024 bytes, issues the copy and reads the box's last element before
 // its wait (into *before: the only read ordered after the issue and before the wait); after the
-// wait every thread reads the box back through the swizzle (element (r, i) in 16-byte chunk
-// (i / 8) ^ r of row r) into out[r * 64 + i]. With issuer_waits false thread 0 yields once, then
-// only issues and exits, and threads 1.. read: the copy must land for threads that went to sleep
-// on the mbarrier before it was issued.
+// wait every thread reads the box back (swizzled_box_elem) into out[r * 64 + i]. With issuer_waits
+// false thread 0 yields once, then only issues and exits, and threads 1.. read: the copy must land
+// for threads that went to sleep on the mbarrier before it was issued.
 __global__ void tma_kernel(const __grid_constant__ CUtensorMap map, float* before, float* out,
                            int c0, int c1, bool issuer_waits) {
   PSVAE_DYNAMIC_SMEM(smem);
@@ -253,11 +261,7 @@ __global__ void tma_kernel(const __grid_constant__ CUtensorMap map, float* befor
   }
   sm90::mbarrier_wait(bar, 0);
   const int first = issuer_waits ? t : t - 1, step = blockDim.x - (issuer_waits ? 0 : 1);
-  for (int e = first; e < 512; e += step) {
-    const int r = e / 64, i = e % 64;
-    std::memcpy(&v, sbox + r * 128 + (((i / 8) ^ r) << 4) + 2 * (i % 8), 2);
-    out[e] = __bfloat162float(v);
-  }
+  for (int e = first; e < 512; e += step) out[e] = swizzled_box_elem(sbox, e);
 }
 
 // One 64 x 8 box of a 4-D (B, T, H, d) bf16 map, the layout of attention's q, k, v, at
@@ -280,12 +284,8 @@ __global__ void tma_4d_kernel(const __grid_constant__ CUtensorMap map, float* ou
     sm90::tma_load_4d(box, &map, c0, h, t0, b, bar);
   }
   sm90::mbarrier_wait(bar, 0);
-  for (int e = static_cast<int>(threadIdx.x); e < 512; e += static_cast<int>(blockDim.x)) {
-    const int r = e / 64, i = e % 64;
-    __nv_bfloat16 v;
-    std::memcpy(&v, sbox + r * 128 + (((i / 8) ^ r) << 4) + 2 * (i % 8), 2);
-    out[e] = __bfloat162float(v);
-  }
+  for (int e = static_cast<int>(threadIdx.x); e < 512; e += static_cast<int>(blockDim.x))
+    out[e] = swizzled_box_elem(sbox, e);
 }
 
 // Thread 0 arrives on an mbarrier and only then stores a flag (a store the arrival should have

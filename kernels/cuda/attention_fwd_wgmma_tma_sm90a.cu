@@ -16,24 +16,32 @@
 // Design (bf16 in, fp32 softmax state and accumulators), built for sm_90a alone:
 //   - Block: 384 threads = 3 warpgroups, 128 query rows of one (batch, head) pair. Warpgroup 0
 //     copies (setmaxnreg 24); consumer c = 0, 1 (warpgroups 1, 2; setmaxnreg 240) owns rows
-//     64 c .. 64 c + 63. Key tiles of kBN = 128. Registers: each thread starts with 168 (65536 /
-//     384 rounded down to 8, what __launch_bounds__(384, 1) lets ptxas assume), so the copy
-//     warpgroup frees 128 x 144 and the consumers take 256 x 72 = the same 18432: a request
-//     above what was freed would leave setmaxnreg.inc waiting for ever.
+//     64 c .. 64 c + 63. Registers: each thread starts with 168 (65536 / 384 rounded down to 8,
+//     what __launch_bounds__(384, 1) lets ptxas assume), so the copy warpgroup frees 128 x 144
+//     and the consumers take 256 x 72 = the same 18432: a request above what was freed would
+//     leave setmaxnreg.inc waiting for ever.
+//   - Key tiles of kBN = 128 at kD = 64 and 64 at kD = 128. A consumer thread holds O (kD / 2
+//     fp32), S (kBN / 2) and the previous tile's P (kBN / 4 bf16 pairs) at once, the price of the
+//     pipelining: 32 + 64 + 32 = 128 registers of accumulators at kD = 64, but 64 + 64 + 32 = 160
+//     at kD = 128 with kBN = 128, which ptxas (nvcc 13.0) could not fit in 240 beside the
+//     addresses and the softmax state: 264 bytes of spill and every wgmma serialised (warning
+//     C7512). kBN = 64 there makes it 64 + 32 + 16 = 112, and ptxas fits it (docs/kernels.md,
+//     "Registers and spills"); the price is twice the tiles, so twice the softmax row reductions
+//     and barrier waits per key.
 //   - Head-dim capacity kD = 64 or 128 as the other wgmma kernels (attention_wgmma.cuh: slabs of
 //     64 head-dim columns, row r's 16-byte chunk c at c ^ (r % 8)). The copies are 4-D boxes of
 //     64 columns x 1 head x 128 rows x 1 batch entry over q, k, v in their (B, T, H, d) layout:
 //     rows past T and columns past d arrive as zeros, as the cp.async loader writes them. A slab
 //     wholly past d (or dv) is never copied: it is zeroed once at the start.
-//   - Shared memory: Q (128 rows), a ring of kStages stages of K and V (kBN rows each) and of the
-//     keys' biases, the mbarriers. kD = 128: 32 + 2 x 64 KiB + 1 KiB + 1 KiB of alignment = 162
-//     KiB, 2 stages; kD = 64: 16 + 4 x 32 KiB + ... = 146 KiB, 4 stages (one block per SM
-//     either way: the consumers hold every register).
-//   - mbarriers: q_full (1 arrival + Q's bytes), per stage k_full (the 128 copy threads' arrivals,
-//     each after its key's bias store, one of them with K's bytes), v_full (1 + V's bytes) and
-//     empty (one arrival per consumer once its P V of the stage's tile has retired, after its
-//     softmax read the biases). K and V have separate full barriers so that S(j) may start
-//     before V_j has landed.
+//   - Shared memory: Q (128 rows), a ring of 4 stages of K and V (kBN rows each, 16 KiB either
+//     capacity) and of the keys' biases, the mbarriers. kD = 128: 32 + 4 x 32 KiB + 1 KiB + 1 KiB
+//     of alignment = 162 KiB; kD = 64: 16 + 4 x 32 + 2 + 1 = 147 KiB (one block per SM either
+//     way: the consumers hold every register).
+//   - mbarriers: q_full (1 arrival + Q's bytes), per stage k_full (the kBN first copy threads'
+//     arrivals, each after its key's bias store, one of them with K's bytes), v_full (1 + V's
+//     bytes) and empty (one arrival per consumer once its P V of the stage's tile has retired,
+//     after its softmax read the biases). K and V have separate full barriers so that S(j) may
+//     start before V_j has landed.
 // Semantics, tails and masks as attention_fwd.cu: keys past Tk and masked keys get a -inf bias,
 // a row with no key ends with o = 0 and lse = -inf, rows past Tq are computed on zeros and not
 // stored. Each output element is written by one thread; no atomics.
@@ -51,24 +59,27 @@ namespace psvae::kernels::cuda::attn {
 
 namespace {
 
-constexpr int kThreads = 3 * kWgThreads;  // copy warpgroup + 2 consumers
-constexpr int kBQ = 128;                  // query rows per block, 64 per consumer
-constexpr int kBN = 128;                  // keys per tile: one per copy thread (the biases)
+constexpr int kThreads = 3 * kWgThreads;              // copy warpgroup + 2 consumers
+constexpr int kBQ = 128;                              // query rows per block, 64 per consumer
 constexpr int kEntryRegs = 65536 / kThreads / 8 * 8;  // 168 per thread at the start
 constexpr int kCopyRegs = 24, kConsumerRegs = 240;
 static_assert(kWgThreads * (kEntryRegs - kCopyRegs) >=
                   2 * kWgThreads * (kConsumerRegs - kEntryRegs),
               "the consumers may take only what the copy warpgroup gives back");
 
+constexpr int kStages = 4;  // K/V ring depth
+
+// Keys per tile at capacity kD (the register budget above); one bias per copy thread.
 template <int kD>
-constexpr int stages() {
-  return kD == 128 ? 2 : 4;
+constexpr int key_tile() {
+  return kD == 128 ? 64 : 128;
 }
+static_assert(key_tile<64>() <= kWgThreads && key_tile<128>() <= kWgThreads, "a bias per thread");
 
 // Byte offsets from the 1024-aligned start: Q, K stages, V stages, biases, mbarriers.
 template <int kD>
 struct Layout {
-  static constexpr int kS = stages<kD>();
+  static constexpr int kS = kStages, kBN = key_tile<kD>();
   static constexpr int kTile = tile_bytes<kD>(kBN);  // one K or V stage
   static constexpr int q = 0;
   static constexpr int k = q + tile_bytes<kD>(kBQ);
@@ -88,7 +99,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   __trap();  // compiled for sm_90a only (CMakeLists.txt); this branch is never built
 #else
   using L = Layout<kD>;
-  constexpr int kS = L::kS;
+  constexpr int kS = L::kS, kBN = L::kBN;
   unsigned char* base = swizzle_aligned_smem();
   const uint32_t sbase = sm90::smem_addr(base);
   const uint32_t q_addr = sbase + L::q, k_addr = sbase + L::k, v_addr = sbase + L::v;
@@ -116,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid == 0) {
     sm90::mbarrier_init(q_full, 1);
     for (int s = 0; s < kS; ++s) {
-      sm90::mbarrier_init(k_full(s), kWgThreads);
+      sm90::mbarrier_init(k_full(s), kBN);
       sm90::mbarrier_init(v_full(s), 1);
       sm90::mbarrier_init(empty(s), 2);
     }
@@ -138,8 +149,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();            // barriers initialised, zeros visible: the only block-wide barrier
 
   if (wg == 0) {
-    // The copy warpgroup: thread 0 issues every copy, all 128 write the biases (one key each).
+    // The copy warpgroup: thread 0 issues every copy, the first kBN write the biases (one key
+    // each); at kBN = 64 the other 64 have nothing to do.
     sm90::setmaxnreg_dec<kCopyRegs>();
+    if (tid >= kBN) return;
     if (tid == 0) {
       sm90::mbarrier_arrive(q_full, static_cast<uint32_t>(q_slabs * kBQ * kSlabRow));
       for (int sl = 0; sl < q_slabs; ++sl)
@@ -187,8 +200,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk)
-      sm90::wgmma_m64n128k16_bf16<false, false>(s_flat, kmajor_desc<kBQ>(q_addr, 64 * c, kk),
-                                                kmajor_desc<kBN>(ks, 0, kk));
+      wgmma_ss_kn<kBN>(s_flat, kmajor_desc<kBQ>(q_addr, 64 * c, kk), kmajor_desc<kBN>(ks, 0, kk));
     sm90::wgmma_commit();
   };
   // O += P V of tile j, issued as one group (not waited for).
@@ -236,23 +248,34 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// A (B, T, H, width) bf16 tensor as a 4-D map with boxes of 64 columns x 1 head x 128 rows x 1
+// A (B, T, H, width) bf16 tensor as a 4-D map with boxes of 64 columns x 1 head x `rows` rows x 1
 // entry. T = 0 (no keys) has no map; no copy of it is issued, so a 1-row extent stands in.
-CUresult encode_bthd(CUtensorMap* map, const void* base, const Dims& n, int64_t T, int64_t width) {
+CUresult encode_bthd(CUtensorMap* map, const void* base, const Dims& n, int64_t T, int64_t width,
+                     uint32_t rows) {
   const uint64_t dims[4] = {static_cast<uint64_t>(width), static_cast<uint64_t>(n.H),
                             static_cast<uint64_t>(std::max<int64_t>(T, 1)),
                             static_cast<uint64_t>(n.B)};
   const uint64_t row = static_cast<uint64_t>(width) * 2;  // bytes between heads
   const uint64_t strides[3] = {row, row * n.H, row * n.H * std::max<int64_t>(T, 1)};
-  const uint32_t box[4] = {64, 1, kBN, 1};
-  static_assert(kBN == kBQ, "one box shape serves q, k and v");
+  const uint32_t box[4] = {64, 1, rows, 1};
   return detail::encode_bf16_sw128(map, base, 4, dims, strides, box);
 }
 
 template <int kD>
-void fwd_wgmma_tma(const CUtensorMap& mq, const CUtensorMap& mk, const CUtensorMap& mv,
-                   const FwdArgs& a, cudaStream_t s) {
-  const int64_t blocks = a.n.B * a.n.H * ((a.n.Tq + kBQ - 1) / kBQ);
+void fwd_wgmma_tma(const FwdArgs& a, cudaStream_t s) {
+  const Dims& n = a.n;
+  constexpr uint32_t kBN = key_tile<kD>();
+  alignas(64) CUtensorMap mq, mk, mv;
+  CUresult r = encode_bthd(&mq, a.q, n, n.Tq, n.d, kBQ);
+  if (r == CUDA_SUCCESS) r = encode_bthd(&mk, a.k, n, n.Tk, n.d, kBN);
+  if (r == CUDA_SUCCESS) r = encode_bthd(&mv, a.v, n, n.Tk, n.dv, kBN);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error(
+        "attention: cuTensorMapEncodeTiled refused q, k or v of B=" + std::to_string(n.B) +
+        " Tq=" + std::to_string(n.Tq) + " Tk=" + std::to_string(n.Tk) +
+        " H=" + std::to_string(n.H) + " d=" + std::to_string(n.d) + " dv=" + std::to_string(n.dv) +
+        " (CUresult " + std::to_string(r) + ")");
+  const int64_t blocks = n.B * n.H * ((n.Tq + kBQ - 1) / kBQ);
   if (blocks == 0) return;
   launch_big_smem(fwd_wgmma_tma_kernel<kD>, static_cast<unsigned>(blocks), kThreads,
                   Layout<kD>::bytes, s, mq, mk, mv, a);
@@ -262,24 +285,14 @@ void fwd_wgmma_tma(const CUtensorMap& mq, const CUtensorMap& mk, const CUtensorM
 
 void launch_fwd_wgmma_tma(const FwdArgs& a, cudaStream_t s) {
   const Dims& n = a.n;
-  if (n.Tq > INT32_MAX - kBQ || n.Tk > INT32_MAX - kBN || n.B > INT32_MAX || n.H > INT32_MAX)
+  if (n.Tq > INT32_MAX - kBQ || n.Tk > INT32_MAX - kBQ || n.B > INT32_MAX || n.H > INT32_MAX)
     throw std::runtime_error(
         "attention: PSVAE_ATTN_FWD=wgmma_tma takes sequence lengths, batch "
         "and heads below 2^31 (the copies' coordinates)");
-  alignas(64) CUtensorMap mq, mk, mv;
-  CUresult r = encode_bthd(&mq, a.q, n, n.Tq, n.d);
-  if (r == CUDA_SUCCESS) r = encode_bthd(&mk, a.k, n, n.Tk, n.d);
-  if (r == CUDA_SUCCESS) r = encode_bthd(&mv, a.v, n, n.Tk, n.dv);
-  if (r != CUDA_SUCCESS)
-    throw std::runtime_error(
-        "attention: cuTensorMapEncodeTiled refused q, k or v of B=" + std::to_string(n.B) +
-        " Tq=" + std::to_string(n.Tq) + " Tk=" + std::to_string(n.Tk) +
-        " H=" + std::to_string(n.H) + " d=" + std::to_string(n.d) + " dv=" + std::to_string(n.dv) +
-        " (CUresult " + std::to_string(r) + ")");
   if (std::max(n.d, n.dv) <= 64)
-    fwd_wgmma_tma<64>(mq, mk, mv, a, s);
+    fwd_wgmma_tma<64>(a, s);
   else
-    fwd_wgmma_tma<128>(mq, mk, mv, a, s);
+    fwd_wgmma_tma<128>(a, s);
 }
 
 }  // namespace psvae::kernels::cuda::attn

@@ -8,8 +8,9 @@
 // "mma split" does 7, rebuilding S and dP in a separate dq kernel, and is credited with 5 too so
 // the figures compare with other implementations; on an sm_90a device "mma wgmma" is the fused
 // form on Hopper's warpgroup MMA. The tensor-core forward is timed on both its kernels
-// (PSVAE_ATTN_FWD): "mma" on mma.sync and, on an sm_90a device, "mma wgmma" and "mma wgmma_tma"
-// (the wgmma forward fed by a TMA copy warpgroup, its softmax under the previous tile's P V).
+// (PSVAE_ATTN_FWD): "mma" on mma.sync and, on an sm_90a device, "mma wgmma", "mma wgmma_tma"
+// (the wgmma forward fed by a TMA copy warpgroup, its softmax under the previous tile's P V) and
+// "mma wgmma_pingpong" (that one with its two consumers taking turns at the tensor cores).
 // No key mask, self attention, scale 1/sqrt(d).
 //
 // Also d = 72 at 256 tokens, B = 256, H = 16: DiT-XL's attention (1152 / 16), padded to 80 inside
@@ -107,8 +108,10 @@ int main(int argc, char** argv) {
     if (mma) {
       const bool wgmma = kernels::cuda::detail::gemm_wgmma_available(0);
       if (wgmma) variants.push_back({"fwd", "wgmma", "auto", "mma wgmma"});
-      if (kernels::cuda::detail::gemm_wgmma_tma_available(0))
+      if (kernels::cuda::detail::gemm_wgmma_tma_available(0)) {
         variants.push_back({"fwd", "wgmma_tma", "auto", "mma wgmma_tma"});
+        variants.push_back({"fwd", "wgmma_pingpong", "auto", "mma wgmma_pingpong"});
+      }
       variants.push_back({"bwd", "auto", "fused", "mma fused"});
       variants.push_back({"bwd", "auto", "split", "mma split"});
       if (wgmma) variants.push_back({"bwd", "auto", "wgmma", "mma wgmma"});

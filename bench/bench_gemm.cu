@@ -18,13 +18,16 @@
 //                   tiles), forced with set_gemm_backend(Wgmma); bf16 only, and only where the
 //                   device can run it;
 //   own wgmma_tma   our sm_90a TMA + warp-specialised kernel (gemm_wgmma_tma_sm90a.cu, 128 x 256
-//                   tiles), forced with set_gemm_backend(WgmmaTma); the same conditions;
+//                   tiles), forced with set_gemm_backend(WgmmaTma); the same conditions; its
+//                   persistent grid (one block per SM, PSVAE_GEMM_TMA_GRID=persistent);
+//   own wgmma_tma tiles  the same kernel launched one block per tile (PSVAE_GEMM_TMA_GRID=tiles):
+//                   what the persistent grid gains;
 //   dispatch        gemm() with the Auto rule, as the engine calls it.
 // Columns: time (median, L2 flushed), TFLOP/s (2 M N K per product), % of the cuBLAS bf16 8192^3
 // ceiling measured in this run, and the ratio the issue's targets are about: own / cuBLAS and
 // dispatch / best cuBLASLt (> 1 means faster). A summary at the end gives the geometric means
 // and the worst case over the DiT shapes, against the targets (dispatch >= 0.98x best cuBLASLt,
-// own >= 0.7x cuBLAS), for each of our three bf16 kernels.
+// own >= 0.7x cuBLAS), for each of our bf16 kernel rows.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -32,6 +35,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -220,13 +224,15 @@ double backend_ms(kc::GemmBackend be, const kc::GemmDesc& d, bench::Timer& timer
   return ms;
 }
 
-// Our two sm_90a kernels, each a row of its own.
+// Our two sm_90a kernels, the TMA one under both of its grids, each a row of its own.
 struct Sm90Variant {
   kc::GemmBackend backend;
   const char* row;
+  const char* tma_grid;  // PSVAE_GEMM_TMA_GRID for the run
 };
-constexpr Sm90Variant kSm90[] = {{kc::GemmBackend::Wgmma, "own wgmma"},
-                                 {kc::GemmBackend::WgmmaTma, "own wgmma_tma"}};
+constexpr Sm90Variant kSm90[] = {{kc::GemmBackend::Wgmma, "own wgmma", "persistent"},
+                                 {kc::GemmBackend::WgmmaTma, "own wgmma_tma", "persistent"},
+                                 {kc::GemmBackend::WgmmaTma, "own wgmma_tma tiles", "tiles"}};
 constexpr int kNumSm90 = sizeof(kSm90) / sizeof(kSm90[0]);
 
 struct Summary {
@@ -312,8 +318,10 @@ int main(int argc, char** argv) {
                            ? kc::detail::gemm_wgmma_tma_available(0)
                            : kc::detail::gemm_wgmma_available(0);
       ran_sm90[v] = kc::GemmBackend::Own;
+      setenv("PSVAE_GEMM_TMA_GRID", kSm90[v].tma_grid, 1);  // read at every launch
       sm90_ms[v] =
           dt == DType::BF16 && can ? backend_ms(kSm90[v].backend, d, timer, &ran_sm90[v]) : -1;
+      unsetenv("PSVAE_GEMM_TMA_GRID");
     }
     const double auto_ms = backend_ms(kc::GemmBackend::Auto, d, timer, &ran_auto);
     if (best.best_ms > 0)

@@ -26,9 +26,10 @@
 //     at most 227 KiB (sm_90).
 //   - wgmma (sm_90a) reads shared memory through its descriptors when issued, the earliest a GPU
 //     may, so a tile whose copies have not landed shows. With PSVAE_EMU_ASYNC=eager the two swap
-//     ends: copies land when issued and each wgmma is computed at the wgmma.wait_group that
-//     retires it, so a tile refilled before that wait, or an accumulator read before it, shows.
-//     A thread that exits with wgmma operations not waited for fails the launch.
+//     ends: copies land when issued and each wgmma is computed at a wgmma.wait_group that
+//     retires it, as late as the schedule allows (once for the whole warpgroup, when no thread
+//     can run on without it), so a tile refilled before that wait, or an accumulator read before
+//     it, shows. A thread that exits with wgmma operations not waited for fails the launch.
 //   - mbarriers (sm_90: arrival counts, transaction bytes, phases) and bulk tensor copies (TMA:
 //     cp.async.bulk.tensor, tiled, 128-byte swizzle, zero fill out of bounds) that complete on
 //     them. A thread waiting on a phase yields until the phase completes. The copies follow
@@ -36,6 +37,9 @@
 //     some thread waits on their mbarrier; eager, when issued. An mbarrier whose 8 bytes were
 //     overwritten, used before its init, or over-arrived fails the launch, and so does a block
 //     that ends with copies no one waited for.
+//   - Named barriers (bar.sync / bar.arrive with an id and a count, sm_90 warpgroups' way of
+//     ordering each other): counted per thread, checked for one count per instance, and a block
+//     that ends with an instance half arrived fails.
 //   - It is not a timing model, not a memory-model checker (one fiber runs at a time, every store
 //     is seen at once) and not a PTX interpreter: inline asm does not exist here, so every PTX
 //     wrapper of the project (kernels/cuda/mma_sm80.cuh, mma_sm90.cuh) has an emulated twin.
@@ -83,6 +87,13 @@ int lane_id();           // linear thread index % 32
 
 // ---- barriers and warp collectives (fiber.cpp) -------------------------------------------------
 void syncthreads();
+// bar.sync id, count (wait) or bar.arrive id, count: one arrival at named barrier `id` (1..15; 0
+// is __syncthreads'), whose instance completes when `count` threads (a multiple of 32) have
+// arrived; bar.sync then waits for that. Arrivals are counted per thread where a GPU counts whole
+// warps, so a warp must arrive with all its lanes (as the .aligned forms require). Every arrival
+// at one instance must name the same count; a block that ends with arrivals at an instance that
+// never completed fails (an unmatched bar.arrive: the next use of that id would be off by one).
+void named_barrier(int id, int count, bool wait);
 // Every lane in `mask` deposits `bytes` of `in` into its slot; once all have, `out` receives lane
 // src_of(lane)'s deposit (out may be null: a bare __syncwarp). src_of(lane) outside the warp or
 // the mask returns the caller's own value, as __shfl_*_sync does.
@@ -120,7 +131,8 @@ void wgmma_fence();
 // wgmma.mma_async.m64nNk16.f32.bf16.bf16 with A and B in shared memory: d (n / 2 floats, this
 // thread's accumulator fragment) += A (64 x 16) B (16 x n) for the thread's warpgroup (128
 // consecutive threads). Every lane of the warp must issue it with the same descriptors. Computed
-// when issued, or with PSVAE_EMU_ASYNC=eager when wgmma.wait_group retires its group (fiber.cpp),
+// when issued, or with PSVAE_EMU_ASYNC=eager for the whole warpgroup at a wgmma.wait_group that
+// retires its group, as late as possible (fiber.cpp, retire_warpgroup_group),
 // adding the 16 exact products in f32 in k order; either way it joins the open group.
 // Only the 128-byte swizzle with base offset 0 is modelled; anything else fails the launch.
 void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b);

@@ -26,8 +26,9 @@
 //   "deferred" (the default): each cp.async lands at the wait that retires its group (the latest)
 //     and each wgmma reads shared memory when issued (the earliest), so a read that comes before
 //     the data (a missing wait or barrier) sees the poison or a stale tile;
-//   "eager": each cp.async lands when issued (the earliest) and each wgmma is computed at the wait
-//     that retires it (the latest), so a buffer refilled while a read of it is still due (a
+//   "eager": each cp.async lands when issued (the earliest) and each wgmma is computed at a wait
+//     that retires it, for its whole warpgroup, once no thread of the block can run on without
+//     it (the latest), so a buffer refilled while a read of it is still due (a
 //     pending wgmma, a thread not yet past a barrier) is read after it was overwritten, and an
 //     accumulator read before its wait is stale.
 // Each mode finds one half of the async hazards: read too early, refill too early. Bulk tensor
@@ -96,7 +97,7 @@ cuda_emu_swap_stack:
 #endif
 
 // Spinning: in __nanosleep, runnable (a spin-wait's next poll), see run_block.
-enum class State { Ready, Spinning, AtBarrier, AtWarp, AtMbarrier, Done };
+enum class State { Ready, Spinning, AtBarrier, AtNamedBarrier, AtWarp, AtMbarrier, Done };
 
 // One thread's asynchronous operations of one kind (cp.async copies, wgmma) in commit groups, as
 // the PTX ISA counts them: the open group, then committed groups oldest first. wait(n) retires
@@ -148,9 +149,19 @@ struct Fiber {
     float a_regs[2][16];
   };
   AsyncGroups<Wgmma> wgmma;
-  bool wg_fenced = false;  // a wgmma.fence since the last wgmma.wait_group
-  uint32_t wait_bar = 0;   // State::AtMbarrier: the mbarrier waited on
+  bool wg_fenced = false;   // a wgmma.fence since the last wgmma.wait_group
+  uint64_t wg_retired = 0;  // wgmma groups this thread's waits have retired (the next one's number)
+  bool wg_waiting = false;  // spinning in an eager wgmma.wait_group on a group all have issued
+  uint32_t wait_bar = 0;    // State::AtMbarrier: the mbarrier waited on
+  int wait_named = 0;       // State::AtNamedBarrier: the barrier's id
 };
+
+// A named barrier's instance in flight (bar.sync / bar.arrive with an id and a thread count): the
+// count its first arrival gave (0: none in flight) and the threads arrived so far.
+struct NamedBarrier {
+  int count = 0, arrived = 0;
+};
+constexpr int kNamedBarriers = 16;  // ids 0..15; 0 is __syncthreads' here (named_barrier)
 
 // An mbarrier's state (PTX ISA, "Parallel Synchronization and Communication Instructions:
 // mbarrier"): the arrivals a phase expects, those still pending, the transaction bytes still due
@@ -189,6 +200,8 @@ struct Block {
   std::string error;
   std::map<uint32_t, MBarrier> mbars;  // by shared-window address
   std::deque<TmaCopy> tma;             // deferred bulk tensor copies, in issue order
+  bool wgmma_flush = false;  // eager: the next wgmma waiter computes its group (retire_...)
+  NamedBarrier named[kNamedBarriers];
 };
 
 // Scheduler state of the launching OS thread (launches from several host threads are serialised
@@ -341,18 +354,20 @@ void resume(Fiber& f) {
 }
 
 std::string where_waiting(const Block& b) {
-  int barrier = 0, warp = 0, mbar = 0, spin = 0;
+  int barrier = 0, named = 0, warp = 0, mbar = 0, spin = 0;
   for (int i = 0; i < b.nthreads; ++i) {
     const Fiber& f = fiber(i);
     if (f.state == State::AtBarrier) ++barrier;
+    if (f.state == State::AtNamedBarrier) ++named;
     if (f.state == State::AtWarp) ++warp;
     if (f.state == State::AtMbarrier) ++mbar;
     if (f.state == State::Spinning) ++spin;
   }
-  return std::to_string(barrier) + " thread(s) at __syncthreads, " + std::to_string(warp) +
-         " at a warp collective, " + std::to_string(mbar) + " waiting on an mbarrier, " +
-         std::to_string(spin) + " spinning in __nanosleep on a value no thread will change, " +
-         std::to_string(b.live) + " of " + std::to_string(b.nthreads) + " not yet exited";
+  return std::to_string(barrier) + " thread(s) at __syncthreads, " + std::to_string(named) +
+         " at a named barrier, " + std::to_string(warp) + " at a warp collective, " +
+         std::to_string(mbar) + " waiting on an mbarrier, " + std::to_string(spin) +
+         " spinning in __nanosleep on a value no thread will change, " + std::to_string(b.live) +
+         " of " + std::to_string(b.nthreads) + " not yet exited";
 }
 
 // Runs one block to completion; returns false (b.error set) on a failure.
@@ -364,10 +379,14 @@ bool run_block(Block& b) {
     f.copies.clear();
     f.wgmma.clear();
     f.wg_fenced = false;
+    f.wg_retired = 0;
+    f.wg_waiting = false;
     start_fiber(f);
   }
   b.mbars.clear();
   b.tma.clear();
+  b.wgmma_flush = false;
+  for (NamedBarrier& n : b.named) n = NamedBarrier{};
   g_sched.block = &b;
   static std::vector<int> order;
   for (;;) {
@@ -420,9 +439,24 @@ bool run_block(Block& b) {
                   " bulk tensor copies that no thread waited for on their mbarrier";
         return false;
       }
+      for (int id = 0; id < kNamedBarriers; ++id)
+        if (b.named[id].arrived != 0) {
+          b.error = "the block ended with named barrier " + std::to_string(id) + " holding " +
+                    std::to_string(b.named[id].arrived) + " of its " +
+                    std::to_string(b.named[id].count) + " arrivals (a bar.arrive no one matched)";
+          return false;
+        }
       return true;
     }
     if (!progress) {
+      // Nothing could run but threads waiting for wgmma groups every warp has issued: the
+      // latest moment those complete (PSVAE_EMU_ASYNC=eager; retire_warpgroup_group).
+      bool wgmma_waiters = false;
+      for (int i = 0; i < b.nthreads; ++i) wgmma_waiters = wgmma_waiters || fiber(i).wg_waiting;
+      if (wgmma_waiters && !b.wgmma_flush) {
+        b.wgmma_flush = true;
+        continue;
+      }
       b.error = "deadlock: " + where_waiting(b);
       return false;
     }
@@ -474,6 +508,33 @@ void syncthreads() {
     release_barrier(b);
     return;
   }
+  to_scheduler();
+}
+
+void named_barrier(int id, int count, bool wait) {
+  Block& b = *g_sched.block;
+  Fiber* f = g_sched.cur;
+  if (id < 1 || id >= kNamedBarriers)
+    fail("bar.sync/bar.arrive: barrier id outside 1..15 (0 is __syncthreads')");
+  if (count < 32 || count % 32 != 0 || count > 32 * static_cast<int>(b.warps.size()))
+    fail("bar.sync/bar.arrive: the thread count is not a multiple of 32 up to the block's warps");
+  NamedBarrier& n = b.named[id];
+  if (n.arrived == 0) n.count = count;
+  if (n.count != count) fail("bar.sync/bar.arrive: arrivals at one barrier name different counts");
+  if (++n.arrived == n.count) {
+    n = NamedBarrier{};
+    for (int i = 0; i < b.nthreads; ++i) {
+      Fiber& o = fiber(i);
+      if (o.state == State::AtNamedBarrier && o.wait_named == id) o.state = State::Ready;
+    }
+    // As an mbarrier arrival that completes a phase: the released threads may run first.
+    to_scheduler();
+    f->state = State::Ready;
+    return;
+  }
+  if (!wait) return;
+  f->state = State::AtNamedBarrier;
+  f->wait_named = id;
   to_scheduler();
 }
 
@@ -763,11 +824,69 @@ void wgmma_bf16_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, boo
 
 void wgmma_commit() { g_sched.cur->wgmma.commit(); }
 
+namespace {
+
+// PSVAE_EMU_ASYNC=eager: retires group `seq` (the seq-th this thread committed) for the running
+// thread, computing it for every thread of its warpgroup that has not retired it yet.
+// A wgmma is one operation of the whole warpgroup: it cannot start before all four warps have
+// issued it (A and the accumulators are spread over them), and a warp whose wait_group sees it
+// complete sees all of it complete, its shared-memory reads included (which is why a copy
+// pipeline may let one signalling thread free a stage once its own wait returns). So the group
+// is computed once for all 128 threads, and as late as any schedule allows: the waiters spin
+// until no thread of the block can run on without them (run_block then sets wgmma_flush), so
+// whatever the other threads do before their own waits (a stage freed too early, and its
+// refill) comes first. A warp that never issues the group is a deadlock.
+void retire_warpgroup_group(Fiber* f, uint64_t seq) {
+  Block& b = *g_sched.block;
+  const int first = f->linear / 128 * 128;
+  auto group_of = [&](Fiber& o) -> std::vector<Fiber::Wgmma>& {
+    return o.wgmma.committed[static_cast<size_t>(seq - o.wg_retired)];
+  };
+  for (;;) {
+    bool all = true, pending = false;
+    for (int u = first; u < first + 128; ++u) {
+      Fiber& o = fiber(u);
+      if (o.wg_retired > seq) continue;  // it has waited for the group already
+      if (o.wg_retired + o.wgmma.committed.size() <= seq) {
+        if (o.state == State::Done)
+          fail("wgmma.wait_group: a thread of the warpgroup exited without the group waited for");
+        all = false;
+        continue;
+      }
+      for (const Fiber::Wgmma& op : group_of(o)) pending = pending || op.d != nullptr;
+    }
+    if (all && !pending) return;  // computed by another thread's wait
+    if (all && b.wgmma_flush) break;
+    f->wg_waiting = all;
+    nanosleep_yield();
+    f->wg_waiting = false;
+  }
+  b.wgmma_flush = false;
+  const size_t ops = f->wgmma.committed.front().size();
+  for (int u = first; u < first + 128; ++u) {
+    Fiber& o = fiber(u);
+    if (o.wg_retired > seq) continue;
+    std::vector<Fiber::Wgmma>& group = group_of(o);
+    if (group.size() != ops)
+      fail("wgmma.wait_group: the threads of a warpgroup committed different wgmma groups");
+    for (Fiber::Wgmma& op : group)
+      if (op.d) {
+        run_wgmma(op, u);
+        op.d = nullptr;
+      }
+  }
+}
+
+}  // namespace
+
 void wgmma_wait(int pending_groups) {
   Fiber* f = g_sched.cur;
-  f->wgmma.wait(pending_groups, [f](const Fiber::Wgmma& op) {
-    if (op.d) run_wgmma(op, f->linear);
-  });
+  while (static_cast<int>(f->wgmma.committed.size()) > pending_groups) {
+    // Deferred: every op was computed when issued (d is null); eager: now, warpgroup-wide.
+    if (schedule().async == AsyncMode::Eager) retire_warpgroup_group(f, f->wg_retired);
+    f->wgmma.committed.pop_front();
+    ++f->wg_retired;
+  }
   f->wg_fenced = false;
 }
 

@@ -23,8 +23,10 @@
 //   wgmma_tma             the same products with FlashAttention-3's warp specialisation (a TMA
 //                         copy warpgroup) and intra-warpgroup pipelining
 //                         (attention_fwd_wgmma_tma_sm90a.cu); an error without sm_90a or without
-//                         the driver's tensor-map encoder.
-//                         Neither wgmma kernel is the default yet: no GPU has measured them
+//                         the driver's tensor-map encoder;
+//   wgmma_pingpong        wgmma_tma with FlashAttention-3's ping-pong: the two consumer
+//                         warpgroups take turns at the tensor cores (named barriers).
+//                         No wgmma kernel is the default yet: no GPU has measured them
 //                         (docs/kernels.md).
 //
 // The MMA backward's form (environment variable PSVAE_ATTN_BWD, read at every call; the SIMT
@@ -117,7 +119,7 @@ Path choose_path(const char* op, DType dt, const Dims& n,
   return mma_ok ? Path::kMma : Path::kSimt;
 }
 
-enum class FwdKernel { kMma, kWgmma, kWgmmaTma };
+enum class FwdKernel { kMma, kWgmma, kWgmmaTma, kWgmmaPingPong };
 
 // The MMA forward's kernel for this call: PSVAE_ATTN_FWD (see the top of the file). Read (and a
 // bad value refused) on every call, whichever path the call takes.
@@ -127,7 +129,9 @@ FwdKernel choose_fwd_kernel(const char* op) {
   if (mode.empty() || mode == "auto" || mode == "mma") return FwdKernel::kMma;
   if (mode == "wgmma") return FwdKernel::kWgmma;
   if (mode == "wgmma_tma") return FwdKernel::kWgmmaTma;
-  fail(op, "PSVAE_ATTN_FWD must be auto, mma, wgmma or wgmma_tma, got '" + mode + "'");
+  if (mode == "wgmma_pingpong") return FwdKernel::kWgmmaPingPong;
+  fail(op,
+       "PSVAE_ATTN_FWD must be auto, mma, wgmma, wgmma_tma or wgmma_pingpong, got '" + mode + "'");
 }
 
 // The MMA backward's form for this call: PSVAE_ATTN_BWD (see the top of the file).
@@ -172,11 +176,12 @@ void attention_cuda(const OpCall& c) {
       if (!detail::gemm_wgmma_available(dev))
         fail(op, std::string("PSVAE_ATTN_FWD=wgmma") + kNeedsSm90a);
       attn::launch_fwd_wgmma(a, s);
-    } else if (kernel == FwdKernel::kWgmmaTma) {
+    } else if (kernel == FwdKernel::kWgmmaTma || kernel == FwdKernel::kWgmmaPingPong) {
+      const bool pingpong = kernel == FwdKernel::kWgmmaPingPong;
       if (!detail::gemm_wgmma_tma_available(dev))
-        fail(op, std::string("PSVAE_ATTN_FWD=wgmma_tma") + kNeedsSm90a +
-                     " and a driver with cuTensorMapEncodeTiled");
-      attn::launch_fwd_wgmma_tma(a, s);
+        fail(op, std::string("PSVAE_ATTN_FWD=") + (pingpong ? "wgmma_pingpong" : "wgmma_tma") +
+                     kNeedsSm90a + " and a driver with cuTensorMapEncodeTiled");
+      attn::launch_fwd_wgmma_tma(a, pingpong, s);
     } else {
       attn::launch_fwd_mma(a, s);
     }

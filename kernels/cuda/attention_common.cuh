@@ -109,9 +109,10 @@ constexpr int64_t kMaxHeadDim = 128;
 
 // ---- host launchers (attention_fwd.cu, attention_bwd.cu) ---------------------------------------
 void launch_fwd_simt(const FwdArgs& a, DType dt, cudaStream_t s);
-void launch_fwd_mma(const FwdArgs& a, cudaStream_t s);        // bf16
-void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t s);      // bf16, sm_90a
-void launch_fwd_wgmma_tma(const FwdArgs& a, cudaStream_t s);  // bf16, sm_90a, TMA
+void launch_fwd_mma(const FwdArgs& a, cudaStream_t s);    // bf16
+void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t s);  // bf16, sm_90a
+// bf16, sm_90a, TMA; pingpong: the consumers take turns (PSVAE_ATTN_FWD=wgmma_pingpong)
+void launch_fwd_wgmma_tma(const FwdArgs& a, bool pingpong, cudaStream_t s);
 void launch_rowdot(const BwdArgs& a, DType dt, cudaStream_t s, int dev);
 void launch_bwd_simt(const BwdArgs& a, DType dt, cudaStream_t s);
 void launch_bwd_mma(const BwdArgs& a, BwdVariant variant, cudaStream_t s, int dev);  // bf16

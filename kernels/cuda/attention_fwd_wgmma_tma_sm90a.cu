@@ -10,8 +10,12 @@
 //     O += P(j - 1) V_(j - 1) as two wgmma groups, waits for the first only and runs the softmax
 //     of S(j) while the tensor cores still run the P V; then it waits for that, rescales O and
 //     packs P(j). The exp2 of one tile runs under the MMAs of the one before.
-// Not here (FlashAttention-3's third step): the explicit ping-pong of the two consumers through
-// named barriers; the two interleave on their own.
+//   - optionally (kPingPong: PSVAE_ATTN_FWD=wgmma_pingpong) the ping-pong of the two consumers
+//     (Section 3.1's "pingpong scheduling"): they take turns at issuing their wgmma through two
+//     named barriers (wg_turns.cuh), so that the tensor cores run one consumer's GEMMs while the
+//     other runs its softmax, instead of the two interleaving as the warp schedulers happen to.
+//     A turn is the issue of S(j) and P(j - 1) V(j - 1) (turn 0 only S(0), turn nkt only the last
+//     P V); the waits and the softmax stay outside the turns.
 //
 // Design (bf16 in, fp32 softmax state and accumulators), built for sm_90a alone:
 //   - Block: 384 threads = 3 warpgroups, 128 query rows of one (batch, head) pair. Warpgroup 0
@@ -54,6 +58,7 @@
 
 #include "kernels/cuda/attention_wgmma.cuh"
 #include "kernels/cuda/tensor_map.h"
+#include "kernels/cuda/wg_turns.cuh"
 
 namespace psvae::kernels::cuda::attn {
 
@@ -90,7 +95,7 @@ struct Layout {
   static_assert(bytes <= 227 * 1024, "one block per SM must fit");
 };
 
-template <int kD>
+template <int kD, bool kPingPong>
 __global__ void __launch_bounds__(kThreads, 1)
     fwd_wgmma_tma_kernel(const __grid_constant__ CUtensorMap map_q,
                          const __grid_constant__ CUtensorMap map_k,
@@ -219,16 +224,29 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (ct % kWgThreads == 0) sm90::mbarrier_arrive(empty(j % kS));
   };
 
+  // The consumers' turns at the tensor cores (kPingPong; ids 1, 2: 0 is __syncthreads').
+  const WarpgroupTurns<1> turns{c};
+  auto begin_turn = [&](int i) {
+    if (kPingPong) turns.begin(i);
+  };
+  auto end_turn = [&](int i) {
+    if (kPingPong) turns.end(i, nkt);
+  };
+
   sm90::mbarrier_wait(q_full, 0);
   if (nkt > 0) {
     float alpha[2];
+    begin_turn(0);
     issue_s(0);
+    end_turn(0);
     sm90::wgmma_wait<0>(s_flat);
     softmax_tile<kBN>(s, bias, sl2, t, m, l, alpha);  // O is still 0: alpha is not needed
     pack_a_frags<kBN>(p, s);
     for (int j = 1; j < nkt; ++j) {
-      issue_s(j);                   // the tensor cores' next work ...
-      issue_pv(j - 1);              // ... and the work after it
+      begin_turn(j);
+      issue_s(j);       // the tensor cores' next work ...
+      issue_pv(j - 1);  // ... and the work after it
+      end_turn(j);
       sm90::wgmma_wait<1>(s_flat);  // S(j) has landed; P(j - 1) V(j - 1) may still run
       softmax_tile<kBN>(s, bias + (j % kS) * kBN, sl2, t, m, l, alpha);
       sm90::wgmma_wait<0>(o_flat);
@@ -236,7 +254,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       scale_rows<kD>(o, alpha);
       pack_a_frags<kBN>(p, s);
     }
+    begin_turn(nkt);
     issue_pv(nkt - 1);
+    end_turn(nkt);
     sm90::wgmma_wait<0>(o_flat);
     release(nkt - 1);
   }
@@ -261,7 +281,7 @@ CUresult encode_bthd(CUtensorMap* map, const void* base, const Dims& n, int64_t 
   return detail::encode_bf16_sw128(map, base, 4, dims, strides, box);
 }
 
-template <int kD>
+template <int kD, bool kPingPong>
 void fwd_wgmma_tma(const FwdArgs& a, cudaStream_t s) {
   const Dims& n = a.n;
   constexpr uint32_t kBN = key_tile<kD>();
@@ -277,22 +297,23 @@ void fwd_wgmma_tma(const FwdArgs& a, cudaStream_t s) {
         " (CUresult " + std::to_string(r) + ")");
   const int64_t blocks = n.B * n.H * ((n.Tq + kBQ - 1) / kBQ);
   if (blocks == 0) return;
-  launch_big_smem(fwd_wgmma_tma_kernel<kD>, static_cast<unsigned>(blocks), kThreads,
+  launch_big_smem(fwd_wgmma_tma_kernel<kD, kPingPong>, static_cast<unsigned>(blocks), kThreads,
                   Layout<kD>::bytes, s, mq, mk, mv, a);
 }
 
 }  // namespace
 
-void launch_fwd_wgmma_tma(const FwdArgs& a, cudaStream_t s) {
+void launch_fwd_wgmma_tma(const FwdArgs& a, bool pingpong, cudaStream_t s) {
   const Dims& n = a.n;
   if (n.Tq > INT32_MAX - kBQ || n.Tk > INT32_MAX - kBQ || n.B > INT32_MAX || n.H > INT32_MAX)
     throw std::runtime_error(
-        "attention: PSVAE_ATTN_FWD=wgmma_tma takes sequence lengths, batch "
+        "attention: PSVAE_ATTN_FWD=wgmma_tma and wgmma_pingpong take sequence lengths, batch "
         "and heads below 2^31 (the copies' coordinates)");
-  if (std::max(n.d, n.dv) <= 64)
-    fwd_wgmma_tma<64>(a, s);
+  const bool d64 = std::max(n.d, n.dv) <= 64;
+  if (pingpong)
+    d64 ? fwd_wgmma_tma<64, true>(a, s) : fwd_wgmma_tma<128, true>(a, s);
   else
-    fwd_wgmma_tma<128>(a, s);
+    d64 ? fwd_wgmma_tma<64, false>(a, s) : fwd_wgmma_tma<128, false>(a, s);
 }
 
 }  // namespace psvae::kernels::cuda::attn

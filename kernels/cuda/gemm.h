@@ -16,8 +16,9 @@
 // our kernels with the mma.sync bf16 tile kernel (gemm_mma.cu); Wgmma is our kernels with the
 // sm_90a wgmma tile kernel for bf16 (gemm_wgmma_sm90a.cu) where it can run (an sm_90 device,
 // every 16-byte chunk of A and B aligned), else exactly Own. WgmmaTma is our kernels with the
-// sm_90a TMA + warp-specialised kernel (gemm_wgmma_tma_sm90a.cu, 128 x 256 tiles) where it can
-// run, else Wgmma's choice. gemm_last_backend() says which path ran the last call on this thread
+// sm_90a TMA + warp-specialised kernel (gemm_wgmma_tma_sm90a.cu, 128 x 256 tiles, persistent:
+// env PSVAE_GEMM_TMA_GRID=persistent|tiles) where it can run, else Wgmma's choice.
+// gemm_last_backend() says which path ran the last call on this thread
 // (Wgmma / WgmmaTma only when that kernel did).
 #pragma once
 #include <cstdint>

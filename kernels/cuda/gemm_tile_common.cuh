@@ -110,8 +110,9 @@ __device__ __forceinline__ void store_partial(float* w, int64_t M, int64_t N, in
 
 // ---- one block's tile --------------------------------------------------------------------------
 // Where the block's 128 x kTileN tile (blockIdx.y, blockIdx.x) lies in batch entry blockIdx.z,
-// or, with split-K (batch 1), in K range blockIdx.z; and where its results go. kTransA: A stored
-// (K, M), else (M, K); kTransB: B stored (N, K), else (K, N).
+// or, with split-K (batch 1), in K range blockIdx.z; and where its results go. A persistent
+// kernel, whose blocks each take several tiles, names the tile `b` instead of blockIdx. kTransA: A
+// stored (K, M), else (M, K); kTransB: B stored (N, K), else (K, N).
 template <bool kTransA, bool kTransB, int kTileN = kBN>
 struct BlockTile {
   int64_t m0, n0;                   // the tile's origin in C
@@ -123,12 +124,14 @@ struct BlockTile {
   bf16_t *C, *aux;                  // this entry's C and aux
   float* part;                      // split-K: this split's fp32 tile (row stride N); else null
 
-  __device__ __forceinline__ explicit BlockTile(const GemmParams<bf16_t>& p) {
-    m0 = static_cast<int64_t>(blockIdx.y) * kBM;
-    n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  __device__ __forceinline__ explicit BlockTile(const GemmParams<bf16_t>& p)
+      : BlockTile(p, blockIdx) {}
+  __device__ __forceinline__ BlockTile(const GemmParams<bf16_t>& p, uint3 b) {
+    m0 = static_cast<int64_t>(b.y) * kBM;
+    n0 = static_cast<int64_t>(b.x) * kTileN;
     const bool split = p.partial != nullptr;
-    z = split ? 0 : blockIdx.z;
-    k_begin = split ? static_cast<int64_t>(blockIdx.z) * p.k_split : 0;
+    z = split ? 0 : b.z;
+    k_begin = split ? static_cast<int64_t>(b.z) * p.k_split : 0;
     k_end = split ? std::min(p.K, k_begin + p.k_split) : p.K;
     m_left = p.M - m0;
     n_left = p.N - n0;
@@ -138,7 +141,7 @@ struct BlockTile {
     b_panel = kTransB ? B + n0 * p.ldb : B + n0;
     C = p.C + z * p.stride_c;
     aux = p.aux ? p.aux + z * p.stride_c : nullptr;
-    part = split ? p.partial + static_cast<int64_t>(blockIdx.z) * p.M * p.N : nullptr;
+    part = split ? p.partial + static_cast<int64_t>(b.z) * p.M * p.N : nullptr;
   }
 
   // The adjacent outputs (row, col) and (row, col + 1), absolute in C: raw into the split's

@@ -27,14 +27,24 @@
 //     runs back to back with the copies of up to 3 slabs ahead, and no thread computes an address.
 //   - Epilogue straight from the accumulators (BlockTile::store, shared with the other kernels):
 //     every epilogue and split-K work unchanged.
-//   - Not here: thread-block clusters with multicast, a persistent tile scheduler, a TMA store of
-//     C, stmatrix. Untuned: no GPU has run it yet (docs/kernels.md).
+//   - Persistent (since the fourteenth session): a block takes tiles blockIdx.x, + gridDim.x, ...
+//     of the (n tiles, m tiles, batch or splits) grid, x fastest, and the ring and its barriers'
+//     phases run on across its tiles (one slab counter). So while the consumers store one tile's
+//     accumulators the producer already copies the next tile's first slabs into the stages they
+//     freed, and no block pays a launch, a barrier init and an empty pipeline per tile. The grid
+//     is one block per SM (PSVAE_GEMM_TMA_GRID=persistent, the default) or one per tile
+//     (PSVAE_GEMM_TMA_GRID=tiles: the loop runs once, the kernel as it was before), the same
+//     kernel either way, so the two can be timed against each other.
+//   - Not here: thread-block clusters with multicast, the consumers' epilogue under the other's
+//     mainloop (CUTLASS's ping-pong), a TMA store of C, stmatrix. Untuned: no GPU has run it yet
+//     (docs/kernels.md).
 #include <cuda.h>
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -61,10 +71,22 @@ constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128 x 40 + 256 x 232 
 static_assert(kBM == 128 && kTmaBN == 256, "the layouts below assume 128 x 256 tiles");
 static_assert(kSmemBytes <= 227 * 1024, "one block per SM must fit");
 
+// The tiles of one launch: n tiles x m tiles x (batch entries or K splits), the grid the
+// one-tile-per-block kernels launch; tile i is (i % x, i / x % y, i / (x y)).
+struct TileGrid {
+  uint32_t x, y, z;
+  __device__ __forceinline__ uint3 at(int64_t i) const {
+    return uint3{static_cast<uint32_t>(i % x), static_cast<uint32_t>(i / x % y),
+                 static_cast<uint32_t>(i / (int64_t(x) * y))};
+  }
+  int64_t count() const { return int64_t(x) * y * z; }
+};
+
 template <bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_bf16_wgmma_tma_kernel(const __grid_constant__ CUtensorMap map_a,
-                               const __grid_constant__ CUtensorMap map_b, GemmParams<bf16_t> p) {
+                               const __grid_constant__ CUtensorMap map_b, GemmParams<bf16_t> p,
+                               TileGrid tiles, int64_t ntiles) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // compiled for sm_90a only (CMakeLists.txt); this branch is never built
 #else
@@ -75,8 +97,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto full = [&](int s) { return bars + 8u * static_cast<uint32_t>(s); };
   auto empty = [&](int s) { return bars + 8u * static_cast<uint32_t>(kStages + s); };
   const int tid = threadIdx.x, wg = tid >> 7;
-  const BlockTile<kTransA, kTransB, kTmaBN> t(p);  // origin, K range, outputs
-  const int ktiles = static_cast<int>((t.k_end - t.k_begin + kBK - 1) / kBK);
+  // This block's tiles, and its slabs counted across them: slab `it` uses stage it % kStages in
+  // round it / kStages, for the producer and the consumers alike.
+  const int64_t first = blockIdx.x, step = gridDim.x;
+  auto tile_of = [&](int64_t i) { return BlockTile<kTransA, kTransB, kTmaBN>(p, tiles.at(i)); };
+  auto slabs_of = [&](const BlockTile<kTransA, kTransB, kTmaBN>& t) {
+    return static_cast<int>((t.k_end - t.k_begin + kBK - 1) / kBK);
+  };
 
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -91,24 +118,29 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Producer. Only thread 0 issues; the rest of the warpgroup has nothing left to do.
     sm90::setmaxnreg_dec<kProducerRegs>();
     if (tid != 0) return;
-    const int z = static_cast<int>(t.z), m0 = static_cast<int>(t.m0), n0 = static_cast<int>(t.n0);
-    for (int kt = 0; kt < ktiles; ++kt) {
-      const int s = kt % kStages;
-      sm90::mbarrier_wait(empty(s), ((kt / kStages) & 1) ^ 1);  // its previous slab consumed
-      sm90::mbarrier_arrive(full(s), kStageBytes);
-      const int k0 = static_cast<int>(t.k_begin) + kt * kBK;
-      const uint32_t sa = ring + static_cast<uint32_t>(s) * kStageBytes, sb = sa + kABytes;
-      if (!kTransA) {
-        sm90::tma_load_3d(sa, &map_a, k0, m0, z, full(s));  // (M, K): 64 k x 128 m
-      } else {
-        for (int j = 0; j < kBM / 64; ++j)  // (K, M): 64 m x 64 k blocks
-          sm90::tma_load_3d(sa + j * sm90::kSlabBlockBytes, &map_a, m0 + 64 * j, k0, z, full(s));
-      }
-      if (kTransB) {
-        sm90::tma_load_3d(sb, &map_b, k0, n0, z, full(s));  // (N, K): 64 k x 256 n
-      } else {
-        for (int j = 0; j < kTmaBN / 64; ++j)  // (K, N): 64 n x 64 k blocks
-          sm90::tma_load_3d(sb + j * sm90::kSlabBlockBytes, &map_b, n0 + 64 * j, k0, z, full(s));
+    int64_t it = 0;
+    for (int64_t i = first; i < ntiles; i += step) {
+      const auto t = tile_of(i);
+      const int z = static_cast<int>(t.z), m0 = static_cast<int>(t.m0), n0 = static_cast<int>(t.n0),
+                nk = slabs_of(t);
+      for (int kt = 0; kt < nk; ++kt, ++it) {
+        const int s = static_cast<int>(it % kStages);
+        sm90::mbarrier_wait(empty(s), static_cast<int>((it / kStages) & 1) ^ 1);  // slot free
+        sm90::mbarrier_arrive(full(s), kStageBytes);
+        const int k0 = static_cast<int>(t.k_begin) + kt * kBK;
+        const uint32_t sa = ring + static_cast<uint32_t>(s) * kStageBytes, sb = sa + kABytes;
+        if (!kTransA) {
+          sm90::tma_load_3d(sa, &map_a, k0, m0, z, full(s));  // (M, K): 64 k x 128 m
+        } else {
+          for (int j = 0; j < kBM / 64; ++j)  // (K, M): 64 m x 64 k blocks
+            sm90::tma_load_3d(sa + j * sm90::kSlabBlockBytes, &map_a, m0 + 64 * j, k0, z, full(s));
+        }
+        if (kTransB) {
+          sm90::tma_load_3d(sb, &map_b, k0, n0, z, full(s));  // (N, K): 64 k x 256 n
+        } else {
+          for (int j = 0; j < kTmaBN / 64; ++j)  // (K, N): 64 n x 64 k blocks
+            sm90::tma_load_3d(sb + j * sm90::kSlabBlockBytes, &map_b, n0 + 64 * j, k0, z, full(s));
+        }
       }
     }
     return;
@@ -116,26 +148,35 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Consumers.
   sm90::setmaxnreg_inc<kConsumerRegs>();
-  const int c = wg - 1;  // rows 64 c .. 64 c + 63 of the tile
+  const int c = wg - 1;               // rows 64 c .. 64 c + 63 of each tile
+  auto release = [&](int64_t slab) {  // this consumer is done with slab's stage
+    if (tid % 128 == 0) sm90::mbarrier_arrive(empty(static_cast<int>(slab % kStages)));
+  };
   float acc[128];
+  int64_t it = 0;
+  for (int64_t i = first; i < ntiles; i += step) {
+    const auto t = tile_of(i);
+    const int nk = slabs_of(t);
 #pragma unroll
-  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
-  for (int kt = 0; kt < ktiles; ++kt) {
-    const int s = kt % kStages;
-    sm90::mbarrier_wait(full(s), (kt / kStages) & 1);  // slab kt has landed
-    const uint32_t sa = ring + static_cast<uint32_t>(s) * kStageBytes, sb = sa + kABytes;
-    sm90::wgmma_fence();
+    for (int e = 0; e < 128; ++e) acc[e] = 0.f;
+    for (int kt = 0; kt < nk; ++kt, ++it) {
+      const int s = static_cast<int>(it % kStages);
+      sm90::mbarrier_wait(full(s), static_cast<int>((it / kStages) & 1));  // slab it has landed
+      const uint32_t sa = ring + static_cast<uint32_t>(s) * kStageBytes, sb = sa + kABytes;
+      sm90::wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk)  // A: this consumer's 64 rows; B: all 256 columns
-      sm90::wgmma_m64n256k16_bf16<kTransA, !kTransB>(acc, sm90::slab_desc<kTransA>(sa, c, kk),
-                                                     sm90::slab_desc<!kTransB>(sb, 0, kk));
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<1>(acc);  // slab kt - 1's group is done: its stage may be refilled
-    if (kt > 0 && tid % 128 == 0) sm90::mbarrier_arrive(empty((kt - 1) % kStages));
-  }
-  sm90::wgmma_wait<0>(acc);
+      for (int kk = 0; kk < kBK / 16; ++kk)  // A: this consumer's 64 rows; B: all 256 columns
+        sm90::wgmma_m64n256k16_bf16<kTransA, !kTransB>(acc, sm90::slab_desc<kTransA>(sa, c, kk),
+                                                       sm90::slab_desc<!kTransB>(sb, 0, kk));
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<1>(acc);  // the slab before's group is done: its stage may be refilled
+      if (kt > 0) release(it - 1);
+    }
+    sm90::wgmma_wait<0>(acc);
+    if (nk > 0) release(it - 1);  // the tile's last slab: the next tile's copies may use it
 
-  t.store_wgmma(p, acc, 64 * c);  // this consumer's rows
+    t.store_wgmma(p, acc, 64 * c);  // this consumer's rows, while the next slabs land
+  }
 #endif
 }
 
@@ -168,13 +209,30 @@ CUresult encode_operands(CUtensorMap* a, CUtensorMap* b, const GemmParams<bf16_t
             : encode(b, p.B, p.N, p.K, p.ldb, batch, p.stride_b, 64);
 }
 
+// PSVAE_GEMM_TMA_GRID (read at every launch, a getenv against a GEMM: nothing): "persistent"
+// (default, also unset or empty: one block per SM, each taking every gridDim.x-th tile) or
+// "tiles" (one block per tile). Anything else throws.
+bool persistent_grid() {
+  const char* env = std::getenv("PSVAE_GEMM_TMA_GRID");
+  const std::string v = env ? env : "";
+  if (v.empty() || v == "persistent") return true;
+  if (v == "tiles") return false;
+  throw std::invalid_argument("gemm: PSVAE_GEMM_TMA_GRID must be persistent or tiles, got '" + v +
+                              "'");
+}
+
 template <bool kTA, bool kTB>
 void launch(const CUtensorMap& a, const CUtensorMap& b, const GemmParams<bf16_t>& p, dim3 grid,
             int device, cudaStream_t s) {
   auto kernel = gemm_bf16_wgmma_tma_kernel<kTA, kTB>;
   static std::atomic<uint64_t> done{0};
   raise_smem_limit(kernel, kSmemBytes, device, done);
-  PSVAE_LAUNCH(grid, kThreads, kSmemBytes, s, kernel)(a, b, p);
+  const TileGrid tiles{grid.x, grid.y, grid.z};
+  const int64_t n = tiles.count();
+  const int64_t blocks = std::min<int64_t>(
+      n, persistent_grid() ? static_cast<int64_t>(::psvae::cuda::sm_count(device)) : INT32_MAX);
+  PSVAE_LAUNCH(dim3(static_cast<unsigned>(blocks)), kThreads, kSmemBytes, s, kernel)
+  (a, b, p, tiles, n);
 }
 
 }  // namespace

@@ -1,8 +1,8 @@
 // The PTX of the sm_90a tensor-core paths (kernels/cuda/gemm_wgmma_sm90a.cu,
 // gemm_wgmma_tma_sm90a.cu, attention_{fwd,bwd}_wgmma_sm90a.cu): warpgroup MMA (wgmma.mma_async)
 // with both operands in shared memory or A in registers, its shared-memory matrix descriptors, the
-// fences and waits around it; and the sm_90 pieces the TMA kernel feeds it with: mbarriers, the
-// bulk tensor copy (cp.async.bulk.tensor) and setmaxnreg.
+// fences and waits around it; and the sm_90 pieces the TMA kernels feed it with: mbarriers, the
+// bulk tensor copy (cp.async.bulk.tensor), setmaxnreg and named barriers.
 // wgmma and setmaxnreg exist only on the sm_90a target (compute_90a): files that use this header
 // are named *_sm90a.cu and compiled for that target alone (CMakeLists.txt).
 //
@@ -392,6 +392,30 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tensor_map
       " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
       : "memory");
+#endif
+}
+
+// Named barriers (bar.sync / bar.arrive with an id and a thread count; sm_70 on, used here by the
+// sm_90a kernels): ids 1..15 (0 is __syncthreads'), the count a multiple of 32, every lane of a
+// warp executing the same one. sync arrives and waits for the instance to complete; arrive only
+// counts, so a warpgroup can tell another "go on" without waiting itself. Id and count are
+// immediates: with an id in a register ptxas must assume that every one of the 16 is used.
+template <int kId, int kCount>
+__device__ __forceinline__ void named_barrier_sync() {
+  static_assert(kId >= 1 && kId <= 15 && kCount % 32 == 0, "ids 1..15, whole warps");
+#ifdef PSVAE_CUDA_EMULATION
+  ::cuda_emu::named_barrier(kId, kCount, true);
+#else
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kCount) : "memory");
+#endif
+}
+template <int kId, int kCount>
+__device__ __forceinline__ void named_barrier_arrive() {
+  static_assert(kId >= 1 && kId <= 15 && kCount % 32 == 0, "ids 1..15, whole warps");
+#ifdef PSVAE_CUDA_EMULATION
+  ::cuda_emu::named_barrier(kId, kCount, false);
+#else
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kCount) : "memory");
 #endif
 }
 

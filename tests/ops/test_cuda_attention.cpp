@@ -42,8 +42,8 @@ namespace {
 const Device kGpu = Device::cuda(0);
 
 // PSVAE_ATTN (the CUDA attention path: auto, simt, mma), PSVAE_ATTN_FWD (the MMA forward's
-// kernel: auto, mma, wgmma, wgmma_tma) and PSVAE_ATTN_BWD (the MMA backward's form: auto, fused,
-// split, wgmma) for a scope.
+// kernel: auto, mma, wgmma, wgmma_tma, wgmma_pingpong) and PSVAE_ATTN_BWD (the MMA backward's form:
+// auto, fused, split, wgmma) for a scope.
 struct AttnPath : test::EnvScope {
   explicit AttnPath(const char* value) : test::EnvScope("PSVAE_ATTN", value) {}
 };
@@ -77,11 +77,11 @@ std::vector<const char*> bwd_forms(const char* path) {
 // Whether the device also has the tensor-map encoder, for the TMA forward.
 bool have_wgmma_tma() { return have_wgmma() && kernels::cuda::detail::gemm_wgmma_tma_available(0); }
 
-// The forward kernels of a path: the MMA forward on mma.sync, wgmma or wgmma fed by TMA; the
-// SIMT forward has one kernel.
+// The forward kernels of a path: the MMA forward on mma.sync, wgmma, wgmma fed by TMA, or that
+// with its consumers taking turns (ping-pong); the SIMT forward has one kernel.
 std::vector<const char*> fwd_kernels(const char* path) {
   if (std::string(path) != "mma") return {"auto"};
-  if (have_wgmma_tma()) return {"mma", "wgmma", "wgmma_tma"};
+  if (have_wgmma_tma()) return {"mma", "wgmma", "wgmma_tma", "wgmma_pingpong"};
   if (have_wgmma()) return {"mma", "wgmma"};
   return {"mma"};
 }
@@ -268,7 +268,8 @@ TEST_CASE("cuda attention: forward and backward are bit-identical run to run") {
                         {"mma", "mma", "fused", always},
                         {"mma", "mma", "split", always},
                         {"mma", "wgmma", "wgmma", have_wgmma},
-                        {"mma", "wgmma_tma", "fused", have_wgmma_tma}};
+                        {"mma", "wgmma_tma", "fused", have_wgmma_tma},
+                        {"mma", "wgmma_pingpong", "fused", have_wgmma_tma}};
     for (const Run& r : runs) {
       const bool mma = std::string(r.path) == "mma";
       if ((dt != DType::BF16 && mma) || !r.runs()) continue;
@@ -316,7 +317,8 @@ TEST_CASE("cuda attention: bad input and a bad PSVAE_ATTN throw naming the op") 
     AttnFwd force("fastest");
     CHECK_THROWS_WITH_AS(
         run_fwd(ok, 1.0, DType::F32),
-        doctest::Contains("attention: PSVAE_ATTN_FWD must be auto, mma, wgmma or wgmma_tma"),
+        doctest::Contains(
+            "attention: PSVAE_ATTN_FWD must be auto, mma, wgmma, wgmma_tma or wgmma_pingpong"),
         std::invalid_argument);
   }
   {

@@ -552,19 +552,37 @@ TEST_CASE("cuda gemm: the wgmma kernels wrap their rings, split K and fill parti
     s.round8 = true;
     scenarios.push_back(s);
   }
-  for (GemmBackend be : {GemmBackend::Wgmma, GemmBackend::WgmmaTma}) {
-    if (be == GemmBackend::WgmmaTma && !kernels::cuda::detail::gemm_wgmma_tma_available(0)) {
+  {
+    // 5 x 3 = 15 tiles of the TMA kernel's 128 x 256 (partial on both edges), more than a
+    // persistent grid has blocks (one per SM: 4 on the emulator), so each block takes 3 or 4
+    // tiles; 4 slabs a tile (the last 8 deep), so the ring's stages and phases run on across tile
+    // boundaries, and the next tile's copies land while the last one's epilogue stores.
+    Scenario s{"15 tiles: persistent blocks take several", 520, 600, 200, 0, 0, 0};
+    s.round8 = true;
+    s.epi = Epilogue::BiasGelu;
+    scenarios.push_back(s);
+  }
+  // The TMA kernel under both of its grids (PSVAE_GEMM_TMA_GRID): one block per SM, or per tile.
+  struct Run {
+    GemmBackend be;
+    const char* grid;
+  };
+  for (const Run r :
+       {Run{GemmBackend::Wgmma, "persistent"}, Run{GemmBackend::WgmmaTma, "persistent"},
+        Run{GemmBackend::WgmmaTma, "tiles"}}) {
+    if (r.be == GemmBackend::WgmmaTma && !kernels::cuda::detail::gemm_wgmma_tma_available(0)) {
       MESSAGE("skipped wgmma_tma: the driver has no cuTensorMapEncodeTiled");
       continue;
     }
-    BackendScope scope(be);
+    BackendScope scope(r.be);
+    test::EnvScope grid("PSVAE_GEMM_TMA_GRID", r.grid);
     for (const Scenario& s : scenarios)
       for (int ta = 0; ta < 2; ++ta)
         for (int tb = 0; tb < 2; ++tb) {
           CAPTURE(std::string(s.what));
-          CAPTURE(std::string(kernels::cuda::gemm_backend_name(be)));
+          CAPTURE(std::string(kernels::cuda::gemm_backend_name(r.be)) + " grid " + r.grid);
           const Outcome o = check_scenario(s, ta != 0, tb != 0, DType::BF16, g);
-          CHECK(o.ran == be);
+          CHECK(o.ran == r.be);
         }
   }
 }
@@ -654,6 +672,16 @@ TEST_CASE("cuda gemm: bad descriptors, shapes, dtypes and PSVAE_GEMM values are 
                b64 = Tensor::zeros({5, 7}, DType::F64, kGpu);
   CHECK_THROWS_WITH_AS(run_matmul(a64, b64, false, false, {4, 7}, DType::F64, kGpu),
                        doctest::Contains("not yet supported"), std::exception);
+  if (kernels::cuda::detail::gemm_wgmma_tma_available(0)) {
+    BackendScope scope(GemmBackend::WgmmaTma);
+    test::EnvScope grid("PSVAE_GEMM_TMA_GRID", "fastest");
+    const Tensor x = Tensor::zeros({8, 64}, DType::BF16, kGpu),
+                 y = Tensor::zeros({64, 8}, DType::BF16, kGpu);
+    CHECK_THROWS_WITH_AS(run_matmul(x, y, false, false, {8, 8}, DType::BF16, kGpu),
+                         doctest::Contains("gemm: PSVAE_GEMM_TMA_GRID must be persistent or tiles, "
+                                           "got 'fastest'"),
+                         std::exception);
+  }
 }
 
 #endif  // PSVAE_WITH_CUDA

@@ -18,6 +18,7 @@
 #include "kernels/cuda/block_order.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/mma_sm90.cuh"
+#include "kernels/cuda/wg_turns.cuh"
 #include "tensor/cuda/launch.cuh"
 
 namespace {
@@ -154,6 +155,36 @@ __global__ void wgmma_kernel(float* d, float first, float second, bool fence, bo
   for (int i = t; i < 12288; i += 128) e[i] = __float2bfloat16_rn(second);
   __syncthreads();
   if (wait) sm90::wgmma_wait<0>(acc);
+  for (int i = 0; i < 64; ++i) d[64 * t + i] = acc[i];
+}
+
+// One warpgroup issues a wgmma over tiles of 1s; warp 0 then (after its own wait when
+// warp0_waits) overwrites the tiles with 2s and lets warps 1-3 on through a named barrier, and
+// only then do they wait. d as wgmma_kernel's.
+__global__ void wgmma_one_warp_first_kernel(float* d, bool warp0_waits) {
+  PSVAE_DYNAMIC_SMEM(smem_raw);
+  const uint32_t raw = sm90::smem_addr(smem_raw);
+  unsigned char* tiles = smem_raw + (1024 - raw % 1024) % 1024;
+  auto* e = reinterpret_cast<__nv_bfloat16*>(tiles);
+  const int t = threadIdx.x;
+  for (int i = t; i < 12288; i += 128) e[i] = __float2bfloat16_rn(1.f);
+  sm90::fence_proxy_async();
+  __syncthreads();
+  float acc[64];
+  for (float& a : acc) a = 0.f;
+  const uint32_t sa = sm90::smem_addr(tiles);
+  sm90::wgmma_fence();
+  sm90::wgmma_m64n128k16_bf16<false, false>(acc, sm90::desc_sw128(sa, 16, 1024),
+                                            sm90::desc_sw128(sa + 8192, 16, 1024));
+  sm90::wgmma_commit();
+  if (t < 32) {
+    if (warp0_waits) sm90::wgmma_wait<0>(acc);
+    for (int i = t; i < 12288; i += 32) e[i] = __float2bfloat16_rn(2.f);
+    sm90::named_barrier_arrive<1, 128>();
+  } else {
+    sm90::named_barrier_sync<1, 128>();
+  }
+  sm90::wgmma_wait<0>(acc);
   for (int i = 0; i < 64; ++i) d[64 * t + i] = acc[i];
 }
 
@@ -307,6 +338,42 @@ __global__ void store_after_arrive_kernel(int* out) {
   } else {
     sm90::mbarrier_wait(bar, 0);
     *out = *flag;
+  }
+}
+
+// Two warpgroups take `turns` turns each through WarpgroupTurns (with_turns) or freely; in each
+// turn the warpgroup's first thread appends its index to log. With the turns the log alternates
+// 0 1 0 1 ...
+__global__ void turns_kernel(int* log, int turns, bool with_turns) {
+  PSVAE_DYNAMIC_SMEM(smem);
+  int* next = reinterpret_cast<int*>(smem);
+  if (threadIdx.x == 0) *next = 0;
+  __syncthreads();
+  const psvae::kernels::cuda::WarpgroupTurns<3> pp{static_cast<int>(threadIdx.x) / 128};
+  for (int i = 0; i < turns; ++i) {
+    if (with_turns) pp.begin(i);
+    if (threadIdx.x % 128 == 0) log[(*next)++] = pp.c;
+    if (with_turns) pp.end(i, turns - 1);
+  }
+}
+
+// The named-barrier misuses the emulator refuses, one per `what` (see the test); 64 threads. The
+// first two call the emulator directly: the wrappers' static_asserts refuse them at compile time.
+__global__ void named_barrier_misuse_kernel(int what) {
+  const bool warp0 = threadIdx.x < 32;
+  switch (what) {
+    case 0: ::cuda_emu::named_barrier(0, 64, true); break;  // id 0 is __syncthreads'
+    case 1: ::cuda_emu::named_barrier(1, 48, true); break;  // not whole warps
+    case 2:
+      warp0 ? sm90::named_barrier_sync<1, 64>() : sm90::named_barrier_sync<1, 32>();
+      break;  // counts differ
+    case 3:   // an arrival no one matches
+      if (warp0) sm90::named_barrier_arrive<2, 64>();
+      break;
+    case 4:  // a sync that never completes
+      if (warp0) sm90::named_barrier_sync<2, 64>();
+      break;
+    default: break;
   }
 }
 
@@ -527,6 +594,29 @@ TEST_CASE("cuda emulator: wgmma reads when issued, or at its wait with PSVAE_EMU
   cudaFree(d);
 }
 
+TEST_CASE("cuda emulator: an eager wgmma completes for its whole warpgroup, as late as it may") {
+  // A wgmma is one operation of the warpgroup: once warp 0's wait has returned, every warp's part
+  // has read its operands, so warp 0 may overwrite them (a copy pipeline's one signalling thread
+  // frees the stage) and warps 1-3 still get the 1s. Without warp 0's wait nothing has completed
+  // the operation before the overwrite, and the eager mode computes it as late as it may: 2s.
+  const cuda_emu::AsyncMode saved = cuda_emu::async_mode();
+  cuda_emu::set_async_mode(cuda_emu::AsyncMode::Eager);
+  float* d = device_copy(std::vector<float>(128 * 64, -1.f));
+  constexpr size_t kSmem = 24576 + 1024;
+  REQUIRE(cudaFuncSetAttribute(reinterpret_cast<const void*>(&wgmma_one_warp_first_kernel),
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) == cudaSuccess);
+  for (const bool warp0_waits : {true, false}) {
+    CAPTURE(warp0_waits);
+    PSVAE_LAUNCH(1, 128, kSmem, nullptr, wgmma_one_warp_first_kernel)(d, warp0_waits);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    int n = 0;
+    for (int i = 0; i < 128 * 64; ++i) n += d[i] == (warp0_waits ? 16.f : 64.f);
+    CHECK(n == 128 * 64);
+  }
+  cuda_emu::set_async_mode(saved);
+  cudaFree(d);
+}
+
 TEST_CASE("cuda emulator: with PSVAE_EMU_ASYNC=eager cp.async lands when issued") {
   check_cp_async(cuda_emu::AsyncMode::Eager);
 }
@@ -661,6 +751,52 @@ TEST_CASE("cuda emulator: mbarrier misuse and copies no one waits for fail the l
   }
   cuda_emu::set_async_mode(saved);
   cudaFree(g);
+}
+
+TEST_CASE("cuda emulator: named barriers make two warpgroups take turns in every order") {
+  const cuda_emu::Order saved = cuda_emu::schedule_order();
+  constexpr int kTurns = 5;
+  int* log = device_copy(std::vector<int>(2 * kTurns, -1));
+  for (cuda_emu::Order o : {cuda_emu::Order::Forward, cuda_emu::Order::Reverse,
+                            cuda_emu::Order::Shuffle, cuda_emu::Order::Warps}) {
+    CAPTURE(static_cast<int>(o));
+    cuda_emu::set_schedule_order(o);
+    for (const bool with_turns : {true, false}) {
+      CAPTURE(with_turns);
+      PSVAE_LAUNCH(1, 256, 64, nullptr, turns_kernel)(log, kTurns, with_turns);
+      REQUIRE(cudaGetLastError() == cudaSuccess);
+      int alternating = 0;
+      for (int i = 0; i < 2 * kTurns; ++i) alternating += log[i] == i % 2;
+      if (with_turns) CHECK(alternating == 2 * kTurns);
+    }
+  }
+  // Without the turns, index order runs thread 0's five turns before any of thread 128's (nothing
+  // makes it yield): the log is not alternating, so the check above is one the turns could fail.
+  cuda_emu::set_schedule_order(cuda_emu::Order::Forward);
+  PSVAE_LAUNCH(1, 256, 64, nullptr, turns_kernel)(log, kTurns, false);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  int alternating = 0;
+  for (int i = 0; i < 2 * kTurns; ++i) alternating += log[i] == i % 2;
+  CHECK(alternating < 2 * kTurns);
+  cuda_emu::set_schedule_order(saved);
+  cudaFree(log);
+}
+
+TEST_CASE("cuda emulator: named barrier misuse fails the launch") {
+  // Index order: in case 2 warp 0 opens the instance with 64, then warp 1 names 32.
+  const cuda_emu::Order saved = cuda_emu::schedule_order();
+  cuda_emu::set_schedule_order(cuda_emu::Order::Forward);
+  const char* expect[] = {"barrier id outside 1..15", "not a multiple of 32", "different counts",
+                          "holding 32 of its 64 arrivals", "at a named barrier"};
+  for (int what = 0; what < 5; ++what) {
+    CAPTURE(what);
+    (void)cudaGetLastError();
+    PSVAE_LAUNCH(1, 64, 0, nullptr, named_barrier_misuse_kernel)(what);
+    const cudaError_t e = cudaGetLastError();
+    CHECK(e == cudaErrorLaunchFailure);
+    CHECK(std::string(cudaGetErrorString(e)).find(expect[what]) != std::string::npos);
+  }
+  cuda_emu::set_schedule_order(saved);
 }
 
 TEST_CASE("cuda emulator: cuTensorMapEncodeTiled refuses what the driver documents as invalid") {

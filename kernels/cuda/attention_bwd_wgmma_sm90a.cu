@@ -72,19 +72,6 @@ constexpr int smem_bytes() {
          kSwizzlePeriod;
 }
 
-// gq's part of one warpgroup (64 queries x kD / 2 columns) += dS (64 x 16, shared memory,
-// MN-major) K (16 x kD / 2, MN-major).
-template <int kD>
-__device__ __forceinline__ void dq_wgmma(float (&acc)[kD / 4], uint64_t a, uint64_t b);
-template <>
-__device__ __forceinline__ void dq_wgmma<64>(float (&acc)[16], uint64_t a, uint64_t b) {
-  sm90::wgmma_m64n32k16_bf16<true, true>(acc, a, b);
-}
-template <>
-__device__ __forceinline__ void dq_wgmma<128>(float (&acc)[32], uint64_t a, uint64_t b) {
-  sm90::wgmma_m64n64k16_bf16<true, true>(acc, a, b);
-}
-
 template <int kD>
 __global__ void __launch_bounds__(kThreads, 1) bwd_wgmma_kernel(BwdArgs a) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -209,13 +196,16 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_wgmma_kernel(BwdArgs a) {
     sm90::wgmma_fence();  // the A fragments and dq were written by ordinary instructions
 #pragma unroll
     for (int kk = 0; kk < kBM / 16; ++kk)
-      wgmma_rs_kd<kD>(dv_flat, pa[kk], mnmajor_desc<kBM>(dot, 0, kk));
+      sm90::wgmma_m64nNk16_bf16_rs<kD, true>(dv_flat, pa[kk], mnmajor_desc<kBM>(dot, 0, kk));
 #pragma unroll
     for (int kk = 0; kk < kBM / 16; ++kk)
-      wgmma_rs_kd<kD>(dk_flat, dsa[kk], mnmajor_desc<kBM>(qt, 0, kk));
+      sm90::wgmma_m64nNk16_bf16_rs<kD, true>(dk_flat, dsa[kk], mnmajor_desc<kBM>(qt, 0, kk));
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk)
-      dq_wgmma<kD>(dq_flat, mnmajor_desc<kBN>(ds_addr, 0, kk), mnmajor_desc<kBN>(k_addr, col0, kk));
+      // gq's part of this warpgroup (64 queries x kD / 2 columns) += dS (64 x 16, MN-major) K
+      // (16 x kD / 2, MN-major).
+      sm90::wgmma_m64nNk16_bf16<kD / 2, true, true>(dq_flat, mnmajor_desc<kBN>(ds_addr, 0, kk),
+                                                    mnmajor_desc<kBN>(k_addr, col0, kk));
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>(dq_flat);  // and gv, gk of this tile
     sm90::fence_operands(dv_flat);

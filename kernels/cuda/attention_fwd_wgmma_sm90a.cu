@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(FwdArgs a) {
     sm90::wgmma_fence();  // o was rescaled by ordinary instructions
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk)
-      wgmma_rs_kd<kD>(o_flat, p[kk], mnmajor_desc<kBN>(vt, 0, kk));
+      sm90::wgmma_m64nNk16_bf16_rs<kD, true>(o_flat, p[kk], mnmajor_desc<kBN>(vt, 0, kk));
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>(o_flat);
   }

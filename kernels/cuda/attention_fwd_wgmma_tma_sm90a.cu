@@ -205,7 +205,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk)
-      wgmma_ss_kn<kBN>(s_flat, kmajor_desc<kBQ>(q_addr, 64 * c, kk), kmajor_desc<kBN>(ks, 0, kk));
+      sm90::wgmma_m64nNk16_bf16<kBN, false, false>(s_flat, kmajor_desc<kBQ>(q_addr, 64 * c, kk),
+                                                   kmajor_desc<kBN>(ks, 0, kk));
     sm90::wgmma_commit();
   };
   // O += P V of tile j, issued as one group (not waited for).
@@ -216,7 +217,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk)
-      wgmma_rs_kd<kD>(o_flat, p[kk], mnmajor_desc<kBN>(vs, 0, kk));
+      sm90::wgmma_m64nNk16_bf16_rs<kD, true>(o_flat, p[kk], mnmajor_desc<kBN>(vs, 0, kk));
     sm90::wgmma_commit();
   };
   // One consumer's arrival on the stage of tile j: its P V has retired, its softmax is done.

@@ -71,35 +71,6 @@ __device__ __forceinline__ uint64_t mnmajor_desc(uint32_t tile, int col0, int kk
                           kRows * kSlabRow, kSwizzlePeriod);
 }
 
-// acc (64 x kD per warpgroup) += A (64 x 16, registers: P or dS as bf16 pairs) B (16 x kD, an
-// MN-major tile reading): the register-A wgmma of this capacity.
-template <int kD>
-__device__ __forceinline__ void wgmma_rs_kd(float (&acc)[kD / 2], const uint32_t (&a)[4],
-                                            uint64_t b);
-template <>
-__device__ __forceinline__ void wgmma_rs_kd<64>(float (&acc)[32], const uint32_t (&a)[4],
-                                                uint64_t b) {
-  sm90::wgmma_m64n64k16_bf16_rs<true>(acc, a, b);
-}
-template <>
-__device__ __forceinline__ void wgmma_rs_kd<128>(float (&acc)[64], const uint32_t (&a)[4],
-                                                 uint64_t b) {
-  sm90::wgmma_m64n128k16_bf16_rs<true>(acc, a, b);
-}
-
-// acc (64 x kN per warpgroup) += A (64 x 16) B^T (kN x 16), both K-major tile readings: the
-// shared-memory wgmma of a key tile of kN rows in S = Q K^T.
-template <int kN>
-__device__ __forceinline__ void wgmma_ss_kn(float (&acc)[kN / 2], uint64_t a, uint64_t b);
-template <>
-__device__ __forceinline__ void wgmma_ss_kn<64>(float (&acc)[32], uint64_t a, uint64_t b) {
-  sm90::wgmma_m64n64k16_bf16<false, false>(acc, a, b);
-}
-template <>
-__device__ __forceinline__ void wgmma_ss_kn<128>(float (&acc)[64], uint64_t a, uint64_t b) {
-  sm90::wgmma_m64n128k16_bf16<false, false>(acc, a, b);
-}
-
 // attention_common.cuh's pack_a_frag for every k16 block of a kN-wide accumulator fragment.
 template <int kN>
 __device__ __forceinline__ void pack_a_frags(uint32_t (&a)[kN / 16][4],

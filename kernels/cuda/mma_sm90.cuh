@@ -303,6 +303,32 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16_rs(float (&d)[64], const u
 #endif
 }
 
+// The two forms above by width N, for kernels whose tile width is a template parameter (the
+// attention kernels: key tiles, head-dim capacities). Shared-memory A: N = 32, 64, 128 or 256;
+// register A: N = 64 or 128.
+template <int N, bool kTransA, bool kTransB>
+__device__ __forceinline__ void wgmma_m64nNk16_bf16(float (&d)[N / 2], uint64_t desc_a,
+                                                    uint64_t desc_b) {
+  static_assert(N == 32 || N == 64 || N == 128 || N == 256, "wgmma widths wrapped here");
+  if constexpr (N == 32)
+    wgmma_m64n32k16_bf16<kTransA, kTransB>(d, desc_a, desc_b);
+  else if constexpr (N == 64)
+    wgmma_m64n64k16_bf16<kTransA, kTransB>(d, desc_a, desc_b);
+  else if constexpr (N == 128)
+    wgmma_m64n128k16_bf16<kTransA, kTransB>(d, desc_a, desc_b);
+  else
+    wgmma_m64n256k16_bf16<kTransA, kTransB>(d, desc_a, desc_b);
+}
+template <int N, bool kTransB>
+__device__ __forceinline__ void wgmma_m64nNk16_bf16_rs(float (&d)[N / 2], const uint32_t (&a)[4],
+                                                       uint64_t desc_b) {
+  static_assert(N == 64 || N == 128, "wgmma widths wrapped here");
+  if constexpr (N == 64)
+    wgmma_m64n64k16_bf16_rs<kTransB>(d, a, desc_b);
+  else
+    wgmma_m64n128k16_bf16_rs<kTransB>(d, a, desc_b);
+}
+
 // ---- mbarriers, the bulk tensor copy engine (TMA), setmaxnreg ----------------------------------
 // An mbarrier is 8 bytes of shared memory, named here by its shared-window address. Each phase
 // completes when `count` arrivals have come (mbarrier_init) and the transaction bytes announced by

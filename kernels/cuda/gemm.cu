@@ -10,8 +10,8 @@
 // workspace overhead), every shape goes to cuBLASLt. PSVAE_GEMM=own|wgmma|wgmma_tma|cublaslt (or
 // set_gemm_backend) forces a path so each can be studied and tested: own is our mma.sync kernel,
 // wgmma and wgmma_tma our sm_90a kernels (gemm_wgmma_sm90a.cu: cp.async, 128 x 128 tiles;
-// gemm_wgmma_tma_sm90a.cu: TMA, warp-specialised, 128 x 256 tiles; neither has run on a GPU yet,
-// so neither is in Auto's rule).
+// gemm_wgmma_tma_sm90a.cu: TMA, warp-specialised, persistent, 128 x 256 tiles or ping-pong
+// 128 x 128; neither has run on a GPU yet, so neither is in Auto's rule).
 // Exceptions decided in gemm_cublaslt.cu, which then fall back to ours even when cuBLASLt is
 // forced: f32 with a GELU epilogue (cuBLASLt's GELU accuracy is undocumented; the f32 path promises
 // 1e-5), and a GELU aux whose ldc is not a multiple of 8 (cuBLASLt's requirement).

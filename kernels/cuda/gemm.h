@@ -16,8 +16,10 @@
 // our kernels with the mma.sync bf16 tile kernel (gemm_mma.cu); Wgmma is our kernels with the
 // sm_90a wgmma tile kernel for bf16 (gemm_wgmma_sm90a.cu) where it can run (an sm_90 device,
 // every 16-byte chunk of A and B aligned), else exactly Own. WgmmaTma is our kernels with the
-// sm_90a TMA + warp-specialised kernel (gemm_wgmma_tma_sm90a.cu, 128 x 256 tiles, persistent:
-// env PSVAE_GEMM_TMA_GRID=persistent|tiles) where it can run, else Wgmma's choice.
+// sm_90a TMA + warp-specialised kernel (gemm_wgmma_tma_sm90a.cu, persistent: env
+// PSVAE_GEMM_TMA_GRID=persistent|tiles; its consumers on one 128 x 256 tile or each on its own
+// 128 x 128 tile: env PSVAE_GEMM_TMA_SCHEDULE=cooperative|pingpong) where it can run, else
+// Wgmma's choice.
 // gemm_last_backend() says which path ran the last call on this thread
 // (Wgmma / WgmmaTma only when that kernel did).
 #pragma once

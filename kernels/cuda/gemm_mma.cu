@@ -454,21 +454,23 @@ struct TileKernel {
   GemmBackend kernel;  // Own (mma.sync, or the f32 SIMT kernel), Wgmma or WgmmaTma
   int64_t tile_n;
   int blocks_per_sm;
+  TmaSchedule schedule = TmaSchedule::Cooperative;  // WgmmaTma's consumers
 };
 
 // bf16: the kernel chosen (the caller has checked that it can run and that the operands are
 // aligned for it).
 void launch_tile_kernel(const GemmParams<bf16_t>& p, bool ta, bool tb, bool aligned,
-                        GemmBackend kernel, dim3 grid, int device, cudaStream_t s) {
-  if (kernel == GemmBackend::WgmmaTma) return launch_wgmma_tma(p, ta, tb, grid, device, s);
-  if (kernel == GemmBackend::Wgmma) return launch_wgmma(p, ta, tb, grid, device, s);
+                        const TileKernel& tk, dim3 grid, int device, cudaStream_t s) {
+  if (tk.kernel == GemmBackend::WgmmaTma)
+    return launch_wgmma_tma(p, ta, tb, tk.schedule, grid, device, s);
+  if (tk.kernel == GemmBackend::Wgmma) return launch_wgmma(p, ta, tb, grid, device, s);
   if (!ta && !tb) launch_bf16_t<false, false>(p, aligned, grid, device, s);
   if (!ta && tb) launch_bf16_t<false, true>(p, aligned, grid, device, s);
   if (ta && !tb) launch_bf16_t<true, false>(p, aligned, grid, device, s);
   if (ta && tb) launch_bf16_t<true, true>(p, aligned, grid, device, s);
 }
-void launch_tile_kernel(const GemmParams<float>& p, bool ta, bool tb, bool, GemmBackend, dim3 grid,
-                        int, cudaStream_t s) {
+void launch_tile_kernel(const GemmParams<float>& p, bool ta, bool tb, bool, const TileKernel&,
+                        dim3 grid, int, cudaStream_t s) {
   if (!ta && !tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<false, false>)(p);
   if (!ta && tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<false, true>)(p);
   if (ta && !tb) PSVAE_LAUNCH(grid, kThreads, 0, s, gemm_f32_simt_kernel<true, false>)(p);
@@ -518,7 +520,7 @@ bool run_split_k<bf16_t>(const GemmParams<bf16_t>& p, const GemmDesc& d, const T
   q.k_split = k_split;
   const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(m_tiles),
                   static_cast<unsigned>(splits));
-  launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, tk.kernel, grid, device, s);
+  launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, tk, grid, device, s);
   PSVAE_LAUNCH(rt::grid_for(d.M * d.N, device), rt::kBlockThreads, 0, s, splitk_reduce_kernel)
   (q, static_cast<int>(splits));
   return true;
@@ -527,7 +529,8 @@ bool run_split_k<bf16_t>(const GemmParams<bf16_t>& p, const GemmDesc& d, const T
 // The tile kernel for a problem, given the one asked for (`want`: Own, Wgmma or WgmmaTma). The
 // sm_90a kernels take bf16 with every 16-byte chunk aligned (they have no element-load path) on a
 // device that can run them; WgmmaTma also needs tensor maps the driver accepts (else it runs as
-// Wgmma). Anything else runs on Own.
+// Wgmma). Anything else runs on Own. WgmmaTma's schedule (PSVAE_GEMM_TMA_SCHEDULE) is read here,
+// once per call, and sets its tile width.
 template <class T>
 TileKernel choose_tile_kernel(const GemmParams<T>& p, const GemmDesc& d, bool aligned,
                               GemmBackend want, int device) {
@@ -539,8 +542,9 @@ TileKernel choose_tile_kernel(const GemmParams<T>& p, const GemmDesc& d, bool al
     if (want == GemmBackend::WgmmaTma && wgmma_tma_available(device)) {
       GemmParams<bf16_t> q = p;
       q.M = d.M;
-      if (wgmma_tma_fits(q, d.trans_a, d.trans_b, d.batch))
-        return TileKernel{GemmBackend::WgmmaTma, kTmaBN, 1};
+      const TmaSchedule sched = tma_schedule();
+      if (wgmma_tma_fits(q, d.trans_a, d.trans_b, d.batch, sched))
+        return TileKernel{GemmBackend::WgmmaTma, tma_tile_n(sched), 1, sched};
     }
     return TileKernel{GemmBackend::Wgmma, kBN, 2};
   }
@@ -595,7 +599,7 @@ GemmBackend run_tiles(const GemmDesc& d, int device, cudaStream_t s, GemmBackend
       if (q.aux) q.aux = p.aux + b0 * d.stride_c + r0 * d.ldc;
       const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>((q.M + kBM - 1) / kBM),
                       static_cast<unsigned>(nb));
-      launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, tk.kernel, grid, device, s);
+      launch_tile_kernel(q, d.trans_a, d.trans_b, aligned, tk, grid, device, s);
     }
   }
   return tk.kernel;

@@ -169,6 +169,25 @@ struct BlockTile {
               acc[4 * i + 2 * h + 1]);
     }
   }
+  // The same for a warpgroup that owns all 128 rows as two m64nN accumulators, rows 0..63 in lo
+  // and 64..127 in hi, stored column by column from both: as two store_wgmma calls, the columns'
+  // bounds were held over from the first call to the second, and with hi's registers still live
+  // that spilled (ping-pong TMA GEMM, ptxas at the 168-register entry cap).
+  template <int R>
+  __device__ __forceinline__ void store_wgmma_rows128(const GemmParams<bf16_t>& p,
+                                                      const float (&lo)[R],
+                                                      const float (&hi)[R]) const {
+    const int t = threadIdx.x % 128, w = t >> 5, g = (t & 31) >> 2, q = t & 3;
+#pragma unroll
+    for (int i = 0; i < R / 4; ++i) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = m0 + 16 * w + g + 8 * h, col = n0 + 8 * i + 2 * q;
+        store(p, row, col, lo[4 * i + 2 * h], lo[4 * i + 2 * h + 1]);
+        store(p, row + 64, col, hi[4 * i + 2 * h], hi[4 * i + 2 * h + 1]);
+      }
+    }
+  }
 };
 
 // ---- launching ---------------------------------------------------------------------------------
@@ -193,18 +212,30 @@ bool wgmma_available(int device);
 void launch_wgmma(const GemmParams<bf16_t>& p, bool ta, bool tb, dim3 grid, int device,
                   cudaStream_t s);
 
-// The TMA kernel's output tile is 128 x kTmaBN (one block per SM: its grid and split-K wave differ
-// from the 128 x 128 kernels').
-constexpr int kTmaBN = 256;
+// The TMA kernel's consumer schedules (env PSVAE_GEMM_TMA_SCHEDULE, gemm_wgmma_tma_sm90a.cu):
+//   Cooperative  both consumer warpgroups on one 128 x 256 tile (64 rows each), the default;
+//   PingPong     each consumer on its own 128 x 128 tile, their mainloops taking turns, so one's
+//                epilogue runs under the other's MMAs (CUTLASS's ping-pong kernel).
+// Both run one block per SM; the tile width sets the grid and the split-K wave.
+enum class TmaSchedule : int { Cooperative, PingPong };
+constexpr int kTmaBN = 256, kTmaPingPongBN = 128;
+constexpr int tma_tile_n(TmaSchedule s) {
+  return s == TmaSchedule::PingPong ? kTmaPingPongBN : kTmaBN;
+}
+// PSVAE_GEMM_TMA_SCHEDULE: "cooperative" (also unset or empty) or "pingpong"; anything else
+// throws std::invalid_argument naming the variable and the value. Read at every call.
+TmaSchedule tma_schedule();
 // Whether the TMA kernel can run on `device`: wgmma_available, and the driver has
 // cuTensorMapEncodeTiled.
 bool wgmma_tma_available(int device);
 // Whether it can run this problem: its tensor maps need what cp.async needs (16-byte aligned
 // pointers, leading dims and batch strides) and, for batch > 1, non-zero batch strides of A and B.
 // (Checked by encoding them: host only.) p.M is the rows of one launch.
-bool wgmma_tma_fits(const GemmParams<bf16_t>& p, bool ta, bool tb, int64_t batch);
-// Launches it over `grid` (x: N tiles of kTmaBN, y: M tiles of kBM, z: batch entries or splits).
-void launch_wgmma_tma(const GemmParams<bf16_t>& p, bool ta, bool tb, dim3 grid, int device,
-                      cudaStream_t s);
+bool wgmma_tma_fits(const GemmParams<bf16_t>& p, bool ta, bool tb, int64_t batch,
+                    TmaSchedule sched);
+// Launches it over `grid` (x: N tiles of tma_tile_n(sched), y: M tiles of kBM, z: batch entries or
+// splits).
+void launch_wgmma_tma(const GemmParams<bf16_t>& p, bool ta, bool tb, TmaSchedule sched, dim3 grid,
+                      int device, cudaStream_t s);
 
 }  // namespace psvae::kernels::cuda::detail::tile

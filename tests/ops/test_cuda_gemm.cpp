@@ -562,25 +562,34 @@ TEST_CASE("cuda gemm: the wgmma kernels wrap their rings, split K and fill parti
     s.epi = Epilogue::BiasGelu;
     scenarios.push_back(s);
   }
-  // The TMA kernel under both of its grids (PSVAE_GEMM_TMA_GRID): one block per SM, or per tile.
+  // The TMA kernel under both of its grids (PSVAE_GEMM_TMA_GRID: one block per SM, or per tile)
+  // and both of its consumer schedules (PSVAE_GEMM_TMA_SCHEDULE). Ping-pong tiles are 128 x 128:
+  // the 15-tile scenario becomes 25 tiles, 7 for the emulator's first persistent block (an odd
+  // count: consumer 1 takes an empty last turn) and 6 for the others; its `tiles` grid runs 13
+  // blocks of a pair each, the last with one tile only.
   struct Run {
     GemmBackend be;
     const char* grid;
+    const char* schedule;
   };
-  for (const Run r :
-       {Run{GemmBackend::Wgmma, "persistent"}, Run{GemmBackend::WgmmaTma, "persistent"},
-        Run{GemmBackend::WgmmaTma, "tiles"}}) {
+  for (const Run r : {Run{GemmBackend::Wgmma, "persistent", "cooperative"},
+                      Run{GemmBackend::WgmmaTma, "persistent", "cooperative"},
+                      Run{GemmBackend::WgmmaTma, "tiles", "cooperative"},
+                      Run{GemmBackend::WgmmaTma, "persistent", "pingpong"},
+                      Run{GemmBackend::WgmmaTma, "tiles", "pingpong"}}) {
     if (r.be == GemmBackend::WgmmaTma && !kernels::cuda::detail::gemm_wgmma_tma_available(0)) {
       MESSAGE("skipped wgmma_tma: the driver has no cuTensorMapEncodeTiled");
       continue;
     }
     BackendScope scope(r.be);
     test::EnvScope grid("PSVAE_GEMM_TMA_GRID", r.grid);
+    test::EnvScope schedule("PSVAE_GEMM_TMA_SCHEDULE", r.schedule);
     for (const Scenario& s : scenarios)
       for (int ta = 0; ta < 2; ++ta)
         for (int tb = 0; tb < 2; ++tb) {
           CAPTURE(std::string(s.what));
-          CAPTURE(std::string(kernels::cuda::gemm_backend_name(r.be)) + " grid " + r.grid);
+          CAPTURE(std::string(kernels::cuda::gemm_backend_name(r.be)) + " grid " + r.grid +
+                  " schedule " + r.schedule);
           const Outcome o = check_scenario(s, ta != 0, tb != 0, DType::BF16, g);
           CHECK(o.ran == r.be);
         }
@@ -680,6 +689,12 @@ TEST_CASE("cuda gemm: bad descriptors, shapes, dtypes and PSVAE_GEMM values are 
     CHECK_THROWS_WITH_AS(run_matmul(x, y, false, false, {8, 8}, DType::BF16, kGpu),
                          doctest::Contains("gemm: PSVAE_GEMM_TMA_GRID must be persistent or tiles, "
                                            "got 'fastest'"),
+                         std::exception);
+    test::EnvScope grid_ok("PSVAE_GEMM_TMA_GRID", "persistent");
+    test::EnvScope schedule("PSVAE_GEMM_TMA_SCHEDULE", "ping-pong");
+    CHECK_THROWS_WITH_AS(run_matmul(x, y, false, false, {8, 8}, DType::BF16, kGpu),
+                         doctest::Contains("gemm: PSVAE_GEMM_TMA_SCHEDULE must be cooperative or "
+                                           "pingpong, got 'ping-pong'"),
                          std::exception);
   }
 }

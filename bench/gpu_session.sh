@@ -20,6 +20,7 @@
 # their list (default: memcheck racecheck synccheck). STEP_TIMEOUT=<seconds> (default 300) caps
 # each test binary and each bench program inside a phase, so that one hung kernel costs that
 # program, not the phase (kernels that spin also trap after 60 s: kernels/cuda/spin_guard.cuh).
+# BENCHES=<program names> limits the bench phase to those (bench_programs, below).
 # shellcheck disable=SC2317  # the phase_* functions are called through "phase_$p"
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -99,10 +100,25 @@ phase_sanitize() {
   return "$rc"
 }
 
+# The bench programs in the order they run: those that measure the issue's targets first
+# (layernorm + modulate, GEMM, attention, the DiT step), so that a phase cut short by
+# PHASE_TIMEOUT loses the others; BENCHES=<names> runs only those (e.g. "bench_gemm bench_norm").
+bench_programs() {
+  local first="bench_norm bench_gemm bench_attention bench_dit_step" b name
+  for name in ${BENCHES:-$first}; do
+    [ -x "$BUILD/bin/$name" ] && echo "$BUILD/bin/$name"
+  done
+  [ -n "${BENCHES:-}" ] && return
+  for b in "$BUILD"/bin/bench_*; do
+    name=${b##*/}
+    case " $first " in *" $name "*) ;; *) echo "$b" ;; esac
+  done
+}
+
 phase_bench() {
   export_libs
-  local rc=0
-  for b in "$BUILD"/bin/bench_*; do
+  local rc=0 b
+  for b in $(bench_programs); do
     echo "== $b"
     if [ "${b##*/}" = bench_dit_step ] && [ -z "${BENCH_ARGS:-}" ]; then
       # DiT-XL at batch 256 fits in bf16 (about 99 GiB) but not in f32 (about 153 GiB of the
@@ -142,7 +158,7 @@ for p in "$@"; do
   start=$SECONDS
   if [ "$p" != build ] && [ -n "${PHASE_TIMEOUT:-}" ]; then
     # The phase functions run in a child bash so that timeout can kill them.
-    export -f "phase_$p" export_libs cudnn_root step
+    export -f "phase_$p" export_libs cudnn_root step bench_programs
     export BUILD OUT
     timeout --kill-after=10 "$PHASE_TIMEOUT" bash -c "phase_$p" 2>&1 | tee "$OUT/$p.log"
   else

@@ -84,6 +84,27 @@ struct LinearNode : Node {
   }
 };
 
+// y = a W2^T + b2 with a = gelu_tanh(p), p = x W1^T + b1. Backward, from g = dy:
+//   dW2 = g^T a, db2 = sum g, gp = (g W2) gelu'(p) and db1 = sum gp (one fused op),
+//   dW1 = gp^T x, dx = gp W1.
+struct MlpGeluNode : Node {
+  Tensor x, w1, w2, pre, a;
+  const char* name() const override { return "mlp_gelu"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    Tensor g2 = rows2d(g[0]);  // (R, N)
+    std::vector<Tensor> r(5);
+    if (needs_grad(3)) r[3] = ops::matmul(g2, rows2d(a), true);  // g^T a
+    if (needs_grad(4)) r[4] = sum_leading(g2);
+    if (needs_grad(0) || needs_grad(1) || needs_grad(2)) {
+      ops::LinearGeluGrads gp = ops::linear_gelu_bwd(g2, w2, rows2d(pre));
+      if (needs_grad(0)) r[0] = ops::matmul(gp.gpre, w1).reshape(x.shape());  // gp W1
+      if (needs_grad(1)) r[1] = ops::matmul(gp.gpre, rows2d(x), true);        // gp^T x
+      if (needs_grad(2)) r[2] = gp.gbias;
+    }
+    return r;
+  }
+};
+
 }  // namespace
 
 Var matmul(const Var& a_in, const Var& b_in, bool trans_a, bool trans_b) {
@@ -106,6 +127,21 @@ Var linear(const Var& x_in, const Var& w_in, const Var& b_in) {
   n->x = x.data();
   n->w = w.data();
   return attach(n, {x, w, b}, out);
+}
+
+Var mlp_gelu(const Var& x_in, const Var& w1_in, const Var& b1_in, const Var& w2_in,
+             const Var& b2_in) {
+  const auto [x, w1, b1, w2, b2] = autocast::gemm_inputs(x_in, w1_in, b1_in, w2_in, b2_in);
+  ops::LinearGeluOut h = ops::linear_gelu(x.data(), w1.data(), b1.data());
+  Tensor out = ops::linear(h.y, w2.data(), b2.defined() ? b2.data() : Tensor());
+  if (!any_requires_grad({x, w1, b1, w2, b2})) return Var(out);
+  auto n = std::make_shared<MlpGeluNode>();
+  n->x = x.data();
+  n->w1 = w1.data();
+  n->w2 = w2.data();
+  n->pre = h.pre;
+  n->a = h.y;
+  return attach(n, {x, w1, b1, w2, b2}, out);
 }
 
 }  // namespace psvae::ag

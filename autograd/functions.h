@@ -61,6 +61,12 @@ Var log_softmax(const Var& x);
 // ---- linear algebra (fn_linalg.cpp) -------------------------------------------------------------
 Var matmul(const Var& a, const Var& b, bool trans_a = false, bool trans_b = false);
 Var linear(const Var& x, const Var& w, const Var& b);  // b may be an undefined Var
+// The two-layer MLP with the tanh GELU between, fc2(gelu_tanh(fc1(x))), as one function whose GEMMs
+// carry the elementwise work (ops::linear_gelu forward, ops::linear_gelu_bwd backward: on CUDA
+// the bias+GELU and the dGELU+bias-gradient GEMM epilogues), so the hidden rows are never read
+// and written again for the activation. w1 (H, K), b1 (H), w2 (N, H), b2 (N) or undefined; the
+// same values as linear(gelu_tanh(linear(x, w1, b1)), w2, b2) up to rounding.
+Var mlp_gelu(const Var& x, const Var& w1, const Var& b1, const Var& w2, const Var& b2);
 
 // ---- normalisation (fn_norm.cpp) ----------------------------------------------------------------
 Var layer_norm(const Var& x, const Var& w, const Var& b, double eps);  // w, b may be undefined

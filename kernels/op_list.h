@@ -67,6 +67,11 @@
     "(A (...,M,K), B (...,K,N) or (K,N)) -> C = op(A) op(B); ints: trans_a, trans_b; "           \
     "with a transpose flag the last two dims of that input are swapped")                         \
   X(linear, linalg, "(x (...,K), W (N,K), [b (N)]) -> x W^T + b")                                \
+  X(linear_gelu, linalg,                                                                         \
+    "(x (...,K), W (N,K), b (N)) -> (gelu_tanh(p), p = x W^T + b): an MLP's first layer")        \
+  X(linear_gelu_bwd, linalg,                                                                     \
+    "(g (...,N), W (N,H), p (...,H)) -> (gp = g W * gelu_tanh'(p), column sums of gp (H)): "     \
+    "the gradient of the MLP's hidden pre-activation and first bias")                            \
   /* ---- normalisation ---- */                                                                  \
   X(layernorm, norm, "(x (...,D), [w (D), b (D)]) -> (y, mean, rstd (rows)); reals: eps")        \
   X(layernorm_bwd, norm, "(gy, x, mean, rstd, [w]) -> (gx, [gw, gb])")                           \

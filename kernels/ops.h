@@ -67,6 +67,19 @@ Tensor log_softmax_bwd(const Tensor& y, const Tensor& gy);
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // x (..., K), w (N, K), b (N) or undefined -> (..., N). PyTorch's nn.Linear layout.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
+// An MLP's first layer with its activation, as one GEMM with a fused epilogue on CUDA: p = x W^T
+// + b and y = gelu_tanh(p); p is kept for the backward. x (..., K), w (N, K), b (N).
+struct LinearGeluOut {
+  Tensor y, pre;
+};
+LinearGeluOut linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b);
+// Through the MLP's second layer back to its hidden pre-activation, as one GEMM with a fused
+// epilogue on CUDA: gpre = (g w) * gelu_tanh'(pre) and gbias = the column sums of gpre (the first
+// layer's bias gradient). g (..., N), w (N, H) (the second layer's weight), pre (..., H).
+struct LinearGeluGrads {
+  Tensor gpre, gbias;
+};
+LinearGeluGrads linear_gelu_bwd(const Tensor& g, const Tensor& w, const Tensor& pre);
 
 // ---- normalisation (kernels/ops_norm.cpp) -------------------------------------------------------
 struct NormOut {

@@ -65,4 +65,39 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   return c.out[0];
 }
 
+LinearGeluOut linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
+  check_float_pair("linear_gelu", x, w);
+  check(w.rank() == 2 && x.rank() >= 1 && x.size(-1) == w.size(1),
+        fmt::format("linear_gelu: x {} and W {} do not match (expected W (N, {}))", x.shape().str(),
+                    w.shape().str(), x.rank() >= 1 ? x.size(-1) : 0));
+  check(b.defined() && b.rank() == 1 && b.size(0) == w.size(0) && b.dtype() == w.dtype(),
+        fmt::format("linear_gelu: bias {} does not match W {} (a bias of ({}) {} is needed)",
+                    b.defined() ? b.str() : "undefined", w.shape().str(), w.size(0),
+                    dtype_name(w.dtype())));
+  Shape out = x.shape();
+  out[-1] = w.size(0);
+  kernels::OpCall c;
+  c.in = {x, w, b};
+  c.out = {Tensor::empty(out, x.dtype(), x.device()), Tensor::empty(out, x.dtype(), x.device())};
+  kernels::run(Op::linear_gelu, c);
+  return {c.out[0], c.out[1]};
+}
+
+LinearGeluGrads linear_gelu_bwd(const Tensor& g, const Tensor& w, const Tensor& pre) {
+  check_float_pair("linear_gelu_bwd", g, w);
+  check_float_pair("linear_gelu_bwd", g, pre);
+  check(w.rank() == 2 && g.rank() >= 1 && g.size(-1) == w.size(0) && pre.rank() == g.rank() &&
+            pre.size(-1) == w.size(1) &&
+            pre.shape().prod(0, pre.rank() - 1) == g.shape().prod(0, g.rank() - 1),
+        fmt::format("linear_gelu_bwd: g {}, W {} and pre {} do not match (expected W (N, H) for "
+                    "g (..., N) and pre (..., H))",
+                    g.shape().str(), w.shape().str(), pre.shape().str()));
+  kernels::OpCall c;
+  c.in = {g, w, pre};
+  c.out = {Tensor::empty(pre.shape(), g.dtype(), g.device()),
+           Tensor::empty(Shape{w.size(1)}, g.dtype(), g.device())};
+  kernels::run(Op::linear_gelu_bwd, c);
+  return {c.out[0], c.out[1]};
+}
+
 }  // namespace psvae::ops

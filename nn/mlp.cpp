@@ -20,7 +20,14 @@ Mlp::Mlp(const Config& c, Generator& g) : cfg_(c) {
   fc2 = register_module("fc2", std::make_shared<Linear>(c.hidden, c.out, c.bias, g));
 }
 
-Var Mlp::forward(const Var& x) const { return fc2->forward(activate(fc1->forward(x), cfg_.act)); }
+Var Mlp::forward(const Var& x) const {
+  // The DiT MLP (tanh GELU, biases): one function whose GEMMs carry the activation and its
+  // gradient (ag::mlp_gelu; docs/kernels.md, "DiT block memory traffic").
+  if (cfg_.act == Activation::GeluTanh && fc1->bias())
+    return ag::mlp_gelu(x, fc1->weight(), *fc1->bias(), fc2->weight(),
+                        fc2->bias() ? *fc2->bias() : Var());
+  return fc2->forward(activate(fc1->forward(x), cfg_.act));
+}
 
 SwiGLU::SwiGLU(const Config& c, Generator& g) : cfg_(c) {
   w12 = register_module("w12", std::make_shared<Linear>(c.in, 2 * c.hidden, c.bias, g));

@@ -52,4 +52,10 @@ void row_moments(const T* x, int64_t n, double eps, double& mean, double& rstd) 
   rstd = 1.0 / std::sqrt(v / static_cast<double>(n) + eps);
 }
 
+// GELU (tanh form) over every element of x, and its backward gx = gy * gelu_tanh'(x): the
+// gelu_tanh kernels of elementwise.cpp (f32 vectorised, f64 scalar), for the fused linear_gelu
+// ops of linalg.cpp. Same shapes and dtype; gx must not alias gy.
+void gelu_tanh_into(const Tensor& x, const Tensor& y);
+void gelu_tanh_grad_into(const Tensor& x, const Tensor& gy, const Tensor& gx);
+
 }  // namespace psvae::kernels::cpu

@@ -528,6 +528,20 @@ void gelu_tanh_bwd_cpu(const OpCall& c) {
 
 }  // namespace
 
+void gelu_tanh_into(const Tensor& x, const Tensor& y) {
+  OpCall c;
+  c.in = {x};
+  c.out = {y};
+  gelu_tanh_fwd_cpu(c);
+}
+
+void gelu_tanh_grad_into(const Tensor& x, const Tensor& gy, const Tensor& gx) {
+  OpCall c;
+  c.in = {x, x, gy};  // (x, y, gy): the tanh form's slope needs x alone
+  c.out = {gx};
+  gelu_tanh_bwd_cpu(c);
+}
+
 void register_elementwise(OpTable& t) {
   t[Op::add].cpu = &add_cpu;
   t[Op::sub].cpu = &sub_cpu;

@@ -98,11 +98,49 @@ void linear_cpu(const OpCall& c) {
   });
 }
 
+// in: x (R, K), W (N, K), b (N). out: y = gelu_tanh(p), p = x W^T + b (R, N). Composed here (the
+// GEMM, then the activation over p); on CUDA it is one GEMM with the bias+GELU epilogue.
+void linear_gelu_cpu(const OpCall& c) {
+  OpCall lin;
+  lin.in = c.in;
+  lin.out = {c.out[1]};
+  linear_cpu(lin);
+  gelu_tanh_into(c.out[1], c.out[0]);
+}
+
+// in: g (R, N), W (N, H), p (R, H). out: gp = (g W) * gelu_tanh'(p) (R, H), gb (H) = the column
+// sums of gp, each column added in row order in double (the bits do not depend on the threads).
+void linear_gelu_bwd_cpu(const OpCall& c) {
+  const Tensor &G = c.in[0], &W = c.in[1], &P = c.in[2], &GP = c.out[0], &GB = c.out[1];
+  const int64_t N = W.size(0), H = W.size(1), R = H > 0 ? P.numel() / H : 0;
+  Tensor ga = Tensor::empty(P.shape(), P.dtype(), P.device());  // g W, before the slope
+  dispatch_float(G.dtype(), "linear_gelu_bwd", [&](auto tag) {
+    using T = decltype(tag);
+    for_row_blocks(1, R, R * N * H, [&](int64_t, int64_t m0, int64_t mb) {
+      gemm_block<T>(G.data<T>(), W.data<T>(), ga.data<T>(), R, H, N, false, false, m0, mb);
+    });
+  });
+  gelu_tanh_grad_into(P, ga, GP);
+  dispatch_float(G.dtype(), "linear_gelu_bwd", [&](auto tag) {
+    using T = decltype(tag);
+    const T* gp = GP.data<T>();
+    T* gb = GB.data<T>();
+#pragma omp parallel for schedule(static) if (R * H > kParallelGrain)
+    for (int64_t h = 0; h < H; ++h) {
+      double s = 0;
+      for (int64_t r = 0; r < R; ++r) s += static_cast<double>(gp[r * H + h]);
+      gb[h] = static_cast<T>(s);
+    }
+  });
+}
+
 }  // namespace
 
 void register_linalg(OpTable& t) {
   t[Op::matmul].cpu = &matmul_cpu;
   t[Op::linear].cpu = &linear_cpu;
+  t[Op::linear_gelu].cpu = &linear_gelu_cpu;
+  t[Op::linear_gelu_bwd].cpu = &linear_gelu_bwd_cpu;
 }
 
 }  // namespace psvae::kernels::cpu

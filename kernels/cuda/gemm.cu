@@ -210,6 +210,25 @@ void matmul_cuda(const OpCall& c) {
   gemm(d, C.device().index);
 }
 
+// y = x W^T as a descriptor: x (..., K) as rows, W (N, K) row-major as op(B) stored transposed,
+// y (..., N). Shapes already checked.
+GemmDesc linear_desc(const Tensor& X, const Tensor& W, const Tensor& Y) {
+  const int64_t N = W.size(0), K = W.size(1);
+  GemmDesc d;
+  d.dtype = Y.dtype();
+  d.trans_b = true;
+  d.M = X.shape().prod(0, X.rank() - 1);
+  d.N = N;
+  d.K = K;
+  d.lda = std::max<int64_t>(1, K);
+  d.ldb = std::max<int64_t>(1, K);
+  d.ldc = std::max<int64_t>(1, N);
+  d.A = X.raw_data();
+  d.B = W.raw_data();
+  d.C = Y.raw_data();
+  return d;
+}
+
 // in: x (..., K), W (N, K), optional b (N). out: y (..., N).
 void linear_cuda(const OpCall& c) {
   check_dtypes("linear", c);
@@ -223,19 +242,7 @@ void linear_cuda(const OpCall& c) {
     throw std::invalid_argument("linear: x " + X.shape().str() + ", W " + W.shape().str() +
                                 (has_bias ? ", b " + c.in[2].shape().str() : std::string()) +
                                 " and out " + Y.shape().str() + " do not match");
-  const int64_t N = W.size(0), K = W.size(1);
-  GemmDesc d;
-  d.dtype = Y.dtype();
-  d.trans_b = true;  // W (N, K) row-major is op(B) = W^T stored transposed
-  d.M = X.shape().prod(0, X.rank() - 1);
-  d.N = N;
-  d.K = K;
-  d.lda = std::max<int64_t>(1, K);
-  d.ldb = std::max<int64_t>(1, K);
-  d.ldc = std::max<int64_t>(1, N);
-  d.A = X.raw_data();
-  d.B = W.raw_data();
-  d.C = Y.raw_data();
+  GemmDesc d = linear_desc(X, W, Y);
   if (has_bias) {
     d.epilogue = Epilogue::Bias;
     d.bias = c.in[2].raw_data();
@@ -243,11 +250,61 @@ void linear_cuda(const OpCall& c) {
   gemm(d, Y.device().index);
 }
 
+// in: x (..., K), W (N, K), b (N). out: y = gelu_tanh(p), p = x W^T + b, both (..., N). One GEMM
+// with the bias+GELU epilogue, p stored as its aux output.
+void linear_gelu_cuda(const OpCall& c) {
+  check_dtypes("linear_gelu", c);
+  const Tensor &X = c.in[0], &W = c.in[1], &B = c.in[2], &Y = c.out[0], &P = c.out[1];
+  if (W.rank() != 2 || X.rank() < 1 || X.size(-1) != W.size(1) || B.rank() != 1 ||
+      B.size(0) != W.size(0) || Y.shape() != P.shape() || Y.size(-1) != W.size(0) ||
+      Y.shape().prod(0, Y.rank() - 1) != X.shape().prod(0, X.rank() - 1))
+    throw std::invalid_argument("linear_gelu: x " + X.shape().str() + ", W " + W.shape().str() +
+                                ", b " + B.shape().str() + " and out " + Y.shape().str() +
+                                " do not match");
+  GemmDesc d = linear_desc(X, W, Y);
+  d.epilogue = Epilogue::BiasGelu;
+  d.bias = B.raw_data();
+  d.aux = P.raw_data();
+  gemm(d, Y.device().index);
+}
+
+// in: g (..., N), W (N, H), p (..., H). out: gp = (g W) * gelu_tanh'(p) (..., H), gb (H) = column
+// sums of gp. One GEMM with the dGELU + bias-gradient epilogue.
+void linear_gelu_bwd_cuda(const OpCall& c) {
+  check_dtypes("linear_gelu_bwd", c);
+  const Tensor &G = c.in[0], &W = c.in[1], &P = c.in[2], &GP = c.out[0], &GB = c.out[1];
+  const int64_t rows = P.rank() >= 1 ? P.shape().prod(0, P.rank() - 1) : 0;
+  if (W.rank() != 2 || G.rank() < 1 || G.size(-1) != W.size(0) || P.rank() < 1 ||
+      P.size(-1) != W.size(1) || G.shape().prod(0, G.rank() - 1) != rows ||
+      GP.shape() != P.shape() || GB.rank() != 1 || GB.size(0) != W.size(1))
+    throw std::invalid_argument("linear_gelu_bwd: g " + G.shape().str() + ", W " + W.shape().str() +
+                                ", pre " + P.shape().str() + " and outputs " + GP.shape().str() +
+                                ", " + GB.shape().str() + " do not match");
+  const int64_t N = W.size(0), H = W.size(1);
+  GemmDesc d;
+  d.dtype = GP.dtype();
+  d.M = rows;
+  d.N = H;
+  d.K = N;
+  d.lda = std::max<int64_t>(1, N);
+  d.ldb = std::max<int64_t>(1, H);
+  d.ldc = std::max<int64_t>(1, H);
+  d.A = G.raw_data();
+  d.B = W.raw_data();
+  d.C = GP.raw_data();
+  d.epilogue = Epilogue::DGeluBGrad;
+  d.aux = P.raw_data();
+  d.bias_grad = GB.raw_data();
+  gemm(d, GP.device().index);
+}
+
 }  // namespace
 
 void register_gemm(OpTable& t) {
   t[Op::matmul].cuda = &matmul_cuda;
   t[Op::linear].cuda = &linear_cuda;
+  t[Op::linear_gelu].cuda = &linear_gelu_cuda;
+  t[Op::linear_gelu_bwd].cuda = &linear_gelu_bwd_cuda;
 }
 
 }  // namespace psvae::kernels::cuda

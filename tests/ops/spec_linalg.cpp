@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "common/test_util.h"
@@ -16,6 +17,22 @@ namespace {
 using kernels::Op;
 
 std::vector<double> vals(const Tensor& t) { return t.to_vector<double>(); }
+
+// x W^T + b over the rows of x (..., K) with W (N, K) and b (N) or undefined, in plain loops.
+Tensor naive_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const int64_t N = w.size(0), K = w.size(1), R = x.shape().prod(0, x.rank() - 1);
+  std::vector<double> X = vals(x), W = vals(w), Y(static_cast<size_t>(R * N));
+  std::vector<double> B = b.defined() ? vals(b) : std::vector<double>(N, 0.0);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = B[static_cast<size_t>(n)];
+      for (int64_t k = 0; k < K; ++k) acc += X[r * K + k] * W[n * K + k];
+      Y[static_cast<size_t>(r * N + n)] = acc;
+    }
+  Shape out = x.shape();
+  out[-1] = N;
+  return Tensor::from_vector(Y, out);
+}
 
 // C = op(A) op(B) per batch entry; b shared when rank 2. Plain loops, sum in k order.
 Tensor naive_matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
@@ -125,21 +142,74 @@ PSVAE_OP_SPEC(linear) {
     return ag::linear(v[0], v[1], v.size() > 2 ? v[2] : ag::Var());
   });
   s.reference = [](const std::vector<Tensor>& in, const OpCase&) {
-    const Tensor &x = in[0], &w = in[1];
-    int64_t N = w.size(0), K = w.size(1), R = x.numel() / K;
-    std::vector<double> X = vals(x), W = vals(w), Y(static_cast<size_t>(R * N));
-    std::vector<double> B = in.size() > 2 ? vals(in[2]) : std::vector<double>(N, 0.0);
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t n = 0; n < N; ++n) {
-        double acc = B[static_cast<size_t>(n)];
-        for (int64_t k = 0; k < K; ++k) acc += X[r * K + k] * W[n * K + k];
-        Y[static_cast<size_t>(r * N + n)] = acc;
-      }
-    Shape out = x.shape();
-    out[-1] = N;
-    return std::vector<Tensor>{Tensor::from_vector(Y, out)};
+    return std::vector<Tensor>{naive_linear(in[0], in[1], in.size() > 2 ? in[2] : Tensor())};
   };
   return s;
+}
+
+// The fused MLP, fc2(gelu_tanh(fc1(x))): its forward runs linear_gelu then linear, its backward
+// linear_gelu_bwd (the gradient through fc2 and the GELU, and fc1's bias gradient) and three
+// GEMMs; the gradcheck of every input covers both new ops.
+PSVAE_OP_SPEC(mlp_gelu) {
+  OpSpec s;
+  s.name = "mlp_gelu";
+  s.covers = {Op::linear_gelu, Op::linear_gelu_bwd};
+  s.cases = [](Generator& g) {
+    struct M {
+      Shape x;
+      int64_t H, N;
+      bool b2, grad;
+    };
+    const std::vector<M> shapes = {
+        {{5, 7}, 6, 3, true, true},      {{2, 3, 4}, 9, 5, true, true},
+        {{1, 1}, 1, 1, true, true},      {{6}, 4, 2, false, true},
+        {{4, 1, 13}, 7, 3, false, true}, {{2, 33, 40}, 65, 17, true, false},
+        {{70, 65}, 33, 9, true, false},
+    };
+    std::vector<OpCase> cases;
+    for (const M& m : shapes) {
+      const int64_t K = m.x[-1];
+      OpCase c;
+      c.label = fmt::format("x {} W1 ({}, {}) W2 ({}, {}){}", m.x.str(), m.H, K, m.N, m.H,
+                            m.b2 ? " + b2" : "");
+      // Inputs over [-2, 2]: pre-activations reach where the GELU bends.
+      c.inputs = {uniform(g, m.x, -2, 2), uniform(g, Shape{m.H, K}), uniform(g, Shape{m.H}),
+                  uniform(g, Shape{m.N, m.H})};
+      if (m.b2) c.inputs.push_back(uniform(g, Shape{m.N}));
+      c.gradcheck = m.grad;
+      cases.push_back(c);
+    }
+    return cases;
+  };
+  s.apply = single([](const std::vector<ag::Var>& v, const OpCase&) {
+    return ag::mlp_gelu(v[0], v[1], v[2], v[3], v.size() > 4 ? v[4] : ag::Var());
+  });
+  s.reference = [](const std::vector<Tensor>& in, const OpCase&) {
+    const Tensor p = naive_linear(in[0], in[1], in[2]);
+    std::vector<double> a = vals(p);
+    for (double& v : a)  // PyTorch's gelu(approximate='tanh'), in f64
+      v = 0.5 * v * (1.0 + std::tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v)));
+    return std::vector<Tensor>{
+        naive_linear(Tensor::from_vector(a, p.shape()), in[3], in.size() > 4 ? in[4] : Tensor())};
+  };
+  return s;
+}
+
+TEST_CASE("linear_gelu and linear_gelu_bwd: bad operands are refused, naming the op and shapes") {
+  Generator g(5);
+  const Tensor x = uniform(g, {4, 3}), w1 = uniform(g, {6, 3}), b1 = uniform(g, {6});
+  CHECK_THROWS_WITH_AS(ops::linear_gelu(x, w1, Tensor()), doctest::Contains("linear_gelu: bias"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(ops::linear_gelu(x, uniform(g, {6, 2}), b1),
+                       doctest::Contains("linear_gelu: x (4, 3) and W (6, 2)"),
+                       std::invalid_argument);
+  const Tensor gy = uniform(g, {4, 5}), w2 = uniform(g, {5, 6}), pre = uniform(g, {4, 6});
+  CHECK_NOTHROW(ops::linear_gelu_bwd(gy, w2, pre));
+  CHECK_THROWS_WITH_AS(ops::linear_gelu_bwd(gy, w2, uniform(g, {3, 6})),
+                       doctest::Contains("linear_gelu_bwd: g (4, 5), W (5, 6) and pre (3, 6)"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(ops::linear_gelu_bwd(gy, uniform(g, {6, 5}), pre),
+                       doctest::Contains("do not match"), std::invalid_argument);
 }
 
 // The CPU backend promises the same bits for any thread count (cpu_common.h). A 128x96x80 GEMM is

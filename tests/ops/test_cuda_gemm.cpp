@@ -382,6 +382,61 @@ TEST_CASE("cuda gemm: linear (x W^T + b) matches the CPU, both backends") {
   }
 }
 
+TEST_CASE("cuda gemm: the fused MLP ops (linear_gelu and its backward) match the CPU") {
+  // linear_gelu: y = gelu_tanh(p), p = x W1^T + b1 (the bias+GELU epilogue, p as its aux);
+  // linear_gelu_bwd: gp = (g W2) gelu'(p) and its column sums (the dGELU + bias-gradient epilogue).
+  // Both outputs of each, poisoned, every backend; widths odd (element-load paths), multiples of 8
+  // (cp.async, wgmma and TMA) and 0 rows (the bias gradient is all zeros).
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
+  Generator g(71);
+  struct MlpCase {
+    Shape x;       // (..., K)
+    int64_t H, N;  // hidden and output widths
+  };
+  const std::vector<MlpCase> cases = {{{7, 33}, 129, 5},
+                                      {{2, 3, 128}, 136, 64},
+                                      {{130, 64}, 256, 72},
+                                      {{1, 1}, 1, 1},
+                                      {{0, 8}, 16, 8}};
+  for (const MlpCase& mc : cases) {
+    const int64_t K = mc.x[-1];
+    Shape sh = mc.x, sg = mc.x;
+    sh[-1] = mc.H;
+    sg[-1] = mc.N;
+    for (DType dt : {DType::F32, DType::BF16}) {
+      const Tensor x = as_dtype(test::uniform(g, mc.x), dt);
+      const Tensor w1 = as_dtype(test::uniform(g, {mc.H, K}), dt);
+      const Tensor b1 = as_dtype(test::uniform(g, {mc.H}), dt);
+      const Tensor gy = as_dtype(test::uniform(g, sg), dt);
+      const Tensor w2 = as_dtype(test::uniform(g, {mc.N, mc.H}), dt);
+      // Pre-activations over [-3, 3], where the GELU's slope runs from about 0 to about 1.
+      const Tensor pre = as_dtype(test::uniform(g, sh, -3.0, 3.0), dt);
+      const std::vector<Tensor> ref_fwd = test::run_op(
+          Op::linear_gelu, {widen(x), widen(w1), widen(b1)}, {sh, sh}, DType::F64, Device::cpu());
+      const std::vector<Tensor> ref_bwd =
+          test::run_op(Op::linear_gelu_bwd, {widen(gy), widen(w2), widen(pre)}, {sh, Shape{mc.H}},
+                       DType::F64, Device::cpu());
+      for (GemmBackend be : kBackends) {
+        CAPTURE(mc.x.str());
+        CAPTURE(mc.H);
+        CAPTURE(std::string(dtype_name(dt)));
+        CAPTURE(std::string(kernels::cuda::gemm_backend_name(be)));
+        BackendScope scope(be);
+        const std::vector<Tensor> fwd = test::run_op(
+            Op::linear_gelu, {x.to(kGpu), w1.to(kGpu), b1.to(kGpu)}, {sh, sh}, dt, kGpu);
+        check_close(fwd[0], ref_fwd[0], dt);  // y
+        check_close(fwd[1], ref_fwd[1], dt);  // p
+        const std::vector<Tensor> bwd =
+            test::run_op(Op::linear_gelu_bwd, {gy.to(kGpu), w2.to(kGpu), pre.to(kGpu)},
+                         {sh, Shape{mc.H}}, dt, kGpu);
+        check_close(bwd[0], ref_bwd[0], dt);  // gp
+        check_close(bwd[1], ref_bwd[1], dt);  // its column sums
+      }
+    }
+  }
+}
+
 TEST_CASE("cuda gemm: alpha, beta, strides, padding and every epilogue through gemm()") {
   PSVAE_REQUIRE_CUDA();
   test::PoisonScope poison;

@@ -38,14 +38,20 @@ $(BUILD)/CMakeCache.txt:
 configure: deps $(BUILD)/CMakeCache.txt
 
 build: configure
+	@echo "make build: $$(date -u +%T) building $(BUILD)"
 	cmake --build $(BUILD) -j $(JOBS)
 
 # The whole suite, then the tensor-layer tests (safetensors parsing of malformed files) again
 # under AddressSanitizer + UBSan.
+# Each phase prints the UTC time it starts, so a CI log shows where its minutes go.
 test: build
+	@echo "make test: $$(date -u +%T) build done; the suite"
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+	@echo "make test: $$(date -u +%T) asan-tensor"
 	@$(MAKE) --no-print-directory asan-tensor
+	@echo "make test: $$(date -u +%T) test-emu"
 	@$(MAKE) --no-print-directory test-emu
+	@echo "make test: $$(date -u +%T) done"
 
 # The CUDA kernel tests on the host emulator (cuda_emu/, docs/kernels.md "The emulator"): the CUDA
 # sources compiled as C++ and every kernel run against the CPU, so a machine without a GPU still
@@ -63,6 +69,7 @@ test-emu: deps
 	[ -f $(BUILD)-emu/CMakeCache.txt ] || cmake -S . -B $(BUILD)-emu $(GENERATOR) -DCMAKE_BUILD_TYPE=Release \
 	  -DPSVAE_CUDA_EMU=ON -DPSVAE_MPI=OFF > /dev/null && \
 	cmake --build $(BUILD)-emu -j $(JOBS) --target test_tensor test_ops test_dit test_psvae test_train psvae && \
+	echo "test-emu: $$(date -u +%T) built; the CUDA tests on the emulator" && \
 	for t in test_tensor test_ops test_dit test_psvae test_train; do \
 	  $(BUILD)-emu/bin/$$t --no-intro=true -tc="*cuda*" || exit 1; \
 	done && \

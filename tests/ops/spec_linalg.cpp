@@ -161,10 +161,14 @@ PSVAE_OP_SPEC(mlp_gelu) {
       bool b2, grad;
     };
     const std::vector<M> shapes = {
-        {{5, 7}, 6, 3, true, true},      {{2, 3, 4}, 9, 5, true, true},
-        {{1, 1}, 1, 1, true, true},      {{6}, 4, 2, false, true},
-        {{4, 1, 13}, 7, 3, false, true}, {{2, 33, 40}, 65, 17, true, false},
+        {{5, 7}, 6, 3, true, true},
+        {{2, 3, 4}, 9, 5, true, true},
+        {{1, 1}, 1, 1, true, true},
+        {{6}, 4, 2, false, true},
+        {{4, 1, 13}, 7, 3, false, true},
+        {{2, 33, 40}, 65, 17, true, false},
         {{70, 65}, 33, 9, true, false},
+        {{3, 2}, 70, 2, true, true},  // H = 70: one full 64-column block of the CPU bias sum + 6
     };
     std::vector<OpCase> cases;
     for (const M& m : shapes) {

@@ -112,15 +112,12 @@ void linear_gelu_cpu(const OpCall& c) {
 // sums of gp, each column added in row order in double (the bits do not depend on the threads).
 void linear_gelu_bwd_cpu(const OpCall& c) {
   const Tensor &G = c.in[0], &W = c.in[1], &P = c.in[2], &GP = c.out[0], &GB = c.out[1];
-  const int64_t N = W.size(0), H = W.size(1), R = H > 0 ? P.numel() / H : 0;
-  Tensor ga = Tensor::empty(P.shape(), P.dtype(), P.device());  // g W, before the slope
-  dispatch_float(G.dtype(), "linear_gelu_bwd", [&](auto tag) {
-    using T = decltype(tag);
-    for_row_blocks(1, R, R * N * H, [&](int64_t, int64_t m0, int64_t mb) {
-      gemm_block<T>(G.data<T>(), W.data<T>(), ga.data<T>(), R, H, N, false, false, m0, mb);
-    });
-  });
-  gelu_tanh_grad_into(P, ga, GP);
+  const int64_t N = W.size(0), H = W.size(1), R = P.shape().prod(0, P.rank() - 1);
+  OpCall mm;  // g W, before the slope: rows of g times the shared W
+  mm.in = {G.reshape(Shape{R, N}), W};
+  mm.out = {Tensor::empty(Shape{R, H}, P.dtype(), P.device())};
+  matmul_cpu(mm);
+  gelu_tanh_grad_into(P, mm.out[0].reshape(P.shape()), GP);
   // Column sums by blocks of kSumCols columns, rows walked in order: contiguous reads, and each
   // column's sum in row order whatever the thread count.
   constexpr int64_t kSumCols = 64;

@@ -45,11 +45,24 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   return c.out[0];
 }
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  check_float_pair("linear", x, w);
+namespace {
+
+// x (..., K) and W (N, K) of one float dtype and device, for linear and linear_gelu; returns the
+// output's shape (..., N).
+Shape check_linear_operands(const char* op, const Tensor& x, const Tensor& w) {
+  check_float_pair(op, x, w);
   check(w.rank() == 2 && x.rank() >= 1 && x.size(-1) == w.size(1),
-        fmt::format("linear: x {} and W {} do not match (expected W (N, {}))", x.shape().str(),
+        fmt::format("{}: x {} and W {} do not match (expected W (N, {}))", op, x.shape().str(),
                     w.shape().str(), x.rank() >= 1 ? x.size(-1) : 0));
+  Shape out = x.shape();
+  out[-1] = w.size(0);
+  return out;
+}
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const Shape out = check_linear_operands("linear", x, w);
   kernels::OpCall c;
   c.in = {x, w};
   if (b.defined()) {
@@ -58,24 +71,17 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
                       dtype_name(b.dtype()), w.shape().str()));
     c.in.push_back(b);
   }
-  Shape out = x.shape();
-  out[-1] = w.size(0);
   c.out = {Tensor::empty(out, x.dtype(), x.device())};
   kernels::run(Op::linear, c);
   return c.out[0];
 }
 
 LinearGeluOut linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
-  check_float_pair("linear_gelu", x, w);
-  check(w.rank() == 2 && x.rank() >= 1 && x.size(-1) == w.size(1),
-        fmt::format("linear_gelu: x {} and W {} do not match (expected W (N, {}))", x.shape().str(),
-                    w.shape().str(), x.rank() >= 1 ? x.size(-1) : 0));
+  const Shape out = check_linear_operands("linear_gelu", x, w);
   check(b.defined() && b.rank() == 1 && b.size(0) == w.size(0) && b.dtype() == w.dtype(),
         fmt::format("linear_gelu: bias {} does not match W {} (a bias of ({}) {} is needed)",
                     b.defined() ? b.str() : "undefined", w.shape().str(), w.size(0),
                     dtype_name(w.dtype())));
-  Shape out = x.shape();
-  out[-1] = w.size(0);
   kernels::OpCall c;
   c.in = {x, w, b};
   c.out = {Tensor::empty(out, x.dtype(), x.device()), Tensor::empty(out, x.dtype(), x.device())};

@@ -47,6 +47,7 @@
 
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/gemm.h"
+#include "kernels/env_choice.h"
 #include "kernels/op_table.h"
 
 namespace psvae::kernels::cuda {
@@ -102,16 +103,14 @@ constexpr const char* kNeedsSm90a = " needs a device that runs this binary's sm_
 // take it. `tensors` are all the call's float tensors (inputs and outputs).
 Path choose_path(const char* op, DType dt, const Dims& n,
                  std::initializer_list<const Tensor*> tensors) {
-  const char* env = std::getenv("PSVAE_ATTN");
-  const std::string mode = env ? env : "";
-  if (!mode.empty() && mode != "auto" && mode != "simt" && mode != "mma")
-    fail(op, "PSVAE_ATTN must be auto, simt or mma, got '" + mode + "'");
-  if (mode == "simt") return Path::kSimt;
+  enum { kAuto, kSimt, kMma };
+  const int mode = env_choice("PSVAE_ATTN", {"auto", "simt", "mma"}, std::string(op) + ": ");
+  if (mode == kSimt) return Path::kSimt;
   bool aligned = true;
   for (const Tensor* t : tensors) aligned = aligned && aligned16(t->raw_data());
   const bool mma_ok = dt == DType::BF16 && n.d % 8 == 0 && n.dv % 8 == 0 && n.d >= 8 && n.dv >= 8 &&
                       aligned;  // d, dv <= 128 checked in check_qkv
-  if (mode == "mma" && !mma_ok)
+  if (mode == kMma && !mma_ok)
     fail(op, std::string("PSVAE_ATTN=mma, but the tensor-core path needs bf16, d and dv "
                          "multiples of 8 in [8, 128] and 16-byte aligned tensors; got ") +
                  dtype_name(dt) + ", d = " + std::to_string(n.d) +
@@ -124,24 +123,20 @@ enum class FwdKernel { kMma, kWgmma, kWgmmaTma, kWgmmaPingPong };
 // The MMA forward's kernel for this call: PSVAE_ATTN_FWD (see the top of the file). Read (and a
 // bad value refused) on every call, whichever path the call takes.
 FwdKernel choose_fwd_kernel(const char* op) {
-  const char* env = std::getenv("PSVAE_ATTN_FWD");
-  const std::string mode = env ? env : "";
-  if (mode.empty() || mode == "auto" || mode == "mma") return FwdKernel::kMma;
-  if (mode == "wgmma") return FwdKernel::kWgmma;
-  if (mode == "wgmma_tma") return FwdKernel::kWgmmaTma;
-  if (mode == "wgmma_pingpong") return FwdKernel::kWgmmaPingPong;
-  fail(op,
-       "PSVAE_ATTN_FWD must be auto, mma, wgmma, wgmma_tma or wgmma_pingpong, got '" + mode + "'");
+  // auto is mma: the wgmma forwards are not chosen before they are measured on a GPU.
+  const FwdKernel by_value[] = {FwdKernel::kMma, FwdKernel::kMma, FwdKernel::kWgmma,
+                                FwdKernel::kWgmmaTma, FwdKernel::kWgmmaPingPong};
+  return by_value[env_choice("PSVAE_ATTN_FWD",
+                             {"auto", "mma", "wgmma", "wgmma_tma", "wgmma_pingpong"},
+                             std::string(op) + ": ")];
 }
 
 // The MMA backward's form for this call: PSVAE_ATTN_BWD (see the top of the file).
 attn::BwdVariant choose_bwd_variant(const char* op) {
-  const char* env = std::getenv("PSVAE_ATTN_BWD");
-  const std::string mode = env ? env : "";
-  if (mode.empty() || mode == "auto" || mode == "fused") return attn::BwdVariant::kFused;
-  if (mode == "split") return attn::BwdVariant::kSplit;
-  if (mode == "wgmma") return attn::BwdVariant::kWgmma;
-  fail(op, "PSVAE_ATTN_BWD must be auto, fused, split or wgmma, got '" + mode + "'");
+  const attn::BwdVariant forms[] = {attn::BwdVariant::kFused, attn::BwdVariant::kFused,
+                                    attn::BwdVariant::kSplit, attn::BwdVariant::kWgmma};
+  return forms[env_choice("PSVAE_ATTN_BWD", {"auto", "fused", "split", "wgmma"},
+                          std::string(op) + ": ")];
 }
 
 // (q, k, v, [key_mask]) -> (o, lse); reals: scale.

@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/conv.h"
 #include "kernels/cuda/elementwise_common.cuh"
+#include "kernels/env_choice.h"
 #include "kernels/op_table.h"
 #include "tensor/cuda/cuda_check.cuh"
 #include "tensor/cuda/launch.cuh"
@@ -38,12 +39,8 @@ void reset_conv_path() { g_forced_path = -1; }
 ConvPath conv_path() {
   const int forced = g_forced_path.load();
   if (forced >= 0) return static_cast<ConvPath>(forced);
-  const char* v = std::getenv("PSVAE_CONV");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return ConvPath::kAuto;
-  if (std::strcmp(v, "cudnn") == 0) return ConvPath::kCudnn;
-  if (std::strcmp(v, "own") == 0) return ConvPath::kOwn;
-  throw std::invalid_argument(std::string("PSVAE_CONV must be auto, cudnn or own, got '") + v +
-                              "'");
+  const ConvPath paths[] = {ConvPath::kAuto, ConvPath::kCudnn, ConvPath::kOwn};
+  return paths[env_choice("PSVAE_CONV", {"auto", "cudnn", "own"})];
 }
 
 const char* conv_path_name(ConvPath path) {

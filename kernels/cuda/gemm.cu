@@ -229,23 +229,30 @@ GemmDesc linear_desc(const Tensor& X, const Tensor& W, const Tensor& Y) {
   return d;
 }
 
+// The operands of linear and linear_gelu: x (..., K), W (N, K), b (N) when given, y (..., N) with
+// x's leading dims (compared by product, not numel / last: with K == 0, x has no elements but
+// still M rows).
+void check_linear_call(const char* op, const Tensor& X, const Tensor& W, const Tensor* B,
+                       const Tensor& Y) {
+  if (W.rank() != 2 || X.rank() < 1 || X.size(-1) != W.size(1) || Y.rank() != X.rank() ||
+      Y.size(-1) != W.size(0) ||
+      Y.shape().prod(0, Y.rank() - 1) != X.shape().prod(0, X.rank() - 1) ||
+      (B && (B->rank() != 1 || B->size(0) != W.size(0))))
+    throw std::invalid_argument(std::string(op) + ": x " + X.shape().str() + ", W " +
+                                W.shape().str() + (B ? ", b " + B->shape().str() : std::string()) +
+                                " and out " + Y.shape().str() + " do not match");
+}
+
 // in: x (..., K), W (N, K), optional b (N). out: y (..., N).
 void linear_cuda(const OpCall& c) {
   check_dtypes("linear", c);
   const Tensor &X = c.in[0], &W = c.in[1], &Y = c.out[0];
-  const bool has_bias = c.in.size() > 2;
-  if (W.rank() != 2 || X.rank() < 1 || X.size(-1) != W.size(1) || Y.rank() != X.rank() ||
-      Y.size(-1) != W.size(0) ||
-      // Leading dims by product, not numel / last: with K == 0, x has no elements but M rows.
-      Y.shape().prod(0, Y.rank() - 1) != X.shape().prod(0, X.rank() - 1) ||
-      (has_bias && (c.in[2].rank() != 1 || c.in[2].size(0) != W.size(0))))
-    throw std::invalid_argument("linear: x " + X.shape().str() + ", W " + W.shape().str() +
-                                (has_bias ? ", b " + c.in[2].shape().str() : std::string()) +
-                                " and out " + Y.shape().str() + " do not match");
+  const Tensor* B = c.in.size() > 2 ? &c.in[2] : nullptr;
+  check_linear_call("linear", X, W, B, Y);
   GemmDesc d = linear_desc(X, W, Y);
-  if (has_bias) {
+  if (B) {
     d.epilogue = Epilogue::Bias;
-    d.bias = c.in[2].raw_data();
+    d.bias = B->raw_data();
   }
   gemm(d, Y.device().index);
 }
@@ -255,12 +262,10 @@ void linear_cuda(const OpCall& c) {
 void linear_gelu_cuda(const OpCall& c) {
   check_dtypes("linear_gelu", c);
   const Tensor &X = c.in[0], &W = c.in[1], &B = c.in[2], &Y = c.out[0], &P = c.out[1];
-  if (W.rank() != 2 || X.rank() < 1 || X.size(-1) != W.size(1) || B.rank() != 1 ||
-      B.size(0) != W.size(0) || Y.shape() != P.shape() || Y.size(-1) != W.size(0) ||
-      Y.shape().prod(0, Y.rank() - 1) != X.shape().prod(0, X.rank() - 1))
-    throw std::invalid_argument("linear_gelu: x " + X.shape().str() + ", W " + W.shape().str() +
-                                ", b " + B.shape().str() + " and out " + Y.shape().str() +
-                                " do not match");
+  check_linear_call("linear_gelu", X, W, &B, Y);
+  if (P.shape() != Y.shape())
+    throw std::invalid_argument("linear_gelu: pre " + P.shape().str() + " and out " +
+                                Y.shape().str() + " differ");
   GemmDesc d = linear_desc(X, W, Y);
   d.epilogue = Epilogue::BiasGelu;
   d.bias = B.raw_data();

@@ -62,6 +62,7 @@
 #include "kernels/cuda/mma_sm90.cuh"
 #include "kernels/cuda/tensor_map.h"
 #include "kernels/cuda/wg_turns.cuh"
+#include "kernels/env_choice.h"
 #include "tensor/cuda/cuda_check.cuh"
 #include "tensor/cuda/launch.cuh"
 
@@ -290,12 +291,7 @@ CUresult encode_operands(CUtensorMap* a, CUtensorMap* b, const GemmParams<bf16_t
 // (default, also unset or empty: one block per SM, each taking every gridDim.x-th tile) or
 // "tiles" (one block per tile; ping-pong: per pair of tiles). Anything else throws.
 bool persistent_grid() {
-  const char* env = std::getenv("PSVAE_GEMM_TMA_GRID");
-  const std::string v = env ? env : "";
-  if (v.empty() || v == "persistent") return true;
-  if (v == "tiles") return false;
-  throw std::invalid_argument("gemm: PSVAE_GEMM_TMA_GRID must be persistent or tiles, got '" + v +
-                              "'");
+  return env_choice("PSVAE_GEMM_TMA_GRID", {"persistent", "tiles"}, "gemm: ") == 0;
 }
 
 template <bool kTA, bool kTB, bool kPingPong>
@@ -330,12 +326,9 @@ void launch_any(const CUtensorMap& a, const CUtensorMap& b, const GemmParams<bf1
 }  // namespace
 
 TmaSchedule tma_schedule() {
-  const char* env = std::getenv("PSVAE_GEMM_TMA_SCHEDULE");
-  const std::string v = env ? env : "";
-  if (v.empty() || v == "cooperative") return TmaSchedule::Cooperative;
-  if (v == "pingpong") return TmaSchedule::PingPong;
-  throw std::invalid_argument(
-      "gemm: PSVAE_GEMM_TMA_SCHEDULE must be cooperative or pingpong, got '" + v + "'");
+  return env_choice("PSVAE_GEMM_TMA_SCHEDULE", {"cooperative", "pingpong"}, "gemm: ") == 0
+             ? TmaSchedule::Cooperative
+             : TmaSchedule::PingPong;
 }
 
 bool wgmma_tma_available(int device) {

@@ -7,9 +7,13 @@
 //   - norms, softmaxes and losses (layer_norm, group_norm, layernorm_modulate, softmax,
 //     log_softmax, mse, l1, KL, cross-entropy, the LPIPS tap) run in f32 at least: bf16 inputs are
 //     cast up, as torch.autocast's fp32 list does, because their reductions lose too much in bf16;
+//     layernorm_modulate, whose output always feeds a GEMM, writes that output in bf16 (the f32
+//     result rounded once, what the GEMM's cast would give) and reads its gradient in bf16;
 //   - any other function whose floating inputs differ in dtype promotes them all to the widest
 //     (bf16 < f32 < f64) first: a residual add of an f32 stream and a bf16 branch runs in f32.
-//     Every kernel still receives one dtype.
+//     Every kernel still receives one dtype, except the DiT block's gated_residual, which takes
+//     the bf16 branch beside the f32 stream and gate as they are (widening bf16 is exact: the
+//     same sums, without a cast's pass) and hands the branch a bf16 gradient.
 // Parameters stay f32 (the master weights the optimiser, the EMA and the checkpoints use); each
 // use casts them through ag::cast, whose backward hands the parameter an f32 gradient.
 // Outside a guard, or under AutocastGuard(DType::F32), nothing is cast and inputs of different

@@ -153,10 +153,32 @@ void run_backward(const Var& root, const Tensor& seed) {
         grads[i] = Tensor::zeros(m.shape, m.dtype, m.device);
       }
     }
-    std::vector<Tensor> in_grads = node->backward(grads);
+    // What is already waiting for each input's destination, for a node that can add it in its own
+    // kernel (Node::takes_waiting); taken out of `pending` so that it is not added twice.
+    std::vector<Tensor> waiting;
+    if (node->takes_waiting()) {
+      waiting.resize(node->next.size());
+      for (size_t i = 0; i < node->next.size(); ++i) {
+        const Edge& e = node->next[i];
+        if (!e.fn) continue;
+        bool first = true;  // only the first input with this destination is offered its gradient
+        for (size_t j = 0; j < i; ++j)
+          first = first && !(node->next[j].fn == e.fn && node->next[j].output_nr == e.output_nr);
+        auto it_p = pending.find(e.fn.get());
+        if (!first || it_p == pending.end()) continue;
+        Tensor& slot = it_p->second[static_cast<size_t>(e.output_nr)];
+        waiting[i] = slot;
+        slot = Tensor();
+      }
+    }
+    std::vector<Tensor> in_grads =
+        node->takes_waiting() ? node->backward_with_waiting(grads, waiting) : node->backward(grads);
     for (size_t i = 0; i < node->next.size(); ++i) {
       const Edge& e = node->next[i];
       if (!e.fn) continue;
+      // A waiting gradient the node did not take goes back first: the sum is then formed in the
+      // same order as without the offer.
+      if (i < waiting.size() && waiting[i].defined()) deposit(e.fn.get(), e.output_nr, waiting[i]);
       check(i < in_grads.size() && in_grads[i].defined(),
             fmt::format("{}: backward returned no gradient for input {}", node->name(), i));
       const OutputMeta* m =

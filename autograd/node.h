@@ -34,6 +34,21 @@ struct Node {
   // tensor means "no gradient" and is allowed only where needs_grad(i) is false.
   virtual std::vector<Tensor> backward(const std::vector<Tensor>& grads) = 0;
 
+  // Optional: the add of a gradient into what is already waiting for an input, fused into this
+  // node's kernel. Where takes_waiting() is true the engine calls backward_with_waiting instead,
+  // with waiting[i] the gradient already summed for input i's destination by the consumers of
+  // that input whose backward ran before (undefined when none; also for every input but the first
+  // that shares a destination). A node whose kernel can add waiting[i] into its gradient of input
+  // i in the same pass returns that sum and resets waiting[i]; the engine adds what is left as
+  // usual. The result must have the bits of the separate add. (The DiT block's layernorm_modulate
+  // takes the residual stream's gradient this way: one pass over the stream fewer per use.)
+  virtual bool takes_waiting() const { return false; }
+  virtual std::vector<Tensor> backward_with_waiting(const std::vector<Tensor>& grads,
+                                                    std::vector<Tensor>& waiting) {
+    (void)waiting;
+    return backward(grads);
+  }
+
   bool needs_grad(size_t input) const { return input < next.size() && next[input].fn != nullptr; }
 
   std::vector<Edge> next;           // one per input, in the forward's argument order

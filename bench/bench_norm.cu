@@ -2,7 +2,8 @@
 // (without affine weights, as the DiT's adaLN-Zero blocks, and with them), modulate forward and
 // backward, the fused layernorm + modulate of kernels/cuda/norm_fused.h (and, for comparison, the
 // two ops run one after the other), the gated residual add, and groupnorm on a VAE-sized
-// activation. f32 and bf16.
+// activation. f32 and bf16, and the fused pair's bf16-autocast form (f32+bf16: the GEMM side,
+// y / gy / h / gh, in bf16 beside the f32 stream).
 //
 // GB/s counts the bytes each call must move at least: every input read once and every output
 // written once, statistics (mean, rstd) and per-sample operands (shift, scale, gate) included.
@@ -34,8 +35,11 @@ struct Bench {
   // Times fn and prints a row; bytes is the least the call must move.
   void row(const std::string& what, const std::string& shape, DType dt, double bytes,
            const std::function<void()>& fn) {
-    table.row({what, shape, dtype_name(dt)},
-              bench::bandwidth_cells(bytes, timer.median_ms(fn), copy_gbs));
+    row(what, shape, dtype_name(dt), bytes, fn);
+  }
+  void row(const std::string& what, const std::string& shape, const std::string& dt, double bytes,
+           const std::function<void()>& fn) {
+    table.row({what, shape, dt}, bench::bandwidth_cells(bytes, timer.median_ms(fn), copy_gbs));
   }
 };
 
@@ -104,6 +108,25 @@ void dit_rows(Bench& b, Generator& g, int64_t N, int64_t T, int64_t D, DType dt)
         [&] { kernels::cuda::gated_residual_fwd(x, scale, h, y); });
   b.row("gated_residual_bwd", shape, dt, 3 * big + 2 * per_n,
         [&] { kernels::cuda::gated_residual_bwd(gy, scale, h, gx, gscale); });
+  if (dt != DType::F32) return;
+
+  // bf16 autocast's form: the GEMM side (y, gy; h, gh) in bf16 beside the f32 stream. Against
+  // the f32 rows above these save the cast passes they replace (docs/kernels.md, "DiT block
+  // memory traffic"); the bytes are this form's own.
+  const std::string mixed = "f32+bf16";
+  const double half = big / 2;  // one (N, T, D) bf16 tensor
+  Tensor y16 = Tensor::empty(xs, DType::BF16, gpu), gy16 = bench::uniform_gpu(g, xs, DType::BF16);
+  Tensor h16 = bench::uniform_gpu(g, xs, DType::BF16), gh16 = Tensor::empty(xs, DType::BF16, gpu);
+  b.row("layernorm_modulate_fwd (fused, bf16 y)", shape, mixed, big + half + 2 * per_n + 2 * rows,
+        [&] { kernels::cuda::layernorm_modulate_fwd(x, shift, scale, 1e-6, y16, mean, rstd); });
+  b.row("layernorm_modulate_bwd (fused, bf16 gy)", shape, mixed,
+        2 * big + half + 2 * rows + 3 * per_n, [&] {
+          kernels::cuda::layernorm_modulate_bwd(gy16, x, mean, rstd, scale, gx, gshift, gscale);
+        });
+  b.row("gated_residual_fwd (bf16 h)", shape, mixed, 2 * big + half + per_n,
+        [&] { kernels::cuda::gated_residual_fwd(x, scale, h16, y); });
+  b.row("gated_residual_bwd (bf16 h, gh)", shape, mixed, big + 2 * half + 2 * per_n,
+        [&] { kernels::cuda::gated_residual_bwd(gy, scale, h16, gh16, gscale); });
 }
 
 void groupnorm_rows(Bench& b, Generator& g, const Shape& xs, int64_t groups, DType dt) {

@@ -80,7 +80,8 @@
   X(layernorm_modulate, norm,                                                                    \
     "(x (N,T,D), shift (N,D), scale (N,D)) -> (y = LN(x)(1+scale)+shift, mean, rstd (N,T)); "    \
     "reals: eps (the DiT's adaLN: layernorm without affine weights, fused)")                     \
-  X(layernorm_modulate_bwd, norm, "(gy, x, mean, rstd, scale) -> (gx, gshift, gscale)")          \
+  X(layernorm_modulate_bwd, norm,                                                                \
+    "(gy, x, mean, rstd, scale, [gres]) -> (gx, gshift, gscale); gx += gres when given")         \
   X(gated_residual, norm, "(x (N,T,D), gate (N,D), h (N,T,D)) -> x + gate*h (adaLN-Zero)")       \
   X(gated_residual_bwd, norm, "(gout, gate, h) -> (gh, ggate); the gradient of x is gout")       \
   X(groupnorm, norm,                                                                             \

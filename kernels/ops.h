@@ -2,6 +2,7 @@
 // the inputs' device and runs the table's kernel. Models and autograd call these, never a
 // backend directly. Shapes in comments; "scalar" means a rank-0 tensor.
 #pragma once
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -100,13 +101,20 @@ struct ModulateGrads {
 ModulateGrads modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& scale);
 // The DiT block's adaLN-Zero path fused (kernels/cpu/adaln.cpp): layernorm without affine weights
 // then the modulation, y = LN(x) (1 + scale) + shift; mean and rstd (N, T) as layernorm's.
-NormOut layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, double eps);
+// y is of x's dtype, or of y_dtype: bf16 beside an f32 x, for the bf16 GEMM that reads it (the
+// f32 result rounded once, as a cast would; the backward then takes that GEMM's bf16 gy as is).
+NormOut layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, double eps,
+                           std::optional<DType> y_dtype = std::nullopt);
+// gres (optional, like x, f32 or f64): a gradient to add into gx in the same pass, with the bits
+// of a separate add (the residual stream's gradient that autograd would otherwise add after).
 ModulateGrads layernorm_modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean,
-                                     const Tensor& rstd, const Tensor& scale);
-// The gated residual add x + gate * h, gate (N, D) per sample, x and h (N, T, D).
+                                     const Tensor& rstd, const Tensor& scale,
+                                     const Tensor& gres = Tensor());
+// The gated residual add x + gate * h, gate (N, D) per sample, x and h (N, T, D); h of x's dtype
+// or bf16 beside f32 (the bf16 output of the branch's last GEMM), read as it is.
 Tensor gated_residual(const Tensor& x, const Tensor& gate, const Tensor& h);
 struct GatedResidualGrads {
-  Tensor gh, ggate;  // the gradient of x is the incoming gradient itself
+  Tensor gh, ggate;  // the gradient of x is the incoming gradient itself; gh has h's dtype
 };
 GatedResidualGrads gated_residual_bwd(const Tensor& gout, const Tensor& gate, const Tensor& h);
 // x (N, C, ...): statistics over each group of C/groups channels and all spatial positions.

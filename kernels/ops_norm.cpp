@@ -128,20 +128,41 @@ ModulateGrads modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& scal
 // ---- the fused adaLN path -----------------------------------------------------------------------
 namespace {
 // x must be a floating (N, T, D) tensor; returns (N, D), the shape of its per-sample operands.
-Shape check_ntd(const char* op, const Tensor& x) {
+Shape check_ntd(const char* op, const Tensor& x, const char* name = "x") {
   check(x.defined() && x.rank() == 3 && is_floating(x.dtype()),
-        fmt::format("{}: x must be a floating (N, T, D) tensor, got {}", op,
+        fmt::format("{}: {} must be a floating (N, T, D) tensor, got {}", op, name,
                     x.defined() ? x.str() : "undefined"));
   return Shape{x.size(0), x.size(2)};
 }
+
+// The GEMM-side operand of the fused DiT ops (layernorm_modulate's y and gy, gated_residual's h
+// and gh): of the main dtype, or bf16 beside f32 (bf16 autocast: an f32 residual stream, bf16
+// GEMMs; the kernels read and write it as it is, saving the cast's pass).
+bool side_dtype_ok(DType side, DType main) {
+  return side == main || (main == DType::F32 && side == DType::BF16);
+}
+
+void check_side(const char* op, const char* what, const Tensor& t, const Shape& shape, DType main) {
+  check(t.defined() && t.shape() == shape && side_dtype_ok(t.dtype(), main),
+        fmt::format("{}: {} must be {} ({}{}), got {}", op, what, shape.str(), dtype_name(main),
+                    main == DType::F32 ? " or bf16" : "",
+                    t.defined() ? t.shape().str() + " (" + dtype_name(t.dtype()) + ")"
+                                : std::string("undefined")));
+}
 }  // namespace
 
-NormOut layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, double eps) {
+NormOut layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, double eps,
+                           std::optional<DType> y_dtype) {
   const Shape nd = check_ntd("layernorm_modulate", x);
   check_same("layernorm_modulate", "shift", shift, nd, x.dtype());
   check_same("layernorm_modulate", "scale", scale, nd, x.dtype());
+  const DType ydt = y_dtype.value_or(x.dtype());
+  check(side_dtype_ok(ydt, x.dtype()),
+        fmt::format("layernorm_modulate: y must be of x's dtype ({}){}, got {}",
+                    dtype_name(x.dtype()), x.dtype() == DType::F32 ? " or bf16" : "",
+                    dtype_name(ydt)));
   const Shape rows{x.size(0), x.size(1)};
-  kernels::OpCall c = call_of({x, shift, scale}, {Tensor::empty(x.shape(), x.dtype(), x.device()),
+  kernels::OpCall c = call_of({x, shift, scale}, {Tensor::empty(x.shape(), ydt, x.device()),
                                                   Tensor::empty(rows, x.dtype(), x.device()),
                                                   Tensor::empty(rows, x.dtype(), x.device())});
   c.reals[0] = eps;
@@ -150,17 +171,26 @@ NormOut layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& s
 }
 
 ModulateGrads layernorm_modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean,
-                                     const Tensor& rstd, const Tensor& scale) {
+                                     const Tensor& rstd, const Tensor& scale, const Tensor& gres) {
   const Shape nd = check_ntd("layernorm_modulate_bwd", x);
   const Shape rows{x.size(0), x.size(1)};
-  check_same("layernorm_modulate_bwd", "gy", gy, x.shape(), x.dtype());
+  check_side("layernorm_modulate_bwd", "gy", gy, x.shape(), x.dtype());
   check_same("layernorm_modulate_bwd", "mean", mean, rows, x.dtype());
   check_same("layernorm_modulate_bwd", "rstd", rstd, rows, x.dtype());
   check_same("layernorm_modulate_bwd", "scale", scale, nd, x.dtype());
-  kernels::OpCall c =
-      call_of({gy, x, mean, rstd, scale},
-              {Tensor::empty(x.shape(), x.dtype(), x.device()),
-               Tensor::empty(nd, x.dtype(), x.device()), Tensor::empty(nd, x.dtype(), x.device())});
+  std::vector<Tensor> in = {gy, x, mean, rstd, scale};
+  if (gres.defined()) {
+    check_same("layernorm_modulate_bwd", "gres", gres, x.shape(), x.dtype());
+    // bf16 calls run widened to f32 on the CPU, which would round gx + gres once instead of
+    // twice (gx, then the sum), unlike a separate add.
+    check(x.dtype() != DType::BF16,
+          "layernorm_modulate_bwd: gres needs an f32 or f64 x (the sum is rounded in x's dtype), "
+          "got bf16");
+    in.push_back(gres);
+  }
+  kernels::OpCall c = call_of(std::move(in), {Tensor::empty(x.shape(), x.dtype(), x.device()),
+                                              Tensor::empty(nd, x.dtype(), x.device()),
+                                              Tensor::empty(nd, x.dtype(), x.device())});
   kernels::run(Op::layernorm_modulate_bwd, c);
   return {c.out[0], c.out[1], c.out[2]};
 }
@@ -168,18 +198,18 @@ ModulateGrads layernorm_modulate_bwd(const Tensor& gy, const Tensor& x, const Te
 Tensor gated_residual(const Tensor& x, const Tensor& gate, const Tensor& h) {
   const Shape nd = check_ntd("gated_residual", x);
   check_same("gated_residual", "gate", gate, nd, x.dtype());
-  check_same("gated_residual", "h", h, x.shape(), x.dtype());
+  check_side("gated_residual", "h", h, x.shape(), x.dtype());
   kernels::OpCall c = call_of({x, gate, h}, {Tensor::empty(x.shape(), x.dtype(), x.device())});
   kernels::run(Op::gated_residual, c);
   return c.out[0];
 }
 
 GatedResidualGrads gated_residual_bwd(const Tensor& gout, const Tensor& gate, const Tensor& h) {
-  const Shape nd = check_ntd("gated_residual_bwd", h);
-  check_same("gated_residual_bwd", "gout", gout, h.shape(), h.dtype());
-  check_same("gated_residual_bwd", "gate", gate, nd, h.dtype());
+  const Shape nd = check_ntd("gated_residual_bwd", gout, "gout");
+  check_same("gated_residual_bwd", "gate", gate, nd, gout.dtype());
+  check_side("gated_residual_bwd", "h", h, gout.shape(), gout.dtype());
   kernels::OpCall c = call_of({gout, gate, h}, {Tensor::empty(h.shape(), h.dtype(), h.device()),
-                                                Tensor::empty(nd, h.dtype(), h.device())});
+                                                Tensor::empty(nd, gout.dtype(), h.device())});
   kernels::run(Op::gated_residual_bwd, c);
   return {c.out[0], c.out[1]};
 }

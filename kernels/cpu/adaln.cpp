@@ -52,7 +52,9 @@ void layernorm_modulate_cpu(const OpCall& c) {
   });
 }
 
-// in: gy, x (N,T,D), mean, rstd (N,T), scale (N,D). out: gx (N,T,D), gshift, gscale (N,D).
+// in: gy, x (N,T,D), mean, rstd (N,T), scale (N,D), optional gres (N,T,D). out: gx (N,T,D),
+// gshift, gscale (N,D). gres, the gradient already waiting for x, is added to gx rounded to T: the
+// bits of a separate add.
 void layernorm_modulate_bwd_cpu(const OpCall& c) {
   const NTD s = ntd_of(c.in[1]);
   dispatch_float(c.in[1].dtype(), "layernorm_modulate_bwd", [&](auto tag) {
@@ -60,6 +62,7 @@ void layernorm_modulate_bwd_cpu(const OpCall& c) {
     const T *gy = c.in[0].data<T>(), *x = c.in[1].data<T>(), *mean = c.in[2].data<T>();
     const T *rstd = c.in[3].data<T>(), *scale = c.in[4].data<T>();
     T *gx = c.out[0].data<T>(), *gshift = c.out[1].data<T>(), *gscale = c.out[2].data<T>();
+    const T* gres = c.in.size() > 5 ? c.in[5].data<T>() : nullptr;
 #pragma omp parallel for schedule(static) if (s.n * s.t * s.d > kParallelGrain)
     for (int64_t r = 0; r < s.n * s.t; ++r) {
       const T *gr = gy + r * s.d, *xr = x + r * s.d, *sc = scale + (r / s.t) * s.d;
@@ -74,7 +77,8 @@ void layernorm_modulate_bwd_cpu(const OpCall& c) {
       s2 /= static_cast<double>(s.d);
       for (int64_t j = 0; j < s.d; ++j) {
         const double g = static_cast<double>(gr[j]) * (1.0 + static_cast<double>(sc[j]));
-        gx[r * s.d + j] = static_cast<T>(rs * (g - s1 - (xr[j] - mu) * rs * s2));
+        const T v = static_cast<T>(rs * (g - s1 - (xr[j] - mu) * rs * s2));
+        gx[r * s.d + j] = gres ? static_cast<T>(v + gres[r * s.d + j]) : v;
       }
     }
     const int64_t nblk = (s.d + kColBlock - 1) / kColBlock;

@@ -191,14 +191,17 @@ __device__ void block_sum2(A& a, A& b, A (*sh)[kWarps]) {
 
 // ---- layernorm forward ----------------------------------------------------------------------
 
-template <class T>
+// Y: y's storage type, T's own or, for the fused layernorm + modulate on f32, bf16 (the dtype of
+// the GEMM that reads y: what a cast after the kernel would give, without its pass; the f32 value
+// is rounded once to bf16, as that cast rounds it).
+template <class T, class Y = T>
 struct LnFwd {
   const T* x;
   const T* w;      // kAffine: (D)
   const T* b;      // kAffine: (D)
   const T* shift;  // kModulate: (N, D)
   const T* scale;  // kModulate: (N, D)
-  T* y;
+  Y* y;
   T* mean;  // (rows)
   T* rstd;  // (rows)
   int64_t rows;
@@ -209,33 +212,34 @@ struct LnFwd {
 };
 
 // y for one pack of V values at column col of a row; soff = n * D for kModulate.
-template <class T, int V>
-__device__ __forceinline__ Pack<T, V> ln_out(const LnFwd<T>& a, int64_t soff, int col,
+template <class T, int V, class Y>
+__device__ __forceinline__ Pack<Y, V> ln_out(const LnFwd<T, Y>& a, int64_t soff, int col,
                                              const AccOf<T> (&v)[V], AccOf<T> mu, AccOf<T> rs) {
   using M = Math<T>;
+  using MY = Math<Y>;
   using A = AccOf<T>;
-  Pack<T, V> o;
+  Pack<Y, V> o;
   if (a.mode == kAffine) {
     const Pack<T, V> w = ld<T, V>(a.w + col), b = ld<T, V>(a.b + col);
 #pragma unroll
     for (int i = 0; i < V; ++i)
-      o.v[i] = M::store((v[i] - mu) * rs * M::load(w.v[i]) + M::load(b.v[i]));
+      o.v[i] = MY::store((v[i] - mu) * rs * M::load(w.v[i]) + M::load(b.v[i]));
   } else if (a.mode == kModulate) {
     const Pack<T, V> sh = ld<T, V>(a.shift + soff + col), sc = ld<T, V>(a.scale + soff + col);
 #pragma unroll
     for (int i = 0; i < V; ++i)
-      o.v[i] = M::store((v[i] - mu) * rs * (A(1) + M::load(sc.v[i])) + M::load(sh.v[i]));
+      o.v[i] = MY::store((v[i] - mu) * rs * (A(1) + M::load(sc.v[i])) + M::load(sh.v[i]));
   } else {
 #pragma unroll
-    for (int i = 0; i < V; ++i) o.v[i] = M::store((v[i] - mu) * rs);
+    for (int i = 0; i < V; ++i) o.v[i] = MY::store((v[i] - mu) * rs);
   }
   return o;
 }
 
 // Register path: lane l holds packs c*32 + l (c < C) of its warp's row; needs D % V == 0 and
 // D <= 32 * V * C. Packs past D are neither read nor written and hold 0.
-template <class T, int C>
-__global__ void __launch_bounds__(kThreads) ln_fwd_reg_kernel(const LnFwd<T> a) {
+template <class T, int C, class Y>
+__global__ void __launch_bounds__(kThreads) ln_fwd_reg_kernel(const LnFwd<T, Y> a) {
   using M = Math<T>;
   using A = AccOf<T>;
   constexpr int V = kVec<T>;
@@ -275,11 +279,11 @@ __global__ void __launch_bounds__(kThreads) ln_fwd_reg_kernel(const LnFwd<T> a) 
     }
     const A rs = A(1) / sqrt(warp_sum(q) / A(a.D) + a.eps);
     const int64_t soff = a.mode == kModulate ? r / a.seg_len * a.D : 0;
-    T* yr = a.y + r * a.D;
+    Y* yr = a.y + r * a.D;
 #pragma unroll
     for (int c = 0; c < C; ++c) {
       const int col = (c * 32 + lane) * V;
-      if (col < a.D) st<T, V>(yr + col, ln_out<T, V>(a, soff, col, v[c], mu, rs));
+      if (col < a.D) st<Y, V>(yr + col, ln_out<T, V, Y>(a, soff, col, v[c], mu, rs));
     }
     if (lane == 0) {
       a.mean[r] = M::store(mu);
@@ -290,8 +294,8 @@ __global__ void __launch_bounds__(kThreads) ln_fwd_reg_kernel(const LnFwd<T> a) 
 
 // Loop path, any D: V = kVec (D % V == 0, aligned) or 1. Welford over the lane's packs, merged
 // over the warp; then a second sweep writes y.
-template <class T, int V>
-__global__ void __launch_bounds__(kThreads) ln_fwd_loop_kernel(const LnFwd<T> a) {
+template <class T, int V, class Y>
+__global__ void __launch_bounds__(kThreads) ln_fwd_loop_kernel(const LnFwd<T, Y> a) {
   using M = Math<T>;
   using A = AccOf<T>;
   const int lane = threadIdx.x & 31;
@@ -312,13 +316,13 @@ __global__ void __launch_bounds__(kThreads) ln_fwd_loop_kernel(const LnFwd<T> a)
     const A mu = w.mean;
     const A rs = A(1) / sqrt(w.m2 / A(a.D) + a.eps);
     const int64_t soff = a.mode == kModulate ? r / a.seg_len * a.D : 0;
-    T* yr = a.y + r * a.D;
+    Y* yr = a.y + r * a.D;
     for (int p = lane; p < P; p += 32) {
       const Pack<T, V> xp = ld<T, V>(xr + p * V);
       A v[V];
 #pragma unroll
       for (int i = 0; i < V; ++i) v[i] = M::load(xp.v[i]);
-      st<T, V>(yr + p * V, ln_out<T, V>(a, soff, p * V, v, mu, rs));
+      st<Y, V>(yr + p * V, ln_out<T, V, Y>(a, soff, p * V, v, mu, rs));
     }
     if (lane == 0) {
       a.mean[r] = M::store(mu);
@@ -329,14 +333,18 @@ __global__ void __launch_bounds__(kThreads) ln_fwd_loop_kernel(const LnFwd<T> a)
 
 // ---- layernorm backward ---------------------------------------------------------------------
 
-template <class T>
+// G: gy's storage type, T's own or, for the fused layernorm + modulate on f32, bf16 (the dX of
+// the GEMM that read y, taken as it comes: widening bf16 to f32 is exact, so the result is the
+// same as after a cast to f32, without that pass).
+template <class T, class G = T>
 struct LnBwd {
-  const T* gy;
+  const G* gy;
   const T* x;
   const T* mean;   // (rows)
   const T* rstd;   // (rows)
   const T* w;      // kAffine: (D)
   const T* scale;  // kModulate: (N, D)
+  const T* gres;   // kModulate, or null: the gradient already waiting for x, added into gx
   T* gx;
   AccOf<T>* pw;  // register path with kAcc: partials of sum gy*xhat, [nseg][K][D]
   AccOf<T>* pb;  // ... and of sum gy
@@ -349,8 +357,8 @@ struct LnBwd {
 };
 
 // f with g = gy * f the gradient w.r.t. xhat: w (kAffine), 1 + scale[n] (kModulate) or 1.
-template <class T, int V>
-__device__ __forceinline__ void ln_factor(const LnBwd<T>& a, int64_t soff, int col,
+template <class T, int V, class G>
+__device__ __forceinline__ void ln_factor(const LnBwd<T, G>& a, int64_t soff, int col,
                                           AccOf<T> (&f)[V]) {
   using M = Math<T>;
   using A = AccOf<T>;
@@ -366,6 +374,20 @@ __device__ __forceinline__ void ln_factor(const LnBwd<T>& a, int64_t soff, int c
 #pragma unroll
     for (int i = 0; i < V; ++i) f[i] = A(1);
   }
+}
+
+// Adds the gradient already waiting for x (the fused layernorm + modulate backward with gres: the
+// residual stream's gradient from the gated residual, autograd/engine.cpp) into one pack of gx at
+// element offset off. o holds gx rounded to T (its last product by mul_rn, so no FMA takes the add
+// into it), so the sum has the bits of a separate add after the kernel; what it saves is that
+// add's pass (read both, write one).
+template <class T, int V, class G>
+__device__ __forceinline__ void add_waiting(const LnBwd<T, G>& a, int64_t off, Pack<T, V>& o) {
+  using M = Math<T>;
+  if (a.gres == nullptr) return;
+  const Pack<T, V> w = ld<T, V>(a.gres + off);
+#pragma unroll
+  for (int i = 0; i < V; ++i) o.v[i] = M::store(M::load(o.v[i]) + M::load(w.v[i]));
 }
 
 // The dynamic shared memory of a kernel, as an array of A. One declaration (unsigned char, 16-byte
@@ -386,9 +408,10 @@ __device__ __forceinline__ A* dyn_smem() {
 // block adds its 8 slices in warp order and writes the chunk's partial row b of pw and pb.
 // Dynamic shared memory: kAcc ? kWarps * 2 * C*V*32 * sizeof(A) : 0 (74 KB f32 C=9, 80 KB bf16
 // C=5).
-template <class T, int C, bool kAcc>
-__global__ void __launch_bounds__(kThreads) ln_bwd_reg_kernel(const LnBwd<T> a) {
+template <class T, int C, bool kAcc, class G>
+__global__ void __launch_bounds__(kThreads) ln_bwd_reg_kernel(const LnBwd<T, G> a) {
   using M = Math<T>;
+  using MG = Math<G>;
   using A = AccOf<T>;
   constexpr int V = kVec<T>;
   constexpr int U = 16 / static_cast<int>(sizeof(A));  // A values per 16-byte unit
@@ -412,15 +435,16 @@ __global__ void __launch_bounds__(kThreads) ln_bwd_reg_kernel(const LnBwd<T> a) 
   }
   for (int64_t r = r0 + warp; r < r1; r += kWarps) {
     const A mu = M::load(a.mean[r]), rs = M::load(a.rstd[r]);
-    const T* gr = a.gy + r * a.D;
+    const G* gr = a.gy + r * a.D;
     const T* xr = a.x + r * a.D;
     // All loads first (2C LDG.128 in flight per lane), kept as packs: bf16 stays 2 per register.
-    Pack<T, V> gp[C], xp[C];
+    Pack<G, V> gp[C];
+    Pack<T, V> xp[C];
 #pragma unroll
     for (int c = 0; c < C; ++c) {
       const int col = (c * 32 + lane) * V;
       if (col < a.D) {
-        gp[c] = ld<T, V>(gr + col);
+        gp[c] = ld<G, V>(gr + col);
         xp[c] = ld<T, V>(xr + col);
       }
     }
@@ -433,7 +457,7 @@ __global__ void __launch_bounds__(kThreads) ln_bwd_reg_kernel(const LnBwd<T> a) 
         ln_factor<T, V>(a, soff, col, f);
 #pragma unroll
         for (int i = 0; i < V; ++i) {
-          gv[i] = M::load(gp[c].v[i]);
+          gv[i] = MG::load(gp[c].v[i]);
           xh[i] = (M::load(xp[c].v[i]) - mu) * rs;
           const A g = mul_rn(gv[i], f[i]);
           s1 += g;
@@ -468,9 +492,10 @@ __global__ void __launch_bounds__(kThreads) ln_bwd_reg_kernel(const LnBwd<T> a) 
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           const A xh = (M::load(xp[c].v[i]) - mu) * rs;
-          const A g = mul_rn(M::load(gp[c].v[i]), f[i]);
-          o.v[i] = M::store(rs * (g - s1 - xh * s2));
+          const A g = mul_rn(MG::load(gp[c].v[i]), f[i]);
+          o.v[i] = M::store(mul_rn(rs, g - s1 - xh * s2));
         }
+        add_waiting<T, V>(a, r * a.D + col, o);
         st<T, V>(gxr + col, o);
       }
     }
@@ -497,9 +522,10 @@ __global__ void __launch_bounds__(kThreads) ln_bwd_reg_kernel(const LnBwd<T> a) 
 }
 
 // Loop path, any D: gx only (the parameter sums come from col_kernel). V = kVec or 1.
-template <class T, int V>
-__global__ void __launch_bounds__(kThreads) ln_bwd_loop_kernel(const LnBwd<T> a) {
+template <class T, int V, class G>
+__global__ void __launch_bounds__(kThreads) ln_bwd_loop_kernel(const LnBwd<T, G> a) {
   using M = Math<T>;
+  using MG = Math<G>;
   using A = AccOf<T>;
   const int lane = threadIdx.x & 31;
   const int P = a.D / V;
@@ -508,16 +534,17 @@ __global__ void __launch_bounds__(kThreads) ln_bwd_loop_kernel(const LnBwd<T> a)
   for (int64_t r = first; r < a.rows; r += step) {
     const A mu = M::load(a.mean[r]), rs = M::load(a.rstd[r]);
     const int64_t soff = a.mode == kModulate ? r / a.seg_len * a.D : 0;
-    const T* gr = a.gy + r * a.D;
+    const G* gr = a.gy + r * a.D;
     const T* xr = a.x + r * a.D;
     A s1 = 0, s2 = 0;
     for (int p = lane; p < P; p += 32) {
-      const Pack<T, V> gp = ld<T, V>(gr + p * V), xp = ld<T, V>(xr + p * V);
+      const Pack<G, V> gp = ld<G, V>(gr + p * V);
+      const Pack<T, V> xp = ld<T, V>(xr + p * V);
       A f[V];
       ln_factor<T, V>(a, soff, p * V, f);
 #pragma unroll
       for (int i = 0; i < V; ++i) {
-        const A g = mul_rn(M::load(gp.v[i]), f[i]);
+        const A g = mul_rn(MG::load(gp.v[i]), f[i]);
         s1 += g;
         s2 += g * ((M::load(xp.v[i]) - mu) * rs);
       }
@@ -526,16 +553,18 @@ __global__ void __launch_bounds__(kThreads) ln_bwd_loop_kernel(const LnBwd<T> a)
     s2 = warp_sum(s2) / A(a.D);
     T* gxr = a.gx + r * a.D;
     for (int p = lane; p < P; p += 32) {
-      const Pack<T, V> gp = ld<T, V>(gr + p * V), xp = ld<T, V>(xr + p * V);
+      const Pack<G, V> gp = ld<G, V>(gr + p * V);
+      const Pack<T, V> xp = ld<T, V>(xr + p * V);
       A f[V];
       ln_factor<T, V>(a, soff, p * V, f);
       Pack<T, V> o;
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const A xh = (M::load(xp.v[i]) - mu) * rs;
-        const A g = mul_rn(M::load(gp.v[i]), f[i]);
-        o.v[i] = M::store(rs * (g - s1 - xh * s2));
+        const A g = mul_rn(MG::load(gp.v[i]), f[i]);
+        o.v[i] = M::store(mul_rn(rs, g - s1 - xh * s2));
       }
+      add_waiting<T, V>(a, r * a.D + p * V, o);
       st<T, V>(gxr + p * V, o);
     }
   }
@@ -548,14 +577,16 @@ __global__ void __launch_bounds__(kThreads) ln_bwd_loop_kernel(const LnBwd<T> a)
 // kColGate: gx = gy * f[n], pw += gy * x (gated residual: x = h, f = gate); pb unused.
 enum ColKind : int { kColXhat = 0, kColModulate = 1, kColGate = 2 };
 
-template <class T>
+// G, X: the storage types of gy and of x and gx; T's own, or bf16 beside f32 for the fused DiT ops
+// (G: layernorm + modulate's bf16 gy; X: the gated residual's bf16 h and gh).
+template <class T, class G = T, class X = T>
 struct ColArgs {
-  const T* gy;
-  const T* x;
+  const G* gy;
+  const X* x;
   const T* mean;  // kColXhat: (rows)
   const T* rstd;
   const T* f;  // (N, D): scale or gate
-  T* gx;
+  X* gx;
   AccOf<T>* pw;  // [nseg][K][D]
   AccOf<T>* pb;  // [nseg][K][D], or null
   int64_t seg_len;
@@ -573,9 +604,11 @@ constexpr int kColThreads = 512;
 // t, t + blockDim, ... and walks the rows in order, summing in registers: no reduction between
 // threads at all. Consecutive threads read consecutive packs of a row (coalesced); kBatch rows'
 // loads are issued before their sums and stores.
-template <class T, int V>
-__global__ void __launch_bounds__(kColThreads) col_kernel(const ColArgs<T> a) {
+template <class T, int V, class G, class X>
+__global__ void __launch_bounds__(kColThreads) col_kernel(const ColArgs<T, G, X> a) {
   using M = Math<T>;
+  using MG = Math<G>;
+  using MX = Math<X>;
   using A = AccOf<T>;
   constexpr int kBatch = kBatchOf<T>;
   const int64_t seg = blockIdx.x / a.K, k = blockIdx.x % a.K;
@@ -599,15 +632,16 @@ __global__ void __launch_bounds__(kColThreads) col_kernel(const ColArgs<T> a) {
 #pragma unroll
     for (int i = 0; i < V; ++i) aw[i] = ab[i] = A(0);
     for (int64_t rb = r0; rb < r1; rb += kBatch) {
-      Pack<T, V> gp[kBatch], xp[kBatch];
+      Pack<G, V> gp[kBatch];
+      Pack<X, V> xp[kBatch];
       A mu[kBatch], rs[kBatch];
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
         const int64_t r = rb + j;
         mu[j] = rs[j] = A(0);
         if (r < r1) {
-          gp[j] = ld<T, V>(a.gy + r * a.D + col);
-          xp[j] = ld<T, V>(a.x + r * a.D + col);
+          gp[j] = ld<G, V>(a.gy + r * a.D + col);
+          xp[j] = ld<X, V>(a.x + r * a.D + col);
           if (a.kind == kColXhat) {
             mu[j] = M::load(a.mean[r]);
             rs[j] = M::load(a.rstd[r]);
@@ -621,20 +655,20 @@ __global__ void __launch_bounds__(kColThreads) col_kernel(const ColArgs<T> a) {
         if (a.kind == kColXhat) {
 #pragma unroll
           for (int i = 0; i < V; ++i) {
-            const A gv = M::load(gp[j].v[i]);
-            aw[i] += gv * ((M::load(xp[j].v[i]) - mu[j]) * rs[j]);
+            const A gv = MG::load(gp[j].v[i]);
+            aw[i] += gv * ((MX::load(xp[j].v[i]) - mu[j]) * rs[j]);
             ab[i] += gv;
           }
         } else {
-          Pack<T, V> o;
+          Pack<X, V> o;
 #pragma unroll
           for (int i = 0; i < V; ++i) {
-            const A gv = M::load(gp[j].v[i]);
-            aw[i] += gv * M::load(xp[j].v[i]);
+            const A gv = MG::load(gp[j].v[i]);
+            aw[i] += gv * MX::load(xp[j].v[i]);
             ab[i] += gv;
-            o.v[i] = M::store(gv * f[i]);
+            o.v[i] = MX::store(gv * f[i]);
           }
-          st<T, V>(a.gx + r * a.D + col, o);
+          st<X, V>(a.gx + r * a.D + col, o);
         }
       }
     }
@@ -663,10 +697,12 @@ __global__ void reduce_partials_kernel(const AccOf<T>* p, T* out, int64_t nseg, 
 
 enum BcastKind : int { kBcastModulate = 0, kBcastGate = 1 };
 
-template <class T>
+// H: h's storage type, T's own or, for the gated residual on f32, bf16 (the output of the GEMM
+// that made h, read as it comes: the sum is the same as after a cast to f32, without that pass).
+template <class T, class H = T>
 struct BcastArgs {
   const T* x;
-  const T* h;   // kBcastGate: (N, T, D)
+  const H* h;   // kBcastGate: (N, T, D)
   const T* p0;  // shift (modulate) or gate, (N, D)
   const T* p1;  // scale (modulate)
   T* y;
@@ -678,9 +714,10 @@ struct BcastArgs {
 
 // One warp per row: modulate y = x (1 + scale[n]) + shift[n]; gate y = x + gate[n] h. Each lane
 // loads kBatch packs (p, p + 32, ...) before it stores any.
-template <class T, int V>
-__global__ void __launch_bounds__(kThreads) bcast_fwd_kernel(const BcastArgs<T> a) {
+template <class T, int V, class H>
+__global__ void __launch_bounds__(kThreads) bcast_fwd_kernel(const BcastArgs<T, H> a) {
   using M = Math<T>;
+  using MH = Math<H>;
   using A = AccOf<T>;
   constexpr int kBatch = kBatchOf<T>;
   const int lane = threadIdx.x & 31;
@@ -692,7 +729,8 @@ __global__ void __launch_bounds__(kThreads) bcast_fwd_kernel(const BcastArgs<T> 
     const int64_t off = r * a.D, soff = r / a.seg_len * a.D;
     for (int pb = lane; pb < P; pb += kBatch * 32) {
       // x and h (modulate: shift and scale) packs of kBatch columns.
-      Pack<T, V> xp[kBatch], hp[kBatch], q0[kBatch], q1[kBatch];
+      Pack<T, V> xp[kBatch], q0[kBatch], q1[kBatch];
+      Pack<H, V> hp[kBatch];
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
         const int col = (pb + j * 32) * V;
@@ -700,7 +738,7 @@ __global__ void __launch_bounds__(kThreads) bcast_fwd_kernel(const BcastArgs<T> 
           xp[j] = ld<T, V>(a.x + off + col);
           q0[j] = ld<T, V>(a.p0 + soff + col);
           if (gate)
-            hp[j] = ld<T, V>(a.h + off + col);
+            hp[j] = ld<H, V>(a.h + off + col);
           else
             q1[j] = ld<T, V>(a.p1 + soff + col);
         }
@@ -712,7 +750,7 @@ __global__ void __launch_bounds__(kThreads) bcast_fwd_kernel(const BcastArgs<T> 
 #pragma unroll
           for (int i = 0; i < V; ++i) {
             const A xv = M::load(xp[j].v[i]), v0 = M::load(q0[j].v[i]);
-            o.v[i] = gate ? M::store(xv + v0 * M::load(hp[j].v[i]))
+            o.v[i] = gate ? M::store(xv + v0 * MH::load(hp[j].v[i]))
                           : M::store(xv * (A(1) + M::load(q1[j].v[i])) + v0);
           }
           st<T, V>(a.y + off + (pb + j * 32) * V, o);
@@ -928,6 +966,45 @@ T* ptr(const Tensor& t) {
 
 DType acc_dtype(DType dt) { return dt == DType::F64 ? DType::F64 : DType::F32; }
 
+// The GEMM-side operand of a fused DiT op (layernorm + modulate's y and gy, the gated residual's h
+// and gh) beside its main tensor: the main tensor's dtype, or bf16 beside f32 (bf16 autocast: the
+// residual stream in f32, the GEMMs in bf16; docs/kernels.md "DiT block memory traffic").
+bool side_ok(DType side, DType main) {
+  return side == main || (main == DType::F32 && side == DType::BF16);
+}
+
+// t as expect_like, but of a dtype side_ok beside x's.
+void expect_side(const char* op, const char* name, const Tensor& t, const Shape& shape,
+                 const Tensor& x) {
+  if (!t.defined() || t.shape() != shape || !side_ok(t.dtype(), x.dtype()) ||
+      t.device() != x.device())
+    bad(op, std::string(name) + " must be " + shape.str() + " (" + dtype_name(x.dtype()) +
+                (x.dtype() == DType::F32 ? " or bf16" : "") + ", " + x.device().str() + "), got " +
+                desc(t));
+}
+
+// fn(S{}) with S the storage type of a side operand of dtype `side` beside main type T (checked
+// by expect_side): T itself, or bf16 beside f32. The bf16 form is compiled for f32 only.
+template <class T, class Fn>
+void dispatch_side(DType side, DType main, Fn&& fn) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (side != main) {
+      fn(__nv_bfloat16{});
+      return;
+    }
+  }
+  fn(T{});
+}
+
+// fn(T{}, S{}): T the storage type of dtype `main` (f32, bf16, f64), S that of a side operand of
+// dtype `side` beside it (dispatch_side).
+template <class Fn>
+void dispatch_pair(DType main, DType side, const char* op, Fn&& fn) {
+  dispatch_float(main, op, [&](auto tag) {
+    dispatch_side<decltype(tag)>(side, main, [&](auto stag) { fn(tag, stag); });
+  });
+}
+
 void zero(const Tensor& t, cudaStream_t s) {
   if (t.numel() > 0) PSVAE_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.nbytes(), s));
 }
@@ -1028,16 +1105,17 @@ void ln_forward(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
   if (rows == 0) return;
   const int D = to_int(op, "a row length", D64);
   launch_on(x.device(), [&](cudaStream_t s, int dev) {
-    dispatch_float(x.dtype(), op, [&](auto tag) {
+    dispatch_pair(x.dtype(), y.dtype(), op, [&](auto tag, auto ytag) {
       using T = decltype(tag);
+      using Y = decltype(ytag);
       constexpr int V = kVec<T>;
-      LnFwd<T> a{};
+      LnFwd<T, Y> a{};
       a.x = ptr<const T>(x);
       a.w = ptr<const T>(w);
       a.b = ptr<const T>(b);
       a.shift = ptr<const T>(shift);
       a.scale = ptr<const T>(scale);
-      a.y = ptr<T>(y);
+      a.y = ptr<Y>(y);
       a.mean = ptr<T>(mean);
       a.rstd = ptr<T>(rstd);
       a.rows = rows;
@@ -1050,12 +1128,12 @@ void ln_forward(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
       if (vec) {
         done = with_chunks<T, kFwdMaxE<T>>(D, [&](auto cc) {
           constexpr int C = decltype(cc)::value;
-          auto* k = &ln_fwd_reg_kernel<T, C>;
+          auto* k = &ln_fwd_reg_kernel<T, C, Y>;
           PSVAE_LAUNCH(row_grid(k, rows, dev), kThreads, 0, s, k)(a);
         });
       }
       if (!done) {
-        auto* k = vec ? &ln_fwd_loop_kernel<T, V> : &ln_fwd_loop_kernel<T, 1>;
+        auto* k = vec ? &ln_fwd_loop_kernel<T, V, Y> : &ln_fwd_loop_kernel<T, 1, Y>;
         PSVAE_LAUNCH(row_grid(k, rows, dev), kThreads, 0, s, k)(a);
       }
     });
@@ -1064,10 +1142,11 @@ void ln_forward(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
 
 // gy, x (rows, D), mean, rstd (rows) -> gx; with kAffine (w) or kModulate (scale (N, D), seg_len
 // rows per sample) also psum_w = sum gy*xhat and psum_b = sum gy per segment: gw and gb (D), or
-// gscale and gshift (N, D).
+// gscale and gshift (N, D). gres (like x, or undefined) is added into gx.
 void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor& mean,
                  const Tensor& rstd, const Tensor& w, const Tensor& scale, int mode, int64_t nseg,
-                 int64_t seg_len, const Tensor& gx, const Tensor& psum_w, const Tensor& psum_b) {
+                 int64_t seg_len, const Tensor& gx, const Tensor& psum_w, const Tensor& psum_b,
+                 const Tensor& gres = Tensor()) {
   int64_t rows = 0, D64 = 0;
   rows_of(x, rows, D64);
   const bool acc = mode != kPlain;
@@ -1080,17 +1159,19 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
       return;
     }
     const int D = to_int(op, "a row length", D64);
-    dispatch_float(x.dtype(), op, [&](auto tag) {
+    dispatch_pair(x.dtype(), gy.dtype(), op, [&](auto tag, auto gtag) {
       using T = decltype(tag);
+      using G = decltype(gtag);
       using A = AccOf<T>;
       constexpr int V = kVec<T>;
-      LnBwd<T> a{};  // pw, pb, rpc and K are set per path below
-      a.gy = ptr<const T>(gy);
+      LnBwd<T, G> a{};  // pw, pb, rpc and K are set per path below
+      a.gy = ptr<const G>(gy);
       a.x = ptr<const T>(x);
       a.mean = ptr<const T>(mean);
       a.rstd = ptr<const T>(rstd);
       a.w = ptr<const T>(w);
       a.scale = ptr<const T>(scale);
+      a.gres = ptr<const T>(gres);
       a.gx = ptr<T>(gx);
       a.rows = rows;
       a.seg_len = seg_len;
@@ -1098,7 +1179,7 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
       a.K = 1;
       a.D = D;
       a.mode = mode;
-      const bool vec = D % V == 0 && all_aligned({a.gy, a.x, a.w, a.scale, a.gx});
+      const bool vec = D % V == 0 && all_aligned({a.gy, a.x, a.w, a.scale, a.gres, a.gx});
       Tensor part;  // partial sums; freed stream-ordered after the reduction below
       int K = 1;
       bool done = false;
@@ -1106,7 +1187,7 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
         done = with_chunks<T, kBwdMaxE<T>>(D, [&](auto cc) {
           constexpr int C = decltype(cc)::value;
           if (acc) {
-            auto* k = &ln_bwd_reg_kernel<T, C, true>;
+            auto* k = &ln_bwd_reg_kernel<T, C, true, G>;
             const size_t smem = static_cast<size_t>(kWarps) * 2 * C * V * 32 * sizeof(A);
             PSVAE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                   static_cast<int>(smem)));
@@ -1119,22 +1200,24 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
             a.rpc = ch.rpc;
             a.K = K;
             PSVAE_LAUNCH(static_cast<unsigned>(nseg * K), kThreads, smem, s, k)(a);
-          } else {
-            auto* k = &ln_bwd_reg_kernel<T, C, false>;
+          } else if constexpr (std::is_same<G, T>::value) {
+            auto* k = &ln_bwd_reg_kernel<T, C, false, G>;
             const Chunks ch =
                 make_chunks(op, 1, rows, rt::resident_blocks(k, kThreads, dev), kWarps);
             a.seg_len = rows;
             a.rpc = ch.rpc;
             a.K = ch.K;
             PSVAE_LAUNCH(static_cast<unsigned>(ch.K), kThreads, 0, s, k)(a);
+          } else {  // not compiled: only layernorm_modulate_bwd (with sums) takes a bf16 gy
+            bad(op, "a bf16 gy beside f32 x needs the modulate form");
           }
         });
       }
       if (!done) {
-        auto* k = vec ? &ln_bwd_loop_kernel<T, V> : &ln_bwd_loop_kernel<T, 1>;
+        auto* k = vec ? &ln_bwd_loop_kernel<T, V, G> : &ln_bwd_loop_kernel<T, 1, G>;
         PSVAE_LAUNCH(row_grid(k, rows, dev), kThreads, 0, s, k)(a);
         if (acc) {
-          ColArgs<T> c{};
+          ColArgs<T, G, T> c{};
           c.gy = a.gy;
           c.x = a.x;
           c.mean = a.mean;
@@ -1144,7 +1227,7 @@ void ln_backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor
           c.kind = kColXhat;
           const int v = vec ? V : 1;
           const int threads = col_threads(D / v);
-          auto* ck = vec ? &col_kernel<T, V> : &col_kernel<T, 1>;
+          auto* ck = vec ? &col_kernel<T, V, G, T> : &col_kernel<T, 1, G, T>;
           const Chunks ch =
               make_chunks(op, nseg, seg_len, rt::resident_blocks(ck, threads, dev), 64);
           K = ch.K;
@@ -1227,12 +1310,13 @@ void bcast_forward(const char* op, int kind, const Tensor& x, const Tensor& h, c
   if (rows == 0 || D64 == 0) return;
   const int D = to_int(op, "a row length", D64);
   launch_on(x.device(), [&](cudaStream_t s, int dev) {
-    dispatch_float(x.dtype(), op, [&](auto tag) {
+    dispatch_pair(x.dtype(), h.defined() ? h.dtype() : x.dtype(), op, [&](auto tag, auto htag) {
       using T_ = decltype(tag);
+      using H = decltype(htag);
       constexpr int V = kVec<T_>;
-      BcastArgs<T_> a{};
+      BcastArgs<T_, H> a{};
       a.x = ptr<const T_>(x);
-      a.h = ptr<const T_>(h);
+      a.h = ptr<const H>(h);
       a.p0 = ptr<const T_>(p0);
       a.p1 = ptr<const T_>(p1);
       a.y = ptr<T_>(y);
@@ -1241,14 +1325,15 @@ void bcast_forward(const char* op, int kind, const Tensor& x, const Tensor& h, c
       a.D = D;
       a.kind = kind;
       const bool vec = D % V == 0 && all_aligned({a.x, a.h, a.p0, a.p1, a.y});
-      auto* k = vec ? &bcast_fwd_kernel<T_, V> : &bcast_fwd_kernel<T_, 1>;
+      auto* k = vec ? &bcast_fwd_kernel<T_, V, H> : &bcast_fwd_kernel<T_, 1, H>;
       PSVAE_LAUNCH(row_grid(k, rows, dev), kThreads, 0, s, k)(a);
     });
   });
 }
 
 // Column-kernel backward of modulate (kColModulate: pw -> gscale, pb -> gshift) or of the gated
-// residual (kColGate: pw -> ggate): gy, x (N, T, D), f (N, D) -> gx (N, T, D) and the sums.
+// residual (kColGate: pw -> ggate): gy, x (N, T, D), f (N, D) -> gx (N, T, D) and the sums. gy, f
+// and the sums are of one dtype; x and gx of that or (the gated residual's h, gh) bf16 beside f32.
 void col_backward(const char* op, int kind, const Tensor& gy, const Tensor& x, const Tensor& f,
                   const Tensor& gx, const Tensor& sum_w, const Tensor& sum_b) {
   const int64_t N = x.size(0), T = x.size(1), D64 = x.size(2);
@@ -1260,27 +1345,28 @@ void col_backward(const char* op, int kind, const Tensor& gy, const Tensor& x, c
       if (sum_b.defined()) zero(sum_b, s);
       return;
     }
-    dispatch_float(x.dtype(), op, [&](auto tag) {
+    dispatch_pair(f.dtype(), x.dtype(), op, [&](auto tag, auto xtag) {
       using T_ = decltype(tag);
+      using X = decltype(xtag);
       using A = AccOf<T_>;
       constexpr int V = kVec<T_>;
-      ColArgs<T_> c{};  // pw, pb, rpc and K follow the chunking below
+      ColArgs<T_, T_, X> c{};  // pw, pb, rpc and K follow the chunking below
       c.gy = ptr<const T_>(gy);
-      c.x = ptr<const T_>(x);
+      c.x = ptr<const X>(x);
       c.f = ptr<const T_>(f);
-      c.gx = ptr<T_>(gx);
+      c.gx = ptr<X>(gx);
       c.seg_len = T;
       c.D = D;
       c.kind = kind;
       const bool vec = D % V == 0 && all_aligned({c.gy, c.x, c.f, c.gx});
       const int v = vec ? V : 1;
       const int threads = col_threads(D / v);
-      auto* k = vec ? &col_kernel<T_, V> : &col_kernel<T_, 1>;
+      auto* k = vec ? &col_kernel<T_, V, T_, X> : &col_kernel<T_, 1, T_, X>;
       const Chunks ch = make_chunks(op, N, T, rt::resident_blocks(k, threads, dev), 64);
       const bool with_b = sum_b.defined();
       const int64_t plane = N * ch.K * D64;
       Tensor part =
-          Tensor::empty(Shape{(with_b ? 2 : 1) * plane}, acc_dtype(x.dtype()), x.device());
+          Tensor::empty(Shape{(with_b ? 2 : 1) * plane}, acc_dtype(f.dtype()), x.device());
       c.pw = static_cast<A*>(part.raw_data());
       c.pb = with_b ? c.pw + plane : nullptr;
       c.rpc = ch.rpc;
@@ -1456,7 +1542,7 @@ void layernorm_modulate_fwd(const Tensor& x, const Tensor& shift, const Tensor& 
   expect_ntd(op, x, N, T, D);
   expect_like(op, "shift", shift, Shape{N, D}, x);
   expect_like(op, "scale", scale, Shape{N, D}, x);
-  expect_like(op, "y", y, x.shape(), x);
+  expect_side(op, "y", y, x.shape(), x);
   expect_like(op, "mean", mean, Shape{N, T}, x);
   expect_like(op, "rstd", rstd, Shape{N, T}, x);
   ln_forward(op, x, Tensor(), Tensor(), shift, scale, kModulate, T, eps, y, mean, rstd);
@@ -1464,19 +1550,24 @@ void layernorm_modulate_fwd(const Tensor& x, const Tensor& shift, const Tensor& 
 
 void layernorm_modulate_bwd(const Tensor& gy, const Tensor& x, const Tensor& mean,
                             const Tensor& rstd, const Tensor& scale, const Tensor& gx,
-                            const Tensor& gshift, const Tensor& gscale) {
+                            const Tensor& gshift, const Tensor& gscale, const Tensor& gres) {
   const char* op = "layernorm_modulate_bwd";
   int64_t N, T, D;
   expect_ntd(op, x, N, T, D);
-  expect_like(op, "gy", gy, x.shape(), x);
+  expect_side(op, "gy", gy, x.shape(), x);
   expect_like(op, "mean", mean, Shape{N, T}, x);
   expect_like(op, "rstd", rstd, Shape{N, T}, x);
   expect_like(op, "scale", scale, Shape{N, D}, x);
   expect_like(op, "gx", gx, x.shape(), x);
   expect_like(op, "gshift", gshift, Shape{N, D}, x);
   expect_like(op, "gscale", gscale, Shape{N, D}, x);
+  if (gres.defined()) {
+    expect_like(op, "gres", gres, x.shape(), x);
+    if (x.dtype() == DType::BF16)  // the CPU could not match it: it widens bf16 calls to f32
+      bad(op, "gres needs an f32 or f64 x (the sum is rounded once, in x's dtype), got bf16");
+  }
   if (N == 0 || D == 0) return;  // every output is empty
-  ln_backward(op, gy, x, mean, rstd, Tensor(), scale, kModulate, N, T, gx, gscale, gshift);
+  ln_backward(op, gy, x, mean, rstd, Tensor(), scale, kModulate, N, T, gx, gscale, gshift, gres);
 }
 
 void gated_residual_fwd(const Tensor& x, const Tensor& gate, const Tensor& h, const Tensor& out) {
@@ -1484,7 +1575,7 @@ void gated_residual_fwd(const Tensor& x, const Tensor& gate, const Tensor& h, co
   int64_t N, T, D;
   expect_ntd(op, x, N, T, D);
   expect_like(op, "gate", gate, Shape{N, D}, x);
-  expect_like(op, "h", h, x.shape(), x);
+  expect_side(op, "h", h, x.shape(), x);
   expect_like(op, "out", out, x.shape(), x);
   bcast_forward(op, kBcastGate, x, h, gate, Tensor(), out);
 }
@@ -1493,11 +1584,11 @@ void gated_residual_bwd(const Tensor& gout, const Tensor& gate, const Tensor& h,
                         const Tensor& ggate) {
   const char* op = "gated_residual_bwd";
   int64_t N, T, D;
-  expect_ntd(op, h, N, T, D, "h");
-  expect_like(op, "gout", gout, h.shape(), h);
-  expect_like(op, "gate", gate, Shape{N, D}, h);
+  expect_ntd(op, gout, N, T, D, "gout");
+  expect_like(op, "gate", gate, Shape{N, D}, gout);
+  expect_side(op, "h", h, gout.shape(), gout);
   expect_like(op, "gh", gh, h.shape(), h);
-  expect_like(op, "ggate", ggate, Shape{N, D}, h);
+  expect_like(op, "ggate", ggate, Shape{N, D}, gout);
   col_backward(op, kColGate, gout, h, gate, gh, ggate, Tensor());
 }
 
@@ -1515,7 +1606,7 @@ void register_norm(OpTable& t) {
   };
   t[Op::layernorm_modulate_bwd].cuda = [](const OpCall& c) {
     layernorm_modulate_bwd(c.in.at(0), c.in.at(1), c.in.at(2), c.in.at(3), c.in.at(4), c.out.at(0),
-                           c.out.at(1), c.out.at(2));
+                           c.out.at(1), c.out.at(2), c.in.size() > 5 ? c.in[5] : Tensor());
   };
   t[Op::gated_residual].cuda = [](const OpCall& c) {
     gated_residual_fwd(c.in.at(0), c.in.at(1), c.in.at(2), c.out.at(0));

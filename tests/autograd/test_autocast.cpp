@@ -57,14 +57,50 @@ TEST_CASE("autocast bf16: GEMM-class ops run in bf16, norms and losses in f32, m
   CHECK(ag::add(stream, y).dtype() == DType::F32);
   Var gate = rand_var(g, {3, 6});
   CHECK(ag::gated_residual(stream, gate, y).dtype() == DType::F32);
-  // bf16 in, f32 out: norms, softmax and losses never run below f32.
+  // bf16 in, f32 out: norms, softmax and losses never run below f32. layernorm_modulate computes
+  // in f32 too but writes bf16: its output always feeds a GEMM.
   CHECK(ag::layer_norm(y, Var(), Var(), 1e-6).dtype() == DType::F32);
   CHECK(ag::layernorm_modulate(y, ag::cast(gate, DType::BF16), ag::cast(gate, DType::BF16), 1e-6)
-            .dtype() == DType::F32);
+            .dtype() == DType::BF16);
   CHECK(ag::softmax(y).dtype() == DType::F32);
   CHECK(ag::mse_loss(y, ag::cast(y, DType::F32)).dtype() == DType::F32);
   // Two bf16 tensors in a plain elementwise op stay bf16.
   CHECK(ag::mul(y, y).dtype() == DType::BF16);
+}
+
+TEST_CASE("autocast bf16: the DiT block's bf16 sides of the fused adaLN ops equal explicit casts") {
+  // Under the guard layernorm_modulate writes bf16 for the GEMM and reads the GEMM's bf16
+  // gradient; gated_residual takes the GEMM's bf16 output beside the f32 stream and hands it a
+  // bf16 gradient. Without the guard, the same chain with the casts written out: f32 ops, then
+  // cast. Widening bf16 is exact and each rounding happens once in both, so loss and gradients
+  // must agree bit for bit.
+  Generator g(5);
+  Var x = rand_var(g, {2, 7, 24}), shift = rand_var(g, {2, 24}), scale = rand_var(g, {2, 24});
+  Var gate = rand_var(g, {2, 24}), w = rand_var(g, {24, 24});
+  auto grads = [&](bool guarded) {
+    for (Var* v : {&x, &shift, &scale, &gate, &w}) v->zero_grad();
+    Var loss;
+    if (guarded) {
+      ag::AutocastGuard guard(DType::BF16);
+      Var h = ag::layernorm_modulate(x, shift, scale, 1e-6);
+      CHECK(h.dtype() == DType::BF16);
+      Var o = ag::linear(h, w, Var());
+      loss = ag::mean_all(ag::square(ag::gated_residual(x, gate, o)));
+    } else {
+      Var h = ag::cast(ag::layernorm_modulate(x, shift, scale, 1e-6), DType::BF16);
+      Var o = ag::linear(h, ag::cast(w, DType::BF16), Var());
+      loss = ag::mean_all(ag::square(ag::gated_residual(x, gate, ag::cast(o, DType::F32))));
+    }
+    loss.backward();
+    return std::vector<Tensor>{loss.data(),  x.grad(),    shift.grad(),
+                               scale.grad(), gate.grad(), w.grad()};
+  };
+  const std::vector<Tensor> fused = grads(true), cast = grads(false);
+  for (size_t i = 0; i < fused.size(); ++i) {
+    INFO("tensor ", i, " (loss, then the gradients of x, shift, scale, gate, w)");
+    CHECK(fused[i].dtype() == DType::F32);
+    CHECK(test::bit_mismatches_host(fused[i], cast[i]) == 0);
+  }
 }
 
 TEST_CASE("autocast bf16: f32 parameters get f32 gradients within bf16 rounding of the f32 ones") {

@@ -1,11 +1,16 @@
 // The tape itself: graph wiring, accumulation, grad mode, detach, freezing, multi-output nodes,
-// deep graphs, and the gradcheck utility's ability to catch a wrong backward.
+// deep graphs, the gradcheck utility's ability to catch a wrong backward, and a node adding the
+// gradient waiting for its input in its own kernel (Node::takes_waiting).
 #include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
 
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "autograd/gradcheck.h"
 #include "common/test_util.h"
+#include "kernels/profile.h"
 
 using namespace psvae;
 using ag::Var;
@@ -132,4 +137,41 @@ TEST_CASE("gradcheck accepts a correct backward and rejects a wrong one") {
       ag::gradcheck([](const std::vector<Var>& v) { return wrong_square(v[0]); }, {x}, {true});
   CHECK(!wrong.ok);
   CHECK(wrong.report.find("input 0") != std::string::npos);
+}
+
+TEST_CASE("a node may add the gradient waiting for its input in its own kernel, bit for bit") {
+  // layernorm_modulate takes the gradient already waiting for its x (Node::takes_waiting): in the
+  // DiT block x also feeds the gated residual, whose backward runs first. Against the same graph
+  // with layernorm_modulate reading x * 1 (the waiting gradient then sits at x's own slot, which
+  // the multiply's backward adds to, so nothing is offered): the same loss and gradients, bit
+  // for bit, and one add op fewer in the backward.
+  for (DType dt : {DType::F32, DType::F64}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    Generator g(7);
+    auto param = [&](const Shape& s) { return Var(ops::cast(test::normal(g, s), dt), true); };
+    Var x = param({2, 5, 16}), shift = param({2, 16}), scale = param({2, 16});
+    Var gate = param({2, 16}), w = param({16, 16});
+    auto run = [&](bool offered, int64_t& adds) {
+      for (Var* v : {&x, &shift, &scale, &gate, &w}) v->zero_grad();
+      Var h = ag::layernorm_modulate(offered ? x : ag::mul_scalar(x, 1.0), shift, scale, 1e-6);
+      Var loss = ag::sum_all(ag::square(ag::gated_residual(x, gate, ag::linear(h, w, Var()))));
+      kernels::profile_reset();
+      kernels::profile_enable(true);
+      loss.backward();
+      kernels::profile_enable(false);
+      adds = 0;
+      for (const kernels::ProfileRow& r : kernels::profile_rows())
+        if (r.name == "add") adds += r.calls;
+      kernels::profile_reset();
+      return std::vector<Tensor>{loss.data(),  x.grad(),    shift.grad(),
+                                 scale.grad(), gate.grad(), w.grad()};
+    };
+    int64_t adds_fused = -1, adds_plain = -1;
+    const std::vector<Tensor> fused = run(true, adds_fused), plain = run(false, adds_plain);
+    CHECK(adds_plain == adds_fused + 1);
+    for (size_t i = 0; i < fused.size(); ++i) {
+      CAPTURE(i);
+      CHECK(test::bit_mismatches_host(fused[i], plain[i]) == 0);
+    }
+  }
 }

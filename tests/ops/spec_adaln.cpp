@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <string>
+#include <utility>
 
 #include "common/test_util.h"
 #include "op_harness.h"
@@ -134,6 +136,81 @@ TEST_CASE("fused adaLN ops agree with their unfused compositions, forward and ba
   // Shapes are checked, naming the op and the operand.
   CHECK_THROWS_WITH_AS(ops::gated_residual(x, gate.reshape({40, 3}), h),
                        doctest::Contains("gated_residual: gate must be (3, 40)"),
+                       std::invalid_argument);
+}
+
+TEST_CASE(
+    "fused adaLN ops: a bf16 GEMM side beside f32 equals the f32 op and a cast, bit for bit") {
+  // bf16 autocast's form (autograd/autocast.h): layernorm_modulate writes y in bf16 and takes a
+  // bf16 gy; gated_residual takes a bf16 h and returns gh in bf16. Widening bf16 is exact and the
+  // one rounding to bf16 is of the same f32 value, so the bits are those of the f32 op with the
+  // cast written out.
+  Generator g(19);
+  auto f32 = [](const Tensor& t) { return ops::cast(t, DType::F32); };
+  auto bf16 = [](const Tensor& t) { return ops::cast(t, DType::BF16); };
+  const Tensor x = f32(normal(g, {3, 9, 40}, 1.0, 2.0)), shift = f32(normal(g, {3, 40}));
+  const Tensor scale = f32(normal(g, {3, 40}, 0.0, 0.5));
+  const ops::NormOut fused = ops::layernorm_modulate(x, shift, scale, 1e-6, DType::BF16);
+  const ops::NormOut plain = ops::layernorm_modulate(x, shift, scale, 1e-6);
+  CHECK(fused.y.dtype() == DType::BF16);
+  CHECK(bit_mismatches_host(fused.y, bf16(plain.y)) == 0);
+  CHECK(bit_mismatches_host(fused.rstd, plain.rstd) == 0);
+  const Tensor gy = bf16(normal(g, {3, 9, 40}));
+  const ops::ModulateGrads fg = ops::layernorm_modulate_bwd(gy, x, fused.mean, fused.rstd, scale);
+  const ops::ModulateGrads pg =
+      ops::layernorm_modulate_bwd(f32(gy), x, fused.mean, fused.rstd, scale);
+  for (const auto& [a, b] :
+       {std::pair{fg.gx, pg.gx}, {fg.gshift, pg.gshift}, {fg.gscale, pg.gscale}}) {
+    CHECK(a.dtype() == DType::F32);
+    CHECK(bit_mismatches_host(a, b) == 0);
+  }
+
+  const Tensor h = bf16(normal(g, {3, 9, 40})), gate = f32(normal(g, {3, 40}));
+  const Tensor out = ops::gated_residual(x, gate, h);
+  CHECK(out.dtype() == DType::F32);
+  CHECK(bit_mismatches_host(out, ops::gated_residual(x, gate, f32(h))) == 0);
+  const Tensor gout = f32(normal(g, {3, 9, 40}));
+  const ops::GatedResidualGrads gr = ops::gated_residual_bwd(gout, gate, h);
+  const ops::GatedResidualGrads pr = ops::gated_residual_bwd(gout, gate, f32(h));
+  CHECK(gr.gh.dtype() == DType::BF16);
+  CHECK(bit_mismatches_host(gr.gh, bf16(pr.gh)) == 0);
+  CHECK(bit_mismatches_host(gr.ggate, pr.ggate) == 0);
+
+  // bf16 goes beside f32 only, and the main operands keep one dtype.
+  const Tensor x64 = ops::cast(x, DType::F64);
+  CHECK_THROWS_WITH_AS(ops::layernorm_modulate(x, shift, scale, 1e-6, DType::F64),
+                       "layernorm_modulate: y must be of x's dtype (f32) or bf16, got f64",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(ops::gated_residual(x64, ops::cast(gate, DType::F64), h),
+                       "gated_residual: h must be (3, 9, 40) (f64), got (3, 9, 40) (bf16)",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(ops::gated_residual_bwd(gout, bf16(gate), h),
+                       doctest::Contains("gated_residual_bwd: gate must be (3, 40) (f32)"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("fused adaLN ops: layernorm_modulate_bwd adds gres into gx with a separate add's bits") {
+  // gres is the residual stream's gradient that autograd would add to gx after the kernel
+  // (autograd/node.h, takes_waiting); gx is rounded to x's dtype first, then the sum once more.
+  Generator g(23);
+  for (DType dt : {DType::F32, DType::F64}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    auto as = [dt](const Tensor& t) { return ops::cast(t, dt); };
+    const Tensor x = as(normal(g, {2, 5, 70}, 1.0, 2.0)), scale = as(normal(g, {2, 70}));
+    const Tensor gy = as(normal(g, {2, 5, 70})), gres = as(normal(g, {2, 5, 70}));
+    const ops::NormOut f = ops::layernorm_modulate(x, as(normal(g, {2, 70})), scale, 1e-6);
+    const ops::ModulateGrads with = ops::layernorm_modulate_bwd(gy, x, f.mean, f.rstd, scale, gres);
+    const ops::ModulateGrads without = ops::layernorm_modulate_bwd(gy, x, f.mean, f.rstd, scale);
+    CHECK(bit_mismatches_host(with.gx, ops::add(gres, without.gx)) == 0);
+    CHECK(bit_mismatches_host(with.gx, without.gx) > 0);  // gres was really added
+    CHECK(bit_mismatches_host(with.gshift, without.gshift) == 0);
+    CHECK(bit_mismatches_host(with.gscale, without.gscale) == 0);
+  }
+  const Tensor x16 = ops::cast(normal(g, {1, 2, 8}), DType::BF16);
+  const Tensor nd = ops::cast(normal(g, {1, 8}), DType::BF16);
+  const ops::NormOut f = ops::layernorm_modulate(x16, nd, nd, 1e-6);
+  CHECK_THROWS_WITH_AS(ops::layernorm_modulate_bwd(x16, x16, f.mean, f.rstd, nd, x16),
+                       doctest::Contains("layernorm_modulate_bwd: gres needs an f32 or f64 x"),
                        std::invalid_argument);
 }
 

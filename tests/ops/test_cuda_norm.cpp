@@ -310,6 +310,16 @@ void fused_layernorm_modulate_case(Generator& g, int64_t N, int64_t T, int64_t D
   const std::vector<Tensor> b1 = bwd(), b2 = bwd();
   check_close(b1, {lg.gx, mg.gshift, mg.gscale}, dt, "layernorm_modulate_bwd");
   check_same_bits(b1, b2, "layernorm_modulate_bwd twice");
+  if (dt == DType::BF16) return;  // gres is for f32 and f64 streams
+
+  // gres (the residual stream's gradient waiting for x) added in the kernel: the bits of the GPU's
+  // own add after it, on every path (register and loop, every row length above).
+  const Tensor gres = uniform_as(g, xs, dt).to(kGpu);
+  std::vector<Tensor> o = {Tensor::empty(xs, dt, kGpu), Tensor::empty(nd, dt, kGpu),
+                           Tensor::empty(nd, dt, kGpu)};
+  kernels::cuda::layernorm_modulate_bwd(gy.to(kGpu), x.to(kGpu), mean.to(kGpu), rstd.to(kGpu),
+                                        scale.to(kGpu), o[0], o[1], o[2], gres);
+  check_same_bits(o, {ops::add(gres, b1[0]), b1[1], b1[2]}, "layernorm_modulate_bwd with gres");
 }
 
 // gated_residual_fwd / _bwd against mul + add (and sum over t) in f64.
@@ -334,7 +344,93 @@ void gated_residual_case(Generator& g, int64_t N, int64_t T, int64_t D, DType dt
   check_same_bits(b1, b2, "gated_residual_bwd twice");
 }
 
+// The bf16 GEMM side of the fused DiT kernels beside an f32 x (bf16 autocast): layernorm +
+// modulate writing a bf16 y and reading a bf16 gy; the gated residual reading a bf16 h and
+// writing a bf16 gh. Each must give the bits of the f32 kernel with a cast after it (y, gh) or
+// before it (gy, h) on the GPU: widening bf16 is exact and the one rounding to bf16 is of the
+// same f32 value. And the f64 composition on the CPU within the stored dtype's tolerance.
+void mixed_adaln_case(Generator& g, int64_t N, int64_t T, int64_t D) {
+  const Shape xs{N, T, D}, nd{N, D}, nt{N, T};
+  const DType f32 = DType::F32, bf16 = DType::BF16;
+  const Tensor x = uniform_as(g, xs, f32, 2.0, 4.0), shift = uniform_as(g, nd, f32),
+               scale = uniform_as(g, nd, f32);
+  const Tensor xg = x.to(kGpu), shg = shift.to(kGpu), scg = scale.to(kGpu);
+  auto gpu = [](const Shape& s, DType dt) { return Tensor::empty(s, dt, kGpu); };
+  auto to_f32 = [](const Tensor& t) { return ops::cast(t, DType::F32); };
+  auto to_bf16 = [](const Tensor& t) { return ops::cast(t, DType::BF16); };
+
+  const std::vector<Tensor> fwd = {gpu(xs, bf16), gpu(nt, f32), gpu(nt, f32)};
+  kernels::cuda::layernorm_modulate_fwd(xg, shg, scg, kNormEps, fwd[0], fwd[1], fwd[2]);
+  const std::vector<Tensor> fwd32 = {gpu(xs, f32), gpu(nt, f32), gpu(nt, f32)};
+  kernels::cuda::layernorm_modulate_fwd(xg, shg, scg, kNormEps, fwd32[0], fwd32[1], fwd32[2]);
+  check_same_bits(fwd, {to_bf16(fwd32[0]), fwd32[1], fwd32[2]}, "layernorm_modulate_fwd, bf16 y");
+  const Tensor x64 = widen(x), scale64 = widen(scale);
+  const ops::NormOut ln = ops::layernorm(x64, Tensor(), Tensor(), kNormEps);
+  check_close({fwd[0]}, {ops::modulate(ln.y, widen(shift), scale64)}, bf16, "bf16 y");
+  check_close({fwd[1], fwd[2]}, {ln.mean, ln.rstd}, f32, "mean, rstd beside a bf16 y");
+
+  const Tensor gy = uniform_as(g, xs, bf16), gyg = gy.to(kGpu);
+  auto bwd = [&](const Tensor& gyv) {
+    std::vector<Tensor> o = {gpu(xs, f32), gpu(nd, f32), gpu(nd, f32)};
+    kernels::cuda::layernorm_modulate_bwd(gyv, xg, fwd[1], fwd[2], scg, o[0], o[1], o[2]);
+    return o;
+  };
+  const std::vector<Tensor> b1 = bwd(gyg), b2 = bwd(gyg);
+  check_same_bits(b1, b2, "layernorm_modulate_bwd, bf16 gy, twice");
+  check_same_bits(b1, bwd(to_f32(gyg)), "layernorm_modulate_bwd, bf16 gy");
+  const Tensor mean64 = widen(fwd[1].to(Device::cpu())), rstd64 = widen(fwd[2].to(Device::cpu()));
+  const Tensor xhat64 =
+      ops::mul(ops::sub(x64, mean64.reshape({N, T, 1})), rstd64.reshape({N, T, 1}));
+  const ops::ModulateGrads mg = ops::modulate_bwd(widen(gy), xhat64, scale64);
+  const ops::NormGrads lg = ops::layernorm_bwd(mg.gx, x64, mean64, rstd64, Tensor());
+  check_close(b1, {lg.gx, mg.gshift, mg.gscale}, f32, "layernorm_modulate_bwd, bf16 gy");
+  const Tensor gres = uniform_as(g, xs, f32).to(kGpu);
+  std::vector<Tensor> o = {gpu(xs, f32), gpu(nd, f32), gpu(nd, f32)};
+  kernels::cuda::layernorm_modulate_bwd(gyg, xg, fwd[1], fwd[2], scg, o[0], o[1], o[2], gres);
+  check_same_bits(o, {ops::add(gres, b1[0]), b1[1], b1[2]}, "bf16 gy with gres");
+
+  const Tensor h = uniform_as(g, xs, bf16), gate = uniform_as(g, nd, f32);
+  const Tensor hg = h.to(kGpu), gateg = gate.to(kGpu);
+  const Tensor out = gpu(xs, f32), out32 = gpu(xs, f32);
+  kernels::cuda::gated_residual_fwd(xg, gateg, hg, out);
+  kernels::cuda::gated_residual_fwd(xg, gateg, to_f32(hg), out32);
+  check_same_bits({out}, {out32}, "gated_residual_fwd, bf16 h");
+  const Tensor gate64 = widen(gate).reshape({N, 1, D}), h64 = widen(h);
+  check_close({out}, {ops::add(x64, ops::mul(gate64, h64))}, f32, "gated_residual_fwd, bf16 h");
+
+  const Tensor gout = uniform_as(g, xs, f32), goutg = gout.to(kGpu), gout64 = widen(gout);
+  const std::vector<Tensor> gr = {gpu(xs, bf16), gpu(nd, f32)}, gr32 = {gpu(xs, f32), gpu(nd, f32)};
+  kernels::cuda::gated_residual_bwd(goutg, gateg, hg, gr[0], gr[1]);
+  kernels::cuda::gated_residual_bwd(goutg, gateg, to_f32(hg), gr32[0], gr32[1]);
+  check_same_bits(gr, {to_bf16(gr32[0]), gr32[1]}, "gated_residual_bwd, bf16 h");
+  check_close({gr[0]}, {ops::mul(gout64, gate64)}, bf16, "bf16 gh");
+  check_close({gr[1]}, {ops::sum(ops::mul(gout64, h64), 1)}, f32, "ggate beside a bf16 h");
+}
+
 }  // namespace
+
+TEST_CASE(
+    "cuda kernels: the fused adaLN kernels take a bf16 GEMM side beside f32, as a cast would") {
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
+  Generator g(61);
+  for (int64_t D : kRowLengths) {
+    CAPTURE(D);
+    mixed_adaln_case(g, 3, 77, D);
+  }
+  mixed_adaln_case(g, 2, 300, 384);  // several chunks of rows per sample
+  // bf16 goes beside f32 only.
+  const Tensor x64 = Tensor::zeros(Shape{2, 3, 4}, DType::F64, kGpu);
+  const Tensor nd64 = Tensor::zeros(Shape{2, 4}, DType::F64, kGpu);
+  const Tensor nt64 = Tensor::zeros(Shape{2, 3}, DType::F64, kGpu);
+  const Tensor y16 = Tensor::zeros(Shape{2, 3, 4}, DType::BF16, kGpu);
+  CHECK_THROWS_WITH_AS(
+      kernels::cuda::layernorm_modulate_fwd(x64, nd64, nd64, kNormEps, y16, nt64, nt64),
+      doctest::Contains("layernorm_modulate_fwd: y must be (2, 3, 4) (f64, cuda:0), got"),
+      std::invalid_argument);
+  CHECK_THROWS_WITH_AS(kernels::cuda::gated_residual_fwd(x64, nd64, y16, x64),
+                       doctest::Contains("gated_residual_fwd: h must be"), std::invalid_argument);
+}
 
 TEST_CASE("cuda kernels: fused layernorm + modulate matches layernorm then modulate on the CPU") {
   PSVAE_REQUIRE_CUDA();

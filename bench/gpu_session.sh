@@ -121,7 +121,7 @@ phase_bench() {
   for b in $(bench_programs); do
     echo "== $b"
     if [ "${b##*/}" = bench_dit_step ] && [ -z "${BENCH_ARGS:-}" ]; then
-      # DiT-XL at batch 256 fits in bf16 (about 99 GiB) but not in f32 (about 153 GiB of the
+      # DiT-XL at batch 256 fits in bf16 (about 91 GiB) but not in f32 (about 153 GiB of the
       # H200's 139): docs/kernels.md, "DiT-XL step memory". f32 runs at batch 128. The bf16 run
       # also prints one step op by op (the op profiler).
       step "$b" --precision bf16 --batch 256 --profile || rc=1

@@ -71,6 +71,10 @@ EMU_BIN = $(BUILD)-emu/bin
 EMU_RACE_SKIP := *4096-token*
 EMU_PASSES := emu-kernels emu-shuffle emu-warps emu-async emu-models
 .PHONY: $(EMU_PASSES)
+# $(call emu_kernel_tests,ENV,ARGS): the CUDA cases of test_tensor and test_ops under ENV.
+emu_kernel_tests = for t in test_tensor test_ops; do \
+	  $(1) $(EMU_BIN)/$$t --no-intro=true -tc="*cuda*" $(2) || exit 1; \
+	done
 
 test-emu: deps
 	@if [ ! -f $(CUDA_INCLUDE)/cuda_runtime.h ]; then echo "test-emu: no CUDA headers in $(CUDA_INCLUDE); skipped"; exit 0; fi; \
@@ -82,7 +86,7 @@ test-emu: deps
 
 emu-kernels:
 	@echo "test-emu: $$(date -u +%T) the kernel tests"
-	@for t in test_tensor test_ops; do $(EMU_BIN)/$$t --no-intro=true -tc="*cuda*" || exit 1; done
+	@$(call emu_kernel_tests,,)
 
 emu-models:
 	@echo "test-emu: $$(date -u +%T) the models' CUDA steps and the CUDA demo against the CPU"
@@ -90,15 +94,11 @@ emu-models:
 
 emu-shuffle:
 	@echo "test-emu: $$(date -u +%T) the kernel tests with blocks and threads in shuffled order (races)"
-	@for t in test_tensor test_ops; do \
-	  PSVAE_EMU_ORDER=shuffle PSVAE_EMU_SEED=1 $(EMU_BIN)/$$t --no-intro=true -tc="*cuda*" -tce="$(EMU_RACE_SKIP)" || exit 1; \
-	done
+	@$(call emu_kernel_tests,PSVAE_EMU_ORDER=shuffle PSVAE_EMU_SEED=1,-tce="$(EMU_RACE_SKIP)")
 
 emu-warps:
 	@echo "test-emu: $$(date -u +%T) the kernel tests with one warp at a time running ahead (races across warp collectives)"
-	@for t in test_tensor test_ops; do \
-	  PSVAE_EMU_ORDER=warps $(EMU_BIN)/$$t --no-intro=true -tc="*cuda*" -tce="$(EMU_RACE_SKIP)" || exit 1; \
-	done
+	@$(call emu_kernel_tests,PSVAE_EMU_ORDER=warps,-tce="$(EMU_RACE_SKIP)")
 
 emu-async:
 	@echo "test-emu: $$(date -u +%T) the async-copy kernels (GEMM, attention) with copies landing early and wgmma reading late"

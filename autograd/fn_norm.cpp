@@ -69,7 +69,7 @@ struct LayerNormModulateNode : Node {
     Tensor gres;
     const Tensor& w = waiting[0];
     if (w.defined() && w.shape() == x.shape() && w.dtype() == x.dtype() &&
-        w.device() == x.device() && x.dtype() != DType::BF16) {
+        w.device() == x.device()) {
       gres = w;
       waiting[0] = Tensor();
     }

@@ -20,6 +20,14 @@ enum class Op : int {
 };
 constexpr int kNumOps = static_cast<int>(Op::kCount);
 
+// The dtype of the GEMM-side operand of the fused DiT ops (layernorm_modulate's y and gy,
+// gated_residual's h and gh) beside their main tensor: the main dtype, or bf16 beside f32 (bf16
+// autocast: an f32 residual stream, bf16 GEMMs; the kernels read and write it as it is, saving a
+// cast's pass). Checked by the ops layer and by the CUDA kernels' own entry points.
+inline bool gemm_side_dtype_ok(DType side, DType main) {
+  return side == main || (main == DType::F32 && side == DType::BF16);
+}
+
 // One call of a kernel: inputs, caller-allocated outputs, and the op's parameters (meaning per op
 // in op_list.h). Tensors are handles, so a kernel writes outputs through a const OpCall.
 struct OpCall {

@@ -135,15 +135,9 @@ Shape check_ntd(const char* op, const Tensor& x, const char* name = "x") {
   return Shape{x.size(0), x.size(2)};
 }
 
-// The GEMM-side operand of the fused DiT ops (layernorm_modulate's y and gy, gated_residual's h
-// and gh): of the main dtype, or bf16 beside f32 (bf16 autocast: an f32 residual stream, bf16
-// GEMMs; the kernels read and write it as it is, saving the cast's pass).
-bool side_dtype_ok(DType side, DType main) {
-  return side == main || (main == DType::F32 && side == DType::BF16);
-}
-
+// t of `shape` and of a dtype kernels::gemm_side_dtype_ok beside `main`.
 void check_side(const char* op, const char* what, const Tensor& t, const Shape& shape, DType main) {
-  check(t.defined() && t.shape() == shape && side_dtype_ok(t.dtype(), main),
+  check(t.defined() && t.shape() == shape && kernels::gemm_side_dtype_ok(t.dtype(), main),
         fmt::format("{}: {} must be {} ({}{}), got {}", op, what, shape.str(), dtype_name(main),
                     main == DType::F32 ? " or bf16" : "",
                     t.defined() ? t.shape().str() + " (" + dtype_name(t.dtype()) + ")"
@@ -157,7 +151,7 @@ NormOut layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& s
   check_same("layernorm_modulate", "shift", shift, nd, x.dtype());
   check_same("layernorm_modulate", "scale", scale, nd, x.dtype());
   const DType ydt = y_dtype.value_or(x.dtype());
-  check(side_dtype_ok(ydt, x.dtype()),
+  check(kernels::gemm_side_dtype_ok(ydt, x.dtype()),
         fmt::format("layernorm_modulate: y must be of x's dtype ({}){}, got {}",
                     dtype_name(x.dtype()), x.dtype() == DType::F32 ? " or bf16" : "",
                     dtype_name(ydt)));

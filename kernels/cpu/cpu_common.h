@@ -58,4 +58,8 @@ void row_moments(const T* x, int64_t n, double eps, double& mean, double& rstd) 
 void gelu_tanh_into(const Tensor& x, const Tensor& y);
 void gelu_tanh_grad_into(const Tensor& x, const Tensor& gy, const Tensor& gx);
 
+// out (H) = the column sums of x (R, H), each column added in row order in double: sum_to's
+// kernel (elementwise.cpp), so a bias gradient has the bits of sum_to over the rows.
+void sum_rows_into(const Tensor& x, const Tensor& out);
+
 }  // namespace psvae::kernels::cpu

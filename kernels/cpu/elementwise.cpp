@@ -542,6 +542,14 @@ void gelu_tanh_grad_into(const Tensor& x, const Tensor& gy, const Tensor& gx) {
   gelu_tanh_bwd_cpu(c);
 }
 
+void sum_rows_into(const Tensor& x, const Tensor& out) {
+  if (out.numel() == 0) return;  // no columns: nothing to write (sum_to's tiles assume some)
+  OpCall c;
+  c.in = {x};
+  c.out = {out};
+  sum_to_cpu(c);
+}
+
 void register_elementwise(OpTable& t) {
   t[Op::add].cpu = &add_cpu;
   t[Op::sub].cpu = &sub_cpu;

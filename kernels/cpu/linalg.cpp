@@ -118,23 +118,7 @@ void linear_gelu_bwd_cpu(const OpCall& c) {
   mm.out = {Tensor::empty(Shape{R, H}, P.dtype(), P.device())};
   matmul_cpu(mm);
   gelu_tanh_grad_into(P, mm.out[0].reshape(P.shape()), GP);
-  // Column sums by blocks of kSumCols columns, rows walked in order: contiguous reads, and each
-  // column's sum in row order whatever the thread count.
-  constexpr int64_t kSumCols = 64;
-  dispatch_float(G.dtype(), "linear_gelu_bwd", [&](auto tag) {
-    using T = decltype(tag);
-    const T* gp = GP.data<T>();
-    T* gb = GB.data<T>();
-    const int64_t nblk = (H + kSumCols - 1) / kSumCols;
-#pragma omp parallel for schedule(static) if (R * H > kParallelGrain)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t h0 = blk * kSumCols, nh = std::min(kSumCols, H - h0);
-      double acc[kSumCols] = {};
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t j = 0; j < nh; ++j) acc[j] += static_cast<double>(gp[r * H + h0 + j]);
-      for (int64_t j = 0; j < nh; ++j) gb[h0 + j] = static_cast<T>(acc[j]);
-    }
-  });
+  sum_rows_into(GP.reshape(Shape{R, H}), GB);
 }
 
 }  // namespace

@@ -40,8 +40,6 @@
 //                          measured it (docs/kernels.md).
 // All are deterministic; they round differently (their sums run in different orders).
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 

@@ -12,8 +12,6 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
-#include <cstdlib>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 

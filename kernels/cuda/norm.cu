@@ -966,42 +966,29 @@ T* ptr(const Tensor& t) {
 
 DType acc_dtype(DType dt) { return dt == DType::F64 ? DType::F64 : DType::F32; }
 
-// The GEMM-side operand of a fused DiT op (layernorm + modulate's y and gy, the gated residual's h
-// and gh) beside its main tensor: the main tensor's dtype, or bf16 beside f32 (bf16 autocast: the
-// residual stream in f32, the GEMMs in bf16; docs/kernels.md "DiT block memory traffic").
-bool side_ok(DType side, DType main) {
-  return side == main || (main == DType::F32 && side == DType::BF16);
-}
-
-// t as expect_like, but of a dtype side_ok beside x's.
+// t as expect_like, but of a dtype gemm_side_dtype_ok (op_table.h) beside x's.
 void expect_side(const char* op, const char* name, const Tensor& t, const Shape& shape,
                  const Tensor& x) {
-  if (!t.defined() || t.shape() != shape || !side_ok(t.dtype(), x.dtype()) ||
+  if (!t.defined() || t.shape() != shape || !gemm_side_dtype_ok(t.dtype(), x.dtype()) ||
       t.device() != x.device())
     bad(op, std::string(name) + " must be " + shape.str() + " (" + dtype_name(x.dtype()) +
                 (x.dtype() == DType::F32 ? " or bf16" : "") + ", " + x.device().str() + "), got " +
                 desc(t));
 }
 
-// fn(S{}) with S the storage type of a side operand of dtype `side` beside main type T (checked
-// by expect_side): T itself, or bf16 beside f32. The bf16 form is compiled for f32 only.
-template <class T, class Fn>
-void dispatch_side(DType side, DType main, Fn&& fn) {
-  if constexpr (std::is_same<T, float>::value) {
-    if (side != main) {
-      fn(__nv_bfloat16{});
-      return;
-    }
-  }
-  fn(T{});
-}
-
 // fn(T{}, S{}): T the storage type of dtype `main` (f32, bf16, f64), S that of a side operand of
-// dtype `side` beside it (dispatch_side).
+// dtype `side` beside it (checked by expect_side): T itself, or bf16 beside f32. The bf16 form is
+// compiled for f32 only.
 template <class Fn>
 void dispatch_pair(DType main, DType side, const char* op, Fn&& fn) {
   dispatch_float(main, op, [&](auto tag) {
-    dispatch_side<decltype(tag)>(side, main, [&](auto stag) { fn(tag, stag); });
+    if constexpr (std::is_same<decltype(tag), float>::value) {
+      if (side != main) {
+        fn(tag, __nv_bfloat16{});
+        return;
+      }
+    }
+    fn(tag, tag);
   });
 }
 

@@ -15,6 +15,15 @@ struct AttentionNode : Node {
     return {r.gq, r.gk, r.gv};
   }
 };
+
+struct AttentionQkvNode : Node {
+  Tensor qkv, out, lse, key_mask;
+  double scale = 1.0;
+  const char* name() const override { return "attention_qkv"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    return {ops::attention_qkv_bwd(g[0], qkv, out, lse, key_mask, scale)};
+  }
+};
 }  // namespace
 
 Var attention(const Var& q_in, const Var& k_in, const Var& v_in, const Tensor& key_mask,
@@ -31,6 +40,19 @@ Var attention(const Var& q_in, const Var& k_in, const Var& v_in, const Tensor& k
   n->key_mask = key_mask;
   n->scale = scale;
   return attach(n, {q, k, v}, r.out);
+}
+
+Var attention_qkv(const Var& qkv_in, const Tensor& key_mask, double scale) {
+  const auto [qkv] = autocast::gemm_inputs(qkv_in);
+  ops::AttnOut r = ops::attention_qkv(qkv.data(), key_mask, scale);
+  if (!any_requires_grad({qkv})) return Var(r.out);
+  auto n = std::make_shared<AttentionQkvNode>();
+  n->qkv = qkv.data();
+  n->out = r.out;
+  n->lse = r.lse;
+  n->key_mask = key_mask;
+  n->scale = scale;
+  return attach(n, {qkv}, r.out);
 }
 
 }  // namespace psvae::ag

@@ -101,6 +101,9 @@ Var embedding(const Var& table, const Tensor& ids);
 // ---- attention (fn_attention.cpp) ---------------------------------------------------------------
 // q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv); key_mask (B,Tk) i32 or undefined.
 Var attention(const Var& q, const Var& k, const Var& v, const Tensor& key_mask, double scale);
+// Self-attention on packed projection rows qkv (B,T,3,H,d): attention of its slices 0, 1, 2 of
+// dim 2, read in place, with one gradient gqkv (no slice copies, no concatenation).
+Var attention_qkv(const Var& qkv, const Tensor& key_mask, double scale);
 
 // ---- losses (fn_loss.cpp) -----------------------------------------------------------------------
 Var mse_loss(const Var& a, const Var& b);

@@ -309,6 +309,12 @@ cudaError_t cudaMemset(void* ptr, int value, size_t count) {
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
   return cudaMemset(ptr, value, count);
 }
+cudaError_t cudaMemset2DAsync(void* ptr, size_t pitch, int value, size_t width, size_t height,
+                              cudaStream_t) {
+  if (width > pitch && height > 1) return cudaErrorInvalidPitchValue;
+  for (size_t r = 0; r < height; ++r) cudaMemset(static_cast<char*>(ptr) + r * pitch, value, width);
+  return cudaSuccess;
+}
 
 // ---- streams and events ------------------------------------------------------------------------
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {

@@ -112,6 +112,11 @@
     "(q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv), [key_mask i32 (B,Tk), 0 = masked]) -> "         \
     "(o (B,Tq,H,dv), lse f32/f64 (B,H,Tq)); reals: scale")                                       \
   X(attention_bwd, attention, "(go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv); reals: scale") \
+  X(attention_qkv, attention,                                                                    \
+    "(qkv (B,T,3,H,d), [key_mask i32 (B,T)]) -> (o (B,T,H,d), lse (B,H,T)): attention of the "   \
+    "q, k, v slices, read in place; reals: scale")                                               \
+  X(attention_qkv_bwd, attention,                                                                \
+    "(go, qkv, o, lse, [key_mask]) -> gqkv (B,T,3,H,d); reals: scale")                           \
   /* ---- losses: scalar (rank-0) outputs ---- */                                                \
   X(mse_loss, loss, "(a, b) -> mean((a-b)^2)")                                                   \
   X(mse_loss_bwd, loss, "(gy, a, b) -> ga (gb = -ga)")                                           \

@@ -173,6 +173,13 @@ AttnOut attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
                   double scale);
 AttnGrads attention_bwd(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, const Tensor& key_mask, double scale);
+// Self-attention on the packed rows of a qkv projection, qkv (B,T,3,H,d) (q, k, v = its slices
+// 0, 1, 2 of dim 2), read in place: the result of attention on the three slices, bit for bit,
+// without copying them out. key_mask (B,T) i32 or undefined. The backward returns gqkv, the
+// three gradients written into one tensor of qkv's shape.
+AttnOut attention_qkv(const Tensor& qkv, const Tensor& key_mask, double scale);
+Tensor attention_qkv_bwd(const Tensor& gout, const Tensor& qkv, const Tensor& out,
+                         const Tensor& lse, const Tensor& key_mask, double scale);
 
 // ---- losses (kernels/ops_loss.cpp), scalar outputs
 // -------------------------------------------------

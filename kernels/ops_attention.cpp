@@ -27,6 +27,30 @@ void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v
           fmt::format("{}: key_mask must be i32 (B,Tk) = ({}, {}), got {} {}", op, k.size(0),
                       k.size(1), dtype_name(key_mask.dtype()), key_mask.shape().str()));
 }
+
+// qkv (B,T,3,H,d), key_mask (B,T) i32 or undefined.
+void check_packed(const char* op, const Tensor& qkv, const Tensor& key_mask) {
+  check(qkv.rank() == 5 && qkv.size(2) == 3 && is_floating(qkv.dtype()),
+        fmt::format("{}: qkv must be a float (B,T,3,H,d), got {} {}", op, dtype_name(qkv.dtype()),
+                    qkv.shape().str()));
+  if (key_mask.defined())
+    check(key_mask.dtype() == DType::I32 && key_mask.shape() == Shape({qkv.size(0), qkv.size(1)}),
+          fmt::format("{}: key_mask must be i32 (B,T) = ({}, {}), got {} {}", op, qkv.size(0),
+                      qkv.size(1), dtype_name(key_mask.dtype()), key_mask.shape().str()));
+}
+
+// gout and out (B,Tq,H,dv), lse (B,H,Tq), all of dtype dt: the backward's extra inputs.
+void check_bwd_extras(const char* op, const Tensor& gout, const Tensor& out, const Tensor& lse,
+                      const Shape& o_shape, DType dt) {
+  const Shape lse_shape{o_shape[0], o_shape[2], o_shape[1]};
+  check(gout.shape() == o_shape && out.shape() == o_shape && lse.shape() == lse_shape &&
+            gout.dtype() == dt && out.dtype() == dt && lse.dtype() == dt,
+        fmt::format("{}: expected gout and out {} and lse {} in {}, got gout {} {}, out {} {}, "
+                    "lse {} {}",
+                    op, o_shape.str(), lse_shape.str(), dtype_name(dt), dtype_name(gout.dtype()),
+                    gout.shape().str(), dtype_name(out.dtype()), out.shape().str(),
+                    dtype_name(lse.dtype()), lse.shape().str()));
+}
 }  // namespace
 
 AttnOut attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
@@ -48,14 +72,7 @@ AttnGrads attention_bwd(const Tensor& gout, const Tensor& q, const Tensor& k, co
                         double scale) {
   check_qkv("attention_bwd", q, k, v, key_mask);
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
-  const Shape o_shape{B, Tq, H, v.size(3)};
-  check(gout.shape() == o_shape && out.shape() == o_shape && lse.shape() == Shape({B, H, Tq}) &&
-            gout.dtype() == q.dtype() && out.dtype() == q.dtype() && lse.dtype() == q.dtype(),
-        fmt::format("attention_bwd: expected gout and out {} and lse {} in {}, got gout {} {}, out "
-                    "{} {}, lse {} {}",
-                    o_shape.str(), Shape({B, H, Tq}).str(), dtype_name(q.dtype()),
-                    dtype_name(gout.dtype()), gout.shape().str(), dtype_name(out.dtype()),
-                    out.shape().str(), dtype_name(lse.dtype()), lse.shape().str()));
+  check_bwd_extras("attention_bwd", gout, out, lse, Shape{B, Tq, H, v.size(3)}, q.dtype());
   kernels::OpCall c;
   c.in = {gout, q, k, v, out, lse};
   if (key_mask.defined()) c.in.push_back(key_mask);
@@ -65,6 +82,33 @@ AttnGrads attention_bwd(const Tensor& gout, const Tensor& q, const Tensor& k, co
   c.reals[0] = scale;
   kernels::run(Op::attention_bwd, c);
   return {c.out[0], c.out[1], c.out[2]};
+}
+
+AttnOut attention_qkv(const Tensor& qkv, const Tensor& key_mask, double scale) {
+  check_packed("attention_qkv", qkv, key_mask);
+  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(3), d = qkv.size(4);
+  kernels::OpCall c;
+  c.in = {qkv};
+  if (key_mask.defined()) c.in.push_back(key_mask);
+  c.out = {Tensor::empty({B, T, H, d}, qkv.dtype(), qkv.device()),
+           Tensor::empty({B, H, T}, qkv.dtype(), qkv.device())};
+  c.reals[0] = scale;
+  kernels::run(Op::attention_qkv, c);
+  return {c.out[0], c.out[1]};
+}
+
+Tensor attention_qkv_bwd(const Tensor& gout, const Tensor& qkv, const Tensor& out,
+                         const Tensor& lse, const Tensor& key_mask, double scale) {
+  check_packed("attention_qkv_bwd", qkv, key_mask);
+  check_bwd_extras("attention_qkv_bwd", gout, out, lse,
+                   Shape{qkv.size(0), qkv.size(1), qkv.size(3), qkv.size(4)}, qkv.dtype());
+  kernels::OpCall c;
+  c.in = {gout, qkv, out, lse};
+  if (key_mask.defined()) c.in.push_back(key_mask);
+  c.out = {Tensor::empty(qkv.shape(), qkv.dtype(), qkv.device())};
+  c.reals[0] = scale;
+  kernels::run(Op::attention_qkv_bwd, c);
+  return c.out[0];
 }
 
 }  // namespace psvae::ops

@@ -30,11 +30,14 @@ Attention::Attention(const Config& c, Generator& g) : cfg_(c) {
   proj = register_module("proj", std::make_shared<Linear>(c.dim, c.dim, true, g));
 }
 
+// q, k and v stay in the projection's rows (B,T,3,H,hd): attention_qkv reads them in place and
+// writes their gradients into one tensor, where split heads would copy three slices out and
+// concatenate three gradients back (24 bytes per token and channel in bf16), same bits.
 Var Attention::forward(const Var& x, const Tensor& key_mask) const {
   const int64_t B = x.size(0), T = x.size(1), hd = head_dim(cfg_.dim, cfg_.heads);
-  std::vector<Var> qkv_h = split_heads(qkv->forward(x), 3, cfg_.heads, hd);  // 3 x (B,T,H,hd)
-  Var o = ag::attention(qkv_h[0], qkv_h[1], qkv_h[2], key_mask,
-                        1.0 / std::sqrt(static_cast<double>(hd)));  // (B,T,H,hd)
+  Var qkv_rows = ag::reshape(qkv->forward(x), Shape{B, T, 3, cfg_.heads, hd});
+  Var o = ag::attention_qkv(qkv_rows, key_mask,
+                            1.0 / std::sqrt(static_cast<double>(hd)));  // (B,T,H,hd)
   return proj->forward(ag::reshape(o, Shape{B, T, cfg_.dim}));
 }
 

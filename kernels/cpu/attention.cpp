@@ -1,8 +1,9 @@
 // CPU kernels: attention, the reference the CUDA flash attention is tested against.
 //
-// Layout (B,T,H,d) as the qkv projection produces it: row (b,t,h) of q starts at ((b*T+t)*H+h)*d,
-// so the (T, d) matrix of one (b, h) pair is a strided view (row stride H*d) that Eigen maps
-// directly (OuterStride), with no gather. Per pair and per block of kQBlock query rows:
+// Layout (B,T,H,d) as the qkv projection produces it: row (b,t,h) of q starts at (b*T+t)*sq+h*d,
+// so the (T, d) matrix of one (b, h) pair is a strided view (row stride sq = H*d, or 3*H*d for q,
+// k, v inside the packed rows (B,T,3,H,d) of attention_qkv) that Eigen maps directly
+// (OuterStride), with no gather. Per pair and per block of kQBlock query rows:
 //   S = Q K^T (GEMM), P = softmax(scale S) row-wise (max-subtracted, exp and sum in double),
 //   O = P V (GEMM), lse = m + log(sum).
 // The forward keeps lse so the backward rebuilds P = exp(scale S - lse) without another softmax
@@ -30,20 +31,44 @@ namespace psvae::kernels::cpu {
 
 namespace {
 
+// Sizes, and the row strides of q/gq, k/gk, v/gv (o and go are dense: H dv).
 struct Dims {
   int64_t B, Tq, Tk, H, d, dv;
+  int64_t sq, sk, sv;
 };
 
 Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v) {
-  return {q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), v.size(3)};
+  const int64_t H = q.size(2), d = q.size(3), dv = v.size(3);
+  return {q.size(0), q.size(1), k.size(1), H, d, dv, H * d, H * d, H * dv};
 }
+
+// qkv (B,T,3,H,d): q, k, v at element offsets 0, H d, 2 H d of each row of 3 H d.
+Dims packed_dims(const Tensor& qkv) {
+  const int64_t H = qkv.size(3), d = qkv.size(4);
+  return {qkv.size(0), qkv.size(1), qkv.size(1), H, d, d, 3 * H * d, 3 * H * d, 3 * H * d};
+}
+
+// The operands of one call, in the storage type.
+template <class T>
+struct FwdPtrs {
+  const T *q, *k, *v;
+  const int32_t* mask;
+  T *o, *lse;
+};
+template <class T>
+struct BwdPtrs {
+  const T *go, *q, *k, *v, *o, *lse;
+  const int32_t* mask;
+  T *gq, *gk, *gv;
+};
 
 // Query rows per block: bounds the per-thread score buffers to kQBlock * Tk elements (Tk = 4096
 // would otherwise need 64 MB per (Tq, Tk) matrix in f32) while keeping the GEMMs large enough
 // for Eigen's packing to pay off. The demo's 65 queries fit in one block.
 constexpr int64_t kQBlock = 128;
 
-// The (rows, cols) matrix of one (b, h) pair inside a (B, T, H, cols) tensor.
+// The (rows, cols) matrix of one (b, h) pair inside a (B, T, H, cols) tensor whose tokens are
+// `stride` elements apart.
 template <class T>
 using StridedMap = Eigen::Map<RowMat<T>, 0, Eigen::OuterStride<>>;
 template <class T>
@@ -51,16 +76,16 @@ using ConstStridedMap = Eigen::Map<const RowMat<T>, 0, Eigen::OuterStride<>>;
 
 template <class T>
 ConstStridedMap<T> pair_view(const T* base, int64_t b, int64_t h, int64_t row0, int64_t rows,
-                             int64_t T_, int64_t H, int64_t cols) {
-  return ConstStridedMap<T>(base + ((b * T_ + row0) * H + h) * cols, rows, cols,
-                            Eigen::OuterStride<>(H * cols));
+                             int64_t T_, int64_t stride, int64_t cols) {
+  return ConstStridedMap<T>(base + (b * T_ + row0) * stride + h * cols, rows, cols,
+                            Eigen::OuterStride<>(stride));
 }
 
 template <class T>
 StridedMap<T> pair_view_mut(T* base, int64_t b, int64_t h, int64_t row0, int64_t rows, int64_t T_,
-                            int64_t H, int64_t cols) {
-  return StridedMap<T>(base + ((b * T_ + row0) * H + h) * cols, rows, cols,
-                       Eigen::OuterStride<>(H * cols));
+                            int64_t stride, int64_t cols) {
+  return StridedMap<T>(base + (b * T_ + row0) * stride + h * cols, rows, cols,
+                       Eigen::OuterStride<>(stride));
 }
 
 // exp in the data's precision: for f32 data expf is 2-3x cheaper than exp and its 1-ulp error
@@ -69,16 +94,12 @@ StridedMap<T> pair_view_mut(T* base, int64_t b, int64_t h, int64_t row0, int64_t
 inline double exp_as(float, double x) { return std::exp(static_cast<float>(x)); }
 inline double exp_as(double, double x) { return std::exp(x); }
 
-// (q, k, v, [key_mask]) -> (o, lse); reals: scale.
+// (q, k, v, [key_mask]) -> (o, lse) with the strides of n.
 template <class T>
-void attention_typed(const OpCall& c) {
-  const Tensor &q = c.in[0], &k = c.in[1], &v = c.in[2];
-  const int32_t* mask = c.in.size() > 3 ? c.in[3].data<int32_t>() : nullptr;
-  const Dims n = dims_of(q, k, v);
-  const double scale = c.reals[0];
-  const T *qp = q.data<T>(), *kp = k.data<T>(), *vp = v.data<T>();
-  T* op = c.out[0].data<T>();
-  T* lp = c.out[1].data<T>();
+void attention_fwd_impl(const FwdPtrs<T>& a, const Dims& n, double scale) {
+  const T *qp = a.q, *kp = a.k, *vp = a.v;
+  const int32_t* mask = a.mask;
+  T *op = a.o, *lp = a.lse;
   const int64_t pairs = n.B * n.H;
   const int64_t work = pairs * n.Tq * n.Tk * (n.d + n.dv);
   constexpr double kNegInf = -std::numeric_limits<double>::infinity();
@@ -90,12 +111,12 @@ void attention_typed(const OpCall& c) {
     for (int64_t bh = 0; bh < pairs; ++bh) {
       const int64_t b = bh / n.H, h = bh % n.H;
       const int32_t* mb = mask ? mask + b * n.Tk : nullptr;
-      auto K = pair_view(kp, b, h, 0, n.Tk, n.Tk, n.H, n.d);
-      auto V = pair_view(vp, b, h, 0, n.Tk, n.Tk, n.H, n.dv);
+      auto K = pair_view(kp, b, h, 0, n.Tk, n.Tk, n.sk, n.d);
+      auto V = pair_view(vp, b, h, 0, n.Tk, n.Tk, n.sv, n.dv);
       for (int64_t i0 = 0; i0 < n.Tq; i0 += kQBlock) {
         const int64_t m = std::min(kQBlock, n.Tq - i0);
-        auto Q = pair_view(qp, b, h, i0, m, n.Tq, n.H, n.d);
-        auto O = pair_view_mut(op, b, h, i0, m, n.Tq, n.H, n.dv);
+        auto Q = pair_view(qp, b, h, i0, m, n.Tq, n.sq, n.d);
+        auto O = pair_view_mut(op, b, h, i0, m, n.Tq, n.H * n.dv, n.dv);
         auto S = P.topRows(m);
         if (n.d > 0)
           S.noalias() = Q * K.transpose();
@@ -135,26 +156,44 @@ void attention_typed(const OpCall& c) {
   }
 }
 
+// (q, k, v, [key_mask]) -> (o, lse); reals: scale.
 void attention_cpu(const OpCall& c) {
-  dispatch_float(c.in[0].dtype(), "attention",
-                 [&](auto tag) { attention_typed<decltype(tag)>(c); });
+  dispatch_float(c.in[0].dtype(), "attention", [&](auto tag) {
+    using T = decltype(tag);
+    const FwdPtrs<T> a{c.in[0].data<T>(),  c.in[1].data<T>(),
+                       c.in[2].data<T>(),  c.in.size() > 3 ? c.in[3].data<int32_t>() : nullptr,
+                       c.out[0].data<T>(), c.out[1].data<T>()};
+    attention_fwd_impl(a, dims_of(c.in[0], c.in[1], c.in[2]), c.reals[0]);
+  });
 }
 
-// (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv); reals: scale. With P = exp(S*scale - lse),
-// D_i = go_i . o_i, dP = go V^T, dS = P (dP - D):
+// (qkv (B,T,3,H,d), [key_mask]) -> (o, lse); reals: scale. q, k, v read in place.
+void attention_qkv_cpu(const OpCall& c) {
+  dispatch_float(c.in[0].dtype(), "attention_qkv", [&](auto tag) {
+    using T = decltype(tag);
+    const Dims n = packed_dims(c.in[0]);
+    const T* qkv = c.in[0].data<T>();
+    const FwdPtrs<T> a{qkv,
+                       qkv + n.H * n.d,
+                       qkv + 2 * n.H * n.d,
+                       c.in.size() > 1 ? c.in[1].data<int32_t>() : nullptr,
+                       c.out[0].data<T>(),
+                       c.out[1].data<T>()};
+    attention_fwd_impl(a, n, c.reals[0]);
+  });
+}
+
+// (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv) with the strides of n. With P = exp(S*scale -
+// lse), D_i = go_i . o_i, dP = go V^T, dS = P (dP - D):
 //   gq = scale dS K,  gk = scale dS^T Q,  gv = P^T go.
 // gk and gv sum over queries: the query blocks of one (b, h) pair run serially in order in one
 // thread, adding into that pair's gk and gv, so the result is deterministic for any thread count.
 template <class T>
-void attention_bwd_typed(const OpCall& c) {
-  const Tensor &go = c.in[0], &q = c.in[1], &k = c.in[2], &v = c.in[3], &o = c.in[4];
-  const Tensor& lse = c.in[5];
-  const int32_t* mask = c.in.size() > 6 ? c.in[6].data<int32_t>() : nullptr;
-  const Dims n = dims_of(q, k, v);
-  const double scale = c.reals[0];
-  const T *gop = go.data<T>(), *qp = q.data<T>(), *kp = k.data<T>(), *vp = v.data<T>();
-  const T *opp = o.data<T>(), *lp = lse.data<T>();
-  T *gqp = c.out[0].data<T>(), *gkp = c.out[1].data<T>(), *gvp = c.out[2].data<T>();
+void attention_bwd_impl(const BwdPtrs<T>& a, const Dims& n, double scale) {
+  const int32_t* mask = a.mask;
+  const T *gop = a.go, *qp = a.q, *kp = a.k, *vp = a.v, *opp = a.o, *lp = a.lse;
+  T *gqp = a.gq, *gkp = a.gk, *gvp = a.gv;
+  const int64_t so = n.H * n.dv;  // o, go
   const int64_t pairs = n.B * n.H;
   const int64_t work = pairs * n.Tq * n.Tk * (n.d + n.dv);
 #pragma omp parallel if (work > kParallelGrain && pairs > 1)
@@ -165,18 +204,18 @@ void attention_bwd_typed(const OpCall& c) {
     for (int64_t bh = 0; bh < pairs; ++bh) {
       const int64_t b = bh / n.H, h = bh % n.H;
       const int32_t* mb = mask ? mask + b * n.Tk : nullptr;
-      auto K = pair_view(kp, b, h, 0, n.Tk, n.Tk, n.H, n.d);
-      auto V = pair_view(vp, b, h, 0, n.Tk, n.Tk, n.H, n.dv);
-      auto gK = pair_view_mut(gkp, b, h, 0, n.Tk, n.Tk, n.H, n.d);
-      auto gV = pair_view_mut(gvp, b, h, 0, n.Tk, n.Tk, n.H, n.dv);
+      auto K = pair_view(kp, b, h, 0, n.Tk, n.Tk, n.sk, n.d);
+      auto V = pair_view(vp, b, h, 0, n.Tk, n.Tk, n.sv, n.dv);
+      auto gK = pair_view_mut(gkp, b, h, 0, n.Tk, n.Tk, n.sk, n.d);
+      auto gV = pair_view_mut(gvp, b, h, 0, n.Tk, n.Tk, n.sv, n.dv);
       gK.setZero();
       gV.setZero();
       for (int64_t i0 = 0; i0 < n.Tq; i0 += kQBlock) {
         const int64_t m = std::min(kQBlock, n.Tq - i0);
-        auto Q = pair_view(qp, b, h, i0, m, n.Tq, n.H, n.d);
-        auto gO = pair_view(gop, b, h, i0, m, n.Tq, n.H, n.dv);
-        auto O = pair_view(opp, b, h, i0, m, n.Tq, n.H, n.dv);
-        auto gQ = pair_view_mut(gqp, b, h, i0, m, n.Tq, n.H, n.d);
+        auto Q = pair_view(qp, b, h, i0, m, n.Tq, n.sq, n.d);
+        auto gO = pair_view(gop, b, h, i0, m, n.Tq, so, n.dv);
+        auto O = pair_view(opp, b, h, i0, m, n.Tq, so, n.dv);
+        auto gQ = pair_view_mut(gqp, b, h, i0, m, n.Tq, n.sq, n.d);
         auto Pb = P.topRows(m);
         auto dSb = dS.topRows(m);
         if (n.d > 0)
@@ -220,9 +259,45 @@ void attention_bwd_typed(const OpCall& c) {
   }
 }
 
+// (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv); reals: scale.
 void attention_bwd_cpu(const OpCall& c) {
-  dispatch_float(c.in[0].dtype(), "attention_bwd",
-                 [&](auto tag) { attention_bwd_typed<decltype(tag)>(c); });
+  dispatch_float(c.in[0].dtype(), "attention_bwd", [&](auto tag) {
+    using T = decltype(tag);
+    const BwdPtrs<T> a{c.in[0].data<T>(),
+                       c.in[1].data<T>(),
+                       c.in[2].data<T>(),
+                       c.in[3].data<T>(),
+                       c.in[4].data<T>(),
+                       c.in[5].data<T>(),
+                       c.in.size() > 6 ? c.in[6].data<int32_t>() : nullptr,
+                       c.out[0].data<T>(),
+                       c.out[1].data<T>(),
+                       c.out[2].data<T>()};
+    attention_bwd_impl(a, dims_of(c.in[1], c.in[2], c.in[3]), c.reals[0]);
+  });
+}
+
+// (go, qkv, o, lse, [key_mask]) -> gqkv (B,T,3,H,d); reals: scale. gq, gk, gv written in place.
+// Every element of gqkv is written: gK and gV are zeroed per pair, gQ set per query block.
+void attention_qkv_bwd_cpu(const OpCall& c) {
+  dispatch_float(c.in[0].dtype(), "attention_qkv_bwd", [&](auto tag) {
+    using T = decltype(tag);
+    const Dims n = packed_dims(c.in[1]);
+    const int64_t C = n.H * n.d;
+    const T* qkv = c.in[1].data<T>();
+    T* g = c.out[0].data<T>();
+    const BwdPtrs<T> a{c.in[0].data<T>(),
+                       qkv,
+                       qkv + C,
+                       qkv + 2 * C,
+                       c.in[2].data<T>(),
+                       c.in[3].data<T>(),
+                       c.in.size() > 4 ? c.in[4].data<int32_t>() : nullptr,
+                       g,
+                       g + C,
+                       g + 2 * C};
+    attention_bwd_impl(a, n, c.reals[0]);
+  });
 }
 
 }  // namespace
@@ -230,6 +305,8 @@ void attention_bwd_cpu(const OpCall& c) {
 void register_attention(OpTable& t) {
   t[Op::attention].cpu = &attention_cpu;
   t[Op::attention_bwd].cpu = &attention_bwd_cpu;
+  t[Op::attention_qkv].cpu = &attention_qkv_cpu;
+  t[Op::attention_qkv_bwd].cpu = &attention_qkv_bwd_cpu;
 }
 
 }  // namespace psvae::kernels::cpu

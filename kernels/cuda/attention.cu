@@ -6,6 +6,12 @@
 // Tk = 0), and no gradient through such a row. Self and cross attention (Tq != Tk), dv != d, any
 // sequence length, head dims up to 128.
 //
+// The same kernels are the CUDA column of attention_qkv and attention_qkv_bwd: self-attention on
+// q, k, v read in place from the packed rows of a qkv projection (B,T,3,H,d), row stride 3 H d,
+// and gq, gk, gv written in place into one gqkv of that shape. That saves the three slices of the
+// forward and the concatenation of the backward: 24 bytes per token and channel in bf16 (read and
+// write of q, k, v and of their gradients).
+//
 // This file: input checks, the choice between the two implementations, the temporary D of the
 // backward, and registration. The kernels are in attention_fwd.cu and attention_bwd.cu.
 //
@@ -40,8 +46,10 @@
 //                          measured it (docs/kernels.md).
 // All are deterministic; they round differently (their sums run in different orders).
 #include <algorithm>
+#include <array>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/gemm.h"
@@ -58,6 +66,13 @@ using detail::launch_on;
 
 [[noreturn]] void fail(const char* op, const std::string& what) {
   throw std::invalid_argument(std::string(op) + ": " + what);
+}
+
+void check_head_dims(const char* op, const Dims& n) {
+  if (n.d > attn::kMaxHeadDim || n.dv > attn::kMaxHeadDim)
+    detail::unsupported(op, "head dim d = " + std::to_string(n.d) +
+                                ", dv = " + std::to_string(n.dv) + " (at most " +
+                                std::to_string(attn::kMaxHeadDim) + ")");
 }
 
 // q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv) of one float dtype, mask i32 (B,Tk) or null: the
@@ -79,11 +94,24 @@ Dims check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v
     fail(op, "key_mask must be i32 (B,Tk) = (" + std::to_string(k.size(0)) + ", " +
                  std::to_string(k.size(1)) + "), got " + dtype_name(mask->dtype()) + " " +
                  mask->shape().str());
-  const Dims n{q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), v.size(3)};
-  if (n.d > attn::kMaxHeadDim || n.dv > attn::kMaxHeadDim)
-    detail::unsupported(op, "head dim d = " + std::to_string(n.d) +
-                                ", dv = " + std::to_string(n.dv) + " (at most " +
-                                std::to_string(attn::kMaxHeadDim) + ")");
+  const int64_t H = q.size(2), d = q.size(3), dv = v.size(3);
+  const Dims n{q.size(0), q.size(1), k.size(1), H, d, dv, H * d, H * d, H * dv};
+  check_head_dims(op, n);
+  return n;
+}
+
+// qkv (B,T,3,H,d) of a float dtype, mask i32 (B,T) or null: the checks of ops::attention_qkv.
+// Returns the dims of q, k and v read in place: rows 3 H d elements apart.
+Dims check_packed(const char* op, const Tensor& qkv, const Tensor* mask) {
+  if (qkv.rank() != 5 || qkv.size(2) != 3 || !is_floating(qkv.dtype()))
+    fail(op, std::string("qkv must be a float (B,T,3,H,d), got ") + dtype_name(qkv.dtype()) + " " +
+                 qkv.shape().str());
+  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(3), d = qkv.size(4);
+  if (mask && (mask->dtype() != DType::I32 || mask->shape() != Shape({B, T})))
+    fail(op, "key_mask must be i32 (B,T) = (" + std::to_string(B) + ", " + std::to_string(T) +
+                 "), got " + dtype_name(mask->dtype()) + " " + mask->shape().str());
+  const Dims n{B, T, T, H, d, d, 3 * H * d, 3 * H * d, 3 * H * d};
+  check_head_dims(op, n);
   return n;
 }
 
@@ -98,14 +126,14 @@ enum class Path { kSimt, kMma };
 constexpr const char* kNeedsSm90a = " needs a device that runs this binary's sm_90a code (Hopper)";
 
 // The path for this call: PSVAE_ATTN (see the top of the file) and whether the MMA kernels can
-// take it. `tensors` are all the call's float tensors (inputs and outputs).
-Path choose_path(const char* op, DType dt, const Dims& n,
-                 std::initializer_list<const Tensor*> tensors) {
+// take it. `data` are where all the call's float operands start (inputs and outputs); their row
+// strides are multiples of d or dv (and of 8 elements when d and dv are).
+Path choose_path(const char* op, DType dt, const Dims& n, std::initializer_list<const void*> data) {
   enum { kAuto, kSimt, kMma };
   const int mode = env_choice("PSVAE_ATTN", {"auto", "simt", "mma"}, std::string(op) + ": ");
   if (mode == kSimt) return Path::kSimt;
   bool aligned = true;
-  for (const Tensor* t : tensors) aligned = aligned && aligned16(t->raw_data());
+  for (const void* p : data) aligned = aligned && aligned16(p);
   const bool mma_ok = dt == DType::BF16 && n.d % 8 == 0 && n.dv % 8 == 0 && n.d >= 8 && n.dv >= 8 &&
                       aligned;  // d, dv <= 128 checked in check_qkv
   if (mode == kMma && !mma_ok)
@@ -137,32 +165,31 @@ attn::BwdVariant choose_bwd_variant(const char* op) {
                           std::string(op) + ": ")];
 }
 
-// (q, k, v, [key_mask]) -> (o, lse); reals: scale.
-void attention_cuda(const OpCall& c) {
-  const char* op = "attention";
-  if (c.in.size() < 3 || c.in.size() > 4 || c.out.size() != 2)
-    fail(op, "expects (q, k, v, [key_mask]) -> (o, lse), got " + std::to_string(c.in.size()) +
-                 " inputs and " + std::to_string(c.out.size()) + " outputs");
-  const Tensor &q = c.in[0], &k = c.in[1], &v = c.in[2];
-  const Tensor* mask = c.in.size() > 3 ? &c.in[3] : nullptr;
-  const Dims n = check_qkv(op, q, k, v, mask);
-  const DType dt = q.dtype();
+// Where q, k, v and gq, gk, gv start (gq.. null for a forward), read with the strides of Dims.
+struct Operands {
+  const void *q, *k, *v;
+  void *gq, *gk, *gv;
+};
+
+// The forward of a call whose q, k, v are checked: o and lse checked, then path and kernel choice
+// (PSVAE_ATTN, PSVAE_ATTN_FWD) and the launch.
+void run_fwd(const char* op, const OpCall& c, const Dims& n, DType dt, const Operands& p,
+             const Tensor* mask, Device device) {
   check_tensor(op, "o", c.out[0], Shape({n.B, n.Tq, n.H, n.dv}), dt);
   check_tensor(op, "lse", c.out[1], Shape({n.B, n.H, n.Tq}), dt);
-  const Path path = choose_path(op, dt, n, {&q, &k, &v, &c.out[0], &c.out[1]});
-  const FwdKernel kernel = choose_fwd_kernel(op);
-  if (n.B * n.H * n.Tq == 0) return;  // o and lse are empty
-
   attn::FwdArgs a{};
-  a.q = q.raw_data();
-  a.k = k.raw_data();
-  a.v = v.raw_data();
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
   a.mask = mask ? mask->data<int32_t>() : nullptr;
   a.o = c.out[0].raw_data();
   a.lse = c.out[1].raw_data();
   a.n = n;
   a.scale = c.reals[0];
-  launch_on(q.device(), [&](cudaStream_t s, int dev) {
+  const Path path = choose_path(op, dt, n, {a.q, a.k, a.v, a.o, a.lse});
+  const FwdKernel kernel = choose_fwd_kernel(op);
+  if (n.B * n.H * n.Tq == 0) return;  // o and lse are empty
+  launch_on(device, [&](cudaStream_t s, int dev) {
     if (path == Path::kSimt) {
       attn::launch_fwd_simt(a, dt, s);
     } else if (kernel == FwdKernel::kWgmma) {
@@ -181,48 +208,35 @@ void attention_cuda(const OpCall& c) {
   });
 }
 
-// (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv); reals: scale.
-void attention_bwd_cuda(const OpCall& c) {
-  const char* op = "attention_bwd";
-  if (c.in.size() < 6 || c.in.size() > 7 || c.out.size() != 3)
-    fail(op, "expects (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv), got " +
-                 std::to_string(c.in.size()) + " inputs and " + std::to_string(c.out.size()) +
-                 " outputs");
-  const Tensor &go = c.in[0], &q = c.in[1], &k = c.in[2], &v = c.in[3], &o = c.in[4];
-  const Tensor& lse = c.in[5];
-  const Tensor* mask = c.in.size() > 6 ? &c.in[6] : nullptr;
-  const Dims n = check_qkv(op, q, k, v, mask);
-  const DType dt = q.dtype();
+// The backward of a call whose q, k, v and gradients are checked: go, o and lse checked, then
+// path and form choice (PSVAE_ATTN, PSVAE_ATTN_BWD), D, and the launches.
+void run_bwd(const char* op, const OpCall& c, const Tensor& go, const Tensor& o, const Tensor& lse,
+             const Dims& n, DType dt, const Operands& p, const Tensor* mask, Device device) {
   const Shape o_shape({n.B, n.Tq, n.H, n.dv});
   check_tensor(op, "gout", go, o_shape, dt);
   check_tensor(op, "out", o, o_shape, dt);
   check_tensor(op, "lse", lse, Shape({n.B, n.H, n.Tq}), dt);
-  check_tensor(op, "gq", c.out[0], q.shape(), dt);
-  check_tensor(op, "gk", c.out[1], k.shape(), dt);
-  check_tensor(op, "gv", c.out[2], v.shape(), dt);
-  const Path path =
-      choose_path(op, dt, n, {&go, &q, &k, &v, &o, &lse, &c.out[0], &c.out[1], &c.out[2]});
+  attn::BwdArgs a{};
+  a.go = go.raw_data();
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
+  a.o = o.raw_data();
+  a.lse = lse.raw_data();
+  a.mask = mask ? mask->data<int32_t>() : nullptr;
+  a.gq = p.gq;
+  a.gk = p.gk;
+  a.gv = p.gv;
+  a.n = n;
+  a.scale = c.reals[0];
+  const Path path = choose_path(op, dt, n, {a.go, a.q, a.k, a.v, a.o, a.lse, a.gq, a.gk, a.gv});
   const attn::BwdVariant variant = choose_bwd_variant(op);
   if (n.B * n.H == 0) return;  // every output is empty
 
   // D = rowsum(go * o), (B, H, Tq) in the math type: 4 (f64: 8) bytes per query row.
-  Tensor D =
-      Tensor::empty({n.B * n.H * n.Tq}, dt == DType::F64 ? DType::F64 : DType::F32, q.device());
-  attn::BwdArgs a{};
-  a.go = go.raw_data();
-  a.q = q.raw_data();
-  a.k = k.raw_data();
-  a.v = v.raw_data();
-  a.o = o.raw_data();
-  a.lse = lse.raw_data();
-  a.mask = mask ? mask->data<int32_t>() : nullptr;
-  a.gq = c.out[0].raw_data();
-  a.gk = c.out[1].raw_data();
-  a.gv = c.out[2].raw_data();
+  Tensor D = Tensor::empty({n.B * n.H * n.Tq}, dt == DType::F64 ? DType::F64 : DType::F32, device);
   a.D = D.raw_data();
-  a.n = n;
-  a.scale = c.reals[0];
-  launch_on(q.device(), [&](cudaStream_t s, int dev) {
+  launch_on(device, [&](cudaStream_t s, int dev) {
     const bool wgmma = path == Path::kMma && variant == attn::BwdVariant::kWgmma;
     if (wgmma && !detail::gemm_wgmma_available(dev))
       fail(op, std::string("PSVAE_ATTN_BWD=wgmma") + kNeedsSm90a);
@@ -236,11 +250,87 @@ void attention_bwd_cuda(const OpCall& c) {
   });
 }
 
+// (q, k, v, [key_mask]) -> (o, lse); reals: scale.
+void attention_cuda(const OpCall& c) {
+  const char* op = "attention";
+  if (c.in.size() < 3 || c.in.size() > 4 || c.out.size() != 2)
+    fail(op, "expects (q, k, v, [key_mask]) -> (o, lse), got " + std::to_string(c.in.size()) +
+                 " inputs and " + std::to_string(c.out.size()) + " outputs");
+  const Tensor &q = c.in[0], &k = c.in[1], &v = c.in[2];
+  const Tensor* mask = c.in.size() > 3 ? &c.in[3] : nullptr;
+  const Dims n = check_qkv(op, q, k, v, mask);
+  run_fwd(op, c, n, q.dtype(),
+          {q.raw_data(), k.raw_data(), v.raw_data(), nullptr, nullptr, nullptr}, mask, q.device());
+}
+
+// (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv); reals: scale.
+void attention_bwd_cuda(const OpCall& c) {
+  const char* op = "attention_bwd";
+  if (c.in.size() < 6 || c.in.size() > 7 || c.out.size() != 3)
+    fail(op, "expects (go, q, k, v, o, lse, [key_mask]) -> (gq, gk, gv), got " +
+                 std::to_string(c.in.size()) + " inputs and " + std::to_string(c.out.size()) +
+                 " outputs");
+  const Tensor &q = c.in[1], &k = c.in[2], &v = c.in[3];
+  const Tensor* mask = c.in.size() > 6 ? &c.in[6] : nullptr;
+  const Dims n = check_qkv(op, q, k, v, mask);
+  const DType dt = q.dtype();
+  check_tensor(op, "gq", c.out[0], q.shape(), dt);
+  check_tensor(op, "gk", c.out[1], k.shape(), dt);
+  check_tensor(op, "gv", c.out[2], v.shape(), dt);
+  const Operands p{q.raw_data(),        k.raw_data(),        v.raw_data(),
+                   c.out[0].raw_data(), c.out[1].raw_data(), c.out[2].raw_data()};
+  run_bwd(op, c, c.in[0], c.in[4], c.in[5], n, dt, p, mask, q.device());
+}
+
+// q, k and v inside packed rows (B,T,3,H,d) at `qkv`: element offsets 0, H d and 2 H d.
+template <class P>
+std::array<P, 3> packed_parts(P qkv, DType dt, const Dims& n) {
+  using Byte = std::conditional_t<std::is_const_v<std::remove_pointer_t<P>>, const char, char>;
+  Byte* b = static_cast<Byte*>(qkv);
+  const size_t part = static_cast<size_t>(n.H * n.d) * dtype_size(dt);  // bytes
+  return {b, b + part, b + 2 * part};
+}
+
+// (qkv (B,T,3,H,d), [key_mask]) -> (o, lse); reals: scale. Self-attention on q, k and v read in
+// place from the packed projection rows: the kernels of attention with row strides 3 H d.
+void attention_qkv_cuda(const OpCall& c) {
+  const char* op = "attention_qkv";
+  if (c.in.empty() || c.in.size() > 2 || c.out.size() != 2)
+    fail(op, "expects (qkv, [key_mask]) -> (o, lse), got " + std::to_string(c.in.size()) +
+                 " inputs and " + std::to_string(c.out.size()) + " outputs");
+  const Tensor& qkv = c.in[0];
+  const Tensor* mask = c.in.size() > 1 ? &c.in[1] : nullptr;
+  const Dims n = check_packed(op, qkv, mask);
+  const auto in = packed_parts(qkv.raw_data(), qkv.dtype(), n);
+  run_fwd(op, c, n, qkv.dtype(), {in[0], in[1], in[2], nullptr, nullptr, nullptr}, mask,
+          qkv.device());
+}
+
+// (go, qkv, o, lse, [key_mask]) -> gqkv (B,T,3,H,d); reals: scale. gq, gk and gv are written in
+// place into gqkv's rows, with qkv's strides.
+void attention_qkv_bwd_cuda(const OpCall& c) {
+  const char* op = "attention_qkv_bwd";
+  if (c.in.size() < 4 || c.in.size() > 5 || c.out.size() != 1)
+    fail(op, "expects (go, qkv, o, lse, [key_mask]) -> gqkv, got " + std::to_string(c.in.size()) +
+                 " inputs and " + std::to_string(c.out.size()) + " outputs");
+  const Tensor& qkv = c.in[1];
+  const Tensor* mask = c.in.size() > 4 ? &c.in[4] : nullptr;
+  const Dims n = check_packed(op, qkv, mask);
+  const DType dt = qkv.dtype();
+  check_tensor(op, "gqkv", c.out[0], qkv.shape(), dt);
+  const auto in = packed_parts(qkv.raw_data(), dt, n);
+  const auto g = packed_parts(c.out[0].raw_data(), dt, n);
+  run_bwd(op, c, c.in[0], c.in[2], c.in[3], n, dt, {in[0], in[1], in[2], g[0], g[1], g[2]}, mask,
+          qkv.device());
+}
+
 }  // namespace
 
 void register_attention(OpTable& t) {
   t[Op::attention].cuda = &attention_cuda;
   t[Op::attention_bwd].cuda = &attention_bwd_cuda;
+  t[Op::attention_qkv].cuda = &attention_qkv_cuda;
+  t[Op::attention_qkv_bwd].cuda = &attention_qkv_bwd_cuda;
 }
 
 }  // namespace psvae::kernels::cuda

@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kSimtThreads) dq_simt_kernel(BwdArgs a) {
   const int64_t ntiles = (n.Tq + R - 1) / R;
   const int64_t bh = blockIdx.x / ntiles, q0 = (blockIdx.x % ntiles) * R;
   const HeadAt at = head_at(n, bh);
-  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const int64_t b = at.b;
   const T* qb = elem<T>(a.q, at.q);
   const T* gob = elem<T>(a.go, at.o);
   const T* kb = elem<T>(a.k, at.k);
@@ -78,8 +78,8 @@ __global__ void __launch_bounds__(kSimtThreads) dq_simt_kernel(BwdArgs a) {
   const T* lse = elem<T>(a.lse, at.row);
   const A* D = elem<A>(a.D, at.row);
 
-  simt_load_rows<kD>(Qs, qb, sqk, q0, n.Tq, n.d, R);
-  simt_load_rows<kD>(dOs, gob, sv, q0, n.Tq, n.dv, R);
+  simt_load_rows<kD>(Qs, qb, at.sq, q0, n.Tq, n.d, R);
+  simt_load_rows<kD>(dOs, gob, at.so, q0, n.Tq, n.dv, R);
   if (tid < R) {
     const bool valid = q0 + tid < n.Tq;
     lse2[tid] = lse2_of<A>(valid ? Math<T>::load(lse[q0 + tid]) : A(0), valid);
@@ -97,8 +97,8 @@ __global__ void __launch_bounds__(kSimtThreads) dq_simt_kernel(BwdArgs a) {
 
   for (int64_t k0 = 0; k0 < n.Tk; k0 += C) {
     __syncthreads();  // the previous tile's Ks, Vs, dSs, bias reads are done
-    simt_load_rows<kD>(Ks, kb, sqk, k0, n.Tk, n.d, C);
-    simt_load_rows<kD>(Vs, vb, sv, k0, n.Tk, n.dv, C);
+    simt_load_rows<kD>(Ks, kb, at.sk, k0, n.Tk, n.d, C);
+    simt_load_rows<kD>(Vs, vb, at.sv, k0, n.Tk, n.dv, C);
     if (tid < C) bias[tid] = key_bias<A>(a.mask, b, n.Tk, k0 + tid);
     __syncthreads();  // tiles visible (and Qs, dOs, lse2, Dr on the first pass)
 
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kSimtThreads) dq_simt_kernel(BwdArgs a) {
 #pragma unroll
     for (int j = 0; j < NJ; ++j) {
       const int col = tx + 16 * j;
-      if (col < n.d) gqb[row * sqk + col] = Math<T>::store(dq[i][j]);
+      if (col < n.d) gqb[row * at.sq + col] = Math<T>::store(dq[i][j]);
     }
   }
 }
@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kSimtThreads) dkdv_simt_kernel(BwdArgs a) {
   const int64_t ntiles = (n.Tk + R - 1) / R;
   const int64_t bh = blockIdx.x / ntiles, k0 = (blockIdx.x % ntiles) * R;
   const HeadAt at = head_at(n, bh);
-  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const int64_t b = at.b;
   const T* qb = elem<T>(a.q, at.q);
   const T* gob = elem<T>(a.go, at.o);
   const T* kb = elem<T>(a.k, at.k);
@@ -194,8 +194,8 @@ __global__ void __launch_bounds__(kSimtThreads) dkdv_simt_kernel(BwdArgs a) {
   const T* lse = elem<T>(a.lse, at.row);
   const A* D = elem<A>(a.D, at.row);
 
-  simt_load_rows<kD>(Ks, kb, sqk, k0, n.Tk, n.d, R);
-  simt_load_rows<kD>(Vs, vb, sv, k0, n.Tk, n.dv, R);
+  simt_load_rows<kD>(Ks, kb, at.sk, k0, n.Tk, n.d, R);
+  simt_load_rows<kD>(Vs, vb, at.sv, k0, n.Tk, n.dv, R);
   if (tid < R) kbias[tid] = key_bias<A>(a.mask, b, n.Tk, k0 + tid);
   const A sl2 = static_cast<A>(a.scale * kLog2e), scale = static_cast<A>(a.scale);
   const int d4 = static_cast<int>((n.d + 3) & ~int64_t(3));
@@ -209,8 +209,8 @@ __global__ void __launch_bounds__(kSimtThreads) dkdv_simt_kernel(BwdArgs a) {
 
   for (int64_t q0 = 0; q0 < n.Tq; q0 += C) {
     __syncthreads();  // the previous tile's Qs, dOs, Ps, dSs, lse2, Dq reads are done
-    simt_load_rows<kD>(Qs, qb, sqk, q0, n.Tq, n.d, C);
-    simt_load_rows<kD>(dOs, gob, sv, q0, n.Tq, n.dv, C);
+    simt_load_rows<kD>(Qs, qb, at.sq, q0, n.Tq, n.d, C);
+    simt_load_rows<kD>(dOs, gob, at.so, q0, n.Tq, n.dv, C);
     if (tid < C) {
       const bool valid = q0 + tid < n.Tq;
       lse2[tid] = lse2_of<A>(valid ? Math<T>::load(lse[q0 + tid]) : A(0), valid);
@@ -279,8 +279,8 @@ __global__ void __launch_bounds__(kSimtThreads) dkdv_simt_kernel(BwdArgs a) {
 #pragma unroll
     for (int j = 0; j < NJ; ++j) {
       const int col = tx + 16 * j;
-      if (col < n.d) gkb[row * sqk + col] = Math<T>::store(dk[i][j]);
-      if (col < n.dv) gvb[row * sv + col] = Math<T>::store(dv[i][j]);
+      if (col < n.d) gkb[row * at.sk + col] = Math<T>::store(dk[i][j]);
+      if (col < n.dv) gvb[row * at.sv + col] = Math<T>::store(dv[i][j]);
     }
   }
 }
@@ -342,7 +342,7 @@ __global__ void __launch_bounds__(kWarps * 32) dq_mma_kernel(BwdArgs a) {
   const int64_t ntiles = (n.Tq + kBQ - 1) / kBQ;
   const int64_t bh = blockIdx.x / ntiles, q0 = (blockIdx.x % ntiles) * kBQ;
   const HeadAt at = head_at(n, bh);
-  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const int64_t b = at.b;
   const bf16_t* qb = elem<bf16_t>(a.q, at.q);
   const bf16_t* gob = elem<bf16_t>(a.go, at.o);
   const bf16_t* kb = elem<bf16_t>(a.k, at.k);
@@ -364,13 +364,13 @@ __global__ void __launch_bounds__(kWarps * 32) dq_mma_kernel(BwdArgs a) {
   }
 
   auto load_kv = [&](int64_t j, int st) {
-    mma_load_tile<kBK, kD, kThreads>(Ks + st * kBK * LDS, kb, sqk, j * kBK, n.Tk, n.d);
-    mma_load_tile<kBK, kD, kThreads>(Vs + st * kBK * LDS, vb, sv, j * kBK, n.Tk, n.dv);
+    mma_load_tile<kBK, kD, kThreads>(Ks + st * kBK * LDS, kb, at.sk, j * kBK, n.Tk, n.d);
+    mma_load_tile<kBK, kD, kThreads>(Vs + st * kBK * LDS, vb, at.sv, j * kBK, n.Tk, n.dv);
     for (int c = tid; c < kBK; c += kThreads)
       bias[st * kBK + c] = key_bias<float>(a.mask, b, n.Tk, j * kBK + c);
   };
-  mma_load_tile<kBQ, kD, kThreads>(Qs, qb, sqk, q0, n.Tq, n.d);
-  mma_load_tile<kBQ, kD, kThreads>(dOs, gob, sv, q0, n.Tq, n.dv);
+  mma_load_tile<kBQ, kD, kThreads>(Qs, qb, at.sq, q0, n.Tq, n.d);
+  mma_load_tile<kBQ, kD, kThreads>(dOs, gob, at.so, q0, n.Tq, n.dv);
   if (nkt > 0) load_kv(0, 0);
   cp_async_commit();
 
@@ -414,7 +414,7 @@ __global__ void __launch_bounds__(kWarps * 32) dq_mma_kernel(BwdArgs a) {
 
   const float one[2] = {1.f, 1.f};
   bf16_t* gqb = elem<bf16_t>(a.gq, at.q);
-  mma_store_rows<kD>(gqb, sqk, q0 + warp * 16, n.Tq, n.d, dq, one, lane);
+  mma_store_rows<kD>(gqb, at.sq, q0 + warp * 16, n.Tq, n.d, dq, one, lane);
 }
 
 // The fused form's gq part (kFusedDq below). After the dk, dv GEMMs of query tile i the block
@@ -452,7 +452,7 @@ struct DqPart {
   // columns never straddles it.
   static constexpr int kChunk = 2;
   static __device__ __forceinline__ void add(const bf16_t* dst_tile, const bf16_t* Ks, float* acc,
-                                             bf16_t* gq, int64_t sqk, int64_t row0, int64_t Tq,
+                                             bf16_t* gq, int64_t sq, int64_t row0, int64_t Tq,
                                              int64_t d, bool first, bool last, int warp, int lane) {
     const int rg = warp % kRG, cs = warp / kRG, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -489,7 +489,7 @@ struct DqPart {
           for (int h = 0; h < 2; ++h) {
             const int np = cs + (c0 + p) * kCS, col = np * 16 + h * 8 + 2 * t;
             if (c0 + p >= kMyPairs || np >= kPairs || col >= d) continue;
-            dq_sum_pair(acc, gq, sqk, d, row, col,
+            dq_sum_pair(acc, gq, sq, d, row, col,
                         make_float2(part[p][h][2 * r], part[p][h][2 * r + 1]), first, last);
           }
       }
@@ -543,7 +543,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
   }
   const int64_t k0 = kt * kBKeys;
   const HeadAt at = head_at(n, bh);
-  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const int64_t b = at.b;
   const BwdInputs in = bwd_inputs(a, at);
   unsigned* done = kFusedDq ? a.order + 1 + bh * nqt : nullptr;  // per query tile: tiles added
   float* dq_acc = kFusedDq && a.dq_acc ? a.dq_acc + bh * n.Tq * n.d : nullptr;
@@ -556,12 +556,12 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
     kbias[r] = key_bias<float>(a.mask, b, n.Tk, k0 + warp * 16 + g + 8 * r);
 
   auto load_q = [&](int64_t i, int st) {
-    mma_load_tile<kBQ, kD, kThreads>(Qs + st * kBQ * LDS, in.q, sqk, i * kBQ, n.Tq, n.d);
-    mma_load_tile<kBQ, kD, kThreads>(dOs + st * kBQ * LDS, in.go, sv, i * kBQ, n.Tq, n.dv);
+    mma_load_tile<kBQ, kD, kThreads>(Qs + st * kBQ * LDS, in.q, at.sq, i * kBQ, n.Tq, n.d);
+    mma_load_tile<kBQ, kD, kThreads>(dOs + st * kBQ * LDS, in.go, at.so, i * kBQ, n.Tq, n.dv);
     load_row_stats<kBQ, kThreads>(lse2s + st * kBQ, Ds + st * kBQ, in, i * kBQ, n.Tq);
   };
-  mma_load_tile<kBKeys, kD, kThreads>(Ks, in.k, sqk, k0, n.Tk, n.d);
-  mma_load_tile<kBKeys, kD, kThreads>(Vs, in.v, sv, k0, n.Tk, n.dv);
+  mma_load_tile<kBKeys, kD, kThreads>(Ks, in.k, at.sk, k0, n.Tk, n.d);
+  mma_load_tile<kBKeys, kD, kThreads>(Vs, in.v, at.sv, k0, n.Tk, n.dv);
   if (nqt > 0) load_q(0, 0);
   cp_async_commit();
 
@@ -606,7 +606,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
       Dq::put_dst(dSt, dp, warp, lane);
       if (tid == 0) block_order::wait_count(done + i, static_cast<unsigned>(kt));
       __syncthreads();  // dS^T complete; key tiles 0..kt-1 have added to gq tile i
-      Dq::add(dSt, Ks, dq_acc, gqb, sqk, i * kBQ, n.Tq, n.d, kt == 0, kt == nkt - 1, warp, lane);
+      Dq::add(dSt, Ks, dq_acc, gqb, at.sq, i * kBQ, n.Tq, n.d, kt == 0, kt == nkt - 1, warp, lane);
     }
   }
   cp_async_wait_all();  // with Tq = 0 the K, V copies are still outstanding
@@ -619,8 +619,8 @@ __global__ void __launch_bounds__(kWarps * 32, (kDkdvMinBlocks<kD, kFusedDq>))
   const float one[2] = {1.f, 1.f};
   bf16_t* gkb = elem<bf16_t>(a.gk, at.k);
   bf16_t* gvb = elem<bf16_t>(a.gv, at.v);
-  mma_store_rows<kD>(gkb, sqk, k0 + warp * 16, n.Tk, n.d, dk, one, lane);
-  mma_store_rows<kD>(gvb, sv, k0 + warp * 16, n.Tk, n.dv, dv, one, lane);
+  mma_store_rows<kD>(gkb, at.sk, k0 + warp * 16, n.Tk, n.d, dk, one, lane);
+  mma_store_rows<kD>(gvb, at.sv, k0 + warp * 16, n.Tk, n.dv, dv, one, lane);
 }
 
 template <int kD>
@@ -672,8 +672,11 @@ FusedScratch fused_scratch(BwdArgs& a, int64_t nkt, int64_t nqt, int64_t residen
   FusedScratch f;
   f.launch = nkt > 0;
   if (!f.launch) {
-    PSVAE_CUDA_CHECK(cudaMemsetAsync(
-        a.gq, 0, sizeof(bf16_t) * static_cast<size_t>(a.n.B * a.n.Tq * a.n.H * a.n.d), s));
+    // No keys: gq = 0, row by row (gq may sit inside packed qkv gradient rows).
+    const size_t row = sizeof(bf16_t) * static_cast<size_t>(a.n.H * a.n.d);
+    if (a.n.B * a.n.Tq > 0 && row > 0)
+      PSVAE_CUDA_CHECK(cudaMemset2DAsync(a.gq, sizeof(bf16_t) * static_cast<size_t>(a.n.sq), 0, row,
+                                         static_cast<size_t>(a.n.B * a.n.Tq), s));
     return f;
   }
   // The running sums: B H Tq d x 4 bytes (302 MB for DiT-XL's batch 256).

@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_wgmma_kernel(BwdArgs a) {
   const FusedTile ft = fused_tile(a, nkt);
   const int64_t bh = ft.bh, kt = ft.kt, k0 = kt * kBN;
   const HeadAt at = head_at(n, bh);
-  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const int64_t b = at.b;
   const BwdInputs in = bwd_inputs(a, at);
   unsigned* done = a.order + 1 + bh * nqt;  // per query tile: key tiles that have added to it
   float* dq_acc = a.dq_acc ? a.dq_acc + bh * n.Tq * n.d : nullptr;
@@ -105,12 +105,13 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_wgmma_kernel(BwdArgs a) {
     kbias[r] = key_bias<float>(a.mask, b, n.Tk, k0 + 64 * wg + wrow + g + 8 * r);
 
   auto load_q = [&](int64_t i, int st) {
-    load_slabs<kBM, kD, kThreads>(Qs + st * tile_bytes<kD>(kBM), in.q, sqk, i * kBM, n.Tq, n.d);
-    load_slabs<kBM, kD, kThreads>(dOs + st * tile_bytes<kD>(kBM), in.go, sv, i * kBM, n.Tq, n.dv);
+    load_slabs<kBM, kD, kThreads>(Qs + st * tile_bytes<kD>(kBM), in.q, at.sq, i * kBM, n.Tq, n.d);
+    load_slabs<kBM, kD, kThreads>(dOs + st * tile_bytes<kD>(kBM), in.go, at.so, i * kBM, n.Tq,
+                                  n.dv);
     load_row_stats<kBM, kThreads>(lse2s + st * kBM, Ds + st * kBM, in, i * kBM, n.Tq);
   };
-  load_slabs<kBN, kD, kThreads>(Ks, in.k, sqk, k0, n.Tk, n.d);
-  load_slabs<kBN, kD, kThreads>(Vs, in.v, sv, k0, n.Tk, n.dv);
+  load_slabs<kBN, kD, kThreads>(Ks, in.k, at.sk, k0, n.Tk, n.d);
+  load_slabs<kBN, kD, kThreads>(Vs, in.v, at.sv, k0, n.Tk, n.dv);
   if (nqt > 0) load_q(0, 0);
   cp_async_commit();
 
@@ -221,8 +222,8 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_wgmma_kernel(BwdArgs a) {
       for (int c = 0; c < kD / 16; ++c) {
         const int col = col0 + 8 * c + 2 * t;
         if (col < n.d)
-          dq_sum_pair(dq_acc, gqb, sqk, n.d, row, col, make_float2(dq[c][2 * h], dq[c][2 * h + 1]),
-                      kt == 0, kt == nkt - 1);
+          dq_sum_pair(dq_acc, gqb, at.sq, n.d, row, col,
+                      make_float2(dq[c][2 * h], dq[c][2 * h + 1]), kt == 0, kt == nkt - 1);
       }
     }
   }
@@ -233,8 +234,8 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_wgmma_kernel(BwdArgs a) {
 
   const float one[2] = {1.f, 1.f};
   const int64_t row0 = k0 + 64 * wg + wrow;  // this warp's 16 keys
-  mma_store_rows<kD>(elem<bf16_t>(a.gk, at.k), sqk, row0, n.Tk, n.d, dk, one, lane);
-  mma_store_rows<kD>(elem<bf16_t>(a.gv, at.v), sv, row0, n.Tk, n.dv, dv, one, lane);
+  mma_store_rows<kD>(elem<bf16_t>(a.gk, at.k), at.sk, row0, n.Tk, n.d, dk, one, lane);
+  mma_store_rows<kD>(elem<bf16_t>(a.gv, at.v), at.sv, row0, n.Tk, n.dv, dv, one, lane);
 #endif
 }
 

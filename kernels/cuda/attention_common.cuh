@@ -3,7 +3,10 @@
 //
 // Layout (as kernels/cpu/attention.cpp): q (B,Tq,H,d), k (B,Tk,H,d), v (B,Tk,H,dv), o (B,Tq,H,dv),
 // lse (B,H,Tq), key_mask i32 (B,Tk) with 0 = masked. Row t of the (b, h) pair of q starts at
-// ((b*Tq + t)*H + h)*d: the (T, d) matrix of one pair is a strided view with row stride H*d.
+// (b*Tq + t)*sq + h*d: the (T, d) matrix of one pair is a strided view with row stride sq, which
+// is H*d for a q of its own and 3*H*d when q, k and v are read in place from the packed rows of a
+// qkv projection (B,T,3,H,d) (op attention_qkv). k and v have their own row strides sk, sv; the
+// gradients gq, gk, gv are written with the strides of q, k, v; o, go, lse and D are always dense.
 //
 // Two implementations of each op:
 //   SIMT  any float dtype (f32, bf16 computed in f32, f64 in f64), head dims up to 128: tiles in
@@ -31,6 +34,7 @@ namespace psvae::kernels::cuda::attn {
 // ---- arguments ---------------------------------------------------------------------------------
 struct Dims {
   int64_t B, Tq, Tk, H, d, dv;
+  int64_t sq, sk, sv;  // row strides (elements) of q/gq, k/gk, v/gv: H*d, H*d, H*dv when dense
 };
 
 // (q, k, v, [mask]) -> (o, lse). Pointers are to the storage type of the dtype.
@@ -67,13 +71,13 @@ struct BwdArgs {
 enum class BwdVariant { kFused, kSplit, kWgmma };
 
 // Where the pair bh = b * H + h starts in each tensor, for every kernel of both directions:
-// q, gq and k, gk are (B, T, H, d), o, go and v, gv are (B, T, H, dv), with T = Tq for the query
-// side and Tk for the key side, so a row of one head is H * d (or H * dv) elements after the
-// previous; lse and D are (B, H, Tq).
+// q, gq and k, gk hold d values per (row, head), o, go and v, gv hold dv; rows are T = Tq (query
+// side) or Tk (key side) per batch entry, sq, sk, sv (Dims) or so = H * dv elements apart; lse
+// and D are (B, H, Tq).
 struct HeadAt {
   int64_t b, h;             // batch index (the key mask's row), head
   int64_t q, o, k, v, row;  // element offsets of q/gq, o/go, k/gk, v/gv and of lse/D
-  int64_t sqk, sv;          // row strides of q/k and of v/o
+  int64_t sq, sk, sv, so;   // row strides of q/gq, k/gk, v/gv and o/go
 };
 
 __device__ __forceinline__ HeadAt head_at(const Dims& n, int64_t bh) {
@@ -81,13 +85,15 @@ __device__ __forceinline__ HeadAt head_at(const Dims& n, int64_t bh) {
   HeadAt at;
   at.b = b;
   at.h = h;
-  at.q = (b * n.Tq * n.H + h) * n.d;
+  at.q = b * n.Tq * n.sq + h * n.d;
   at.o = (b * n.Tq * n.H + h) * n.dv;
-  at.k = (b * n.Tk * n.H + h) * n.d;
-  at.v = (b * n.Tk * n.H + h) * n.dv;
+  at.k = b * n.Tk * n.sk + h * n.d;
+  at.v = b * n.Tk * n.sv + h * n.dv;
   at.row = bh * n.Tq;
-  at.sqk = n.H * n.d;
-  at.sv = n.H * n.dv;
+  at.sq = n.sq;
+  at.sk = n.sk;
+  at.sv = n.sv;
+  at.so = n.H * n.dv;
   return at;
 }
 
@@ -565,16 +571,16 @@ __device__ __forceinline__ FusedTile fused_tile(const BwdArgs& a, int64_t nkt) {
 
 // Adds v, this key tile's part of gq at (row, col .. col + 1), to the running sum acc (row
 // stride d, f32), or starts it (first: key tile 0), or writes the total as gq in bf16 (last: the
-// pair's last key tile; row stride sqk). acc goes through L2 (.cg), where another SM's block
+// pair's last key tile; row stride sq). acc goes through L2 (.cg), where another SM's block
 // left it.
-__device__ __forceinline__ void dq_sum_pair(float* acc, bf16_t* gq, int64_t sqk, int64_t d,
+__device__ __forceinline__ void dq_sum_pair(float* acc, bf16_t* gq, int64_t sq, int64_t d,
                                             int64_t row, int col, float2 v, bool first, bool last) {
   if (!first) {
     const float2 prev = __ldcg(reinterpret_cast<const float2*>(acc + row * d + col));
     v = make_float2(prev.x + v.x, prev.y + v.y);
   }
   if (last)
-    *reinterpret_cast<__nv_bfloat162*>(gq + row * sqk + col) = __floats2bfloat162_rn(v.x, v.y);
+    *reinterpret_cast<__nv_bfloat162*>(gq + row * sq + col) = __floats2bfloat162_rn(v.x, v.y);
   else
     __stcg(reinterpret_cast<float2*>(acc + row * d + col), v);
 }

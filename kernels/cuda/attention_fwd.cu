@@ -41,14 +41,14 @@ __global__ void __launch_bounds__(kSimtThreads) fwd_simt_kernel(FwdArgs a) {
   const int64_t ntiles = (n.Tq + R - 1) / R;
   const int64_t bh = blockIdx.x / ntiles, q0 = (blockIdx.x % ntiles) * R;
   const HeadAt at = head_at(n, bh);
-  const int64_t b = at.b, sqk = at.sqk, sv = at.sv;
+  const int64_t b = at.b;
   const T* qb = elem<T>(a.q, at.q);
   const T* kb = elem<T>(a.k, at.k);
   const T* vb = elem<T>(a.v, at.v);
   T* ob = elem<T>(a.o, at.o);
   T* lse = elem<T>(a.lse, at.row);
 
-  simt_load_rows<kD>(Qs, qb, sqk, q0, n.Tq, n.d, R);
+  simt_load_rows<kD>(Qs, qb, at.sq, q0, n.Tq, n.d, R);
   const A sl2 = static_cast<A>(a.scale * kLog2e);            // scores to the log2 domain
   const int d4 = static_cast<int>((n.d + 3) & ~int64_t(3));  // columns [d, d4) of Qs, Ks are 0
 
@@ -63,8 +63,8 @@ __global__ void __launch_bounds__(kSimtThreads) fwd_simt_kernel(FwdArgs a) {
 
   for (int64_t k0 = 0; k0 < n.Tk; k0 += C) {
     __syncthreads();  // every thread is done reading the previous tile's Ks, Vs, Ps, bias
-    simt_load_rows<kD>(Ks, kb, sqk, k0, n.Tk, n.d, C);
-    simt_load_rows<kD>(Vs, vb, sv, k0, n.Tk, n.dv, C);
+    simt_load_rows<kD>(Ks, kb, at.sk, k0, n.Tk, n.d, C);
+    simt_load_rows<kD>(Vs, vb, at.sv, k0, n.Tk, n.dv, C);
     if (tid < C) bias[tid] = key_bias<A>(a.mask, b, n.Tk, k0 + tid);
     __syncthreads();  // tiles (and Qs, on the first pass) visible to all
 
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kSimtThreads) fwd_simt_kernel(FwdArgs a) {
 #pragma unroll
     for (int j = 0; j < NJ; ++j) {
       const int col = tx + 16 * j;
-      if (col < n.dv) ob[row * sv + col] = Math<T>::store(o[i][j] * inv);
+      if (col < n.dv) ob[row * at.so + col] = Math<T>::store(o[i][j] * inv);
     }
     if (tx == 0)
       lse[row] = Math<T>::store(any ? (m[i] + lg2(lsum)) * static_cast<A>(kLn2) : -inf<A>());
@@ -178,17 +178,17 @@ __global__ void __launch_bounds__(kWarps * 32) fwd_mma_kernel(FwdArgs a) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, t = lane & 3;
   const FwdBlock fb = fwd_block<kBQ>(a);
   const HeadAt& at = fb.at;
-  const int64_t q0 = fb.q0, b = at.b, sqk = at.sqk, sv = at.sv;
+  const int64_t q0 = fb.q0, b = at.b;
   const bf16_t *qb = fb.q, *kb = fb.k, *vb = fb.v;
   const int64_t nkt = (n.Tk + kBK - 1) / kBK;
 
   auto load_kv = [&](int64_t j, int st) {
-    mma_load_tile<kBK, kD, kThreads>(Ks + st * kBK * LDS, kb, sqk, j * kBK, n.Tk, n.d);
-    mma_load_tile<kBK, kD, kThreads>(Vs + st * kBK * LDS, vb, sv, j * kBK, n.Tk, n.dv);
+    mma_load_tile<kBK, kD, kThreads>(Ks + st * kBK * LDS, kb, at.sk, j * kBK, n.Tk, n.d);
+    mma_load_tile<kBK, kD, kThreads>(Vs + st * kBK * LDS, vb, at.sv, j * kBK, n.Tk, n.dv);
     for (int c = tid; c < kBK; c += kThreads)
       bias[st * kBK + c] = key_bias<float>(a.mask, b, n.Tk, j * kBK + c);
   };
-  mma_load_tile<kBQ, kD, kThreads>(Qs, qb, sqk, q0, n.Tq, n.d);
+  mma_load_tile<kBQ, kD, kThreads>(Qs, qb, at.sq, q0, n.Tq, n.d);
   if (nkt > 0) load_kv(0, 0);
   cp_async_commit();
   cp_async_wait_all();
@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(kWarps * 32) fwd_mma_kernel(FwdArgs a) {
   const int64_t row0 = q0 + warp * 16;
   float inv[2];
   softmax_finish(l, m, inv, elem<bf16_t>(a.lse, at.row), row0, n.Tq, lane);
-  mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), sv, row0, n.Tq, n.dv, o, inv, lane);
+  mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), at.so, row0, n.Tq, n.dv, o, inv, lane);
 }
 
 template <int kD>

@@ -67,17 +67,17 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(FwdArgs a) {
   const int tid = threadIdx.x, wg = tid / kWgThreads, lane = tid & 31, t = lane & 3;
   const FwdBlock fb = fwd_block<kBQ>(a);
   const HeadAt& at = fb.at;
-  const int64_t q0 = fb.q0, b = at.b, sqk = at.sqk, sv = at.sv;
+  const int64_t q0 = fb.q0, b = at.b;
   const bf16_t *qb = fb.q, *kb = fb.k, *vb = fb.v;
   const int64_t nkt = (n.Tk + kBN - 1) / kBN;
 
   auto load_kv = [&](int64_t j, int st) {
-    load_slabs<kBN, kD, kThreads>(Ks + st * tile_bytes<kD>(kBN), kb, sqk, j * kBN, n.Tk, n.d);
-    load_slabs<kBN, kD, kThreads>(Vs + st * tile_bytes<kD>(kBN), vb, sv, j * kBN, n.Tk, n.dv);
+    load_slabs<kBN, kD, kThreads>(Ks + st * tile_bytes<kD>(kBN), kb, at.sk, j * kBN, n.Tk, n.d);
+    load_slabs<kBN, kD, kThreads>(Vs + st * tile_bytes<kD>(kBN), vb, at.sv, j * kBN, n.Tk, n.dv);
     for (int c = tid; c < kBN; c += kThreads)
       bias[st * kBN + c] = key_bias<float>(a.mask, b, n.Tk, j * kBN + c);
   };
-  load_slabs<kBQ, kD, kThreads>(Qs, qb, sqk, q0, n.Tq, n.d);
+  load_slabs<kBQ, kD, kThreads>(Qs, qb, at.sq, q0, n.Tq, n.d);
   if (nkt > 0) load_kv(0, 0);
   cp_async_commit();
 
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(FwdArgs a) {
   const int64_t row0 = q0 + 16 * (tid / 32);  // this warp's 16 rows
   float inv[2];
   softmax_finish(l, m, inv, elem<bf16_t>(a.lse, at.row), row0, n.Tq, lane);
-  mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), sv, row0, n.Tq, n.dv, o, inv, lane);
+  mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), at.so, row0, n.Tq, n.dv, o, inv, lane);
 #endif
 }
 

@@ -265,19 +265,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t row0 = fb.q0 + 16 * (ct / 32);  // this warp's 16 rows
   float inv[2];
   softmax_finish(l, m, inv, elem<bf16_t>(a.lse, at.row), row0, n.Tq, lane);
-  mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), at.sv, row0, n.Tq, n.dv, o, inv, lane);
+  mma_store_rows<kD>(elem<bf16_t>(a.o, at.o), at.so, row0, n.Tq, n.dv, o, inv, lane);
 #endif
 }
 
-// A (B, T, H, width) bf16 tensor as a 4-D map with boxes of 64 columns x 1 head x `rows` rows x 1
-// entry. T = 0 (no keys) has no map; no copy of it is issued, so a 1-row extent stands in.
+// A (B, T, H, width) bf16 tensor whose tokens are `stride` elements apart (H * width dense, more
+// for q, k, v inside packed qkv rows) as a 4-D map with boxes of 64 columns x 1 head x `rows`
+// rows x 1 entry. T = 0 (no keys) has no map; no copy of it is issued, so a 1-row extent stands in.
 CUresult encode_bthd(CUtensorMap* map, const void* base, const Dims& n, int64_t T, int64_t width,
-                     uint32_t rows) {
+                     int64_t stride, uint32_t rows) {
   const uint64_t dims[4] = {static_cast<uint64_t>(width), static_cast<uint64_t>(n.H),
                             static_cast<uint64_t>(std::max<int64_t>(T, 1)),
                             static_cast<uint64_t>(n.B)};
-  const uint64_t row = static_cast<uint64_t>(width) * 2;  // bytes between heads
-  const uint64_t strides[3] = {row, row * n.H, row * n.H * std::max<int64_t>(T, 1)};
+  const uint64_t head = static_cast<uint64_t>(width) * 2, token = static_cast<uint64_t>(stride) * 2;
+  const uint64_t strides[3] = {head, token, token * std::max<int64_t>(T, 1)};  // bytes
   const uint32_t box[4] = {64, 1, rows, 1};
   return detail::encode_bf16_sw128(map, base, 4, dims, strides, box);
 }
@@ -287,9 +288,9 @@ void fwd_wgmma_tma(const FwdArgs& a, cudaStream_t s) {
   const Dims& n = a.n;
   constexpr uint32_t kBN = key_tile<kD>();
   alignas(64) CUtensorMap mq, mk, mv;
-  CUresult r = encode_bthd(&mq, a.q, n, n.Tq, n.d, kBQ);
-  if (r == CUDA_SUCCESS) r = encode_bthd(&mk, a.k, n, n.Tk, n.d, kBN);
-  if (r == CUDA_SUCCESS) r = encode_bthd(&mv, a.v, n, n.Tk, n.dv, kBN);
+  CUresult r = encode_bthd(&mq, a.q, n, n.Tq, n.d, n.sq, kBQ);
+  if (r == CUDA_SUCCESS) r = encode_bthd(&mk, a.k, n, n.Tk, n.d, n.sk, kBN);
+  if (r == CUDA_SUCCESS) r = encode_bthd(&mv, a.v, n, n.Tk, n.dv, n.sv, kBN);
   if (r != CUDA_SUCCESS)
     throw std::runtime_error(
         "attention: cuTensorMapEncodeTiled refused q, k or v of B=" + std::to_string(n.B) +

@@ -15,7 +15,8 @@
 // mask, random holes, a batch entry with every key masked and one with nearly every key masked, and
 // the empty edges (Tk = 0, d = 0). The backward of each case is fed o and lse of the f64 reference
 // rounded to the dtype, so both sides differentiate the same forward. Determinism: the backward run
-// twice gives the same bits. Skipped without a CUDA device.
+// twice gives the same bits. attention_qkv (the same kernels reading q, k, v in place from packed
+// qkv rows) against attention on the three slices, bit for bit. Skipped without a CUDA device.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
@@ -29,6 +30,7 @@
 #include "common/test_util.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/op_table.h"
+#include "kernels/ops.h"
 
 using namespace psvae;
 using kernels::Op;
@@ -212,16 +214,16 @@ TEST_CASE("cuda attention: forward and backward match the CPU on both paths") {
   // Tile sizes: SIMT 64 (f64: 32) stationary rows x 32 streamed; MMA 64 rows x 64 keys (dkdv
   // query tiles of 64 or 32). The lengths below end mid-tile on both.
   const std::vector<Cfg> cases = {
-      {1, 1, 1, 1, 32, 32, 0, 1.0, kAll},                 // one query, one key
-      {2, 77, 77, 3, 64, 64, 1, 1.0, kAll},               // holes
-      {1, 256, 256, 2, 128, 128, 0, 2.0, kF32Bf16},       // whole tiles, sharper softmax
-      {2, 77, 1000, 2, 72, 72, 2, 1.0, kF32Bf16},         // cross, Tk > Tq, a masked-out batch
-      {1, 1000, 77, 2, 96, 96, 0, 1.0, kF32Bf16},         // cross, Tq > Tk
-      {2, 256, 256, 1, 32, 32, 3, 1.0, kF32Bf16},         // batch 0 keeps 2 keys of 256
-      {2, 130, 130, 2, 128, 128, 2, 1.0, kF32Bf16},       // d = 128 with a masked-out batch
-      {2, 33, 45, 3, 64, 32, 1, 1.0, kAll},               // dv < d
-      {1, 40, 70, 2, 8, 24, 0, 1.0, kF32Bf16},            // small head dims, dv > d
-      {1, 50, 61, 2, 20, 12, 1, 1.0, kAll},               // head dims not multiples of 8
+      {1, 1, 1, 1, 32, 32, 0, 1.0, kAll},            // one query, one key
+      {2, 77, 77, 3, 64, 64, 1, 1.0, kAll},          // holes
+      {1, 256, 256, 2, 128, 128, 0, 2.0, kF32Bf16},  // whole tiles, sharper softmax
+      {2, 77, 1000, 2, 72, 72, 2, 1.0, kF32Bf16},    // cross, Tk > Tq, a masked-out batch
+      {1, 1000, 77, 2, 96, 96, 0, 1.0, kF32Bf16},    // cross, Tq > Tk
+      {2, 256, 256, 1, 32, 32, 3, 1.0, kF32Bf16},    // batch 0 keeps 2 keys of 256
+      {2, 130, 130, 2, 128, 128, 2, 1.0, kF32Bf16},  // d = 128 with a masked-out batch
+      {2, 33, 45, 3, 64, 32, 1, 1.0, kAll},          // dv < d
+      {1, 40, 70, 2, 8, 24, 0, 1.0, kF32Bf16},       // small head dims, dv > d
+      {1, 50, 61, 2, 20, 12, 1, 1.0, kAll},          // head dims not multiples of 8
       // The fused backward's ticket groups (attention_bwd.cu, fused_group): on the emulator
       // (4 SMs, 3 blocks each at d = 128) 32 query tiles give groups of 2 pairs, so the third
       // pair is a short last group; 4 key tiles add to each gq tile in turn.
@@ -305,6 +307,100 @@ TEST_CASE("cuda attention: forward and backward are bit-identical run to run") {
       }
     }
   }
+}
+
+// attention_qkv reads q, k, v in place from packed rows (B,T,3,H,d) (row stride 3 H d, k and v at
+// offsets H d and 2 H d) and writes gq, gk, gv into one gqkv: the same kernels as attention with
+// other strides, so the same bits as attention on the three slices copied out, on every path,
+// forward kernel and backward form. Outputs poisoned: an element of gqkv left unwritten, or one
+// written with a dense stride, fails.
+TEST_CASE("cuda attention_qkv: packed rows give the bits of attention on the slices") {
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
+  Generator g(53);
+  struct Packed {
+    int64_t B, T, H, d;
+    int mask;
+  };
+  // Tile ends mid-way on both paths; d = 128 takes the wgmma kernels' full capacity, d = 40 a
+  // partial slab; d = 20 (not a multiple of 8) runs SIMT only; T = 1; T = 0.
+  const std::vector<Packed> cases = {{2, 77, 3, 64, 1}, {1, 130, 2, 128, 2}, {2, 200, 2, 40, 3},
+                                     {1, 50, 2, 20, 1}, {1, 1, 1, 32, 0},    {1, 0, 2, 16, 0}};
+  for (const Packed& p : cases)
+    for (DType dt : kAll) {
+      CAPTURE(fmt::format("B={} T={} H={} d={} mask={}", p.B, p.T, p.H, p.d, p.mask));
+      CAPTURE(std::string(dtype_name(dt)));
+      const Cfg cfg{p.B, p.T, p.T, p.H, p.d, p.d, p.mask, 1.0, {dt}};
+      const double scale = 1.0 / std::sqrt(static_cast<double>(p.d));
+      const Tensor qkv = as_dtype(test::normal(g, {p.B, p.T, 3, p.H, p.d}), dt).to(kGpu);
+      const Tensor go = as_dtype(test::normal(g, {p.B, p.T, p.H, p.d}), dt).to(kGpu);
+      const Tensor mask = make_mask(g, p.B, p.T, p.mask);
+      const Tensor gmask = mask.defined() ? mask.to(kGpu) : Tensor();
+      std::vector<Tensor> parts;  // q, k, v copied out (B,T,H,d)
+      for (int64_t i = 0; i < 3; ++i)
+        parts.push_back(ops::narrow(qkv, 2, i, 1).reshape({p.B, p.T, p.H, p.d}));
+      const Shape o_shape{p.B, p.T, p.H, p.d}, lse_shape{p.B, p.H, p.T};
+      auto with_mask = [&](std::initializer_list<Tensor> in) {
+        std::vector<Tensor> r;
+        r.reserve(in.size() + 1);
+        r.insert(r.end(), in.begin(), in.end());
+        if (gmask.defined()) r.push_back(gmask);
+        return r;
+      };
+      for (const char* path : paths_for(cfg, dt)) {
+        CAPTURE(std::string(path));
+        AttnPath force(path);
+        for (const char* fwd : fwd_kernels(path)) {
+          CAPTURE(std::string(fwd));
+          AttnFwd force_fwd(fwd);
+          const std::vector<Tensor> split = run_fwd(with_mask({parts[0], parts[1], parts[2]}), scale, dt);
+          const std::vector<Tensor> packed = test::run_op(
+              Op::attention_qkv, with_mask({qkv}), {o_shape, lse_shape}, dt, kGpu, {}, {scale});
+          CHECK(test::bit_mismatches_host(packed[0].to(Device::cpu()),
+                                          split[0].to(Device::cpu())) == 0);
+          CHECK(test::bit_mismatches_host(packed[1].to(Device::cpu()),
+                                          split[1].to(Device::cpu())) == 0);
+        }
+        const std::vector<Tensor> f = run_fwd(with_mask({parts[0], parts[1], parts[2]}), scale, dt);
+        for (const char* form : bwd_forms(path)) {
+          CAPTURE(std::string(form));
+          AttnBwd force_bwd(form);
+          const std::vector<Tensor> gs =
+              run_bwd(with_mask({go, parts[0], parts[1], parts[2], f[0], f[1]}), scale, dt);
+          const Tensor gqkv = test::run_op(Op::attention_qkv_bwd, with_mask({go, qkv, f[0], f[1]}),
+                                           {qkv.shape()}, dt, kGpu, {}, {scale})[0];
+          const Shape part{p.B, p.T, 1, p.H, p.d};
+          const Tensor cat =
+              ops::concat({gs[0].reshape(part), gs[1].reshape(part), gs[2].reshape(part)}, 2);
+          CHECK(test::bit_mismatches_host(gqkv.to(Device::cpu()), cat.to(Device::cpu())) == 0);
+        }
+      }
+    }
+}
+
+TEST_CASE("cuda attention_qkv: bad qkv and mask throw naming the op") {
+  PSVAE_REQUIRE_CUDA();
+  const Tensor qkv = Tensor::zeros({1, 4, 3, 2, 8}, DType::F32, kGpu);
+  const std::vector<Shape> outs = {Shape{1, 4, 2, 8}, Shape{1, 2, 4}};
+  CHECK_THROWS_WITH_AS(
+      test::run_op(Op::attention_qkv, {Tensor::zeros({1, 4, 2, 2, 8}, DType::F32, kGpu)}, outs,
+                   DType::F32, kGpu, {}, {1.0}),
+      doctest::Contains("attention_qkv: qkv must be a float (B,T,3,H,d)"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      test::run_op(Op::attention_qkv, {qkv, Tensor::zeros({1, 5}, DType::I32, kGpu)}, outs,
+                   DType::F32, kGpu, {}, {1.0}),
+      doctest::Contains("attention_qkv: key_mask must be i32 (B,T) = (1, 4)"),
+      std::invalid_argument);
+  CHECK_THROWS_WITH_AS(test::run_op(Op::attention_qkv, {qkv}, {Shape{1, 4, 2, 8}, Shape{1, 4, 2}},
+                                    DType::F32, kGpu, {}, {1.0}),
+                       doctest::Contains("attention_qkv: lse must be f32 (1, 2, 4)"),
+                       std::invalid_argument);
+  const std::vector<Tensor> f =
+      test::run_op(Op::attention_qkv, {qkv}, outs, DType::F32, kGpu, {}, {1.0});
+  CHECK_THROWS_WITH_AS(test::run_op(Op::attention_qkv_bwd, {f[0], qkv, f[0], f[1]},
+                                    {Shape{1, 4, 9, 2, 8}}, DType::F32, kGpu, {}, {1.0}),
+                       doctest::Contains("attention_qkv_bwd: gqkv must be f32 (1, 4, 3, 2, 8)"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("cuda attention: bad input and a bad PSVAE_ATTN throw naming the op") {

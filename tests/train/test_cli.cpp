@@ -2,16 +2,11 @@
 // config precedence through the shared flags, `psvae info` and `psvae dataset` on real files, and
 // one end-to-end run of the built binary.
 #include <doctest/doctest.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
-#include <sstream>
 
+#include "common/cli_capture.h"
 #include "common/run_binary.h"
 #include "common/test_util.h"
 #include "tensor/safetensors.h"
@@ -24,46 +19,11 @@ using psvae::test::TempDir;
 
 namespace {
 
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-// Runs dispatch() on `args` with stdout and stderr sent to files, as a user would see them.
-struct Run {
-  int rc = -1;
-  std::string out, err;
-};
+using Run = test::CliRun;
+using test::read_text;
 
 Run run_psvae(std::vector<std::string> args) {
-  args.insert(args.begin(), "psvae");
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  TempDir dir("cli_capture");
-  std::fflush(nullptr);
-  std::cout.flush();
-  const int saved_out = ::dup(1), saved_err = ::dup(2);
-  const int fo = ::open((dir / "out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  const int fe = ::open((dir / "err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  ::dup2(fo, 1);
-  ::dup2(fe, 2);
-  ::close(fo);
-  ::close(fe);
-  Run r;
-  r.rc = dispatch(static_cast<int>(args.size()), argv.data());
-  std::fflush(nullptr);
-  std::cout.flush();
-  std::cerr.flush();
-  ::dup2(saved_out, 1);
-  ::dup2(saved_err, 2);
-  ::close(saved_out);
-  ::close(saved_err);
-  r.out = read_file(dir / "out");
-  r.err = read_file(dir / "err");
-  return r;
+  return test::run_cli(std::move(args), "cli_capture");
 }
 
 bool contains(const std::string& s, const std::string& what) {
@@ -258,12 +218,12 @@ TEST_CASE("cli: the built binary end to end") {
     return psvae::test::run_psvae_binary(args, dir / "out").rc;
   };
   CHECK(sh("--help") == 0);
-  std::string out = read_file(dir / "out");
+  std::string out = read_text(dir / "out");
   CHECK(contains(out, "info"));
   CHECK(contains(out, "dataset"));
   CHECK(sh("datset") == 2);
-  CHECK(contains(read_file(dir / "out"), "did you mean 'dataset'?"));
+  CHECK(contains(read_text(dir / "out"), "did you mean 'dataset'?"));
   CHECK(sh("info --fil x") == 2);
-  CHECK(contains(read_file(dir / "out"), "did you mean '--file'?"));
+  CHECK(contains(read_text(dir / "out"), "did you mean '--file'?"));
   CHECK(sh("info /nonexistent.safetensors") == 1);
 }

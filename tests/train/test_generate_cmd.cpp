@@ -12,19 +12,14 @@
 //   - inpaint keeps the kept pixels exactly (the output equals the input outside the mask);
 //   - bad inputs are one-line errors with exit status 2 (command line) or 1 (files, runs).
 #include <doctest/doctest.h>
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "common/cli_capture.h"
 #include "common/test_util.h"
 #include "kernels/ops.h"
 #include "tensor/safetensors.h"
@@ -45,45 +40,11 @@ namespace {
 constexpr int64_t kLatent = 8;
 constexpr int kSize = 16;
 
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using Run = test::CliRun;
+using test::read_text;
 
-// dispatch() on `args` with stdout and stderr captured (as tests/train/test_cli.cpp does).
-struct Run {
-  int rc = -1;
-  std::string out, err;
-};
 Run run_psvae(std::vector<std::string> args) {
-  args.insert(args.begin(), "psvae");
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  TempDir dir("gen_capture");
-  std::fflush(nullptr);
-  std::cout.flush();
-  const int saved_out = ::dup(1), saved_err = ::dup(2);
-  const int fo = ::open((dir / "out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  const int fe = ::open((dir / "err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  ::dup2(fo, 1);
-  ::dup2(fe, 2);
-  ::close(fo);
-  ::close(fe);
-  Run r;
-  r.rc = dispatch(static_cast<int>(args.size()), argv.data());
-  std::fflush(nullptr);
-  std::cout.flush();
-  std::cerr.flush();
-  ::dup2(saved_out, 1);
-  ::dup2(saved_err, 2);
-  ::close(saved_out);
-  ::close(saved_err);
-  r.out = read_file(dir / "out");
-  r.err = read_file(dir / "err");
-  return r;
+  return test::run_cli(std::move(args), "gen_capture");
 }
 
 bool has(const std::string& s, const std::string& what) {
@@ -325,8 +286,8 @@ TEST_CASE("generate: image i depends on (seed, i) only, not on the batch size") 
     REQUIRE(r.rc == 0);
   }
   for (int i = 0; i < 3; ++i)
-    CHECK(read_file(s.tmp / fmt::format("seeds/b1_{:03d}.png", i)) ==
-          read_file(s.tmp / fmt::format("seeds/b16_{:03d}.png", i)));
+    CHECK(read_text(s.tmp / fmt::format("seeds/b1_{:03d}.png", i)) ==
+          read_text(s.tmp / fmt::format("seeds/b16_{:03d}.png", i)));
 }
 
 TEST_CASE("generate --bf16: the DiT in bf16 autocast gives images within bf16 rounding of f32") {

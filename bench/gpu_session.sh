@@ -7,6 +7,9 @@
 #   bench/gpu_session.sh sanitize bench    # call 2: compute-sanitizer, then every bench_* program
 #   bench/gpu_session.sh torch             # call 3: PyTorch baselines (bench/torch_baselines.py)
 #
+# Then, anywhere: bench/targets.py $OUT/bench.log $OUT/torch.log prints each of issue 6's targets
+# with its measured ratio (met or not) from those two logs.
+#
 # Phases: build, test, sanitize, bench, torch (any order; build is implied when the build dir is
 # missing). Logs go to $OUT/<phase>.log (the device tool brings $OUT back), or to gpu-out/ when
 # OUT is unset. The machine has no apt: header-only dependencies come from .devdeps, cuDNN from the

@@ -134,12 +134,13 @@ def bench_norm(t, args, copy_gbs):
 
 
 def attn_shapes(quick):
-    # (B, H, T, d): B*T*H = 1M token-heads at 256 tokens, 256k from 1024 tokens on.
+    # (B, H, T, d): B*T*H = 1M token-heads at every length, bench_attention's shapes, so that
+    # bench/targets.py sets each of our rows beside PyTorch's at the same (B, H, T, d).
     if quick:
         return [(2, 16, 256, 64)]
     out = []
     for d in (64, 128):
-        out += [(256, 16, 256, d), (16, 16, 1024, d), (8, 16, 2048, d), (4, 16, 4096, d)]
+        out += [(65536 // tok, 16, tok, d) for tok in (256, 1024, 2048, 4096)]
     return out + [(256, 16, 256, 72)]  # DiT-XL: 1152 / 16 heads
 
 

@@ -24,6 +24,16 @@ struct AttentionQkvNode : Node {
     return {ops::attention_qkv_bwd(g[0], qkv, out, lse, key_mask, scale)};
   }
 };
+
+struct AttentionKvNode : Node {
+  Tensor q, kv, out, lse, key_mask;
+  double scale = 1.0;
+  const char* name() const override { return "attention_kv"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    ops::AttnKvGrads r = ops::attention_kv_bwd(g[0], q, kv, out, lse, key_mask, scale);
+    return {r.gq, r.gkv};
+  }
+};
 }  // namespace
 
 Var attention(const Var& q_in, const Var& k_in, const Var& v_in, const Tensor& key_mask,
@@ -53,6 +63,20 @@ Var attention_qkv(const Var& qkv_in, const Tensor& key_mask, double scale) {
   n->key_mask = key_mask;
   n->scale = scale;
   return attach(n, {qkv}, r.out);
+}
+
+Var attention_kv(const Var& q_in, const Var& kv_in, const Tensor& key_mask, double scale) {
+  const auto [q, kv] = autocast::gemm_inputs(q_in, kv_in);
+  ops::AttnOut r = ops::attention_kv(q.data(), kv.data(), key_mask, scale);
+  if (!any_requires_grad({q, kv})) return Var(r.out);
+  auto n = std::make_shared<AttentionKvNode>();
+  n->q = q.data();
+  n->kv = kv.data();
+  n->out = r.out;
+  n->lse = r.lse;
+  n->key_mask = key_mask;
+  n->scale = scale;
+  return attach(n, {q, kv}, r.out);
 }
 
 }  // namespace psvae::ag

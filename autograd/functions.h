@@ -104,6 +104,9 @@ Var attention(const Var& q, const Var& k, const Var& v, const Tensor& key_mask, 
 // Self-attention on packed projection rows qkv (B,T,3,H,d): attention of its slices 0, 1, 2 of
 // dim 2, read in place, with one gradient gqkv (no slice copies, no concatenation).
 Var attention_qkv(const Var& qkv, const Tensor& key_mask, double scale);
+// Cross-attention of q (B,Tq,H,d) on packed projection rows kv (B,Tk,2,H,d): attention of q on
+// its slices 0, 1 of dim 2, read in place, with one gradient gkv.
+Var attention_kv(const Var& q, const Var& kv, const Tensor& key_mask, double scale);
 
 // ---- losses (fn_loss.cpp) -----------------------------------------------------------------------
 Var mse_loss(const Var& a, const Var& b);

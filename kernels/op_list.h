@@ -117,6 +117,11 @@
     "q, k, v slices, read in place; reals: scale")                                               \
   X(attention_qkv_bwd, attention,                                                                \
     "(go, qkv, o, lse, [key_mask]) -> gqkv (B,T,3,H,d); reals: scale")                           \
+  X(attention_kv, attention,                                                                     \
+    "(q (B,Tq,H,d), kv (B,Tk,2,H,d), [key_mask i32 (B,Tk)]) -> (o (B,Tq,H,d), lse (B,H,Tq)): "   \
+    "attention of q on the k, v slices, read in place; reals: scale")                            \
+  X(attention_kv_bwd, attention,                                                                 \
+    "(go, q, kv, o, lse, [key_mask]) -> (gq, gkv (B,Tk,2,H,d)); reals: scale")                   \
   /* ---- losses: scalar (rank-0) outputs ---- */                                                \
   X(mse_loss, loss, "(a, b) -> mean((a-b)^2)")                                                   \
   X(mse_loss_bwd, loss, "(gy, a, b) -> ga (gb = -ga)")                                           \

@@ -180,6 +180,16 @@ AttnGrads attention_bwd(const Tensor& gout, const Tensor& q, const Tensor& k, co
 AttnOut attention_qkv(const Tensor& qkv, const Tensor& key_mask, double scale);
 Tensor attention_qkv_bwd(const Tensor& gout, const Tensor& qkv, const Tensor& out,
                          const Tensor& lse, const Tensor& key_mask, double scale);
+// Cross-attention of q (B,Tq,H,d) on the packed rows of a kv projection, kv (B,Tk,2,H,d) (k, v =
+// its slices 0, 1 of dim 2), read in place: attention(q, k, v) bit for bit. key_mask (B,Tk) i32
+// or undefined. The backward writes gk and gv into one gkv of kv's shape.
+struct AttnKvGrads {
+  Tensor gq, gkv;
+};
+AttnOut attention_kv(const Tensor& q, const Tensor& kv, const Tensor& key_mask, double scale);
+AttnKvGrads attention_kv_bwd(const Tensor& gout, const Tensor& q, const Tensor& kv,
+                             const Tensor& out, const Tensor& lse, const Tensor& key_mask,
+                             double scale);
 
 // ---- losses (kernels/ops_loss.cpp), scalar outputs
 // -------------------------------------------------

@@ -39,6 +39,21 @@ void check_packed(const char* op, const Tensor& qkv, const Tensor& key_mask) {
                       qkv.size(1), dtype_name(key_mask.dtype()), key_mask.shape().str()));
 }
 
+// q (B,Tq,H,d), kv (B,Tk,2,H,d) of one float dtype, key_mask (B,Tk) i32 or undefined.
+void check_kv_packed(const char* op, const Tensor& q, const Tensor& kv, const Tensor& key_mask) {
+  check(q.rank() == 4 && kv.rank() == 5 && kv.size(2) == 2 && kv.size(0) == q.size(0) &&
+            kv.size(3) == q.size(2) && kv.size(4) == q.size(3),
+        fmt::format("{}: shapes do not fit q (B,Tq,H,d), kv (B,Tk,2,H,d): q {}, kv {}", op,
+                    q.shape().str(), kv.shape().str()));
+  check(is_floating(q.dtype()) && kv.dtype() == q.dtype(),
+        fmt::format("{}: q and kv must share one float dtype, got {}, {}", op,
+                    dtype_name(q.dtype()), dtype_name(kv.dtype())));
+  if (key_mask.defined())
+    check(key_mask.dtype() == DType::I32 && key_mask.shape() == Shape({kv.size(0), kv.size(1)}),
+          fmt::format("{}: key_mask must be i32 (B,Tk) = ({}, {}), got {} {}", op, kv.size(0),
+                      kv.size(1), dtype_name(key_mask.dtype()), key_mask.shape().str()));
+}
+
 // gout and out (B,Tq,H,dv), lse (B,H,Tq), all of dtype dt: the backward's extra inputs.
 void check_bwd_extras(const char* op, const Tensor& gout, const Tensor& out, const Tensor& lse,
                       const Shape& o_shape, DType dt) {
@@ -109,6 +124,33 @@ Tensor attention_qkv_bwd(const Tensor& gout, const Tensor& qkv, const Tensor& ou
   c.reals[0] = scale;
   kernels::run(Op::attention_qkv_bwd, c);
   return c.out[0];
+}
+
+AttnOut attention_kv(const Tensor& q, const Tensor& kv, const Tensor& key_mask, double scale) {
+  check_kv_packed("attention_kv", q, kv, key_mask);
+  kernels::OpCall c;
+  c.in = {q, kv};
+  if (key_mask.defined()) c.in.push_back(key_mask);
+  c.out = {Tensor::empty(q.shape(), q.dtype(), q.device()),
+           Tensor::empty({q.size(0), q.size(2), q.size(1)}, q.dtype(), q.device())};
+  c.reals[0] = scale;
+  kernels::run(Op::attention_kv, c);
+  return {c.out[0], c.out[1]};
+}
+
+AttnKvGrads attention_kv_bwd(const Tensor& gout, const Tensor& q, const Tensor& kv,
+                             const Tensor& out, const Tensor& lse, const Tensor& key_mask,
+                             double scale) {
+  check_kv_packed("attention_kv_bwd", q, kv, key_mask);
+  check_bwd_extras("attention_kv_bwd", gout, out, lse, q.shape(), q.dtype());
+  kernels::OpCall c;
+  c.in = {gout, q, kv, out, lse};
+  if (key_mask.defined()) c.in.push_back(key_mask);
+  c.out = {Tensor::empty(q.shape(), q.dtype(), q.device()),
+           Tensor::empty(kv.shape(), kv.dtype(), kv.device())};
+  c.reals[0] = scale;
+  kernels::run(Op::attention_kv_bwd, c);
+  return {c.out[0], c.out[1]};
 }
 
 }  // namespace psvae::ops

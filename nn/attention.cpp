@@ -12,16 +12,6 @@ int64_t head_dim(int64_t dim, int heads) {
         fmt::format("attention: width {} does not split into {} heads", dim, heads));
   return dim / heads;
 }
-
-// y (B, T, n * D) -> n tensors (B, T, H, hd), as timm's reshape(B, T, n, H, hd).
-std::vector<Var> split_heads(const Var& y, int n, int heads, int64_t hd) {
-  const int64_t B = y.size(0), T = y.size(1);
-  if (n == 1) return {ag::reshape(y, Shape{B, T, heads, hd})};
-  Var r = ag::reshape(y, Shape{B, T, n, heads, hd});
-  std::vector<Var> parts = ag::split(r, std::vector<int64_t>(static_cast<size_t>(n), 1), 2);
-  for (Var& p : parts) p = ag::reshape(p, Shape{B, T, heads, hd});
-  return parts;
-}
 }  // namespace
 
 Attention::Attention(const Config& c, Generator& g) : cfg_(c) {
@@ -48,11 +38,13 @@ CrossAttention::CrossAttention(const Config& c, Generator& g) : cfg_(c) {
   proj = register_module("proj", std::make_shared<Linear>(c.dim, c.dim, true, g));
 }
 
+// k and v stay in the kv projection's rows (B,S,2,H,hd), read in place by attention_kv.
 Var CrossAttention::forward(const Var& x, const Var& context, const Tensor& key_mask) const {
-  const int64_t B = x.size(0), T = x.size(1), hd = head_dim(cfg_.dim, cfg_.heads);
-  Var qh = split_heads(q->forward(x), 1, cfg_.heads, hd)[0];                    // (B,T,H,hd)
-  std::vector<Var> kvh = split_heads(kv->forward(context), 2, cfg_.heads, hd);  // 2 x (B,S,H,hd)
-  Var o = ag::attention(qh, kvh[0], kvh[1], key_mask, 1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t B = x.size(0), T = x.size(1), S = context.size(1);
+  const int64_t hd = head_dim(cfg_.dim, cfg_.heads);
+  Var qh = ag::reshape(q->forward(x), Shape{B, T, cfg_.heads, hd});
+  Var kv_rows = ag::reshape(kv->forward(context), Shape{B, S, 2, cfg_.heads, hd});
+  Var o = ag::attention_kv(qh, kv_rows, key_mask, 1.0 / std::sqrt(static_cast<double>(hd)));
   return proj->forward(ag::reshape(o, Shape{B, T, cfg_.dim}));
 }
 

@@ -48,6 +48,18 @@ Dims packed_dims(const Tensor& qkv) {
   return {qkv.size(0), qkv.size(1), qkv.size(1), H, d, d, 3 * H * d, 3 * H * d, 3 * H * d};
 }
 
+// q (B,Tq,H,d) dense, kv (B,Tk,2,H,d): k, v at element offsets 0, H d of each row of 2 H d.
+Dims kv_packed_dims(const Tensor& q, const Tensor& kv) {
+  const int64_t H = q.size(2), d = q.size(3);
+  return {q.size(0), q.size(1), kv.size(1), H, d, d, H * d, 2 * H * d, 2 * H * d};
+}
+
+// p + k elements, or null for a null p (an empty tensor may have no storage).
+template <class T>
+T* offset(T* p, int64_t k) {
+  return p ? p + k : p;
+}
+
 // The operands of one call, in the storage type.
 template <class T>
 struct FwdPtrs {
@@ -174,11 +186,24 @@ void attention_qkv_cpu(const OpCall& c) {
     const Dims n = packed_dims(c.in[0]);
     const T* qkv = c.in[0].data<T>();
     const FwdPtrs<T> a{qkv,
-                       qkv + n.H * n.d,
-                       qkv + 2 * n.H * n.d,
+                       offset(qkv, n.H * n.d),
+                       offset(qkv, 2 * n.H * n.d),
                        c.in.size() > 1 ? c.in[1].data<int32_t>() : nullptr,
                        c.out[0].data<T>(),
                        c.out[1].data<T>()};
+    attention_fwd_impl(a, n, c.reals[0]);
+  });
+}
+
+// (q (B,Tq,H,d), kv (B,Tk,2,H,d), [key_mask]) -> (o, lse); reals: scale. k, v read in place.
+void attention_kv_cpu(const OpCall& c) {
+  dispatch_float(c.in[0].dtype(), "attention_kv", [&](auto tag) {
+    using T = decltype(tag);
+    const Dims n = kv_packed_dims(c.in[0], c.in[1]);
+    const T* kv = c.in[1].data<T>();
+    const FwdPtrs<T> a{c.in[0].data<T>(),     kv,
+                       offset(kv, n.H * n.d), c.in.size() > 2 ? c.in[2].data<int32_t>() : nullptr,
+                       c.out[0].data<T>(),    c.out[1].data<T>()};
     attention_fwd_impl(a, n, c.reals[0]);
   });
 }
@@ -288,14 +313,37 @@ void attention_qkv_bwd_cpu(const OpCall& c) {
     T* g = c.out[0].data<T>();
     const BwdPtrs<T> a{c.in[0].data<T>(),
                        qkv,
-                       qkv + C,
-                       qkv + 2 * C,
+                       offset(qkv, C),
+                       offset(qkv, 2 * C),
                        c.in[2].data<T>(),
                        c.in[3].data<T>(),
                        c.in.size() > 4 ? c.in[4].data<int32_t>() : nullptr,
                        g,
-                       g + C,
-                       g + 2 * C};
+                       offset(g, C),
+                       offset(g, 2 * C)};
+    attention_bwd_impl(a, n, c.reals[0]);
+  });
+}
+
+// (go, q, kv, o, lse, [key_mask]) -> (gq, gkv (B,Tk,2,H,d)); reals: scale. gk, gv written in
+// place into gkv (every element: gK and gV are zeroed per pair before their sums).
+void attention_kv_bwd_cpu(const OpCall& c) {
+  dispatch_float(c.in[0].dtype(), "attention_kv_bwd", [&](auto tag) {
+    using T = decltype(tag);
+    const Dims n = kv_packed_dims(c.in[1], c.in[2]);
+    const int64_t C = n.H * n.d;
+    const T* kv = c.in[2].data<T>();
+    T* g = c.out[1].data<T>();
+    const BwdPtrs<T> a{c.in[0].data<T>(),
+                       c.in[1].data<T>(),
+                       kv,
+                       offset(kv, C),
+                       c.in[3].data<T>(),
+                       c.in[4].data<T>(),
+                       c.in.size() > 5 ? c.in[5].data<int32_t>() : nullptr,
+                       c.out[0].data<T>(),
+                       g,
+                       offset(g, C)};
     attention_bwd_impl(a, n, c.reals[0]);
   });
 }
@@ -307,6 +355,8 @@ void register_attention(OpTable& t) {
   t[Op::attention_bwd].cpu = &attention_bwd_cpu;
   t[Op::attention_qkv].cpu = &attention_qkv_cpu;
   t[Op::attention_qkv_bwd].cpu = &attention_qkv_bwd_cpu;
+  t[Op::attention_kv].cpu = &attention_kv_cpu;
+  t[Op::attention_kv_bwd].cpu = &attention_kv_bwd_cpu;
 }
 
 }  // namespace psvae::kernels::cpu

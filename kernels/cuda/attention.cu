@@ -10,7 +10,8 @@
 // q, k, v read in place from the packed rows of a qkv projection (B,T,3,H,d), row stride 3 H d,
 // and gq, gk, gv written in place into one gqkv of that shape. That saves the three slices of the
 // forward and the concatenation of the backward: 24 bytes per token and channel in bf16 (read and
-// write of q, k, v and of their gradients).
+// write of q, k, v and of their gradients). attention_kv and attention_kv_bwd do the same for
+// cross-attention: q dense, k and v read in place from a kv projection's rows (B,Tk,2,H,d).
 //
 // This file: input checks, the choice between the two implementations, the temporary D of the
 // backward, and registration. The kernels are in attention_fwd.cu and attention_bwd.cu.
@@ -111,6 +112,25 @@ Dims check_packed(const char* op, const Tensor& qkv, const Tensor* mask) {
     fail(op, "key_mask must be i32 (B,T) = (" + std::to_string(B) + ", " + std::to_string(T) +
                  "), got " + dtype_name(mask->dtype()) + " " + mask->shape().str());
   const Dims n{B, T, T, H, d, d, 3 * H * d, 3 * H * d, 3 * H * d};
+  check_head_dims(op, n);
+  return n;
+}
+
+// q (B,Tq,H,d) of a float dtype, kv (B,Tk,2,H,d) of the same, mask i32 (B,Tk) or null: the checks
+// of ops::attention_kv. Returns the dims of q dense and k, v read in place: rows 2 H d apart.
+Dims check_kv_packed(const char* op, const Tensor& q, const Tensor& kv, const Tensor* mask) {
+  if (q.rank() != 4 || kv.rank() != 5 || kv.size(2) != 2 || kv.size(0) != q.size(0) ||
+      kv.size(3) != q.size(2) || kv.size(4) != q.size(3))
+    fail(op, "shapes do not fit q (B,Tq,H,d), kv (B,Tk,2,H,d): q " + q.shape().str() + ", kv " +
+                 kv.shape().str());
+  if (!is_floating(q.dtype()) || kv.dtype() != q.dtype())
+    fail(op, std::string("q and kv must share one float dtype, got ") + dtype_name(q.dtype()) +
+                 ", " + dtype_name(kv.dtype()));
+  const int64_t B = q.size(0), Tk = kv.size(1), H = q.size(2), d = q.size(3);
+  if (mask && (mask->dtype() != DType::I32 || mask->shape() != Shape({B, Tk})))
+    fail(op, "key_mask must be i32 (B,Tk) = (" + std::to_string(B) + ", " + std::to_string(Tk) +
+                 "), got " + dtype_name(mask->dtype()) + " " + mask->shape().str());
+  const Dims n{B, q.size(1), Tk, H, d, d, H * d, 2 * H * d, 2 * H * d};
   check_head_dims(op, n);
   return n;
 }
@@ -282,13 +302,16 @@ void attention_bwd_cuda(const OpCall& c) {
   run_bwd(op, c, c.in[0], c.in[4], c.in[5], n, dt, p, mask, q.device());
 }
 
-// q, k and v inside packed rows (B,T,3,H,d) at `qkv`: element offsets 0, H d and 2 H d.
-template <class P>
-std::array<P, 3> packed_parts(P qkv, DType dt, const Dims& n) {
+// The N parts of packed rows at `rows` (q, k, v of (B,T,3,H,d), or k, v of (B,T,2,H,d)): element
+// offsets 0, H d, 2 H d. Empty rows may have no storage: a null `rows` gives null parts.
+template <int N, class P>
+std::array<P, N> packed_parts(P rows, DType dt, const Dims& n) {
   using Byte = std::conditional_t<std::is_const_v<std::remove_pointer_t<P>>, const char, char>;
-  Byte* b = static_cast<Byte*>(qkv);
+  Byte* b = static_cast<Byte*>(rows);
   const size_t part = static_cast<size_t>(n.H * n.d) * dtype_size(dt);  // bytes
-  return {b, b + part, b + 2 * part};
+  std::array<P, N> r{};
+  for (int i = 0; i < N; ++i) r[static_cast<size_t>(i)] = b ? b + i * part : b;
+  return r;
 }
 
 // (qkv (B,T,3,H,d), [key_mask]) -> (o, lse); reals: scale. Self-attention on q, k and v read in
@@ -301,7 +324,7 @@ void attention_qkv_cuda(const OpCall& c) {
   const Tensor& qkv = c.in[0];
   const Tensor* mask = c.in.size() > 1 ? &c.in[1] : nullptr;
   const Dims n = check_packed(op, qkv, mask);
-  const auto in = packed_parts(qkv.raw_data(), qkv.dtype(), n);
+  const auto in = packed_parts<3>(qkv.raw_data(), qkv.dtype(), n);
   run_fwd(op, c, n, qkv.dtype(), {in[0], in[1], in[2], nullptr, nullptr, nullptr}, mask,
           qkv.device());
 }
@@ -318,10 +341,45 @@ void attention_qkv_bwd_cuda(const OpCall& c) {
   const Dims n = check_packed(op, qkv, mask);
   const DType dt = qkv.dtype();
   check_tensor(op, "gqkv", c.out[0], qkv.shape(), dt);
-  const auto in = packed_parts(qkv.raw_data(), dt, n);
-  const auto g = packed_parts(c.out[0].raw_data(), dt, n);
+  const auto in = packed_parts<3>(qkv.raw_data(), dt, n);
+  const auto g = packed_parts<3>(c.out[0].raw_data(), dt, n);
   run_bwd(op, c, c.in[0], c.in[2], c.in[3], n, dt, {in[0], in[1], in[2], g[0], g[1], g[2]}, mask,
           qkv.device());
+}
+
+// (q (B,Tq,H,d), kv (B,Tk,2,H,d), [key_mask]) -> (o, lse); reals: scale. Attention of q on k and
+// v read in place from the packed rows of a kv projection (cross-attention), row stride 2 H d.
+void attention_kv_cuda(const OpCall& c) {
+  const char* op = "attention_kv";
+  if (c.in.size() < 2 || c.in.size() > 3 || c.out.size() != 2)
+    fail(op, "expects (q, kv, [key_mask]) -> (o, lse), got " + std::to_string(c.in.size()) +
+                 " inputs and " + std::to_string(c.out.size()) + " outputs");
+  const Tensor &q = c.in[0], &kv = c.in[1];
+  const Tensor* mask = c.in.size() > 2 ? &c.in[2] : nullptr;
+  const Dims n = check_kv_packed(op, q, kv, mask);
+  const auto in = packed_parts<2>(kv.raw_data(), kv.dtype(), n);
+  run_fwd(op, c, n, q.dtype(), {q.raw_data(), in[0], in[1], nullptr, nullptr, nullptr}, mask,
+          q.device());
+}
+
+// (go, q, kv, o, lse, [key_mask]) -> (gq, gkv (B,Tk,2,H,d)); reals: scale. gk and gv are
+// written in place into gkv's rows, with kv's strides.
+void attention_kv_bwd_cuda(const OpCall& c) {
+  const char* op = "attention_kv_bwd";
+  if (c.in.size() < 5 || c.in.size() > 6 || c.out.size() != 2)
+    fail(op, "expects (go, q, kv, o, lse, [key_mask]) -> (gq, gkv), got " +
+                 std::to_string(c.in.size()) + " inputs and " + std::to_string(c.out.size()) +
+                 " outputs");
+  const Tensor &q = c.in[1], &kv = c.in[2];
+  const Tensor* mask = c.in.size() > 5 ? &c.in[5] : nullptr;
+  const Dims n = check_kv_packed(op, q, kv, mask);
+  const DType dt = q.dtype();
+  check_tensor(op, "gq", c.out[0], q.shape(), dt);
+  check_tensor(op, "gkv", c.out[1], kv.shape(), dt);
+  const auto in = packed_parts<2>(kv.raw_data(), dt, n);
+  const auto g = packed_parts<2>(c.out[1].raw_data(), dt, n);
+  run_bwd(op, c, c.in[0], c.in[3], c.in[4], n, dt,
+          {q.raw_data(), in[0], in[1], c.out[0].raw_data(), g[0], g[1]}, mask, q.device());
 }
 
 }  // namespace
@@ -331,6 +389,8 @@ void register_attention(OpTable& t) {
   t[Op::attention_bwd].cuda = &attention_bwd_cuda;
   t[Op::attention_qkv].cuda = &attention_qkv_cuda;
   t[Op::attention_qkv_bwd].cuda = &attention_qkv_bwd_cuda;
+  t[Op::attention_kv].cuda = &attention_kv_cuda;
+  t[Op::attention_kv_bwd].cuda = &attention_kv_bwd_cuda;
 }
 
 }  // namespace psvae::kernels::cuda

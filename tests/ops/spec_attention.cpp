@@ -145,14 +145,14 @@ PSVAE_OP_SPEC(attention) {
 }
 
 namespace {
-// Slice `part` (0 q, 1 k, 2 v) of packed rows qkv (B,T,3,H,d), as a dense (B,T,H,d) vector.
-std::vector<double> packed_slice(const std::vector<double>& qkv, int64_t B, int64_t T, int64_t H,
-                                 int64_t d, int64_t part) {
+// Slice `part` of packed rows (B,T,parts,H,d) (qkv: 3 parts, kv: 2), as a dense (B,T,H,d) vector.
+std::vector<double> packed_slice(const std::vector<double>& rows, int64_t B, int64_t T, int64_t H,
+                                 int64_t d, int64_t part, int64_t parts = 3) {
   std::vector<double> r(static_cast<size_t>(B * T * H * d));
   for (int64_t row = 0; row < B * T; ++row)
     for (int64_t e = 0; e < H * d; ++e)
       r[static_cast<size_t>(row * H * d + e)] =
-          qkv[static_cast<size_t>((row * 3 + part) * H * d + e)];
+          rows[static_cast<size_t>((row * parts + part) * H * d + e)];
   return r;
 }
 }  // namespace
@@ -231,6 +231,101 @@ TEST_CASE("attention_qkv: the bits of attention on the slices, forward and backw
       CHECK(test::bit_mismatches_host(gqkv, cat) == 0);
     }
   }
+}
+
+// inputs (q (B,Tq,H,d), kv (B,Tk,2,H,d), [key_mask (B,Tk)]); reals = {scale}. Cross-attention
+// on packed kv rows; q's row stride (H d) differs from k's and v's (2 H d) here. The gradcheck
+// covers gq and gkv.
+PSVAE_OP_SPEC(attention_kv) {
+  OpSpec s;
+  s.name = "attention_kv";
+  s.covers = {kernels::Op::attention_kv, kernels::Op::attention_kv_bwd};
+  s.grad_outputs = {true, false};
+  s.cases = [](Generator& g) {
+    struct P {
+      int64_t B, Tq, Tk, H, d;
+      int mask;
+    };
+    const std::vector<P> ps = {{1, 1, 1, 1, 4, 0}, {2, 3, 7, 3, 4, 0},    {1, 7, 3, 2, 5, 1},
+                               {2, 5, 6, 2, 4, 2}, {1, 77, 40, 2, 32, 1}, {2, 40, 77, 3, 16, 2}};
+    std::vector<OpCase> cs;
+    for (const P& p : ps) {
+      OpCase c;
+      c.label =
+          fmt::format("B={} Tq={} Tk={} H={} d={} mask={}", p.B, p.Tq, p.Tk, p.H, p.d, p.mask);
+      c.inputs = {normal(g, {p.B, p.Tq, p.H, p.d}), normal(g, {p.B, p.Tk, 2, p.H, p.d})};
+      if (p.mask) c.inputs.push_back(make_mask(g, p.B, p.Tk, p.mask));
+      c.reals = {1.0 / std::sqrt(static_cast<double>(p.d))};
+      c.gradcheck = p.B * (p.Tq + 2 * p.Tk) * p.H * p.d <= 300;
+      cs.push_back(c);
+    }
+    return cs;
+  };
+  s.apply = [](const std::vector<Var>& v, const OpCase& c) {
+    Tensor mask = v.size() > 2 ? v[2].data() : Tensor();
+    Var o = ag::attention_kv(v[0], v[1], mask, c.reals[0]);
+    Tensor lse = ops::attention_kv(v[0].data(), v[1].data(), mask, c.reals[0]).lse;
+    return std::vector<Var>{o, Var(lse)};
+  };
+  s.reference = [](const std::vector<Tensor>& in, const OpCase& c) {
+    const Shape &qs = in[0].shape(), &kvs = in[1].shape();
+    const int64_t B = qs[0], Tq = qs[1], Tk = kvs[1], H = qs[2], d = qs[3];
+    const std::vector<double> kv = as_doubles(in[1]);
+    return reference_attention(as_doubles(in[0]), packed_slice(kv, B, Tk, H, d, 0, 2),
+                               packed_slice(kv, B, Tk, H, d, 1, 2),
+                               in.size() > 2 ? as_doubles(in[2]) : std::vector<double>(),
+                               {B, Tq, Tk, H, d, d}, c.reals[0]);
+  };
+  return s;
+}
+
+// The same for the packed kv rows: attention_kv is attention on q and the two slices, bit for bit,
+// and gkv the concatenation of gk and gv.
+TEST_CASE("attention_kv: the bits of attention on the slices, forward and backward") {
+  Generator g(13);
+  for (DType dt : {DType::F64, DType::F32, DType::BF16}) {
+    for (int mask_kind : {0, 2}) {
+      CAPTURE(std::string(dtype_name(dt)));
+      CAPTURE(mask_kind);
+      const int64_t B = 2, Tq = 150, Tk = 45, H = 3, d = 16;
+      const Tensor q = ops::cast(normal(g, {B, Tq, H, d}), dt);
+      const Tensor kv = ops::cast(normal(g, {B, Tk, 2, H, d}), dt);
+      const Tensor go = ops::cast(normal(g, {B, Tq, H, d}), dt);
+      const Tensor mask = mask_kind ? make_mask(g, B, Tk, mask_kind) : Tensor();
+      const Tensor k = ops::narrow(kv, 2, 0, 1).reshape({B, Tk, H, d});
+      const Tensor v = ops::narrow(kv, 2, 1, 1).reshape({B, Tk, H, d});
+      const ops::AttnOut split = ops::attention(q, k, v, mask, 0.3);
+      const ops::AttnOut packed = ops::attention_kv(q, kv, mask, 0.3);
+      CHECK(test::bit_mismatches_host(packed.out, split.out) == 0);
+      CHECK(test::bit_mismatches_host(packed.lse, split.lse) == 0);
+      const ops::AttnGrads gs = ops::attention_bwd(go, q, k, v, split.out, split.lse, mask, 0.3);
+      const ops::AttnKvGrads gp = ops::attention_kv_bwd(go, q, kv, split.out, split.lse, mask, 0.3);
+      CHECK(test::bit_mismatches_host(gp.gq, gs.gq) == 0);
+      const Shape part{B, Tk, 1, H, d};
+      CHECK(test::bit_mismatches_host(
+                gp.gkv, ops::concat({gs.gk.reshape(part), gs.gv.reshape(part)}, 2)) == 0);
+    }
+  }
+}
+
+TEST_CASE("attention_kv: bad q, kv and mask name the op and the shapes") {
+  const Tensor q = Tensor::zeros({1, 3, 2, 4}, DType::F32);
+  CHECK_THROWS_WITH_AS(
+      ops::attention_kv(q, Tensor::zeros({1, 5, 2, 2, 8}, DType::F32), Tensor(), 1.0),
+      doctest::Contains("attention_kv: shapes do not fit q (B,Tq,H,d), kv "
+                        "(B,Tk,2,H,d): q (1, 3, 2, 4), kv (1, 5, 2, 2, 8)"),
+      std::invalid_argument);
+  const Tensor kv = Tensor::zeros({1, 5, 2, 2, 4}, DType::F32);
+  CHECK_THROWS_WITH_AS(ops::attention_kv(q, ops::cast(kv, DType::F64), Tensor(), 1.0),
+                       doctest::Contains("attention_kv: q and kv must share one float dtype"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(ops::attention_kv(q, kv, Tensor::zeros({1, 3}, DType::I32), 1.0),
+                       doctest::Contains("attention_kv: key_mask must be i32 (B,Tk) = (1, 5)"),
+                       std::invalid_argument);
+  const ops::AttnOut f = ops::attention_kv(q, kv, Tensor(), 1.0);
+  CHECK_THROWS_WITH_AS(ops::attention_kv_bwd(f.out, q, kv, f.out, f.out, Tensor(), 1.0),
+                       doctest::Contains("attention_kv_bwd: expected gout and out"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("attention_qkv: bad qkv and mask name the op and the shapes") {

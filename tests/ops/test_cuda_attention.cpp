@@ -15,8 +15,9 @@
 // mask, random holes, a batch entry with every key masked and one with nearly every key masked, and
 // the empty edges (Tk = 0, d = 0). The backward of each case is fed o and lse of the f64 reference
 // rounded to the dtype, so both sides differentiate the same forward. Determinism: the backward run
-// twice gives the same bits. attention_qkv (the same kernels reading q, k, v in place from packed
-// qkv rows) against attention on the three slices, bit for bit. Skipped without a CUDA device.
+// twice gives the same bits. attention_qkv and attention_kv (the same kernels reading q, k, v, or
+// k and v, in place from packed projection rows) against attention on the slices, bit for bit.
+// Skipped without a CUDA device.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
@@ -212,6 +213,15 @@ void check_case(Generator& g, const Cfg& c, DType dt) {
   }
 }
 
+// An op's inputs, and the key mask after them when there is one.
+std::vector<Tensor> inputs_with(std::initializer_list<Tensor> in, const Tensor& mask) {
+  std::vector<Tensor> r;
+  r.reserve(in.size() + 1);
+  r.insert(r.end(), in.begin(), in.end());
+  if (mask.defined()) r.push_back(mask);
+  return r;
+}
+
 const std::vector<DType> kF32Bf16 = {DType::F32, DType::BF16};
 const std::vector<DType> kAll = {DType::F32, DType::BF16, DType::F64};
 
@@ -350,13 +360,7 @@ TEST_CASE("cuda attention_qkv: packed rows give the bits of attention on the sli
       for (int64_t i = 0; i < 3; ++i)
         parts.push_back(ops::narrow(qkv, 2, i, 1).reshape({p.B, p.T, p.H, p.d}));
       const Shape o_shape{p.B, p.T, p.H, p.d}, lse_shape{p.B, p.H, p.T};
-      auto with_mask = [&](std::initializer_list<Tensor> in) {
-        std::vector<Tensor> r;
-        r.reserve(in.size() + 1);
-        r.insert(r.end(), in.begin(), in.end());
-        if (gmask.defined()) r.push_back(gmask);
-        return r;
-      };
+      auto with_mask = [&](std::initializer_list<Tensor> in) { return inputs_with(in, gmask); };
       for (const char* path : paths_for(cfg, dt)) {
         CAPTURE(std::string(path));
         AttnPath force(path);
@@ -389,7 +393,67 @@ TEST_CASE("cuda attention_qkv: packed rows give the bits of attention on the sli
     }
 }
 
-TEST_CASE("cuda attention_qkv: bad qkv and mask throw naming the op") {
+// attention_kv: q dense (row stride H d), k and v read in place from packed kv rows (B,Tk,2,H,d),
+// row stride 2 H d, and gk, gv written into one gkv: so q's stride differs from k's and v's, which
+// no other op has. The same bits as attention on q and the two slices copied out, on every path,
+// forward kernel and backward form, outputs poisoned. Tq != Tk both ways; d = 64, 128, 40, 20.
+TEST_CASE("cuda attention_kv: packed kv rows give the bits of attention on the slices") {
+  PSVAE_REQUIRE_CUDA();
+  test::PoisonScope poison;
+  Generator g(59);
+  struct Packed {
+    int64_t B, Tq, Tk, H, d;
+    int mask;
+  };
+  const std::vector<Packed> cases = {
+      {2, 77, 20, 3, 64, 1}, {1, 40, 130, 2, 128, 2}, {2, 200, 77, 2, 40, 3}, {1, 50, 9, 2, 20, 1}};
+  for (const Packed& p : cases)
+    for (DType dt : kAll) {
+      CAPTURE(fmt::format("B={} Tq={} Tk={} H={} d={} mask={}", p.B, p.Tq, p.Tk, p.H, p.d, p.mask));
+      CAPTURE(std::string(dtype_name(dt)));
+      const Cfg cfg{p.B, p.Tq, p.Tk, p.H, p.d, p.d, p.mask, 1.0, {dt}};
+      const double scale = 1.0 / std::sqrt(static_cast<double>(p.d));
+      const Tensor q = as_dtype(test::normal(g, {p.B, p.Tq, p.H, p.d}), dt).to(kGpu);
+      const Tensor kv = as_dtype(test::normal(g, {p.B, p.Tk, 2, p.H, p.d}), dt).to(kGpu);
+      const Tensor go = as_dtype(test::normal(g, {p.B, p.Tq, p.H, p.d}), dt).to(kGpu);
+      const Tensor mask = make_mask(g, p.B, p.Tk, p.mask);
+      const Tensor gmask = mask.defined() ? mask.to(kGpu) : Tensor();
+      const Tensor k = ops::narrow(kv, 2, 0, 1).reshape({p.B, p.Tk, p.H, p.d});
+      const Tensor v = ops::narrow(kv, 2, 1, 1).reshape({p.B, p.Tk, p.H, p.d});
+      auto with_mask = [&](std::initializer_list<Tensor> in) { return inputs_with(in, gmask); };
+      const Shape o_shape{p.B, p.Tq, p.H, p.d}, lse_shape{p.B, p.H, p.Tq};
+      auto same_bits = [](const Tensor& a, const Tensor& b) {
+        return test::bit_mismatches_host(a.to(Device::cpu()), b.to(Device::cpu())) == 0;
+      };
+      for (const char* path : paths_for(cfg, dt)) {
+        CAPTURE(std::string(path));
+        AttnPath force(path);
+        for (const char* fwd : fwd_kernels(path)) {
+          CAPTURE(std::string(fwd));
+          AttnFwd force_fwd(fwd);
+          const std::vector<Tensor> split = run_fwd(with_mask({q, k, v}), scale, dt);
+          const std::vector<Tensor> packed = test::run_op(
+              Op::attention_kv, with_mask({q, kv}), {o_shape, lse_shape}, dt, kGpu, {}, {scale});
+          CHECK(same_bits(packed[0], split[0]));
+          CHECK(same_bits(packed[1], split[1]));
+        }
+        const std::vector<Tensor> f = run_fwd(with_mask({q, k, v}), scale, dt);
+        for (const char* form : bwd_forms(path)) {
+          CAPTURE(std::string(form));
+          AttnBwd force_bwd(form);
+          const std::vector<Tensor> gs = run_bwd(with_mask({go, q, k, v, f[0], f[1]}), scale, dt);
+          const std::vector<Tensor> gp =
+              test::run_op(Op::attention_kv_bwd, with_mask({go, q, kv, f[0], f[1]}),
+                           {q.shape(), kv.shape()}, dt, kGpu, {}, {scale});
+          const Shape part{p.B, p.Tk, 1, p.H, p.d};
+          CHECK(same_bits(gp[0], gs[0]));
+          CHECK(same_bits(gp[1], ops::concat({gs[1].reshape(part), gs[2].reshape(part)}, 2)));
+        }
+      }
+    }
+}
+
+TEST_CASE("cuda attention_qkv, attention_kv: bad operands throw naming the op") {
   PSVAE_REQUIRE_CUDA();
   const Tensor qkv = Tensor::zeros({1, 4, 3, 2, 8}, DType::F32, kGpu);
   const std::vector<Shape> outs = {Shape{1, 4, 2, 8}, Shape{1, 2, 4}};
@@ -411,6 +475,23 @@ TEST_CASE("cuda attention_qkv: bad qkv and mask throw naming the op") {
   CHECK_THROWS_WITH_AS(test::run_op(Op::attention_qkv_bwd, {f[0], qkv, f[0], f[1]},
                                     {Shape{1, 4, 9, 2, 8}}, DType::F32, kGpu, {}, {1.0}),
                        doctest::Contains("attention_qkv_bwd: gqkv must be f32 (1, 4, 3, 2, 8)"),
+                       std::invalid_argument);
+  const Tensor q = Tensor::zeros({1, 4, 2, 8}, DType::F32, kGpu);
+  CHECK_THROWS_WITH_AS(
+      test::run_op(Op::attention_kv, {q, qkv}, outs, DType::F32, kGpu, {}, {1.0}),
+      doctest::Contains("attention_kv: shapes do not fit q (B,Tq,H,d), kv (B,Tk,2,H,d)"),
+      std::invalid_argument);
+  const Tensor kv = Tensor::zeros({1, 6, 2, 2, 8}, DType::F32, kGpu);
+  CHECK_THROWS_WITH_AS(
+      test::run_op(Op::attention_kv, {q, kv, Tensor::zeros({1, 4}, DType::I32, kGpu)}, outs,
+                   DType::F32, kGpu, {}, {1.0}),
+      doctest::Contains("attention_kv: key_mask must be i32 (B,Tk) = (1, 6)"),
+      std::invalid_argument);
+  const std::vector<Tensor> fk =
+      test::run_op(Op::attention_kv, {q, kv}, outs, DType::F32, kGpu, {}, {1.0});
+  CHECK_THROWS_WITH_AS(test::run_op(Op::attention_kv_bwd, {fk[0], q, kv, fk[0], fk[1]},
+                                    {q.shape(), qkv.shape()}, DType::F32, kGpu, {}, {1.0}),
+                       doctest::Contains("attention_kv_bwd: gkv must be f32 (1, 6, 2, 2, 8)"),
                        std::invalid_argument);
 }
 

@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -213,15 +214,6 @@ void check_case(Generator& g, const Cfg& c, DType dt) {
   }
 }
 
-// An op's inputs, and the key mask after them when there is one.
-std::vector<Tensor> inputs_with(std::initializer_list<Tensor> in, const Tensor& mask) {
-  std::vector<Tensor> r;
-  r.reserve(in.size() + 1);
-  r.insert(r.end(), in.begin(), in.end());
-  if (mask.defined()) r.push_back(mask);
-  return r;
-}
-
 const std::vector<DType> kF32Bf16 = {DType::F32, DType::BF16};
 const std::vector<DType> kAll = {DType::F32, DType::BF16, DType::F64};
 
@@ -329,6 +321,61 @@ TEST_CASE("cuda attention: forward and backward are bit-identical run to run") {
   }
 }
 
+namespace {
+
+// A packed op pair (attention_qkv or attention_kv) against attention on the slices copied out,
+// on every path, forward kernel and backward form that `cfg` takes in dt: o and lse, then the
+// packed backward's outputs against `expected`(gq, gk, gv), bit for bit. `packed` are the packed
+// op's operands (qkv, or q and kv), which are also the shapes of its gradients; `split` are q, k,
+// v copied out. The backward takes (go, packed..., o, lse, [mask]).
+void check_packed_vs_split(
+    const Cfg& cfg, DType dt, Op fwd_op, Op bwd_op, const std::vector<Tensor>& packed,
+    const std::vector<Tensor>& split, const Tensor& go, const Tensor& gmask,
+    const std::function<std::vector<Tensor>(const std::vector<Tensor>&)>& expected) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(cfg.d));
+  auto with = [&](std::vector<Tensor> head, const std::vector<Tensor>& mid,
+                  std::vector<Tensor> tail) {
+    head.insert(head.end(), mid.begin(), mid.end());
+    head.insert(head.end(), tail.begin(), tail.end());
+    if (gmask.defined()) head.push_back(gmask);
+    return head;
+  };
+  auto same_bits = [](const Tensor& a, const Tensor& b) {
+    return test::bit_mismatches_host(a.to(Device::cpu()), b.to(Device::cpu())) == 0;
+  };
+  const Shape o_shape{cfg.B, cfg.Tq, cfg.H, cfg.dv}, lse_shape{cfg.B, cfg.H, cfg.Tq};
+  std::vector<Shape> grad_shapes;
+  for (const Tensor& t : packed) grad_shapes.push_back(t.shape());
+  for (const char* path : paths_for(cfg, dt)) {
+    CAPTURE(std::string(path));
+    AttnPath force(path);
+    for (const char* fwd : fwd_kernels(path)) {
+      CAPTURE(std::string(fwd));
+      AttnFwd force_fwd(fwd);
+      const std::vector<Tensor> ref = run_fwd(with({}, split, {}), scale, dt);
+      const std::vector<Tensor> out =
+          test::run_op(fwd_op, with({}, packed, {}), {o_shape, lse_shape}, dt, kGpu, {}, {scale});
+      CHECK(same_bits(out[0], ref[0]));
+      CHECK(same_bits(out[1], ref[1]));
+    }
+    const std::vector<Tensor> f = run_fwd(with({}, split, {}), scale, dt);
+    for (const char* form : bwd_forms(path)) {
+      CAPTURE(std::string(form));
+      AttnBwd force_bwd(form);
+      const std::vector<Tensor> want =
+          expected(run_bwd(with({go}, split, {f[0], f[1]}), scale, dt));
+      const std::vector<Tensor> got = test::run_op(bwd_op, with({go}, packed, {f[0], f[1]}),
+                                                   grad_shapes, dt, kGpu, {}, {scale});
+      for (size_t i = 0; i < got.size(); ++i) {
+        CAPTURE(i);
+        CHECK(same_bits(got[i], want[i]));
+      }
+    }
+  }
+}
+
+}  // namespace
+
 // attention_qkv reads q, k, v in place from packed rows (B,T,3,H,d) (row stride 3 H d, k and v at
 // offsets H d and 2 H d) and writes gq, gk, gv into one gqkv: the same kernels as attention with
 // other strides, so the same bits as attention on the three slices copied out, on every path,
@@ -350,46 +397,20 @@ TEST_CASE("cuda attention_qkv: packed rows give the bits of attention on the sli
     for (DType dt : kAll) {
       CAPTURE(fmt::format("B={} T={} H={} d={} mask={}", p.B, p.T, p.H, p.d, p.mask));
       CAPTURE(std::string(dtype_name(dt)));
-      const Cfg cfg{p.B, p.T, p.T, p.H, p.d, p.d, p.mask, 1.0, {dt}};
-      const double scale = 1.0 / std::sqrt(static_cast<double>(p.d));
       const Tensor qkv = as_dtype(test::normal(g, {p.B, p.T, 3, p.H, p.d}), dt).to(kGpu);
       const Tensor go = as_dtype(test::normal(g, {p.B, p.T, p.H, p.d}), dt).to(kGpu);
       const Tensor mask = make_mask(g, p.B, p.T, p.mask);
-      const Tensor gmask = mask.defined() ? mask.to(kGpu) : Tensor();
       std::vector<Tensor> parts;  // q, k, v copied out (B,T,H,d)
       for (int64_t i = 0; i < 3; ++i)
         parts.push_back(ops::narrow(qkv, 2, i, 1).reshape({p.B, p.T, p.H, p.d}));
-      const Shape o_shape{p.B, p.T, p.H, p.d}, lse_shape{p.B, p.H, p.T};
-      auto with_mask = [&](std::initializer_list<Tensor> in) { return inputs_with(in, gmask); };
-      for (const char* path : paths_for(cfg, dt)) {
-        CAPTURE(std::string(path));
-        AttnPath force(path);
-        for (const char* fwd : fwd_kernels(path)) {
-          CAPTURE(std::string(fwd));
-          AttnFwd force_fwd(fwd);
-          const std::vector<Tensor> split =
-              run_fwd(with_mask({parts[0], parts[1], parts[2]}), scale, dt);
-          const std::vector<Tensor> packed = test::run_op(
-              Op::attention_qkv, with_mask({qkv}), {o_shape, lse_shape}, dt, kGpu, {}, {scale});
-          CHECK(test::bit_mismatches_host(packed[0].to(Device::cpu()),
-                                          split[0].to(Device::cpu())) == 0);
-          CHECK(test::bit_mismatches_host(packed[1].to(Device::cpu()),
-                                          split[1].to(Device::cpu())) == 0);
-        }
-        const std::vector<Tensor> f = run_fwd(with_mask({parts[0], parts[1], parts[2]}), scale, dt);
-        for (const char* form : bwd_forms(path)) {
-          CAPTURE(std::string(form));
-          AttnBwd force_bwd(form);
-          const std::vector<Tensor> gs =
-              run_bwd(with_mask({go, parts[0], parts[1], parts[2], f[0], f[1]}), scale, dt);
-          const Tensor gqkv = test::run_op(Op::attention_qkv_bwd, with_mask({go, qkv, f[0], f[1]}),
-                                           {qkv.shape()}, dt, kGpu, {}, {scale})[0];
-          const Shape part{p.B, p.T, 1, p.H, p.d};
-          const Tensor cat =
-              ops::concat({gs[0].reshape(part), gs[1].reshape(part), gs[2].reshape(part)}, 2);
-          CHECK(test::bit_mismatches_host(gqkv.to(Device::cpu()), cat.to(Device::cpu())) == 0);
-        }
-      }
+      const Shape part{p.B, p.T, 1, p.H, p.d};
+      check_packed_vs_split(
+          {p.B, p.T, p.T, p.H, p.d, p.d, p.mask, 1.0, {dt}}, dt, Op::attention_qkv,
+          Op::attention_qkv_bwd, {qkv}, parts, go, mask.defined() ? mask.to(kGpu) : Tensor(),
+          [&](const std::vector<Tensor>& gs) {
+            return std::vector<Tensor>{
+                ops::concat({gs[0].reshape(part), gs[1].reshape(part), gs[2].reshape(part)}, 2)};
+          });
     }
 }
 
@@ -411,45 +432,20 @@ TEST_CASE("cuda attention_kv: packed kv rows give the bits of attention on the s
     for (DType dt : kAll) {
       CAPTURE(fmt::format("B={} Tq={} Tk={} H={} d={} mask={}", p.B, p.Tq, p.Tk, p.H, p.d, p.mask));
       CAPTURE(std::string(dtype_name(dt)));
-      const Cfg cfg{p.B, p.Tq, p.Tk, p.H, p.d, p.d, p.mask, 1.0, {dt}};
-      const double scale = 1.0 / std::sqrt(static_cast<double>(p.d));
       const Tensor q = as_dtype(test::normal(g, {p.B, p.Tq, p.H, p.d}), dt).to(kGpu);
       const Tensor kv = as_dtype(test::normal(g, {p.B, p.Tk, 2, p.H, p.d}), dt).to(kGpu);
       const Tensor go = as_dtype(test::normal(g, {p.B, p.Tq, p.H, p.d}), dt).to(kGpu);
       const Tensor mask = make_mask(g, p.B, p.Tk, p.mask);
-      const Tensor gmask = mask.defined() ? mask.to(kGpu) : Tensor();
       const Tensor k = ops::narrow(kv, 2, 0, 1).reshape({p.B, p.Tk, p.H, p.d});
       const Tensor v = ops::narrow(kv, 2, 1, 1).reshape({p.B, p.Tk, p.H, p.d});
-      auto with_mask = [&](std::initializer_list<Tensor> in) { return inputs_with(in, gmask); };
-      const Shape o_shape{p.B, p.Tq, p.H, p.d}, lse_shape{p.B, p.H, p.Tq};
-      auto same_bits = [](const Tensor& a, const Tensor& b) {
-        return test::bit_mismatches_host(a.to(Device::cpu()), b.to(Device::cpu())) == 0;
-      };
-      for (const char* path : paths_for(cfg, dt)) {
-        CAPTURE(std::string(path));
-        AttnPath force(path);
-        for (const char* fwd : fwd_kernels(path)) {
-          CAPTURE(std::string(fwd));
-          AttnFwd force_fwd(fwd);
-          const std::vector<Tensor> split = run_fwd(with_mask({q, k, v}), scale, dt);
-          const std::vector<Tensor> packed = test::run_op(
-              Op::attention_kv, with_mask({q, kv}), {o_shape, lse_shape}, dt, kGpu, {}, {scale});
-          CHECK(same_bits(packed[0], split[0]));
-          CHECK(same_bits(packed[1], split[1]));
-        }
-        const std::vector<Tensor> f = run_fwd(with_mask({q, k, v}), scale, dt);
-        for (const char* form : bwd_forms(path)) {
-          CAPTURE(std::string(form));
-          AttnBwd force_bwd(form);
-          const std::vector<Tensor> gs = run_bwd(with_mask({go, q, k, v, f[0], f[1]}), scale, dt);
-          const std::vector<Tensor> gp =
-              test::run_op(Op::attention_kv_bwd, with_mask({go, q, kv, f[0], f[1]}),
-                           {q.shape(), kv.shape()}, dt, kGpu, {}, {scale});
-          const Shape part{p.B, p.Tk, 1, p.H, p.d};
-          CHECK(same_bits(gp[0], gs[0]));
-          CHECK(same_bits(gp[1], ops::concat({gs[1].reshape(part), gs[2].reshape(part)}, 2)));
-        }
-      }
+      const Shape part{p.B, p.Tk, 1, p.H, p.d};
+      check_packed_vs_split(
+          {p.B, p.Tq, p.Tk, p.H, p.d, p.d, p.mask, 1.0, {dt}}, dt, Op::attention_kv,
+          Op::attention_kv_bwd, {q, kv}, {q, k, v}, go, mask.defined() ? mask.to(kGpu) : Tensor(),
+          [&](const std::vector<Tensor>& gs) {
+            return std::vector<Tensor>{gs[0],
+                                       ops::concat({gs[1].reshape(part), gs[2].reshape(part)}, 2)};
+          });
     }
 }
 
